@@ -1,0 +1,81 @@
+"""Recovery: win back failed card payments."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+
+from recovery import config as config_module
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    """Build the application; `config` overrides everything else (tests)."""
+    app = Flask(__name__, instance_relative_config=True)
+    app.config.from_mapping(config_module.load(app.instance_path, config))
+    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///"):
+        import os
+
+        os.makedirs(app.instance_path, exist_ok=True)
+    register_logging(app)
+    register_extensions(app)
+    register_security(app)
+    register_blueprints(app)
+    register_template_helpers(app)
+    register_error_handlers(app)
+    register_commands(app)
+    return app
+
+
+def register_logging(app: Flask) -> None:
+    from recovery import logs
+
+    logs.init_app(app)
+
+
+def register_extensions(app: Flask) -> None:
+    from recovery import queue
+    from recovery.extensions import csrf, db, limiter, login_manager, mail, migrate
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=str(app.root_path + "/../migrations"))
+    csrf.init_app(app)
+    mail.init_app(app)
+    limiter.init_app(app)
+    login_manager.init_app(app)
+    queue.init_app(app)
+
+
+def register_security(app: Flask) -> None:
+    from recovery import security
+
+    security.init_app(app)
+
+
+def register_blueprints(app: Flask) -> None:
+    from recovery.auth.views import bp as auth_bp
+    from recovery.health.views import bp as health_bp
+    from recovery.imports.views import bp as imports_bp
+    from recovery.transactions.views import bp as transactions_bp
+    from recovery.users.views import bp as users_bp
+
+    for bp in (auth_bp, health_bp, transactions_bp, imports_bp, users_bp):
+        app.register_blueprint(bp)
+
+
+def register_template_helpers(app: Flask) -> None:
+    from recovery import templating
+
+    templating.init_app(app)
+
+
+def register_error_handlers(app: Flask) -> None:
+    from recovery import errors
+
+    errors.init_app(app)
+
+
+def register_commands(app: Flask) -> None:
+    from recovery import cli
+
+    cli.init_app(app)

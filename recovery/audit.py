@@ -1,0 +1,54 @@
+"""Record who did what: one AuditEvent per state-changing action."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from recovery.models import AuditEvent, User
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts: a staff user, an API token or the system, and from where."""
+
+    organization_id: int
+    label: str
+    user_id: int | None = None
+    ip_address: str | None = None
+
+    @classmethod
+    def for_user(cls, user: User, ip_address: str | None = None) -> Actor:
+        return cls(user.organization_id, user.email, user.id, ip_address)
+
+    @classmethod
+    def system(cls, organization_id: int, label: str = "system") -> Actor:
+        return cls(organization_id, label)
+
+
+def record(
+    session: Session,
+    actor: Actor,
+    action: str,
+    *,
+    transaction_id: int | None = None,
+    target_type: str | None = None,
+    target_id: int | str | None = None,
+    **details: Any,
+) -> AuditEvent:
+    """Add an AuditEvent to the session; the caller's commit makes it true."""
+    event = AuditEvent(
+        organization_id=actor.organization_id,
+        actor_user_id=actor.user_id,
+        actor_label=actor.label,
+        action=action,
+        transaction_id=transaction_id,
+        target_type=target_type,
+        target_id=None if target_id is None else str(target_id),
+        details=details,
+        ip_address=actor.ip_address,
+    )
+    session.add(event)
+    return event

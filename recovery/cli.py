@@ -1,0 +1,78 @@
+"""Command-line entry points: `flask create-org`, `create-user`, `seed-demo`, `worker`."""
+
+from __future__ import annotations
+
+import click
+from flask import Flask, current_app
+
+from recovery.extensions import db
+from recovery.models import Role
+from recovery.organizations.services import OrganizationRefused, create_organization, get_by_slug
+from recovery.users.services import UserRefused, create_user
+
+
+def init_app(app: Flask) -> None:
+    for command in (create_org, create_user_command, seed_demo, worker):
+        app.cli.add_command(command)
+
+
+@click.command("create-org")
+@click.option("--slug", required=True, help="Short unique id, e.g. acme.")
+@click.option("--name", required=True, help="The merchant's name as customers see it.")
+@click.option("--timezone", default="UTC", show_default=True, help="IANA time zone.")
+def create_org(slug: str, name: str, timezone: str) -> None:
+    """Create an organization (a merchant)."""
+    try:
+        organization = create_organization(db.session, slug, name, timezone)
+    except OrganizationRefused as error:
+        raise click.UsageError(str(error)) from None
+    db.session.commit()
+    click.echo(f"Created organization {organization.slug} ({organization.name}).")
+
+
+@click.command("create-user")
+@click.option("--org", "org_slug", required=True, help="The organization's slug.")
+@click.option("--email", required=True)
+@click.option("--role", type=click.Choice([r.value for r in Role]), required=True)
+@click.option("--name", default="")
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True, help="Prompted if not given.")
+def create_user_command(org_slug: str, email: str, role: str, name: str, password: str) -> None:
+    """Create a staff user in an organization."""
+    organization = get_by_slug(db.session, org_slug.strip().lower())
+    if organization is None:
+        raise click.UsageError(f"No organization with slug {org_slug!r}; create it with `flask create-org`.")
+    try:
+        user = create_user(db.session, organization.id, email, password, role, name)
+    except UserRefused as error:
+        raise click.UsageError(str(error)) from None
+    db.session.commit()
+    click.echo(f"Created {user.role} {user.email} in {organization.slug}.")
+
+
+@click.command("seed-demo")
+def seed_demo() -> None:
+    """Load the demo organization, its users and ~200 failed transactions (idempotent)."""
+    from recovery.demo import seed
+
+    result = seed(db.session)
+    db.session.commit()
+    click.echo(f"Demo organization: {result.organization.name} ({result.organization.slug})")
+    click.echo(f"Transactions: {result.created} created, {result.existing} already there.")
+    click.echo("Demo logins (password for all: " + result.password + "):")
+    for role, email in result.logins:
+        click.echo(f"  {role:<9} {email}")
+
+
+@click.command("worker")
+@click.option("--queue", "queues", multiple=True, help="Queue to listen on (repeatable).")
+@click.option("--with-scheduler/--without-scheduler", default=True, show_default=True)
+@click.option("--burst", is_flag=True, help="Stop when the queues are empty.")
+def worker(queues: tuple[str, ...], with_scheduler: bool, burst: bool) -> None:
+    """Run an RQ worker inside the app, with its scheduler."""
+    from rq import Worker
+
+    from recovery.queue import redis_connection
+
+    names = list(queues) or current_app.config["RQ_QUEUES"].split(",")
+    rq_worker = Worker(names, connection=redis_connection())
+    rq_worker.work(with_scheduler=with_scheduler, burst=burst)

@@ -1,0 +1,136 @@
+"""Configuration: defaults, then `instance/config.py`, then the environment.
+
+Every setting can come from an environment variable of the same name; the
+environment wins so that a Procfile deployment needs no file on disk.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+DEFAULT_SECRET_KEY = "dev-insecure-change-me"
+
+# Environments: "development" (the demo), "testing" (pytest), "production".
+# Production is the default so that a deployment which forgets APP_ENV is strict.
+ENVIRONMENTS = ("development", "testing", "production")
+
+
+class ConfigError(RuntimeError):
+    """The configuration cannot run safely; the message says what to change."""
+
+
+def _bool(value: str) -> bool:
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def defaults(instance_path: str) -> dict[str, Any]:
+    """Return the built-in defaults (SPEC.md's Configuration)."""
+    sqlite_path = Path(instance_path) / "recovery.sqlite3"
+    return {
+        "APP_ENV": "production",
+        "SECRET_KEY": DEFAULT_SECRET_KEY,
+        "DATABASE_URL": f"sqlite:///{sqlite_path}",
+        "REDIS_URL": "redis://127.0.0.1:6379/0",
+        "BASE_URL": "http://127.0.0.1:5000",
+        "ALLOWED_HOSTS": "",
+        "PROXY_FIX": 0,
+        "STRIPE_SECRET_KEY": "",
+        "STRIPE_WEBHOOK_SECRET": "",
+        "MAIL_SERVER": "",
+        "MAIL_PORT": 25,
+        "MAIL_USE_TLS": False,
+        "MAIL_USERNAME": None,
+        "MAIL_PASSWORD": None,
+        "MAIL_DEFAULT_SENDER": "Recovery <no-reply@localhost>",
+        "TWILIO_ACCOUNT_SID": "",
+        "TWILIO_AUTH_TOKEN": "",
+        "TWILIO_FROM_NUMBER": "",
+        "TWILIO_MESSAGING_SERVICE_SID": "",
+        "LOGIN_FAILURES_PER_MINUTE": 5,
+        "CSV_MAX_BYTES": 20 * 1024 * 1024,
+        "CSV_INLINE_MAX_ROWS": 2000,
+        "CSV_CHUNK_ROWS": 5000,
+        "LOG_LEVEL": "INFO",
+        "RQ_QUEUES": "default",
+    }
+
+
+_INT_KEYS = {
+    "MAIL_PORT",
+    "PROXY_FIX",
+    "LOGIN_FAILURES_PER_MINUTE",
+    "CSV_MAX_BYTES",
+    "CSV_INLINE_MAX_ROWS",
+    "CSV_CHUNK_ROWS",
+}
+_BOOL_KEYS = {"MAIL_USE_TLS"}
+
+
+def load(instance_path: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Build the effective configuration; `overrides` (tests) win over everything."""
+    config = defaults(instance_path)
+    instance_file = Path(instance_path) / "config.py"
+    if instance_file.exists():
+        namespace: dict[str, Any] = {}
+        exec(compile(instance_file.read_text(), str(instance_file), "exec"), namespace)
+        config.update({k: v for k, v in namespace.items() if k.isupper()})
+    for key, default in list(config.items()):
+        raw = os.environ.get(key)
+        if raw is None:
+            continue
+        if key in _INT_KEYS:
+            config[key] = int(raw)
+        elif key in _BOOL_KEYS:
+            config[key] = _bool(raw)
+        else:
+            config[key] = raw
+    config.update(overrides or {})
+    return derive(config)
+
+
+def derive(config: dict[str, Any]) -> dict[str, Any]:
+    """Fill in the Flask and extension settings that follow from ours, and validate."""
+    env = config["APP_ENV"]
+    if env not in ENVIRONMENTS:
+        raise ConfigError(f"APP_ENV must be one of {', '.join(ENVIRONMENTS)}; got {env!r}.")
+    if env == "production" and config["SECRET_KEY"] in ("", DEFAULT_SECRET_KEY):
+        raise ConfigError(
+            "Refusing to start: SECRET_KEY is unset or the built-in development default. "
+            "Set SECRET_KEY to a long random value (python -c 'import secrets; "
+            "print(secrets.token_hex(32))') or run with APP_ENV=development."
+        )
+    secure = env == "production"
+    database_url = config["DATABASE_URL"]
+    if database_url.startswith("postgres://"):  # Heroku-style URLs
+        database_url = "postgresql://" + database_url[len("postgres://") :]
+    if database_url.startswith("postgresql://"):
+        database_url = "postgresql+psycopg://" + database_url[len("postgresql://") :]
+    config["SQLALCHEMY_DATABASE_URI"] = database_url
+    config["SQLALCHEMY_ENGINE_OPTIONS"] = {"pool_pre_ping": True}
+    config["TESTING"] = env == "testing"
+    config["DEBUG"] = False
+    config["SESSION_COOKIE_HTTPONLY"] = True
+    config["SESSION_COOKIE_SAMESITE"] = "Lax"
+    config["SESSION_COOKIE_SECURE"] = secure
+    config["REMEMBER_COOKIE_HTTPONLY"] = True
+    config["REMEMBER_COOKIE_SAMESITE"] = "Lax"
+    config["REMEMBER_COOKIE_SECURE"] = secure
+    config["PREFERRED_URL_SCHEME"] = urlsplit(config["BASE_URL"]).scheme or "http"
+    config["MAX_CONTENT_LENGTH"] = config["CSV_MAX_BYTES"] + 64 * 1024
+    hosts = [h.strip() for h in str(config["ALLOWED_HOSTS"]).split(",") if h.strip()]
+    base_host = urlsplit(config["BASE_URL"]).hostname
+    if base_host and base_host not in hosts:
+        hosts.append(base_host)
+    if env != "production":
+        hosts += [h for h in ("127.0.0.1", "localhost") if h not in hosts]
+    config["TRUSTED_HOSTS"] = hosts
+    config["RATELIMIT_STORAGE_URI"] = config["REDIS_URL"]
+    config["RATELIMIT_IN_MEMORY_FALLBACK_ENABLED"] = True
+    config["RATELIMIT_SWALLOW_ERRORS"] = True
+    config["RATELIMIT_HEADERS_ENABLED"] = True
+    config["RATELIMIT_KEY_PREFIX"] = "recovery-limits"
+    config["MAIL_SUPPRESS_SEND"] = not config["MAIL_SERVER"]
+    return config

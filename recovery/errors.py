@@ -1,0 +1,36 @@
+"""HTML error pages for people, JSON errors for the API and health check."""
+
+from __future__ import annotations
+
+from flask import Flask, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response
+
+from recovery.logs import get_logger
+
+log = get_logger("recovery.errors")
+
+
+def wants_json() -> bool:
+    return request.path.startswith("/v1/") or request.path == "/healthz"
+
+
+def init_app(app: Flask) -> None:
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> tuple[Response | str, int]:
+        code = error.code or 500
+        if wants_json():
+            body = {"error": {"type": error.name.lower().replace(" ", "_"), "message": error.description}}
+            return jsonify(body), code
+        return render_template("errors/error.html", error=error, code=code), code
+
+    if app.testing:
+        return  # let tests see the real exception
+
+    @app.errorhandler(Exception)
+    def unhandled(error: Exception) -> tuple[Response | str, int]:
+        log.exception("unhandled_error", path=request.path)
+        if wants_json():
+            body = {"error": {"type": "internal_error", "message": "Something went wrong on our side."}}
+            return jsonify(body), 500
+        return render_template("errors/error.html", error=None, code=500), 500

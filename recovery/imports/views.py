@@ -1,0 +1,114 @@
+"""Upload a CSV of failed transactions and follow its import."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
+from flask_login import current_user
+from redis.exceptions import RedisError
+from sqlalchemy import select
+
+from recovery.audit import Actor
+from recovery.extensions import db
+from recovery.imports import services
+from recovery.imports.forms import UploadForm
+from recovery.imports.jobs import import_csv
+from recovery.logs import get_logger
+from recovery.models import CsvImport, ImportStatus, Role
+from recovery.queue import enqueue
+from recovery.security import require_role
+
+bp = Blueprint("imports", __name__)
+log = get_logger("recovery.imports")
+
+# Long enough for the largest file the size limit admits, chunk after chunk.
+JOB_TIMEOUT = 30 * 60
+
+
+def org_import(import_id: int) -> CsvImport:
+    csv_import = db.session.scalar(
+        select(CsvImport).where(
+            CsvImport.id == import_id, CsvImport.organization_id == current_user.organization_id
+        )
+    )
+    if csv_import is None:
+        abort(404)
+    return csv_import
+
+
+@bp.route("/imports", methods=["GET", "POST"])
+def index() -> Any:
+    form = UploadForm()
+    recent = db.session.scalars(
+        select(CsvImport)
+        .where(CsvImport.organization_id == current_user.organization_id)
+        .order_by(CsvImport.created_at.desc())
+        .limit(10)
+    ).all()
+    if request.method == "POST":
+        if not current_user.has_role(Role.OPERATOR):
+            abort(403)
+        if form.validate_on_submit():
+            return upload(form)
+    status = 422 if request.method == "POST" else 200
+    return render_template(
+        "imports/index.html",
+        form=form,
+        recent=recent,
+        columns=services.COLUMNS,
+        required=services.REQUIRED_COLUMNS,
+        max_mib=current_app.config["CSV_MAX_BYTES"] // 1_048_576,
+    ), status
+
+
+def upload(form: UploadForm) -> Any:
+    file = form.file.data
+    config = current_app.config
+    data = file.read(config["CSV_MAX_BYTES"] + 1)
+    actor = Actor.for_user(current_user, request.remote_addr)
+    try:
+        csv_import = services.create_import(db.session, actor, file.filename, data, config["CSV_MAX_BYTES"])
+    except services.ImportRejected as error:
+        db.session.rollback()
+        form.file.errors = [str(error)]
+        return render_template(
+            "imports/index.html",
+            form=form,
+            recent=[],
+            columns=services.COLUMNS,
+            required=services.REQUIRED_COLUMNS,
+            max_mib=config["CSV_MAX_BYTES"] // 1_048_576,
+        ), 422
+    db.session.commit()
+    import_id = csv_import.id
+    if csv_import.total_rows <= config["CSV_INLINE_MAX_ROWS"]:
+        services.run_import(db.session, import_id, config["CSV_CHUNK_ROWS"])
+    else:
+        try:
+            enqueue(import_csv, import_id, job_timeout=JOB_TIMEOUT, description=f"CSV import {import_id}")
+        except RedisError:
+            log.exception("csv_import_enqueue_failed", import_id=import_id)
+            flash("The file is saved but the import could not start: the job queue is unreachable. "
+                  "Press “Start again” in a moment.", "error")
+    return redirect(url_for("imports.detail", import_id=import_id))
+
+
+@bp.get("/imports/<int:import_id>")
+def detail(import_id: int) -> Any:
+    csv_import = org_import(import_id)
+    template = "imports/_progress.html" if request.headers.get("HX-Request") else "imports/detail.html"
+    return render_template(template, csv_import=csv_import, finished=csv_import.status == ImportStatus.DONE)
+
+
+@bp.post("/imports/<int:import_id>/retry")
+@require_role(Role.OPERATOR)
+def retry(import_id: int) -> Any:
+    csv_import = org_import(import_id)
+    if csv_import.status in (ImportStatus.QUEUED, ImportStatus.FAILED):
+        try:
+            enqueue(import_csv, import_id, job_timeout=JOB_TIMEOUT, description=f"CSV import {import_id}")
+            flash("Import started again; it continues after the last saved chunk.", "info")
+        except RedisError:
+            flash("The job queue is unreachable; try again in a moment.", "error")
+    return redirect(url_for("imports.detail", import_id=import_id))

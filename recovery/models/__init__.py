@@ -1,0 +1,32 @@
+"""Every table of the domain (SPEC.md), importable from one place."""
+
+from recovery.models.audit_event import AuditEvent
+from recovery.models.base import Base, IllegalTransition, utcnow
+from recovery.models.csv_import import CsvImport, ImportStatus
+from recovery.models.message import Message, MessageStatus
+from recovery.models.organization import Organization
+from recovery.models.recovery_attempt import AttemptStatus, Channel, RecoveryAttempt
+from recovery.models.transaction import Transaction, TransactionSource, TransactionStatus
+from recovery.models.user import Role, User
+from recovery.models.webhook_event import WebhookEvent, WebhookState
+
+__all__ = [
+    "AttemptStatus",
+    "AuditEvent",
+    "Base",
+    "Channel",
+    "CsvImport",
+    "IllegalTransition",
+    "ImportStatus",
+    "Message",
+    "MessageStatus",
+    "Organization",
+    "RecoveryAttempt",
+    "Role",
+    "Transaction",
+    "TransactionSource",
+    "TransactionStatus",
+    "User",
+    "WebhookEvent",
+    "WebhookState",
+]

@@ -1,0 +1,77 @@
+"""Declarative base, shared column helpers and the status-transition rule."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import BigInteger, DateTime, Integer, MetaData
+from sqlalchemy.types import TypeDecorator
+from sqlalchemy.orm import DeclarativeBase
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# BIGINT on PostgreSQL, INTEGER on SQLite (the only type SQLite auto-increments).
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    """Return the current time as an aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware timestamp that also comes back aware from SQLite."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given; use aware UTC datetimes")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+class IllegalTransition(ValueError):
+    """A status change that the model's rules forbid."""
+
+    def __init__(self, model: str, current: str, new: str) -> None:
+        super().__init__(f"{model} cannot move from {current!r} to {new!r}")
+        self.model, self.current, self.new = model, current, new
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class HasStatus:
+    """Mixin: `status` changes only through `transition`, along `TRANSITIONS`."""
+
+    TRANSITIONS: ClassVar[Mapping[str, frozenset[str]]]
+    status: Any
+
+    def can_transition(self, new: str) -> bool:
+        return new in self.TRANSITIONS.get(self.status, frozenset())
+
+    def transition(self, new: str) -> bool:
+        """Move to `new`; return False if already there, raise IllegalTransition if forbidden."""
+        if new not in self.TRANSITIONS:
+            raise ValueError(f"unknown status {new!r}")
+        if self.status == new:
+            return False
+        if not self.can_transition(new):
+            raise IllegalTransition(type(self).__name__, self.status, new)
+        self.status = new
+        return True

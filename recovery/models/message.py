@@ -1,0 +1,63 @@
+"""An email or SMS sent, or attempted, for a recovery attempt."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from recovery.models.base import Base, BigId, HasStatus, UTCDateTime, utcnow
+
+
+class MessageStatus:
+    QUEUED = "queued"
+    SENDING = "sending"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    UNDELIVERABLE = "undeliverable"
+    CANCELLED = "cancelled"
+
+    ALL = (QUEUED, SENDING, SENT, DELIVERED, FAILED, UNDELIVERABLE, CANCELLED)
+
+
+M = MessageStatus
+
+# Delivery reports arrive out of order; a status never moves backwards.
+MESSAGE_TRANSITIONS = {
+    M.QUEUED: frozenset({M.SENDING, M.SENT, M.FAILED, M.UNDELIVERABLE, M.CANCELLED}),
+    M.SENDING: frozenset({M.SENT, M.DELIVERED, M.FAILED, M.UNDELIVERABLE}),
+    M.SENT: frozenset({M.DELIVERED, M.FAILED, M.UNDELIVERABLE}),
+    M.FAILED: frozenset({M.SENDING}),  # retried
+    M.DELIVERED: frozenset(),
+    M.UNDELIVERABLE: frozenset(),
+    M.CANCELLED: frozenset(),
+}
+
+
+class Message(HasStatus, Base):
+    __tablename__ = "message"
+    TRANSITIONS = MESSAGE_TRANSITIONS
+    __table_args__ = (
+        # One send per (attempt, step, channel): a job that runs twice sends once.
+        UniqueConstraint("attempt_id", "step", "channel", name="uq_message_attempt_step_channel"),
+        Index("ix_message_transaction_created", "transaction_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organization.id"), index=True)
+    attempt_id: Mapped[int] = mapped_column(ForeignKey("recovery_attempt.id"))
+    transaction_id: Mapped[int] = mapped_column(ForeignKey("transaction.id"))
+    step: Mapped[int] = mapped_column(default=0)
+    channel: Mapped[str] = mapped_column(String(8))
+    recipient: Mapped[str] = mapped_column(String(254))
+    subject: Mapped[str | None] = mapped_column(String(300))
+    body_text: Mapped[str] = mapped_column(Text, default="")
+    body_html: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default=M.QUEUED)
+    provider_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)

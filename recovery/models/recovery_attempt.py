@@ -1,0 +1,90 @@
+"""One campaign of messages asking a customer to pay one transaction."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from sqlalchemy import ForeignKey, Index, String, text
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from recovery.models.base import Base, BigId, HasStatus, UTCDateTime, utcnow
+
+if TYPE_CHECKING:
+    from recovery.models.transaction import Transaction
+
+
+class AttemptStatus:
+    CREATED = "created"
+    SCHEDULED = "scheduled"
+    NOTIFIED = "notified"
+    CLICKED = "clicked"
+    COMPLETED = "completed"
+    EXPIRED = "expired"
+    EXHAUSTED = "exhausted"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+    ACTIVE = (CREATED, SCHEDULED, NOTIFIED, CLICKED)
+    ALL = (*ACTIVE, COMPLETED, EXPIRED, EXHAUSTED, CANCELLED, FAILED)
+
+
+A = AttemptStatus
+_ENDINGS = frozenset({A.COMPLETED, A.EXPIRED, A.EXHAUSTED, A.CANCELLED, A.FAILED})
+
+# A payment that lands after the attempt expired or ran out of messages still
+# completes it; nothing else leaves a finished attempt.
+ATTEMPT_TRANSITIONS = {
+    A.CREATED: frozenset({A.SCHEDULED, A.NOTIFIED}) | _ENDINGS,
+    A.SCHEDULED: frozenset({A.NOTIFIED, A.CLICKED}) | _ENDINGS,
+    A.NOTIFIED: frozenset({A.CLICKED}) | _ENDINGS,
+    A.CLICKED: _ENDINGS,
+    A.EXPIRED: frozenset({A.COMPLETED}),
+    A.EXHAUSTED: frozenset({A.COMPLETED}),
+    A.COMPLETED: frozenset(),
+    A.CANCELLED: frozenset(),
+    A.FAILED: frozenset(),
+}
+
+
+class Channel:
+    EMAIL = "email"
+    SMS = "sms"
+    BOTH = "both"
+
+    ALL = (EMAIL, SMS, BOTH)
+
+
+class RecoveryAttempt(HasStatus, Base):
+    __tablename__ = "recovery_attempt"
+    TRANSITIONS = ATTEMPT_TRANSITIONS
+    __table_args__ = (
+        Index("ix_recovery_attempt_org_status_created", "organization_id", "status", "created_at"),
+        # The sweeper's due scan only ever looks at active attempts.
+        Index(
+            "ix_recovery_attempt_due",
+            "next_send_at",
+            postgresql_where=text("status IN ('scheduled', 'notified', 'clicked')"),
+            sqlite_where=text("status IN ('scheduled', 'notified', 'clicked')"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organization.id"))
+    transaction_id: Mapped[int] = mapped_column(ForeignKey("transaction.id"), index=True)
+    channel: Mapped[str] = mapped_column(String(8))
+    token: Mapped[str] = mapped_column(String(64), unique=True)
+    status: Mapped[str] = mapped_column(String(16), default=A.CREATED)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    max_retries: Mapped[int] = mapped_column(default=3)
+    messages_sent: Mapped[int] = mapped_column(default=0)
+    next_send_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    transaction: Mapped[Transaction] = relationship(back_populates="attempts")
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in A.ACTIVE

@@ -1,0 +1,97 @@
+"""A failed payment that we try to recover."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from recovery.models.base import Base, BigId, HasStatus, UTCDateTime, utcnow
+
+
+class TransactionStatus:
+    FAILED = "failed"
+    RECOVERING = "recovering"
+    RECOVERED = "recovered"
+    UNRECOVERED = "unrecovered"
+    CANCELLED = "cancelled"
+    REFUNDED = "refunded"
+
+    ALL = (FAILED, RECOVERING, RECOVERED, UNRECOVERED, CANCELLED, REFUNDED)
+
+
+S = TransactionStatus
+
+# Money only moves forward: once recovered, only a refund changes it. A late
+# payment after staff gave up (cancelled, unrecovered) still counts.
+TRANSACTION_TRANSITIONS = {
+    S.FAILED: frozenset({S.RECOVERING, S.RECOVERED, S.UNRECOVERED, S.CANCELLED}),
+    S.RECOVERING: frozenset({S.RECOVERED, S.UNRECOVERED, S.CANCELLED}),
+    S.UNRECOVERED: frozenset({S.RECOVERING, S.RECOVERED, S.CANCELLED}),
+    S.CANCELLED: frozenset({S.RECOVERING, S.RECOVERED}),
+    S.RECOVERED: frozenset({S.REFUNDED}),
+    S.REFUNDED: frozenset(),
+}
+
+
+class TransactionSource:
+    FORM = "form"
+    CSV = "csv"
+    API = "api"
+    STRIPE = "stripe"
+    DEMO = "demo"
+
+
+class Transaction(HasStatus, Base):
+    __tablename__ = "transaction"
+    TRANSITIONS = TRANSACTION_TRANSITIONS
+    __table_args__ = (
+        UniqueConstraint("organization_id", "transaction_ref", name="uq_transaction_org_ref"),
+        # Keyset pagination: every list order ends in id so the cursor is total.
+        Index("ix_transaction_org_failed", "organization_id", "failed_at", "id"),
+        Index("ix_transaction_org_amount", "organization_id", "amount", "id"),
+        Index("ix_transaction_org_status_failed", "organization_id", "status", "failed_at", "id"),
+        Index("ix_transaction_org_status_amount", "organization_id", "status", "amount", "id"),
+        Index("ix_transaction_org_email", "organization_id", "customer_email"),
+        Index("ix_transaction_org_phone", "organization_id", "customer_phone"),
+        Index("ix_transaction_org_currency_failed", "organization_id", "currency", "failed_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organization.id"))
+    transaction_ref: Mapped[str] = mapped_column(String(64))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(16), default=S.FAILED)
+    failure_code: Mapped[str | None] = mapped_column(String(64))
+    failure_message: Mapped[str | None] = mapped_column(String(500))
+    customer_name: Mapped[str | None] = mapped_column(String(200))
+    # Stored lower-cased so that search by email is an exact index lookup.
+    customer_email: Mapped[str | None] = mapped_column(String(254))
+    customer_phone: Mapped[str | None] = mapped_column(String(16))  # E.164
+    customer_country: Mapped[str | None] = mapped_column(String(2))  # ISO 3166-1 alpha-2
+    customer_locale: Mapped[str | None] = mapped_column(String(35))  # BCP 47, e.g. en-US
+    # `metadata` is reserved on declarative classes; the column keeps the SPEC name.
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    source: Mapped[str] = mapped_column(String(16), default=TransactionSource.FORM)
+    import_id: Mapped[int | None] = mapped_column(ForeignKey("csv_import.id"))
+    stripe_payment_intent_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    stripe_checkout_session_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    payment_link_url: Mapped[str | None] = mapped_column(String(2048))
+    failed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    recovered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    attempts: Mapped[list[RecoveryAttempt]] = relationship(
+        back_populates="transaction", order_by="RecoveryAttempt.created_at"
+    )
+
+    def __repr__(self) -> str:
+        return f"<Transaction {self.transaction_ref} {self.status}>"
+
+
+from recovery.models.recovery_attempt import RecoveryAttempt  # noqa: E402

@@ -1,0 +1,95 @@
+"""Headers, host checks, login-by-default and role checks for every view."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from flask import Flask, abort, current_app, redirect, request, url_for
+from flask_login import current_user
+from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.wrappers import Response
+
+from recovery.models import Role
+
+# Endpoints anyone may reach without signing in. Everything else needs a user.
+PUBLIC_ENDPOINTS = frozenset({"auth.login", "health.healthz", "static"})
+
+CSP = (
+    "default-src 'self'; img-src 'self' data:; object-src 'none'; "
+    "base-uri 'self'; form-action 'self'; frame-ancestors 'none'"
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def is_safe_next(target: str | None) -> bool:
+    """Allow only a path inside this app: no scheme, no host, no backslash tricks."""
+    if not target or not target.startswith("/"):
+        return False
+    if target.startswith("//") or "\\" in target or any(ord(c) < 32 for c in target):
+        return False
+    parts = urlsplit(target)
+    return not parts.scheme and not parts.netloc
+
+
+def require_role(role: Role | str) -> Callable[[F], F]:
+    """Refuse (403) a signed-in user whose role is below `role`."""
+
+    def decorator(view: F) -> F:
+        @wraps(view)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            if not current_user.is_authenticated:
+                return current_app.login_manager.unauthorized()  # type: ignore[attr-defined]
+            if not current_user.has_role(role):
+                abort(403)
+            return view(*args, **kwargs)
+
+        return wrapped  # type: ignore[return-value]
+
+    return decorator
+
+
+def init_app(app: Flask) -> None:
+    if app.config["PROXY_FIX"]:
+        hops = int(app.config["PROXY_FIX"])
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops
+        )
+    production = app.config["APP_ENV"] == "production"
+
+    @app.before_request
+    def check_host() -> None:
+        # Reading request.host validates it against TRUSTED_HOSTS (400 if not allowed).
+        if app.config["TRUSTED_HOSTS"]:
+            request.host  # noqa: B018
+
+    @app.before_request
+    def require_login() -> Any:
+        if request.endpoint is None or request.endpoint in PUBLIC_ENDPOINTS:
+            return None
+        if not current_user.is_authenticated:
+            return app.login_manager.unauthorized()  # type: ignore[attr-defined]
+        return None
+
+    @app.after_request
+    def security_headers(response: Response) -> Response:
+        headers = response.headers
+        headers.setdefault("Content-Security-Policy", CSP)
+        headers["X-Frame-Options"] = "DENY"
+        headers["X-Content-Type-Options"] = "nosniff"
+        headers["Referrer-Policy"] = "strict-origin-when-cross-origin"
+        if production:
+            headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
+        if request.endpoint != "static":
+            headers.setdefault("Cache-Control", "no-store")
+        return response
+
+
+def redirect_next(default_endpoint: str = "transactions.index") -> Response:
+    target = request.args.get("next") or request.form.get("next")
+    if is_safe_next(target):
+        return redirect(target)  # type: ignore[arg-type]
+    return redirect(url_for(default_endpoint))

@@ -1,0 +1,361 @@
+"""Transactions: create, edit, list with keyset pagination, and the timeline.
+
+Plain functions over a SQLAlchemy session; callers commit.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, func, or_, select, tuple_
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from recovery import audit
+from recovery.audit import Actor
+from recovery.models import AuditEvent, CsvImport, RecoveryAttempt, Transaction, TransactionSource
+from recovery.models.transaction import TransactionStatus
+from recovery.transactions.validation import (
+    CONTACT_FIELDS,
+    Cleaned,
+    clean_contact,
+    clean_email,
+    clean_phone,
+    clean_transaction,
+)
+
+PAGE_SIZE = 50
+COUNT_CAP = 1000
+SORTS = {"date": Transaction.failed_at, "amount": Transaction.amount}
+
+
+class DuplicateRef(Exception):
+    """A transaction with this `transaction_ref` already exists in the organization."""
+
+
+class InvalidTransaction(Exception):
+    """Fields that failed validation; `errors` maps field name to message."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+        self.errors = errors
+
+
+# --- create and edit -------------------------------------------------------
+
+
+def create_transaction(
+    session: Session,
+    actor: Actor,
+    raw: dict[str, Any],
+    *,
+    source: str = TransactionSource.FORM,
+    major_units: bool = False,
+) -> Transaction:
+    """Validate and add one transaction; raise InvalidTransaction or DuplicateRef."""
+    cleaned = clean_transaction(raw, major_units=major_units)
+    if not cleaned.ok:
+        raise InvalidTransaction(cleaned.errors)
+    values = dict(cleaned.values)
+    values["meta"] = values.pop("metadata")
+    transaction = Transaction(organization_id=actor.organization_id, source=source, **values)
+    try:
+        with session.begin_nested():
+            session.add(transaction)
+            session.flush()
+    except IntegrityError:
+        raise DuplicateRef(values["transaction_ref"]) from None
+    audit.record(
+        session,
+        actor,
+        "transaction.created",
+        transaction_id=transaction.id,
+        target_type="transaction",
+        target_id=transaction.transaction_ref,
+        source=source,
+    )
+    return transaction
+
+
+def update_contact(session: Session, actor: Actor, transaction: Transaction, raw: dict[str, Any]) -> list[str]:
+    """Change the customer's contact details; return the names of fields that changed."""
+    cleaned = Cleaned()
+    clean_contact(raw, cleaned)
+    if not cleaned.ok:
+        raise InvalidTransaction(cleaned.errors)
+    changed: dict[str, list[Any]] = {}
+    for name in CONTACT_FIELDS:
+        new = cleaned.values.get(name)
+        old = getattr(transaction, name)
+        if new != old:
+            changed[name] = [old, new]
+            setattr(transaction, name, new)
+    if changed:
+        audit.record(
+            session,
+            actor,
+            "transaction.contact_updated",
+            transaction_id=transaction.id,
+            target_type="transaction",
+            target_id=transaction.transaction_ref,
+            changes=changed,
+        )
+    return list(changed)
+
+
+def get_for_org(session: Session, organization_id: int, transaction_id: int) -> Transaction | None:
+    """The transaction if it belongs to the organization; None hides others' rows."""
+    return session.scalar(
+        select(Transaction).where(
+            Transaction.id == transaction_id, Transaction.organization_id == organization_id
+        )
+    )
+
+
+def get_by_ref(session: Session, organization_id: int, ref: str) -> Transaction | None:
+    return session.scalar(
+        select(Transaction).where(
+            Transaction.organization_id == organization_id, Transaction.transaction_ref == ref
+        )
+    )
+
+
+# --- the list --------------------------------------------------------------
+
+
+@dataclass
+class ListQuery:
+    """What the list shows: filters, order and the page cursor, all validated."""
+
+    status: str | None = None
+    q: str | None = None
+    currency: str | None = None
+    date_from: date | None = None
+    date_to: date | None = None
+    sort: str = "date"
+    order: str = "desc"
+    after: tuple[Any, int] | None = None
+    before: tuple[Any, int] | None = None
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_args(cls, args: Any) -> ListQuery:
+        """Parse query-string arguments; a bad one is dropped and explained in `errors`."""
+        query = cls()
+        status = (args.get("status") or "").strip()
+        if status:
+            if status in TransactionStatus.ALL:
+                query.status = status
+            else:
+                query.errors["status"] = f"Unknown status {status!r}."
+        query.q = (args.get("q") or "").strip()[:254] or None
+        currency = (args.get("currency") or "").strip().lower()
+        if currency:
+            if len(currency) == 3 and currency.isalpha():
+                query.currency = currency
+            else:
+                query.errors["currency"] = "Use a three-letter currency code."
+        for name in ("date_from", "date_to"):
+            raw = (args.get(name) or "").strip()
+            if raw:
+                try:
+                    setattr(query, name, date.fromisoformat(raw))
+                except ValueError:
+                    query.errors[name] = "Use a date like 2025-01-31."
+        if args.get("sort") in SORTS:
+            query.sort = args["sort"]
+        if args.get("order") in ("asc", "desc"):
+            query.order = args["order"]
+        for name in ("after", "before"):
+            raw = args.get(name)
+            if raw:
+                cursor = decode_cursor(raw, query.sort)
+                if cursor is None:
+                    query.errors["cursor"] = "That page link is no longer valid; showing the first page."
+                else:
+                    setattr(query, name, cursor)
+        return query
+
+    def is_filtered(self) -> bool:
+        return any((self.status, self.q, self.currency, self.date_from, self.date_to))
+
+
+@dataclass
+class Page:
+    rows: list[Transaction]
+    next_cursor: str | None
+    prev_cursor: str | None
+    count: int
+    count_capped: bool
+
+
+def encode_cursor(transaction: Transaction, sort: str) -> str:
+    value: Any = transaction.failed_at.isoformat() if sort == "date" else transaction.amount
+    raw = json.dumps([value, transaction.id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(raw: str, sort: str) -> tuple[Any, int] | None:
+    try:
+        padded = raw + "=" * (-len(raw) % 4)
+        value, row_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        if not isinstance(row_id, int):
+            return None
+        if sort == "date":
+            return datetime.fromisoformat(value), row_id
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value, row_id
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        return None
+    return None
+
+
+def search_condition(q: str) -> ColumnElement[bool]:
+    """Exact match on an email, an E.164 phone or a transaction_ref, each index-backed."""
+    conditions = [Transaction.transaction_ref == q]
+    if "@" in q:
+        try:
+            email = clean_email(q)
+        except ValueError:
+            email = q.lower()
+        conditions.append(Transaction.customer_email == email)
+    elif any(c.isdigit() for c in q) and q.lstrip().startswith(("+", "00")):
+        try:
+            phone = clean_phone(q.replace("00", "+", 1) if q.startswith("00") else q, None)
+        except ValueError:
+            phone = None
+        if phone:
+            conditions.append(Transaction.customer_phone == phone)
+    return or_(*conditions)
+
+
+def _filters(organization_id: int, query: ListQuery) -> list[ColumnElement[bool]]:
+    filters: list[ColumnElement[bool]] = [Transaction.organization_id == organization_id]
+    if query.status:
+        filters.append(Transaction.status == query.status)
+    if query.q:
+        filters.append(search_condition(query.q))
+    if query.currency:
+        filters.append(Transaction.currency == query.currency)
+    if query.date_from:
+        filters.append(Transaction.failed_at >= datetime.combine(query.date_from, time(), UTC))
+    if query.date_to:
+        end = datetime.combine(query.date_to + timedelta(days=1), time(), UTC)
+        filters.append(Transaction.failed_at < end)
+    return filters
+
+
+def list_transactions(session: Session, organization_id: int, query: ListQuery) -> Page:
+    """One page of the organization's transactions, by keyset (never OFFSET)."""
+    key = SORTS[query.sort]
+    filters = _filters(organization_id, query)
+    descending = query.order == "desc"
+    backwards = query.before is not None and query.after is None
+    cursor = query.before if backwards else query.after
+    forward_desc = descending != backwards  # walking back flips the order
+    stmt = select(Transaction).where(*filters)
+    if cursor is not None:
+        value, row_id = cursor
+        if forward_desc:
+            stmt = stmt.where(tuple_(key, Transaction.id) < tuple_(value, row_id))
+        else:
+            stmt = stmt.where(tuple_(key, Transaction.id) > tuple_(value, row_id))
+    order = (key.desc(), Transaction.id.desc()) if forward_desc else (key.asc(), Transaction.id.asc())
+    rows = list(session.scalars(stmt.order_by(*order).limit(PAGE_SIZE + 1)))
+    has_more = len(rows) > PAGE_SIZE
+    rows = rows[:PAGE_SIZE]
+    if backwards:
+        rows.reverse()
+    has_next = has_more if not backwards else True
+    has_prev = (cursor is not None) if not backwards else has_more
+    count_stmt = select(func.count()).select_from(
+        select(Transaction.id).where(*filters).limit(COUNT_CAP + 1).subquery()
+    )
+    count = session.scalar(count_stmt) or 0
+    return Page(
+        rows=rows,
+        next_cursor=encode_cursor(rows[-1], query.sort) if rows and has_next else None,
+        prev_cursor=encode_cursor(rows[0], query.sort) if rows and has_prev else None,
+        count=min(count, COUNT_CAP),
+        count_capped=count > COUNT_CAP,
+    )
+
+
+# --- the timeline ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TimelineEntry:
+    at: datetime
+    title: str
+    detail: str = ""
+    actor: str = ""
+    kind: str = "event"
+
+
+AUDIT_TITLES = {
+    "transaction.created": "Created",
+    "transaction.contact_updated": "Contact details changed",
+}
+
+
+def timeline(session: Session, transaction: Transaction) -> list[TimelineEntry]:
+    """Everything that happened to the transaction, oldest first."""
+    entries: list[TimelineEntry] = []
+    if transaction.source == TransactionSource.CSV and transaction.import_id:
+        csv_import = session.get(CsvImport, transaction.import_id)
+        name = csv_import.filename if csv_import else "a CSV file"
+        entries.append(
+            TimelineEntry(transaction.created_at, "Imported", f"from {name}", kind="import")
+        )
+    events = session.scalars(
+        select(AuditEvent)
+        .where(AuditEvent.transaction_id == transaction.id)
+        .order_by(AuditEvent.created_at, AuditEvent.id)
+    )
+    has_created = False
+    for event in events:
+        has_created |= event.action == "transaction.created"
+        entries.append(
+            TimelineEntry(
+                event.created_at,
+                AUDIT_TITLES.get(event.action, event.action.replace(".", " ").replace("_", " ").capitalize()),
+                _describe(event),
+                event.actor_label,
+                kind="audit",
+            )
+        )
+    if not has_created and transaction.source != TransactionSource.CSV:
+        entries.append(TimelineEntry(transaction.created_at, "Created", f"via {transaction.source}"))
+    entries.append(
+        TimelineEntry(
+            transaction.failed_at,
+            "Payment failed",
+            transaction.failure_message or transaction.failure_code or "",
+            kind="failure",
+        )
+    )
+    for attempt in session.scalars(
+        select(RecoveryAttempt).where(RecoveryAttempt.transaction_id == transaction.id)
+    ):
+        entries.append(
+            TimelineEntry(attempt.created_at, "Recovery started", f"by {attempt.channel}", kind="attempt")
+        )
+    return sorted(entries, key=lambda e: e.at)
+
+
+def _describe(event: AuditEvent) -> str:
+    details = event.details or {}
+    if "changes" in details:
+        return ", ".join(
+            f"{name.replace('customer_', '')}: {old or '—'} → {new or '—'}"
+            for name, (old, new) in details["changes"].items()
+        )
+    if "source" in details:
+        return f"via {details['source']}"
+    return ""

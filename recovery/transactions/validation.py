@@ -1,0 +1,225 @@
+"""One set of rules for a transaction's fields, shared by the form, CSV and API.
+
+`clean_transaction` takes raw strings (as a form or CSV cell gives them) and
+returns either clean values ready for the database or a message per field.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, time
+from functools import cache
+from typing import Any
+
+import phonenumbers
+from babel import Locale, UnknownLocaleError
+from babel.core import get_global
+from email_validator import EmailNotValidError, validate_email
+
+from recovery import money
+from recovery.models.base import utcnow
+
+MAX_LENGTHS = {
+    "transaction_ref": 64,
+    "failure_code": 64,
+    "failure_message": 500,
+    "customer_name": 200,
+    "customer_email": 254,
+}
+_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:#-]*$")
+_CODE = re.compile(r"^[a-z0-9_]+$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+METADATA_MAX_BYTES = 4096
+
+CONTACT_FIELDS = ("customer_name", "customer_email", "customer_phone", "customer_country", "customer_locale")
+
+
+@dataclass
+class Cleaned:
+    values: dict[str, Any] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def first_error(self) -> str:
+        name, message = next(iter(self.errors.items()))
+        return f"{name}: {message}"
+
+
+@cache
+def _territories() -> frozenset[str]:
+    return frozenset(code for code in get_global("territory_currencies") if len(code) == 2)
+
+
+def clean_text(raw: Any, name: str, *, required: bool = False) -> str | None:
+    text = "" if raw is None else str(raw).strip()
+    if not text:
+        if required:
+            raise ValueError("This field is required.")
+        return None
+    if _CONTROL.search(text):
+        raise ValueError("Must not contain control characters.")
+    limit = MAX_LENGTHS[name]
+    if len(text) > limit:
+        raise ValueError(f"At most {limit} characters (got {len(text)}).")
+    return text
+
+
+def clean_ref(raw: Any) -> str:
+    ref = clean_text(raw, "transaction_ref", required=True)
+    assert ref is not None
+    if not _REF.match(ref):
+        raise ValueError("Use letters, digits and . _ : # - only, starting with a letter or digit.")
+    return ref
+
+
+def clean_email(raw: Any) -> str | None:
+    text = clean_text(raw, "customer_email")
+    if text is None:
+        return None
+    try:
+        result = validate_email(text, check_deliverability=False)
+    except EmailNotValidError as error:
+        raise ValueError(str(error)) from None
+    return result.normalized.lower()
+
+
+def clean_country(raw: Any) -> str | None:
+    text = ("" if raw is None else str(raw)).strip().upper()
+    if not text:
+        return None
+    if text not in _territories():
+        raise ValueError(f"{raw!r} is not an ISO 3166 two-letter country code (e.g. US, DE).")
+    return text
+
+
+def clean_phone(raw: Any, country: str | None) -> str | None:
+    text = ("" if raw is None else str(raw)).strip()
+    if not text:
+        return None
+    if len(text) > 32:
+        raise ValueError("Phone number is too long.")
+    try:
+        number = phonenumbers.parse(text, country)
+    except phonenumbers.NumberParseException:
+        hint = "" if country else " Give it in international form (+44 20 7946 0958) or set the country."
+        raise ValueError(f"{text!r} is not a phone number.{hint}") from None
+    if not phonenumbers.is_valid_number(number):
+        raise ValueError(f"{text!r} is not a valid phone number.")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def clean_locale(raw: Any) -> str | None:
+    text = ("" if raw is None else str(raw)).strip()
+    if not text:
+        return None
+    try:
+        locale = Locale.parse(text.replace("-", "_"))
+    except (ValueError, UnknownLocaleError):
+        raise ValueError(f"{text!r} is not a known locale (e.g. en, en-US, de-DE).") from None
+    return "-".join(part for part in (locale.language, locale.territory) if part)
+
+
+def clean_failure_code(raw: Any) -> str | None:
+    code = clean_text(raw, "failure_code")
+    if code is None:
+        return None
+    code = code.lower()
+    if not _CODE.match(code):
+        raise ValueError("Use lower-case letters, digits and underscores (e.g. card_declined).")
+    return code
+
+
+def clean_datetime(raw: Any) -> datetime | None:
+    text = ("" if raw is None else str(raw)).strip()
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a date; use ISO 8601 (2025-01-19 or 2025-01-19T10:00:00Z).") from None
+    if len(text) == 10:
+        value = datetime.combine(value.date(), time(), tzinfo=UTC)
+    elif value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    value = value.astimezone(UTC)
+    if value > utcnow():
+        raise ValueError("The failure date cannot be in the future.")
+    if value.year < 2000:
+        raise ValueError("The failure date is implausibly old.")
+    return value
+
+
+def clean_metadata(raw: Any) -> dict[str, Any]:
+    if raw is None or raw == "":
+        return {}
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError:
+            raise ValueError('Metadata must be a JSON object, e.g. {"order_id": "ORD-123"}.') from None
+    if not isinstance(raw, dict):
+        raise ValueError('Metadata must be a JSON object, e.g. {"order_id": "ORD-123"}.')
+    if any(not isinstance(v, str | int | float | bool | type(None)) for v in raw.values()):
+        raise ValueError("Metadata values must be strings, numbers or booleans.")
+    if len(json.dumps(raw)) > METADATA_MAX_BYTES:
+        raise ValueError(f"Metadata is larger than {METADATA_MAX_BYTES} bytes.")
+    return {str(k): v for k, v in raw.items()}
+
+
+def clean_contact(raw: dict[str, Any], result: Cleaned) -> None:
+    """Clean the customer's contact fields into `result`."""
+    steps = (
+        ("customer_name", lambda: clean_text(raw.get("customer_name"), "customer_name")),
+        ("customer_email", lambda: clean_email(raw.get("customer_email"))),
+        ("customer_country", lambda: clean_country(raw.get("customer_country"))),
+        (
+            "customer_phone",
+            lambda: clean_phone(raw.get("customer_phone"), result.values.get("customer_country")),
+        ),
+        ("customer_locale", lambda: clean_locale(raw.get("customer_locale"))),
+    )
+    _run(steps, result)
+
+
+def clean_transaction(raw: dict[str, Any], *, major_units: bool = False) -> Cleaned:
+    """Validate a new transaction's fields; unknown keys are ignored.
+
+    `major_units`: the amount is in major units whatever its form (staff form).
+    """
+    result = Cleaned()
+
+    def currency() -> str:
+        return money.normalize_currency(raw.get("currency"))
+
+    def amount() -> int:
+        if "currency" not in result.values:
+            raise ValueError("Set a valid currency first.")
+        return money.parse_amount(raw.get("amount"), result.values["currency"], major=major_units)
+
+    steps = (
+        ("transaction_ref", lambda: clean_ref(raw.get("transaction_ref"))),
+        ("currency", currency),
+        ("amount", amount),
+        ("failure_code", lambda: clean_failure_code(raw.get("failure_code"))),
+        ("failure_message", lambda: clean_text(raw.get("failure_message"), "failure_message")),
+        ("failed_at", lambda: clean_datetime(raw.get("failed_at"))),
+        ("metadata", lambda: clean_metadata(raw.get("metadata"))),
+    )
+    _run(steps, result)
+    clean_contact(raw, result)
+    if result.values.get("failed_at") is None:
+        result.values.pop("failed_at", None)
+    return result
+
+
+def _run(steps: Any, result: Cleaned) -> None:
+    for name, step in steps:
+        try:
+            result.values[name] = step()
+        except ValueError as error:  # AmountError is a ValueError
+            result.errors[name] = str(error)

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from flask_wtf import FlaskForm
+from wtforms import EmailField, HiddenField, PasswordField, SelectField, StringField
+from wtforms.validators import DataRequired, Length
+
+from recovery.models import Role
+
+ROLE_CHOICES = [(r.value, r.value.capitalize()) for r in reversed(Role)]
+
+
+class InviteForm(FlaskForm):
+    email = EmailField("Email", [DataRequired(), Length(max=254)])
+    name = StringField("Name", [Length(max=200)])
+    role = SelectField("Role", choices=ROLE_CHOICES, default=Role.VIEWER.value)
+    password = PasswordField(
+        "Initial password",
+        [DataRequired(), Length(min=12, max=256)],
+        description="At least 12 characters. Share it with them privately.",
+    )
+
+
+class RoleForm(FlaskForm):
+    role = SelectField("Role", choices=ROLE_CHOICES)
+
+
+class ActiveForm(FlaskForm):
+    active = HiddenField()
