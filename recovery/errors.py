@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flask import Flask, jsonify, render_template, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, SecurityError
 from werkzeug.wrappers import Response
 
 from recovery.logs import get_logger
@@ -19,6 +19,10 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> tuple[Response | str, int]:
         code = error.code or 500
+        if isinstance(error, SecurityError):
+            # An untrusted Host leaves the request without a URL adapter, so the
+            # HTML page (which builds URLs) cannot render; answer in plain text.
+            return Response("Bad request: this host name is not served here.\n", code, mimetype="text/plain"), code
         if wants_json():
             body = {"error": {"type": error.name.lower().replace(" ", "_"), "message": error.description}}
             return jsonify(body), code

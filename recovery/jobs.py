@@ -23,7 +23,7 @@ def app_job(func: F) -> F:
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        current_app._get_current_object()  # fails loudly outside `flask worker`
+        current_app.name  # noqa: B018 -- fails loudly outside an app context (`flask worker`)
         db.engine.dispose(close=False)
         try:
             return func(*args, **kwargs)

@@ -7,6 +7,7 @@ import re
 import sys
 import time
 import uuid
+from typing import Any
 
 import structlog
 from flask import Flask, g, request
@@ -17,7 +18,7 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
 def configure(level: str = "INFO") -> None:
     """Route structlog and the standard library through one JSON renderer."""
-    shared = [
+    shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -47,7 +48,8 @@ def configure(level: str = "INFO") -> None:
 
 
 def get_logger(name: str = "recovery") -> structlog.stdlib.BoundLogger:
-    return structlog.get_logger(name)
+    logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
+    return logger
 
 
 def init_app(app: Flask) -> None:

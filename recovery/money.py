@@ -6,23 +6,31 @@ every other currency has two decimals. Formatting uses Babel's CLDR data.
 
 from __future__ import annotations
 
+import copy
 import re
 from decimal import Decimal
 from functools import cache
 
-from babel.numbers import format_currency, list_currencies
+from babel import Locale, UnknownLocaleError
+from babel.numbers import NumberPattern, format_currency, list_currencies
 
-ZERO_DECIMAL = frozenset(
-    "bif clp djf gnf jpy kmf krw mga pyg rwf ugx vnd vuv xaf xof xpf".split()
-)
-THREE_DECIMAL = frozenset("bhd jod kwd omr tnd".split())
+# fmt: off
+ZERO_DECIMAL = frozenset({
+    "bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga",
+    "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf",
+})
+# fmt: on
+THREE_DECIMAL = frozenset({"bhd", "jod", "kwd", "omr", "tnd"})
 
 # Stripe's largest amount is 99,999,999 in most currencies' minor units; we keep
 # a roomier bound that still catches a misplaced decimal separator.
 MAX_AMOUNT = 999_999_999_99
 
 
-_NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
+# ASCII digits only: `\d` would also take "١٢" or fullwidth "１２".
+_NUMBER = re.compile(r"-?([0-9]+)(?:\.([0-9]+))?", re.ASCII)
+# More digits than this cannot be a valid amount in any currency.
+_MAX_DIGITS = 20
 
 
 class AmountError(ValueError):
@@ -57,32 +65,39 @@ def parse_amount(raw: str | int | None, currency: str, *, major: bool = False) -
     """Return a positive amount in minor units.
 
     An integer ("5000") is taken as minor units; a decimal string ("50.00") as
-    major units, converted exactly with Decimal (never float) and refused if it
-    has more decimals than the currency allows. With `major`, every string is in
+    major units, converted exactly digit by digit (never through float) and
+    refused if it has more decimals than the currency allows. A float (from
+    JSON) is refused: it may already have lost the cents. With `major`, every string is in
     major units (a staff form: "50" means $50.00).
     """
     if isinstance(raw, bool):
         raise AmountError("Amount must be a number.")
     if isinstance(raw, int):
         minor = raw
+    elif raw is not None and not isinstance(raw, str):
+        raise AmountError('Amount must be whole minor units (5000) or a decimal string ("50.00").')
     else:
         text = (raw or "").strip().replace("_", "")
         if not text:
             raise AmountError("Amount is required.")
-        if not _NUMBER.match(text):
+        match = _NUMBER.fullmatch(text)
+        if not match:
             raise AmountError(f"{raw!r} is not a number; write 5000 (minor units) or 50.00.")
-        value = Decimal(text)
-        if "." in text or major:
+        whole, fraction = match.group(1).lstrip("0"), match.group(2)
+        if len(whole) > _MAX_DIGITS:
+            raise AmountError("Amount is too large.")
+        minor = int(whole or "0")
+        if fraction is not None or major:
+            # Digit by digit, not through Decimal's 28-digit context, which would
+            # round "0.100000000000000000000000000001" to an acceptable 0.10.
             places = exponent(currency)
-            minor_value = value.scaleb(places)
-            if minor_value != minor_value.to_integral_value():
+            fraction = (fraction or "").rstrip("0")
+            if len(fraction) > places:
                 unit = "no decimals" if places == 0 else f"at most {places} decimals"
                 raise AmountError(f"{currency.upper()} amounts take {unit}; got {raw!r}.")
-            minor = int(minor_value)
-        elif value == value.to_integral_value():
-            minor = int(value)
-        else:
-            raise AmountError(f"{raw!r} is not a whole number of minor units.")
+            minor = minor * 10**places + int(fraction.ljust(places, "0") or "0")
+        if text.startswith("-"):
+            minor = -minor
     if minor <= 0:
         raise AmountError("Amount must be greater than zero.")
     if minor > MAX_AMOUNT:
@@ -96,10 +111,30 @@ def to_major(amount: int, currency: str) -> Decimal:
 
 def format_amount(amount: int, currency: str, locale: str = "en_US") -> str:
     """Format minor units for people: 5000 usd → $50.00, 5000 jpy → ¥5,000."""
+    places = exponent(currency)
     try:
-        return format_currency(to_major(amount, currency), currency.upper(), locale=locale)
-    except (ValueError, LookupError):
-        return f"{to_major(amount, currency):,.{exponent(currency)}f} {currency.upper()}"
+        return format_currency(
+            to_major(amount, currency),
+            currency.upper(),
+            format=_pattern(locale, places),
+            locale=locale,
+            currency_digits=False,
+        )
+    except (ValueError, LookupError, UnknownLocaleError):
+        return f"{to_major(amount, currency):,.{places}f} {currency.upper()}"
+
+
+@cache
+def _pattern(locale: str, places: int) -> NumberPattern:
+    """The locale's currency pattern with exactly `places` decimals.
+
+    CLDR's own digits differ from Stripe's for some currencies (HUF, IDR, ISK,
+    COP...: none in CLDR, two at Stripe); rounding 12345 huf to "HUF123" would
+    hide money, so the decimals always follow the amount's minor unit.
+    """
+    pattern: NumberPattern = copy.copy(Locale.parse(locale).currency_formats["standard"])
+    pattern.frac_prec = (places, places)
+    return pattern
 
 
 def format_major(amount: int, currency: str) -> str:

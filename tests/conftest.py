@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Iterator
 from itertools import count
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import sqlalchemy as sa
@@ -73,11 +74,17 @@ def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
 
 @pytest.fixture(scope="session")
 def redis_url() -> str:
+    """The test Redis; each xdist worker gets its own database number below the base one."""
+    parts = urlsplit(REDIS_URL)
+    base = int(parts.path.strip("/") or 0)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    database = max(base - int(worker.removeprefix("gw") or 0), 0)
+    redis_url = urlunsplit(parts._replace(path=f"/{database}"))
     try:
-        Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
+        Redis.from_url(redis_url, socket_connect_timeout=1).ping()
     except RedisError as error:
-        missing(f"Redis not reachable at {REDIS_URL}: {error}")
-    return REDIS_URL
+        missing(f"Redis not reachable at {redis_url}: {error}")
+    return redis_url
 
 
 def base_config(database_url: str, redis_url: str, **overrides: Any) -> dict[str, Any]:

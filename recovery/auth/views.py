@@ -71,6 +71,9 @@ def login() -> Any:
 @bp.post("/logout")
 def logout() -> Any:
     if LogoutForm().validate_on_submit():
+        user = current_user._get_current_object()
+        record(db.session, Actor.for_user(user, request.remote_addr), "user.signed_out", target_type="user", target_id=user.id)
+        db.session.commit()
         logout_user()
         flash("You are signed out.", "info")
     return redirect(url_for("auth.login"))

@@ -9,7 +9,7 @@ from flask_login import current_user
 from redis.exceptions import RedisError
 from sqlalchemy import select
 
-from recovery.audit import Actor
+from recovery.audit import Actor, record
 from recovery.extensions import db
 from recovery.imports import services
 from recovery.imports.forms import UploadForm
@@ -106,6 +106,9 @@ def detail(import_id: int) -> Any:
 def retry(import_id: int) -> Any:
     csv_import = org_import(import_id)
     if csv_import.status in (ImportStatus.QUEUED, ImportStatus.FAILED):
+        actor = Actor.for_user(current_user, request.remote_addr)
+        record(db.session, actor, "import.restarted", target_type="csv_import", target_id=import_id)
+        db.session.commit()
         try:
             enqueue(import_csv, import_id, job_timeout=JOB_TIMEOUT, description=f"CSV import {import_id}")
             flash("Import started again; it continues after the last saved chunk.", "info")

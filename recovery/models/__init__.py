@@ -1,7 +1,7 @@
 """Every table of the domain (SPEC.md), importable from one place."""
 
 from recovery.models.audit_event import AuditEvent
-from recovery.models.base import Base, IllegalTransition, utcnow
+from recovery.models.base import Base, DbSession, IllegalTransition, utcnow
 from recovery.models.csv_import import CsvImport, ImportStatus
 from recovery.models.message import Message, MessageStatus
 from recovery.models.organization import Organization
@@ -16,6 +16,7 @@ __all__ = [
     "Base",
     "Channel",
     "CsvImport",
+    "DbSession",
     "IllegalTransition",
     "ImportStatus",
     "Message",
@@ -29,4 +30,5 @@ __all__ = [
     "User",
     "WebhookEvent",
     "WebhookState",
+    "utcnow",
 ]

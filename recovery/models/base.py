@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeAlias
 
 from sqlalchemy import BigInteger, DateTime, Integer, MetaData
 from sqlalchemy.types import TypeDecorator
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import DeclarativeBase, Session, scoped_session
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -20,6 +20,10 @@ NAMING_CONVENTION = {
 
 # BIGINT on PostgreSQL, INTEGER on SQLite (the only type SQLite auto-increments).
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+# Services take either a plain Session or Flask-SQLAlchemy's scoped `db.session`.
+DbSession: TypeAlias = Session | scoped_session[Any]
 
 
 def utcnow() -> datetime:

@@ -7,6 +7,7 @@ returns either clean values ready for the database or a message per field.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time
@@ -30,7 +31,7 @@ MAX_LENGTHS = {
 }
 _REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:#-]*$")
 _CODE = re.compile(r"^[a-z0-9_]+$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 (e.g. \x9b, a terminal CSI)
 METADATA_MAX_BYTES = 4096
 
 CONTACT_FIELDS = ("customer_name", "customer_email", "customer_phone", "customer_country", "customer_locale")
@@ -52,7 +53,13 @@ class Cleaned:
 
 @cache
 def _territories() -> frozenset[str]:
-    return frozenset(code for code in get_global("territory_currencies") if len(code) == 2)
+    """Current two-letter regions: no retired code (SU, YU, DD...), no EU or ZZ (unknown)."""
+    retired = get_global("territory_aliases")
+    return frozenset(
+        code
+        for code in get_global("territory_currencies")
+        if len(code) == 2 and code not in retired and code not in ("EU", "ZZ")
+    )
 
 
 def clean_text(raw: Any, name: str, *, required: bool = False) -> str | None:
@@ -166,6 +173,9 @@ def clean_metadata(raw: Any) -> dict[str, Any]:
         raise ValueError('Metadata must be a JSON object, e.g. {"order_id": "ORD-123"}.')
     if any(not isinstance(v, str | int | float | bool | type(None)) for v in raw.values()):
         raise ValueError("Metadata values must be strings, numbers or booleans.")
+    if any(isinstance(v, float) and not math.isfinite(v) for v in raw.values()):
+        # PostgreSQL's json type refuses NaN and Infinity: the insert would fail.
+        raise ValueError("Metadata numbers must be finite (no NaN or Infinity).")
     if len(json.dumps(raw)) > METADATA_MAX_BYTES:
         raise ValueError(f"Metadata is larger than {METADATA_MAX_BYTES} bytes.")
     return {str(k): v for k, v in raw.items()}

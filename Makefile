@@ -1,0 +1,19 @@
+# The commands everyone uses. The README names the first two.
+.PHONY: run test lint typecheck check migration
+
+run:            ## demo: venv, install, migrate, seed, web + worker (+ embedded Redis)
+	bash scripts/run.sh
+
+test:           ## the whole suite on SQLite and PostgreSQL, with Redis, RQ and Chromium
+	bash scripts/test.sh
+
+lint:
+	bash scripts/bootstrap.sh && .venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+typecheck:
+	bash scripts/bootstrap.sh && .venv/bin/mypy
+
+check: lint typecheck test
+
+migration:      ## make migration m="what changed"
+	APP_ENV=development .venv/bin/flask --app wsgi db migrate -m "$(m)"

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Run the demo: virtualenv, install, database upgrade, demo data, then the web app,
+# the RQ worker with its scheduler and (unless REDIS_URL is set) an embedded Redis.
+# Ctrl-C stops them all.
+#
+# Environment: PORT (5000), REDIS_URL (unset: embedded Redis on REDIS_PORT, default
+# the first free port from 6399), DATABASE_URL (unset: SQLite in instance/), PYTHON.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+die() { printf 'run: %s\n' "$*" >&2; exit 1; }
+
+# Python 3.11+: $PYTHON, else the first python3.x on PATH that is recent enough.
+if [[ ! -x .venv/bin/python ]]; then
+  python=""
+  for candidate in ${PYTHON:-} python3 python3.13 python3.12 python3.11; do
+    if command -v "$candidate" >/dev/null \
+      && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+      python=$candidate
+      break
+    fi
+  done
+  [[ -n $python ]] || die "Python 3.11 or newer is needed (set PYTHON=/path/to/python3.11)."
+  say "Creating .venv with $python"
+  "$python" -m venv .venv
+fi
+
+# Reinstall only when a requirements file changed since the last successful install.
+stamp=.venv/.requirements-installed
+if [[ ! -f $stamp || requirements.txt -nt $stamp || requirements-dev.txt -nt $stamp ]]; then
+  say "Installing requirements-dev.txt (first run takes a minute)"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+  touch "$stamp"
+fi
+export PATH="$PWD/.venv/bin:$PATH"
+
+port_is_free() {
+  python - "$1" <<'PY'
+import socket, sys
+with socket.socket() as s:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("127.0.0.1", int(sys.argv[1])))
+    except OSError:
+        sys.exit(1)
+PY
+}
+
+export APP_ENV=${APP_ENV:-development}
+export PORT=${PORT:-5000}
+export BASE_URL=${BASE_URL:-http://127.0.0.1:$PORT}
+port_is_free "$PORT" || die "Port $PORT is in use. Stop what uses it, or choose another: PORT=5001 make run"
+
+processes=(web worker)
+if [[ -z ${REDIS_URL:-} ]]; then
+  if [[ -n ${REDIS_PORT:-} ]]; then
+    port_is_free "$REDIS_PORT" || die "REDIS_PORT $REDIS_PORT is in use; choose another or set REDIS_URL."
+  else
+    REDIS_PORT=6399
+    until port_is_free "$REDIS_PORT"; do
+      REDIS_PORT=$((REDIS_PORT + 1))
+      ((REDIS_PORT < 6500)) || die "No free port for Redis in 6399-6499; set REDIS_PORT or REDIS_URL."
+    done
+  fi
+  export REDIS_PORT
+  export REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
+  processes+=(redis)
+  redis_note="embedded Redis on 127.0.0.1:$REDIS_PORT (stopped with the rest)"
+else
+  redis_note="$REDIS_URL"
+fi
+
+say "Upgrading the database (${DATABASE_URL:-SQLite in instance/})"
+flask --app wsgi db upgrade
+say "Loading the demo data"
+seed_output=$(flask --app wsgi seed-demo)
+printf '%s\n' "$seed_output"
+login_email=$(awk '$1 == "owner" { print $2; exit }' <<<"$seed_output")
+login_password=$(sed -n 's/.*password for all: \(.*\)):$/\1/p' <<<"$seed_output")
+
+banner() {
+  printf '\n\033[1;32m  Recovery is %s at %s\033[0m\n' "$1" "$BASE_URL"
+  printf '  Sign in as %s with password %s\n' "${login_email:-owner@demo.example}" "$login_password"
+  printf '  Redis: %s. Press Ctrl-C to stop.\n\n' "$redis_note"
+}
+banner "starting"
+
+# Say it again once the app answers, so the URL is not lost in the start-up logs.
+# The watcher gives up when honcho (this shell's PID after exec) is gone or after a minute.
+parent=$$
+(
+  for _ in $(seq 120); do
+    kill -0 "$parent" 2>/dev/null || exit 0
+    if python -c 'import sys, urllib.request as u; u.urlopen(sys.argv[1], timeout=1)' \
+      "$BASE_URL/healthz" 2>/dev/null; then
+      banner "ready"
+      exit 0
+    fi
+    sleep 0.5
+  done
+) &
+
+exec honcho -f Procfile.dev start "${processes[@]}"
