@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.orm import Session
+from recovery.models.base import DbSession
 
 from recovery.models import AuditEvent, User
 
@@ -29,7 +29,7 @@ class Actor:
 
 
 def record(
-    session: Session,
+    session: DbSession,
     actor: Actor,
     action: str,
     *,

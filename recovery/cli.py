@@ -35,7 +35,9 @@ def create_org(slug: str, name: str, timezone: str) -> None:
 @click.option("--email", required=True)
 @click.option("--role", type=click.Choice([r.value for r in Role]), required=True)
 @click.option("--name", default="")
-@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True, help="Prompted if not given.")
+@click.option(
+    "--password", prompt=True, hide_input=True, confirmation_prompt=True, help="Prompted if not given."
+)
 def create_user_command(org_slug: str, email: str, role: str, name: str, password: str) -> None:
     """Create a staff user in an organization."""
     organization = get_by_slug(db.session, org_slug.strip().lower())

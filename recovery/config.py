@@ -22,8 +22,22 @@ class ConfigError(RuntimeError):
     """The configuration cannot run safely; the message says what to change."""
 
 
-def _bool(value: str) -> bool:
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _bool(key: str, value: str) -> bool:
+    word = value.strip().lower()
+    if word not in _TRUE | _FALSE:
+        raise ConfigError(f"{key} must be true or false (1/0, yes/no, on/off); got {value!r}.")
+    return word in _TRUE
+
+
+def _int(key: str, value: str) -> int:
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise ConfigError(f"{key} must be a whole number; got {value!r}.") from None
 
 
 def defaults(instance_path: str) -> dict[str, Any]:
@@ -77,14 +91,14 @@ def load(instance_path: str, overrides: dict[str, Any] | None = None) -> dict[st
         namespace: dict[str, Any] = {}
         exec(compile(instance_file.read_text(), str(instance_file), "exec"), namespace)
         config.update({k: v for k, v in namespace.items() if k.isupper()})
-    for key, default in list(config.items()):
+    for key in list(config):
         raw = os.environ.get(key)
         if raw is None:
             continue
         if key in _INT_KEYS:
-            config[key] = int(raw)
+            config[key] = _int(key, raw)
         elif key in _BOOL_KEYS:
-            config[key] = _bool(raw)
+            config[key] = _bool(key, raw)
         else:
             config[key] = raw
     config.update(overrides or {})
@@ -128,6 +142,10 @@ def derive(config: dict[str, Any]) -> dict[str, Any]:
         hosts += [h for h in ("127.0.0.1", "localhost") if h not in hosts]
     config["TRUSTED_HOSTS"] = hosts
     config["RATELIMIT_STORAGE_URI"] = config["REDIS_URL"]
+    # A moving window: "the 6th failure within any minute" is refused. A fixed
+    # window would let 5 failures at the end of one window and 5 more at the
+    # start of the next through.
+    config["RATELIMIT_STRATEGY"] = "moving-window"
     config["RATELIMIT_IN_MEMORY_FALLBACK_ENABLED"] = True
     config["RATELIMIT_SWALLOW_ERRORS"] = True
     config["RATELIMIT_HEADERS_ENABLED"] = True

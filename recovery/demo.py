@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from recovery.models.base import DbSession
 
 from recovery.models import Organization, Role, Transaction, TransactionSource, User, utcnow
 from recovery.models.transaction import TransactionStatus
@@ -48,7 +48,7 @@ class SeedResult:
     existing: int
 
 
-def seed(session: Session) -> SeedResult:
+def seed(session: DbSession) -> SeedResult:
     """Create what is missing; running it again changes nothing."""
     organization = get_by_slug(session, DEMO_SLUG) or create_organization(
         session, DEMO_SLUG, "Demo Coffee Roasters", "Europe/London"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Flask, jsonify, render_template, request
+from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, SecurityError
 from werkzeug.wrappers import Response
 
@@ -22,11 +23,20 @@ def init_app(app: Flask) -> None:
         if isinstance(error, SecurityError):
             # An untrusted Host leaves the request without a URL adapter, so the
             # HTML page (which builds URLs) cannot render; answer in plain text.
-            return Response("Bad request: this host name is not served here.\n", code, mimetype="text/plain"), code
+            return Response(
+                "Bad request: this host name is not served here.\n", code, mimetype="text/plain"
+            ), code
         if wants_json():
             body = {"error": {"type": error.name.lower().replace(" ", "_"), "message": error.description}}
             return jsonify(body), code
-        return render_template("errors/error.html", error=error, code=code), code
+        message = None
+        if isinstance(error, CSRFError):
+            # flask-wtf's own wording ("The CSRF token is missing.") means nothing to staff.
+            message = (
+                "This form has expired or did not come from this site (security check: "
+                f"{error.description}). Go back, reload the page and try again."
+            )
+        return render_template("errors/error.html", error=error, code=code, message=message), code
 
     if app.testing:
         return  # let tests see the real exception

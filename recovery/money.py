@@ -8,11 +8,19 @@ from __future__ import annotations
 
 import copy
 import re
+from dataclasses import dataclass
 from decimal import Decimal
 from functools import cache
 
 from babel import Locale, UnknownLocaleError
-from babel.numbers import NumberPattern, format_currency, list_currencies
+from babel.numbers import (
+    NumberPattern,
+    format_currency,
+    get_currency_symbol,
+    get_decimal_symbol,
+    get_group_symbol,
+    list_currencies,
+)
 
 # fmt: off
 ZERO_DECIMAL = frozenset({
@@ -112,6 +120,9 @@ def to_major(amount: int, currency: str) -> Decimal:
 def format_amount(amount: int, currency: str, locale: str = "en_US") -> str:
     """Format minor units for people: 5000 usd → $50.00, 5000 jpy → ¥5,000."""
     places = exponent(currency)
+    style = _style(locale, places, currency.upper())
+    if style is not None and amount >= 0:
+        return style.render(amount, places)
     try:
         return format_currency(
             to_major(amount, currency),
@@ -135,6 +146,68 @@ def _pattern(locale: str, places: int) -> NumberPattern:
     pattern: NumberPattern = copy.copy(Locale.parse(locale).currency_formats["standard"])
     pattern.frac_prec = (places, places)
     return pattern
+
+
+@dataclass(frozen=True)
+class _CurrencyStyle:
+    """Babel's rendering of one (locale, decimals, currency), worked out once.
+
+    Babel derives the symbols and affixes again on every call (~25 µs, and a
+    list page shows fifty amounts). `render` repeats exactly what its pattern
+    does for a plain pattern and a non-negative amount; tests compare the two.
+    """
+
+    prefix: str
+    suffix: str
+    group: str
+    decimal: str
+    grouping: tuple[int, int]
+    min_digits: int
+
+    def render(self, amount: int, places: int) -> str:
+        whole, fraction = divmod(amount, 10**places)
+        digits = str(whole).rjust(self.min_digits, "0")
+        size, grouped = self.grouping[0], ""
+        while len(digits) > size:  # Babel's NumberPattern._format_int
+            grouped = self.group + digits[-size:] + grouped
+            digits = digits[:-size]
+            size = self.grouping[1]
+        number = digits + grouped
+        if places:
+            number += self.decimal + str(fraction).rjust(places, "0")
+        return self.prefix + number + self.suffix
+
+
+@cache
+def _style(locale: str, places: int, code: str) -> _CurrencyStyle | None:
+    """The fast rendering for this combination, or None where only Babel will do.
+
+    None for an unknown locale and for anything but a plain pattern: scientific
+    or significant-digit patterns, plural currency names (¤¤¤), and quotes, which
+    Babel strips from the whole string (de_CH groups with an apostrophe).
+    """
+    try:
+        parsed = Locale.parse(locale)
+        pattern = parsed.currency_formats["standard"]
+        symbol = get_currency_symbol(code, parsed)
+        group, decimal = get_group_symbol(parsed), get_decimal_symbol(parsed)
+    except (ValueError, LookupError, UnknownLocaleError):
+        return None
+    prefix, suffix = pattern.prefix[0], pattern.suffix[0]
+    plain = bool(pattern.number_pattern) and not pattern.exp_prec and not pattern.scale
+    if (
+        not plain
+        or "@" in pattern.pattern
+        or "¤¤¤" in prefix + suffix
+        or "'" in prefix + suffix + symbol + group + decimal
+        or "¤" in code + group + decimal
+    ):
+        return None
+
+    def affix(text: str) -> str:
+        return text.replace("¤¤", code).replace("¤", symbol)
+
+    return _CurrencyStyle(affix(prefix), affix(suffix), group, decimal, pattern.grouping, pattern.int_prec[0])
 
 
 def format_major(amount: int, currency: str) -> str:

@@ -13,26 +13,20 @@ die() { printf 'run: %s\n' "$*" >&2; exit 1; }
 
 # Python 3.11+: $PYTHON, else the first python3.x on PATH that is recent enough.
 if [[ ! -x .venv/bin/python ]]; then
-  python=""
+  PYTHON_FOUND=""
   for candidate in ${PYTHON:-} python3 python3.13 python3.12 python3.11; do
     if command -v "$candidate" >/dev/null \
       && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-      python=$candidate
+      PYTHON_FOUND=$candidate
       break
     fi
   done
-  [[ -n $python ]] || die "Python 3.11 or newer is needed (set PYTHON=/path/to/python3.11)."
-  say "Creating .venv with $python"
-  "$python" -m venv .venv
+  [[ -n $PYTHON_FOUND ]] || die "Python 3.11 or newer is needed (set PYTHON=/path/to/python3.11)."
+  say "Creating .venv with $PYTHON_FOUND and installing requirements-dev.txt (a minute or two)"
+  export PYTHON=$PYTHON_FOUND
 fi
-
-# Reinstall only when a requirements file changed since the last successful install.
-stamp=.venv/.requirements-installed
-if [[ ! -f $stamp || requirements.txt -nt $stamp || requirements-dev.txt -nt $stamp ]]; then
-  say "Installing requirements-dev.txt (first run takes a minute)"
-  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
-  touch "$stamp"
-fi
+# Creates .venv if missing; reinstalls only when a requirements file changed.
+bash scripts/bootstrap.sh
 export PATH="$PWD/.venv/bin:$PATH"
 
 port_is_free() {
@@ -87,9 +81,10 @@ banner() {
 banner "starting"
 
 # Say it again once the app answers, so the URL is not lost in the start-up logs.
-# The watcher gives up when honcho (this shell's PID after exec) is gone or after a minute.
+# The watcher gives up when honcho (this shell's PID after exec) is gone or after a minute;
+# it is started in a subshell that exits at once, so no zombie is left under honcho.
 parent=$$
-(
+( (
   for _ in $(seq 120); do
     kill -0 "$parent" 2>/dev/null || exit 0
     if python -c 'import sys, urllib.request as u; u.urlopen(sys.argv[1], timeout=1)' \
@@ -99,6 +94,6 @@ parent=$$
     fi
     sleep 0.5
   done
-) &
+) & )
 
 exec honcho -f Procfile.dev start "${processes[@]}"

@@ -61,7 +61,13 @@ def login() -> Any:
         db.session.rollback()
         form.password.errors = ["The email or password is not right."]
         return render_template("auth/login.html", form=form), 401
-    record(db.session, Actor.for_user(user, request.remote_addr), "user.signed_in", target_type="user", target_id=user.id)
+    record(
+        db.session,
+        Actor.for_user(user, request.remote_addr),
+        "user.signed_in",
+        target_type="user",
+        target_id=user.id,
+    )
     db.session.commit()
     login_user(user, remember=bool(form.remember.data))
     log.info("login_succeeded", user_id=user.id, organization_id=user.organization_id)
@@ -72,7 +78,13 @@ def login() -> Any:
 def logout() -> Any:
     if LogoutForm().validate_on_submit():
         user = current_user._get_current_object()
-        record(db.session, Actor.for_user(user, request.remote_addr), "user.signed_out", target_type="user", target_id=user.id)
+        record(
+            db.session,
+            Actor.for_user(user, request.remote_addr),
+            "user.signed_out",
+            target_type="user",
+            target_id=user.id,
+        )
         db.session.commit()
         logout_user()
         flash("You are signed out.", "info")

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import insert as generic_insert
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
+from recovery.models.base import DbSession
 
 from recovery import audit
 from recovery.audit import Actor
@@ -57,12 +58,21 @@ class CheckedFile:
     total_rows: int
 
 
+def format_size(size: int) -> str:
+    """A byte count for people: 20 MiB, 1.5 KiB, 900 bytes."""
+    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{size:,} bytes"
+
+
 def check_file(data: bytes, max_bytes: int) -> CheckedFile:
     """Refuse a file that is too large, not UTF-8, empty, or has a wrong header."""
     if len(data) > max_bytes:
+        # The upload view reads at most one byte past the limit: the real size is unknown.
         raise ImportRejected(
-            f"The file is {len(data) / 1_048_576:.1f} MiB; the limit is "
-            f"{max_bytes / 1_048_576:.0f} MiB. Split it into smaller files."
+            f"The file is larger than the limit of {format_size(max_bytes)}. "
+            "Split it into smaller files and upload each."
         )
     try:
         text = data.decode("utf-8-sig")
@@ -73,7 +83,8 @@ def check_file(data: bytes, max_bytes: int) -> CheckedFile:
         ) from None
     if "\x00" in text:
         raise ImportRejected("The file contains NUL bytes; it does not look like a CSV file.")
-    reader = csv.reader(io.StringIO(text, newline=""))
+    # strict: an unclosed quote is an error, not a cell that swallows the rest of the file.
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header_row = next(reader)
     except StopIteration:
@@ -107,7 +118,7 @@ def check_header(header: list[str]) -> None:
         raise ImportRejected("The header is wrong: " + "; ".join(problems) + ". " + expected)
 
 
-def create_import(session: Session, actor: Actor, filename: str, data: bytes, max_bytes: int) -> CsvImport:
+def create_import(session: DbSession, actor: Actor, filename: str, data: bytes, max_bytes: int) -> CsvImport:
     """Check the file and store it as a queued import (raises ImportRejected)."""
     checked = check_file(data, max_bytes)
     csv_import = CsvImport(
@@ -146,7 +157,7 @@ def iter_rows(text: str) -> Iterator[tuple[int, dict[str, str]]]:
         yield line, dict(zip(header, row, strict=True))
 
 
-def _insert_statement(session: Session) -> Any:
+def _insert_statement(session: DbSession) -> Any:
     dialect = session.get_bind().dialect.name
     factory: Callable[..., Any] = {"postgresql": pg_insert, "sqlite": sqlite_insert}.get(
         dialect, generic_insert
@@ -157,7 +168,7 @@ def _insert_statement(session: Session) -> Any:
     return stmt.returning(Transaction.transaction_ref)
 
 
-def run_import(session: Session, import_id: int, chunk_rows: int) -> CsvImport:
+def run_import(session: DbSession, import_id: int, chunk_rows: int) -> CsvImport:
     """Import (or resume) the file; commits once per chunk. Safe to run twice."""
     csv_import = session.get(CsvImport, import_id)
     if csv_import is None:
@@ -170,12 +181,21 @@ def run_import(session: Session, import_id: int, chunk_rows: int) -> CsvImport:
     text = (csv_import.content or b"").decode("utf-8-sig")
     skip = csv_import.processed_rows
     chunk: list[tuple[int, dict[str, str]]] = []
+    # On a resume, the rows skipped count as seen only if this import inserted
+    # them: a ref that was invalid there is no duplicate, just as in a single run.
     seen_refs: set[str] = set()
+    if skip:
+        seen_refs = set(
+            session.scalars(
+                select(Transaction.transaction_ref).where(
+                    Transaction.organization_id == csv_import.organization_id,
+                    Transaction.import_id == import_id,
+                )
+            )
+        )
     try:
         for index, row in enumerate(iter_rows(text)):
             if index < skip:
-                ref = row[1].get("transaction_ref", "").strip()
-                seen_refs.add(ref)
                 continue
             chunk.append(row)
             if len(chunk) >= chunk_rows:
@@ -184,8 +204,7 @@ def run_import(session: Session, import_id: int, chunk_rows: int) -> CsvImport:
         if chunk:
             _import_chunk(session, csv_import, chunk, seen_refs)
     except Exception as error:
-        session.rollback()
-        csv_import = session.get(CsvImport, import_id)  # type: ignore[assignment]
+        session.rollback()  # the chunk's rows go; the counters reload as last committed
         csv_import.transition(ImportStatus.FAILED)
         csv_import.error = f"{type(error).__name__}: {error}"[:1000]
         session.commit()
@@ -206,7 +225,7 @@ def run_import(session: Session, import_id: int, chunk_rows: int) -> CsvImport:
 
 
 def _import_chunk(
-    session: Session,
+    session: DbSession,
     csv_import: CsvImport,
     chunk: list[tuple[int, dict[str, str]]],
     seen_refs: set[str],

@@ -8,6 +8,7 @@ from flask import Blueprint, abort, current_app, flash, redirect, render_templat
 from flask_login import current_user
 from redis.exceptions import RedisError
 from sqlalchemy import select
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from recovery.audit import Actor, record
 from recovery.extensions import db
@@ -37,29 +38,42 @@ def org_import(import_id: int) -> CsvImport:
     return csv_import
 
 
-@bp.route("/imports", methods=["GET", "POST"])
-def index() -> Any:
-    form = UploadForm()
+def render_index(form: UploadForm, status: int = 200) -> Any:
     recent = db.session.scalars(
         select(CsvImport)
         .where(CsvImport.organization_id == current_user.organization_id)
         .order_by(CsvImport.created_at.desc())
         .limit(10)
     ).all()
-    if request.method == "POST":
-        if not current_user.has_role(Role.OPERATOR):
-            abort(403)
-        if form.validate_on_submit():
-            return upload(form)
-    status = 422 if request.method == "POST" else 200
     return render_template(
         "imports/index.html",
         form=form,
         recent=recent,
         columns=services.COLUMNS,
         required=services.REQUIRED_COLUMNS,
-        max_mib=current_app.config["CSV_MAX_BYTES"] // 1_048_576,
+        max_size=services.format_size(current_app.config["CSV_MAX_BYTES"]),
     ), status
+
+
+@bp.route("/imports", methods=["GET", "POST"])
+def index() -> Any:
+    if request.method == "POST" and not current_user.has_role(Role.OPERATOR):
+        abort(403)
+    form = UploadForm()
+    if request.method == "POST" and form.validate_on_submit():
+        return upload(form)
+    return render_index(form, 422 if request.method == "POST" else 200)
+
+
+@bp.errorhandler(RequestEntityTooLarge)
+def too_large(error: RequestEntityTooLarge) -> Any:
+    """A body past MAX_CONTENT_LENGTH: say the limit next to the field, as for a smaller overshoot."""
+    form = UploadForm(formdata=None)  # reading the request again would raise again
+    limit = services.format_size(current_app.config["CSV_MAX_BYTES"])
+    form.file.errors = [
+        f"The file is larger than the limit of {limit}. Split it into smaller files and upload each."
+    ]
+    return render_index(form, 413)
 
 
 def upload(form: UploadForm) -> Any:
@@ -72,25 +86,24 @@ def upload(form: UploadForm) -> Any:
     except services.ImportRejected as error:
         db.session.rollback()
         form.file.errors = [str(error)]
-        return render_template(
-            "imports/index.html",
-            form=form,
-            recent=[],
-            columns=services.COLUMNS,
-            required=services.REQUIRED_COLUMNS,
-            max_mib=config["CSV_MAX_BYTES"] // 1_048_576,
-        ), 422
+        return render_index(form, 422)
     db.session.commit()
     import_id = csv_import.id
     if csv_import.total_rows <= config["CSV_INLINE_MAX_ROWS"]:
-        services.run_import(db.session, import_id, config["CSV_CHUNK_ROWS"])
+        try:
+            services.run_import(db.session, import_id, config["CSV_CHUNK_ROWS"])
+        except Exception:  # logged, and stored as the import's error: its page explains
+            flash("The import stopped; rows saved so far are kept. See below.", "error")
     else:
         try:
             enqueue(import_csv, import_id, job_timeout=JOB_TIMEOUT, description=f"CSV import {import_id}")
         except RedisError:
             log.exception("csv_import_enqueue_failed", import_id=import_id)
-            flash("The file is saved but the import could not start: the job queue is unreachable. "
-                  "Press “Start again” in a moment.", "error")
+            flash(
+                "The file is saved but the import could not start: the job queue is unreachable. "
+                "Press “Start again” in a moment.",
+                "error",
+            )
     return redirect(url_for("imports.detail", import_id=import_id))
 
 

@@ -6,9 +6,9 @@ import re
 from zoneinfo import available_timezones
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from recovery.models import Organization
+from recovery.models.base import DbSession
 
 _SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
@@ -17,15 +17,16 @@ class OrganizationRefused(Exception):
     """The organization cannot be created as asked; the message says why."""
 
 
-def get_by_slug(session: Session, slug: str) -> Organization | None:
+def get_by_slug(session: DbSession, slug: str) -> Organization | None:
     return session.scalar(select(Organization).where(Organization.slug == slug))
 
 
-def create_organization(session: Session, slug: str, name: str, timezone: str = "UTC") -> Organization:
+def create_organization(session: DbSession, slug: str, name: str, timezone: str = "UTC") -> Organization:
     slug = slug.strip().lower()
     if not _SLUG.match(slug):
         raise OrganizationRefused(
-            "The slug must be 1–63 lower-case letters, digits or hyphens, not starting or ending with a hyphen."
+            "The slug must be 1–63 lower-case letters, digits or hyphens, "
+            "not starting or ending with a hyphen."
         )
     name = name.strip()
     if not name or len(name) > 200:

@@ -14,11 +14,11 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, func, or_, select, tuple_
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from recovery.models.base import DbSession
 
 from recovery import audit
 from recovery.audit import Actor
-from recovery.models import AuditEvent, CsvImport, RecoveryAttempt, Transaction, TransactionSource
+from recovery.models import AuditEvent, CsvImport, RecoveryAttempt, Transaction, TransactionSource, User
 from recovery.models.transaction import TransactionStatus
 from recovery.transactions.validation import (
     CONTACT_FIELDS,
@@ -50,7 +50,7 @@ class InvalidTransaction(Exception):
 
 
 def create_transaction(
-    session: Session,
+    session: DbSession,
     actor: Actor,
     raw: dict[str, Any],
     *,
@@ -82,7 +82,7 @@ def create_transaction(
     return transaction
 
 
-def update_contact(session: Session, actor: Actor, transaction: Transaction, raw: dict[str, Any]) -> list[str]:
+def update_contact(session: DbSession, actor: Actor, transaction: Transaction, raw: dict[str, Any]) -> list[str]:
     """Change the customer's contact details; return the names of fields that changed."""
     cleaned = Cleaned()
     clean_contact(raw, cleaned)
@@ -108,7 +108,7 @@ def update_contact(session: Session, actor: Actor, transaction: Transaction, raw
     return list(changed)
 
 
-def get_for_org(session: Session, organization_id: int, transaction_id: int) -> Transaction | None:
+def get_for_org(session: DbSession, organization_id: int, transaction_id: int) -> Transaction | None:
     """The transaction if it belongs to the organization; None hides others' rows."""
     return session.scalar(
         select(Transaction).where(
@@ -117,7 +117,7 @@ def get_for_org(session: Session, organization_id: int, transaction_id: int) -> 
     )
 
 
-def get_by_ref(session: Session, organization_id: int, ref: str) -> Transaction | None:
+def get_by_ref(session: DbSession, organization_id: int, ref: str) -> Transaction | None:
     return session.scalar(
         select(Transaction).where(
             Transaction.organization_id == organization_id, Transaction.transaction_ref == ref
@@ -164,9 +164,14 @@ class ListQuery:
             raw = (args.get(name) or "").strip()
             if raw:
                 try:
-                    setattr(query, name, date.fromisoformat(raw))
+                    day = date.fromisoformat(raw)
                 except ValueError:
+                    day = None
+                # Out at the ends of the calendar the day after (date_to) overflows.
+                if day is None or not 1900 <= day.year <= 9998:
                     query.errors[name] = "Use a date like 2025-01-31."
+                else:
+                    setattr(query, name, day)
         if args.get("sort") in SORTS:
             query.sort = args["sort"]
         if args.get("order") in ("asc", "desc"):
@@ -204,15 +209,22 @@ def decode_cursor(raw: str, sort: str) -> tuple[Any, int] | None:
     try:
         padded = raw + "=" * (-len(raw) % 4)
         value, row_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        if not isinstance(row_id, int):
+        if not _is_bigint(row_id):
             return None
         if sort == "date":
-            return datetime.fromisoformat(value), row_id
-        if isinstance(value, int) and not isinstance(value, bool):
+            moment = datetime.fromisoformat(value)
+            # Our cursors always carry the UTC offset; a naive one is forged.
+            return (moment, row_id) if moment.tzinfo is not None else None
+        if _is_bigint(value):
             return value, row_id
     except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
         return None
     return None
+
+
+def _is_bigint(value: Any) -> bool:
+    """A forged cursor's number must still fit the column, or the query itself fails."""
+    return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
 
 
 def search_condition(q: str) -> ColumnElement[bool]:
@@ -250,7 +262,7 @@ def _filters(organization_id: int, query: ListQuery) -> list[ColumnElement[bool]
     return filters
 
 
-def list_transactions(session: Session, organization_id: int, query: ListQuery) -> Page:
+def list_transactions(session: DbSession, organization_id: int, query: ListQuery) -> Page:
     """One page of the organization's transactions, by keyset (never OFFSET)."""
     key = SORTS[query.sort]
     filters = _filters(organization_id, query)
@@ -304,14 +316,21 @@ AUDIT_TITLES = {
 }
 
 
-def timeline(session: Session, transaction: Transaction) -> list[TimelineEntry]:
+def timeline(session: DbSession, transaction: Transaction) -> list[TimelineEntry]:
     """Everything that happened to the transaction, oldest first."""
     entries: list[TimelineEntry] = []
     if transaction.source == TransactionSource.CSV and transaction.import_id:
         csv_import = session.get(CsvImport, transaction.import_id)
         name = csv_import.filename if csv_import else "a CSV file"
+        uploader = session.get(User, csv_import.user_id) if csv_import and csv_import.user_id else None
         entries.append(
-            TimelineEntry(transaction.created_at, "Imported", f"from {name}", kind="import")
+            TimelineEntry(
+                transaction.created_at,
+                "Imported",
+                f"from {name}",
+                uploader.email if uploader else "",
+                kind="import",
+            )
         )
     events = session.scalars(
         select(AuditEvent)

@@ -2,11 +2,13 @@ from __future__ import annotations
 
 from flask_wtf import FlaskForm
 from wtforms import EmailField, HiddenField, PasswordField, SelectField, StringField
+from wtforms.fields.choices import SelectChoice
 from wtforms.validators import DataRequired, Length
 
 from recovery.models import Role
 
-ROLE_CHOICES = [(r.value, r.value.capitalize()) for r in reversed(Role)]
+# SelectChoice, not (value, label) tuples: WTForms 3.3 deprecates tuples.
+ROLE_CHOICES = [SelectChoice(r.value, r.value.capitalize()) for r in reversed(Role)]
 
 
 class InviteForm(FlaskForm):

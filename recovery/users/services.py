@@ -7,36 +7,40 @@ role or deactivates themselves; an organization always keeps an active owner.
 from __future__ import annotations
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
 from recovery import audit
 from recovery.audit import Actor
 from recovery.auth.services import find_user_by_email
 from recovery.models import Role, User
+from recovery.models.base import DbSession
 from recovery.transactions.validation import clean_email
 
 MIN_PASSWORD = 12
 
 
 class UserRefused(Exception):
-    """The change is not allowed; the message says why."""
+    """The change is not allowed; the message says why, `field` which input it concerns."""
+
+    def __init__(self, message: str, field: str = "email") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 def check_password_strength(password: str) -> str:
     if len(password) < MIN_PASSWORD:
-        raise UserRefused(f"The password must have at least {MIN_PASSWORD} characters.")
+        raise UserRefused(f"The password must have at least {MIN_PASSWORD} characters.", "password")
     if len(password) > 256:
-        raise UserRefused("The password must have at most 256 characters.")
+        raise UserRefused("The password must have at most 256 characters.", "password")
     return password
 
 
 def _check_can_grant(by: User, role: Role) -> None:
     if role == Role.OWNER and not by.has_role(Role.OWNER):
-        raise UserRefused("Only an owner can make someone an owner.")
+        raise UserRefused("Only an owner can make someone an owner.", "role")
 
 
 def create_user(
-    session: Session, organization_id: int, email: str, password: str, role: Role | str, name: str = ""
+    session: DbSession, organization_id: int, email: str, password: str, role: Role | str, name: str = ""
 ) -> User:
     """Add a user; raise UserRefused for a used email, weak password or bad role."""
     try:
@@ -48,7 +52,7 @@ def create_user(
     try:
         role = Role(role)
     except ValueError:
-        raise UserRefused(f"Role must be one of: {', '.join(r.value for r in Role)}.") from None
+        raise UserRefused(f"Role must be one of: {', '.join(r.value for r in Role)}.", "role") from None
     if find_user_by_email(session, email) is not None:
         raise UserRefused(f"{email} already has an account.")
     user = User(organization_id=organization_id, email=email, name=name.strip()[:200], role=role.value)
@@ -58,19 +62,34 @@ def create_user(
     return user
 
 
-def invite_user(session: Session, by: User, actor: Actor, email: str, password: str, role: str, name: str) -> User:
+def invite_user(
+    session: DbSession, by: User, actor: Actor, email: str, password: str, role: str, name: str
+) -> User:
     _check_can_grant(by, Role(role))
     user = create_user(session, by.organization_id, email, password, role, name)
-    audit.record(session, actor, "user.invited", target_type="user", target_id=user.id, email=user.email, role=user.role)
+    audit.record(
+        session,
+        actor,
+        "user.invited",
+        target_type="user",
+        target_id=user.id,
+        email=user.email,
+        role=user.role,
+    )
     return user
 
 
-def _active_owners(session: Session, organization_id: int) -> int:
-    return session.scalar(
-        select(func.count()).where(
-            User.organization_id == organization_id, User.role == Role.OWNER.value, User.is_active.is_(True)
+def _active_owners(session: DbSession, organization_id: int) -> int:
+    return (
+        session.scalar(
+            select(func.count()).where(
+                User.organization_id == organization_id,
+                User.role == Role.OWNER.value,
+                User.is_active.is_(True),
+            )
         )
-    ) or 0
+        or 0
+    )
 
 
 def _check_can_manage(by: User, target: User) -> None:
@@ -80,7 +99,7 @@ def _check_can_manage(by: User, target: User) -> None:
         raise UserRefused("Only an owner can change another owner.")
 
 
-def change_role(session: Session, by: User, actor: Actor, target: User, role: str) -> None:
+def change_role(session: DbSession, by: User, actor: Actor, target: User, role: str) -> None:
     try:
         new_role = Role(role)
     except ValueError:
@@ -89,14 +108,27 @@ def change_role(session: Session, by: User, actor: Actor, target: User, role: st
     _check_can_grant(by, new_role)
     if target.role == new_role:
         return
-    if target.role == Role.OWNER and target.is_active and _active_owners(session, target.organization_id) <= 1:
+    if (
+        target.role == Role.OWNER
+        and target.is_active
+        and _active_owners(session, target.organization_id) <= 1
+    ):
         raise UserRefused("The organization must keep at least one active owner.")
     old = target.role
     target.role = new_role.value
-    audit.record(session, actor, "user.role_changed", target_type="user", target_id=target.id, email=target.email, old=old, new=new_role.value)
+    audit.record(
+        session,
+        actor,
+        "user.role_changed",
+        target_type="user",
+        target_id=target.id,
+        email=target.email,
+        old=old,
+        new=new_role.value,
+    )
 
 
-def set_active(session: Session, by: User, actor: Actor, target: User, active: bool) -> None:
+def set_active(session: DbSession, by: User, actor: Actor, target: User, active: bool) -> None:
     _check_can_manage(by, target)
     if target.is_active == active:
         return

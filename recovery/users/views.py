@@ -54,12 +54,18 @@ def invite() -> Any:
         return render_index(form, 422)
     try:
         user = services.invite_user(
-            db.session, current_user, actor(), form.email.data or "", form.password.data or "",
-            form.role.data or "", form.name.data or "",
+            db.session,
+            current_user,
+            actor(),
+            form.email.data or "",
+            form.password.data or "",
+            form.role.data or "",
+            form.name.data or "",
         )
     except services.UserRefused as error:
         db.session.rollback()
-        form.email.errors = [*form.email.errors, str(error)]
+        field = getattr(form, error.field, form.email)
+        field.errors = [*field.errors, str(error)]
         return render_index(form, 422)
     db.session.commit()
     flash(f"{user.email} can now sign in as {user.role}.", "success")

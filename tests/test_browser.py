@@ -1,0 +1,283 @@
+"""Headless Chromium (Playwright) against the real app on a live server.
+
+Sign in through the form, filter the list, open a transaction, import a CSV, use the
+dashboard at phone width, and see no console error or CSP violation on the way. The
+README's screenshot (docs/screenshot-dashboard.png) is taken here, so it stays current;
+set BROWSER_SCREENSHOTS=<dir> to also keep a screenshot of every page the tests visit.
+
+Runs on PostgreSQL only (the production database); the pages are the same on SQLite.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from werkzeug.serving import make_server
+
+from recovery.demo import DEMO_PASSWORD, seed
+from tests.conftest import missing
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+README_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "screenshot-dashboard.png"
+SCREENSHOTS = os.environ.get("BROWSER_SCREENSHOTS")
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.parametrize("database_url", ["postgresql"], indirect=True),
+]
+
+
+@pytest.fixture
+def app_config() -> dict[str, Any]:
+    return {"WTF_CSRF_ENABLED": True}  # the browser goes through the real forms
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    try:
+        from playwright.sync_api import Error, sync_playwright
+    except ImportError:
+        missing("Playwright for Python is not installed (pip install -r requirements-dev.txt)")
+    if not os.access(CHROMIUM, os.X_OK):
+        missing(f"Chromium not found at {CHROMIUM} (apt-get install chromium, or set CHROMIUM)")
+    playwright = sync_playwright().start()
+    try:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    except Error as error:
+        playwright.stop()
+        missing(f"Chromium at {CHROMIUM} does not start: {str(error).splitlines()[0]}")
+    yield browser
+    browser.close()
+    playwright.stop()
+
+
+@pytest.fixture
+def live_server(app: Flask) -> Iterator[str]:
+    """Serve the test app (same database, same config) from a thread on a free port."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="live-server", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+        server.server_close()
+
+
+@dataclass
+class Tab:
+    """A page plus what went wrong in it: console errors, page errors, failed requests."""
+
+    page: Any
+    errors: list[str] = field(default_factory=list)
+
+    def shot(self, name: str, path: Path | None = None) -> None:
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.page.screenshot(path=str(path))
+        if SCREENSHOTS:
+            self.page.screenshot(path=str(Path(SCREENSHOTS) / f"{name}.png"))
+
+    def assert_fits_width(self) -> None:
+        widths = self.page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+        assert widths[0] <= widths[1], f"page scrolls sideways on {self.page.url}: {widths}"
+
+    def assert_clean(self) -> None:
+        assert self.errors == [], "console errors or CSP violations:\n" + "\n".join(self.errors)
+
+
+@pytest.fixture
+def open_tab(browser: Any, live_server: str) -> Iterator[Callable[..., Tab]]:
+    contexts = []
+
+    def open_(viewport: dict[str, int] = DESKTOP, **options: Any) -> Tab:
+        context = browser.new_context(viewport=viewport, base_url=live_server, **options)
+        context.set_default_timeout(10_000)
+        contexts.append(context)
+        tab = Tab(context.new_page())
+        tab.page.on("console", lambda m: m.type == "error" and tab.errors.append(f"console: {m.text}"))
+        tab.page.on("pageerror", lambda e: tab.errors.append(f"page error: {e}"))
+        tab.page.on("requestfailed", lambda r: tab.errors.append(f"request failed: {r.url} {r.failure}"))
+        return tab
+
+    yield open_
+    for context in contexts:  # before the server stops, so no connection is left open
+        context.close()
+
+
+@pytest.fixture
+def demo(db: Any) -> Any:
+    """The README demo: Demo Coffee Roasters, a user per role, 200 failed transactions."""
+    result = seed(db.session)
+    db.session.commit()
+    return result
+
+
+def sign_in(tab: Tab, email: str = "owner@demo.example", shot: str | None = None) -> None:
+    from playwright.sync_api import expect
+
+    page = tab.page
+    page.goto("/transactions")
+    expect(page).to_have_url(re.compile(r"/login\?next="))
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    if shot:
+        tab.shot(shot)
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(DEMO_PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page).to_have_url(re.compile(r"/transactions$"))
+    expect(page.get_by_role("heading", name="Failed transactions")).to_be_visible()
+
+
+IMPORT_CSV = (
+    "transaction_ref,amount,currency,customer_name,customer_email,failure_code\n"
+    "WEB-0001,12.50,usd,Ana Souza,ana@example.com,card_declined\n"
+    "WEB-0002,5000,jpy,Kenji Sato,kenji@example.com,expired_card\n"
+    "WEB-0003,7.250,bhd,Omar Haddad,omar@example.com,insufficient_funds\n"
+    "WEB-0004,-3,usd,Bad Amount,bad@example.com,card_declined\n"
+    "DEMO-0001,100,usd,Already There,again@example.com,card_declined\n"
+)
+
+
+def test_sign_in_filter_open_and_import(open_tab: Callable[..., Tab], demo: Any) -> None:
+    from playwright.sync_api import expect
+
+    tab = open_tab()
+    page = tab.page
+    sign_in(tab, shot="sign-in")
+
+    # The dashboard: 50 rows a page, every status, the README screenshot without a flash.
+    page.goto("/transactions")
+    rows = page.locator("#results tbody tr")
+    expect(rows).to_have_count(50)
+    expect(page.locator("#results .status-failed").first).to_be_visible()
+    expect(page.get_by_role("link", name="Next →")).to_be_visible()
+    tab.assert_fits_width()
+    tab.shot("dashboard", README_SCREENSHOT)
+
+    # Status tab: only recovered rows.
+    page.get_by_role("navigation", name="Status").get_by_role("link", name="Recovered", exact=True).click()
+    expect(page).to_have_url(re.compile(r"status=recovered"))
+    badges = page.locator("#results tbody .status")
+    expect(badges.first).to_be_visible()
+    assert {text.strip() for text in badges.all_text_contents()} == {"recovered"}
+    first_ref = rows.first.get_by_role("link").inner_text()
+
+    # Search by reference within the tab: exactly that transaction.
+    page.get_by_label("Search").fill(first_ref)
+    page.get_by_role("button", name="Apply").click()
+    expect(page).to_have_url(re.compile(rf"q={first_ref}"))
+    expect(rows).to_have_count(1)
+    expect(page.get_by_role("link", name="Clear")).to_be_visible()
+
+    # A search that matches nothing explains itself.
+    page.get_by_label("Search").fill("NO-SUCH-REF")
+    page.get_by_role("button", name="Apply").click()
+    expect(page.get_by_role("heading", name="No transactions match")).to_be_visible()
+    tab.shot("dashboard-empty-search")
+    page.go_back()
+
+    # Open it: its fields, its status and its timeline.
+    page.get_by_role("link", name=first_ref).click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text(first_ref)
+    expect(page.locator("h1 .status")).to_have_text("recovered")
+    expect(page.get_by_role("heading", name="Customer")).to_be_visible()
+    expect(page.locator(".timeline li").first).to_be_visible()
+    tab.shot("transaction-detail")
+
+    # Import a small CSV: three good rows, one invalid, one duplicate of a demo row.
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Import CSV").click()
+    expect(page.get_by_role("heading", name="Upload a CSV file")).to_be_visible()
+    tab.shot("import")
+    page.get_by_label("CSV file").set_input_files(
+        {"name": "failed-payments.csv", "mimeType": "text/csv", "buffer": IMPORT_CSV.encode()}
+    )
+    page.get_by_role("button", name="Upload and import").click()
+    expect(page.get_by_role("heading", name="Import of failed-payments.csv")).to_be_visible()
+    expect(page.locator("#import-progress .status")).to_have_text("done")
+    expect(page.locator("#imported-count")).to_have_text("3")
+    problems = page.locator("table.problems tbody tr")
+    expect(problems).to_have_count(2)
+    expect(problems.filter(has_text="WEB-0004")).to_contain_text("5")  # row 5 of the file
+    expect(problems.filter(has_text="WEB-0004")).to_contain_text("amount")
+    expect(problems.filter(has_text="DEMO-0001")).to_contain_text("already exists")
+    tab.shot("import-result")
+
+    # The imported rows are on the dashboard, each amount in its currency's format.
+    page.get_by_role("link", name="View transactions").click()
+    page.get_by_label("Search").fill("WEB-0003")
+    page.get_by_role("button", name="Apply").click()
+    expect(rows).to_have_count(1)
+    expect(rows.first.locator("td.num")).to_contain_text("7.250")
+    tab.assert_clean()
+
+
+def test_phone_width_menu_and_table(open_tab: Callable[..., Tab], demo: Any) -> None:
+    from playwright.sync_api import expect
+
+    tab = open_tab(PHONE, is_mobile=True, has_touch=True, device_scale_factor=2)
+    page = tab.page
+    sign_in(tab, email="operator@demo.example")
+    tab.assert_fits_width()
+
+    nav = page.locator("#main-nav")
+    toggle = page.get_by_role("button", name="Menu")
+    expect(nav).to_be_hidden()
+    toggle.click()
+    expect(toggle).to_have_attribute("aria-expanded", "true")
+    expect(nav.get_by_role("link", name="Import CSV")).to_be_visible()
+    tab.shot("phone-menu-open")
+    toggle.click()
+    expect(nav).to_be_hidden()
+
+    # Each row is a readable card: the reference is on screen and can be tapped.
+    first = page.locator("#results tbody tr").first
+    link = first.get_by_role("link")
+    link.scroll_into_view_if_needed()
+    for cell in (link, first.locator(".status"), first.locator("td.num")):
+        expect(cell).to_be_in_viewport()
+        box = cell.bounding_box()
+        assert box is not None and 0 <= box["x"] and box["x"] + box["width"] <= PHONE["width"], box
+    tab.assert_fits_width()
+    tab.shot("phone-dashboard")
+    ref = link.inner_text()
+    link.tap()
+    expect(page.get_by_role("heading", level=1)).to_contain_text(ref)
+    tab.assert_fits_width()
+    tab.shot("phone-detail")
+    tab.assert_clean()
+
+
+def test_users_page(open_tab: Callable[..., Tab], demo: Any) -> None:
+    from playwright.sync_api import expect
+
+    tab = open_tab()
+    page = tab.page
+    sign_in(tab)
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Users").click()
+    expect(page.locator("table.data tbody tr")).to_have_count(4)
+    expect(page.get_by_label("Role of viewer@demo.example")).to_have_value("viewer")
+    for label in ("Email", "Name", "Role", "Initial password"):
+        expect(page.locator("form", has=page.get_by_role("heading", name="Invite a user")).get_by_label(label, exact=True)).to_be_visible()
+    tab.assert_fits_width()
+    tab.shot("users")
+    tab.assert_clean()
