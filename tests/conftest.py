@@ -17,11 +17,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import sqlalchemy as sa
-from flask import Flask
+from flask import Flask, g
 from flask.testing import FlaskClient
 from flask_migrate import upgrade
 from redis import Redis
 from redis.exceptions import RedisError
+from werkzeug.security import generate_password_hash
 
 from recovery import create_app
 from recovery.extensions import db as _db
@@ -31,6 +32,7 @@ IN_CI = os.environ.get("CI", "").lower() == "true"
 PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/recovery_test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 PASSWORD = "correct horse battery"
+PASSWORD_HASH = generate_password_hash(PASSWORD)
 
 
 def missing(what: str) -> None:
@@ -112,6 +114,14 @@ def app_config() -> dict[str, Any]:
 @pytest.fixture
 def app(database_url: str, redis_url: str, app_config: dict[str, Any]) -> Iterator[Flask]:
     app = create_app(base_config(database_url, redis_url, **app_config))
+
+    # The test keeps one app context open and test requests reuse it, so
+    # flask-login's per-request cache (g._login_user) would leak one request's
+    # user into the next; forget it after each request, as production does.
+    @app.teardown_request
+    def forget_user(_error: BaseException | None) -> None:
+        g.pop("_login_user", None)
+
     with app.app_context():
         if database_url not in _migrated:
             # Tests run on the schema the migrations build, not on create_all().
@@ -179,8 +189,9 @@ def make_user(db: Any, make_org: Callable[..., Organization]) -> Callable[..., U
     def make(org: Organization | None = None, role: Role | str = Role.OWNER, **overrides: Any) -> User:
         org = org or make_org()
         n = next(_ids)
-        user = User(organization_id=org.id, email=overrides.pop("email", f"user{n}@example.com"), role=Role(role).value, **overrides)
-        user.set_password(PASSWORD)
+        email = overrides.pop("email", f"user{n}@example.com")
+        user = User(organization_id=org.id, email=email, role=Role(role).value, **overrides)
+        user.password_hash = PASSWORD_HASH  # scrypt once per run, not once per user
         db.session.add(user)
         db.session.commit()
         return user

@@ -6,7 +6,6 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
-from flask import g
 from flask.testing import FlaskClient
 from redis import Redis
 from sqlalchemy import select
@@ -15,20 +14,6 @@ from recovery.models import AuditEvent
 from tests.conftest import PASSWORD, login
 
 DASHBOARD = "/transactions"
-
-
-@pytest.fixture(autouse=True)
-def user_loaded_per_request(app):
-    """Load the signed-in user afresh on every request, as in production.
-
-    The `app` fixture keeps one app context open for the whole test, and test
-    requests reuse it, so flask-login's per-request cache (`g._login_user`)
-    would otherwise carry one request's user into the next.
-    """
-
-    @app.teardown_request
-    def forget_user(_error: BaseException | None) -> None:
-        g.pop("_login_user", None)
 
 
 def signed_in_user_id(client: FlaskClient) -> str | None:

@@ -9,7 +9,6 @@ from sqlalchemy import func, select
 
 from recovery.models import Organization, Transaction, User
 from tests.conftest import login
-from tests.test_auth import user_loaded_per_request  # noqa: F401 (autouse fixture)
 
 GOOD_PASSWORD = "a long enough password"
 

@@ -18,7 +18,6 @@ from recovery.models import AuditEvent, CsvImport, ImportStatus, Transaction, Us
 from recovery.queue import get_queue
 from recovery.security import PUBLIC_ENDPOINTS
 from tests.conftest import PASSWORD, base_config, csrf_token, login
-from tests.test_auth import user_loaded_per_request  # noqa: F401 (autouse fixture)
 
 
 def csv_upload(text: str = "transaction_ref,amount,currency\nCSV-1,5000,usd\n") -> dict[str, Any]:

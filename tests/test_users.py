@@ -11,7 +11,6 @@ from recovery.audit import Actor
 from recovery.models import AuditEvent, User
 from recovery.users import services
 from tests.conftest import PASSWORD, login
-from tests.test_auth import user_loaded_per_request  # noqa: F401 (autouse fixture)
 
 NEW_PASSWORD = "a long enough password"
 
@@ -310,6 +309,8 @@ def test_an_inactive_owner_can_be_demoted(db, lone_owner):
 
 def test_password_hashes_are_salted_and_checked(make_user):
     first, second = make_user(), make_user()
+    for user in (first, second):  # the factory shares one precomputed hash
+        user.set_password(PASSWORD)
 
     assert first.password_hash != second.password_hash
     assert first.password_hash.startswith(("scrypt:", "pbkdf2:", "$argon2"))
