@@ -243,7 +243,38 @@ class LoadResult:
     max_ms: float
     machine_cpu_pct: float
     loadgen_cpu_pct: float
-    latencies_ms: list[float] = field(default_factory=list, repr=False)
+    # (wall-clock send time, latency in ms) of every request
+    samples: list[tuple[float, float]] = field(default_factory=list, repr=False)
+
+    @classmethod
+    def of(cls, name: str, path: str, clients: int, mode: str, samples: list[tuple[float, float]],
+           errors: int, seconds: float, cpu: float, loadgen: float) -> LoadResult:
+        latencies = sorted(latency for _, latency in samples)
+        return cls(
+            name=name,
+            path=path,
+            clients=clients,
+            mode=mode,
+            requests=len(latencies),
+            errors=errors,
+            seconds=round(seconds, 2),
+            rps=len(latencies) / seconds if seconds else 0.0,
+            p50_ms=round(percentile(latencies, 50), 2),
+            p95_ms=round(percentile(latencies, 95), 2),
+            p99_ms=round(percentile(latencies, 99), 2),
+            max_ms=round(latencies[-1], 2) if latencies else math.nan,
+            machine_cpu_pct=cpu,
+            loadgen_cpu_pct=loadgen,
+            samples=samples,
+        )
+
+    def window(self, start: float, end: float) -> LoadResult:
+        """The same run, counting only the requests sent between two wall-clock times."""
+        inside = [(at, latency) for at, latency in self.samples if start <= at <= end]
+        return LoadResult.of(
+            self.name, self.path, self.clients, self.mode, inside, self.errors, end - start,
+            self.machine_cpu_pct, self.loadgen_cpu_pct,
+        )
 
     def row(self) -> str:
         return (
@@ -254,7 +285,7 @@ class LoadResult:
 
     def summary(self) -> dict[str, Any]:
         data = asdict(self)
-        del data["latencies_ms"]
+        del data["samples"]
         return data
 
 
@@ -281,6 +312,7 @@ def run_load(
     max_requests: int,
     rate: float | None = None,
     port: int = PORT,
+    stop: threading.Event | None = None,
 ) -> LoadResult:
     """Hit `path` from one thread per cookie (one signed-in client each).
 
@@ -288,20 +320,22 @@ def run_load(
     answered (closed loop: the server is saturated). With `rate` (requests per
     second, all clients together) each client keeps to a fixed schedule and the
     latency is measured from the scheduled start, so a stall is not hidden by
-    the requests it delayed (no coordinated omission).
+    the requests it delayed (no coordinated omission). The run ends after
+    `seconds`, `max_requests` or when `stop` is set, whichever comes first.
     """
     clients = len(cookies)
-    latencies: list[list[float]] = [[] for _ in cookies]
+    samples: list[list[tuple[float, float]]] = [[] for _ in cookies]
     errors = [0] * clients
     budget = [max_requests]
     lock = threading.Lock()
     start = time.perf_counter() + 0.05
     deadline = start + seconds
     interval = clients / rate if rate else 0.0
+    wall_offset = time.time() - time.perf_counter()
 
     def take() -> bool:
         with lock:
-            if budget[0] <= 0:
+            if budget[0] <= 0 or (stop is not None and stop.is_set()):
                 return False
             budget[0] -= 1
             return True
@@ -310,7 +344,7 @@ def run_load(
         conn = HTTPConnection(HOST, port, timeout=30)
         headers = {"Cookie": cookies[index]}
         scheduled = start + index * interval / clients
-        mine = latencies[index]
+        mine = samples[index]
         while True:
             if interval:
                 now = time.perf_counter()
@@ -332,7 +366,7 @@ def run_load(
             except (OSError, HTTPException):
                 conn.close()
                 ok = False
-            mine.append((time.perf_counter() - began) * 1000)
+            mine.append((began + wall_offset, (time.perf_counter() - began) * 1000))
             if not ok:
                 errors[index] += 1
         conn.close()
@@ -350,23 +384,16 @@ def run_load(
     busy_after, total_after = cpu_times()
     usage_after = resource.getrusage(resource.RUSAGE_SELF)
     loadgen = (usage_after.ru_utime + usage_after.ru_stime) - (usage_before.ru_utime + usage_before.ru_stime)
-    every = sorted(x for per_client in latencies for x in per_client)
-    return LoadResult(
-        name=name,
-        path=path,
-        clients=clients,
-        mode=f"{rate:.0f}/s" if rate else "closed",
-        requests=len(every),
-        errors=sum(errors),
-        seconds=round(elapsed, 2),
-        rps=len(every) / elapsed if elapsed else 0.0,
-        p50_ms=round(percentile(every, 50), 2),
-        p95_ms=round(percentile(every, 95), 2),
-        p99_ms=round(percentile(every, 99), 2),
-        max_ms=round(every[-1], 2) if every else math.nan,
-        machine_cpu_pct=100 * (busy_after - busy_before) / max(1, total_after - total_before),
-        loadgen_cpu_pct=100 * loadgen / elapsed if elapsed else 0.0,
-        latencies_ms=every,
+    return LoadResult.of(
+        name,
+        path,
+        clients,
+        f"{rate:.0f}/s" if rate else "closed",
+        sorted(x for per_client in samples for x in per_client),
+        sum(errors),
+        elapsed,
+        100 * (busy_after - busy_before) / max(1, total_after - total_before),
+        100 * loadgen / elapsed if elapsed else 0.0,
     )
 
 

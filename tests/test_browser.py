@@ -256,7 +256,7 @@ def test_phone_width_menu_and_table(open_tab: Callable[..., Tab], demo: Any) -> 
     for cell in (link, first.locator(".status"), first.locator("td.num")):
         expect(cell).to_be_in_viewport()
         box = cell.bounding_box()
-        assert box is not None and 0 <= box["x"] and box["x"] + box["width"] <= PHONE["width"], box
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= PHONE["width"], box
     tab.assert_fits_width()
     tab.shot("phone-dashboard")
     ref = link.inner_text()
@@ -276,8 +276,9 @@ def test_users_page(open_tab: Callable[..., Tab], demo: Any) -> None:
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Users").click()
     expect(page.locator("table.data tbody tr")).to_have_count(4)
     expect(page.get_by_label("Role of viewer@demo.example")).to_have_value("viewer")
+    invite = page.locator("form", has=page.get_by_role("heading", name="Invite a user"))
     for label in ("Email", "Name", "Role", "Initial password"):
-        expect(page.locator("form", has=page.get_by_role("heading", name="Invite a user")).get_by_label(label, exact=True)).to_be_visible()
+        expect(invite.get_by_label(label, exact=True)).to_be_visible()
     tab.assert_fits_width()
     tab.shot("users")
     tab.assert_clean()

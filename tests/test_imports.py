@@ -485,8 +485,10 @@ POISON = "CSV-000015"
 def poisoned_ref(db: Any) -> Iterator[str]:
     """Make the database itself refuse one row, as a constraint would, on either backend."""
     engine = db.engine
+    db.session.rollback()  # DDL waits for every open transaction on the table, ours included
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
+            conn.execute(sa.text("SET LOCAL lock_timeout = '10s'"))
             conn.execute(
                 sa.text(
                     "CREATE FUNCTION test_refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ "
@@ -516,8 +518,10 @@ def poisoned_ref(db: Any) -> Iterator[str]:
 
 def cure(db: Any) -> None:
     engine = db.engine
+    db.session.rollback()  # DDL waits for every open transaction on the table, ours included
     with engine.begin() as conn:
         if engine.dialect.name == "postgresql":
+            conn.execute(sa.text("SET LOCAL lock_timeout = '10s'"))
             conn.execute(sa.text('DROP TRIGGER IF EXISTS test_refuse_poison ON "transaction"'))
             conn.execute(sa.text("DROP FUNCTION IF EXISTS test_refuse_poison()"))
         else:

@@ -16,8 +16,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg import sql
+from psycopg.types.json import Json
 from sqlalchemy import insert as generic_insert
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from recovery.models.base import DbSession
@@ -168,6 +170,43 @@ def _insert_statement(session: DbSession) -> Any:
     return stmt.returning(Transaction.transaction_ref)
 
 
+def _insert_rows(session: DbSession, records: list[dict[str, Any]]) -> set[str]:
+    """Insert the records, skipping refs the organization already has; return the refs inserted."""
+    if session.get_bind().dialect.name == "postgresql":
+        return _copy_rows(session, records)
+    return set(session.scalars(_insert_statement(session), records))
+
+
+def _copy_rows(session: DbSession, records: list[dict[str, Any]]) -> set[str]:
+    """PostgreSQL: COPY into a temporary table, then one INSERT ... ON CONFLICT DO NOTHING.
+
+    The same rows and answer as the multi-row INSERT, in the same transaction,
+    but several times faster: that INSERT carries a bound parameter per cell,
+    which the driver parses and converts one by one.
+    """
+    keys = list(records[0])
+    attrs = inspect(Transaction).attrs
+    columns = sql.SQL(", ").join(sql.Identifier(attrs[key].columns[0].name) for key in keys)
+    cursor = session.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+    with cursor:
+        cursor.execute(
+            sql.SQL(
+                "CREATE TEMPORARY TABLE import_rows ON COMMIT DROP AS "
+                "SELECT {columns}, 0 AS position FROM transaction WITH NO DATA"
+            ).format(columns=columns)
+        )
+        with cursor.copy(sql.SQL("COPY import_rows ({columns}, position) FROM STDIN").format(columns=columns)) as copy:
+            for position, record in enumerate(records):
+                copy.write_row([*(Json(record[key]) if key == "meta" else record[key] for key in keys), position])
+        cursor.execute(
+            sql.SQL(
+                "INSERT INTO transaction ({columns}) SELECT {columns} FROM import_rows ORDER BY position "
+                "ON CONFLICT (organization_id, transaction_ref) DO NOTHING RETURNING transaction_ref"
+            ).format(columns=columns)
+        )
+        return {ref for (ref,) in cursor.fetchall()}
+
+
 def run_import(session: DbSession, import_id: int, chunk_rows: int) -> CsvImport:
     """Import (or resume) the file; commits once per chunk. Safe to run twice."""
     csv_import = session.get(CsvImport, import_id)
@@ -268,7 +307,7 @@ def _import_chunk(
         )
     inserted: set[str] = set()
     if records:
-        inserted = set(session.scalars(_insert_statement(session), records))
+        inserted = _insert_rows(session, records)
     for ref in sorted(set(line_of) - inserted, key=line_of.__getitem__):
         duplicates += 1
         problems.append({"row": line_of[ref], "ref": ref, "reason": "Duplicate: a transaction with this reference already exists."})

@@ -62,7 +62,7 @@ class TransactionForm(ContactForm):
     )
     failure_message = TextAreaField("Failure message", [Optional()], render_kw=_attrs("failure_message"))
     failed_at = StringField(
-        "Failed on", [Optional()], description="Leave empty for now.", render_kw={"type": "date"}
+        "Failed on", [Optional()], description="When the payment failed; empty means now.", render_kw={"type": "date"}
     )
     metadata = TextAreaField(
         "Metadata (JSON)", [Optional()], description='e.g. {"order_id": "ORD-123"}',
