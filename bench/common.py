@@ -88,7 +88,9 @@ def ensure_schema(app: Flask) -> None:
         upgrade()
 
 
-def ensure_org_and_user(app: Flask, slug: str = ORG_SLUG, name: str = ORG_NAME, email: str = USER_EMAIL) -> int:
+def ensure_org_and_user(
+    app: Flask, slug: str = ORG_SLUG, name: str = ORG_NAME, email: str = USER_EMAIL
+) -> int:
     """Create the organization and its owner if missing; return the organization id."""
     from recovery.extensions import db
     from recovery.models import Role
@@ -107,7 +109,9 @@ def raw_connection(autocommit: bool = False) -> Any:
     """A plain psycopg connection to the benchmark database (COPY, EXPLAIN, VACUUM)."""
     import psycopg
 
-    return psycopg.connect(DATABASE_URL.replace("postgresql+psycopg://", "postgresql://"), autocommit=autocommit)
+    return psycopg.connect(
+        DATABASE_URL.replace("postgresql+psycopg://", "postgresql://"), autocommit=autocommit
+    )
 
 
 # --- processes -------------------------------------------------------------
@@ -133,7 +137,9 @@ def wait_for_http(port: int, path: str, timeout: float) -> None:
 
 
 @contextmanager
-def gunicorn(workers: int = 2, port: int = PORT, log_name: str = "gunicorn.log") -> Iterator[subprocess.Popen[bytes]]:
+def gunicorn(
+    workers: int = 2, port: int = PORT, log_name: str = "gunicorn.log"
+) -> Iterator[subprocess.Popen[bytes]]:
     """Run `gunicorn wsgi:app -w N` (sync workers) on loopback; stop it afterwards."""
     if not port_is_free(port):
         sys.exit(f"Port {port} is taken; set BENCH_PORT to a free one.")
@@ -181,6 +187,17 @@ def cpu_times() -> tuple[float, float]:
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = fields[3] + fields[4]
     return sum(fields) - idle, sum(fields)
+
+
+def idle_check(seconds: float = 2.0) -> float:
+    """Percent of the machine busy before a run; warn when something else is using it."""
+    busy_before, total_before = cpu_times()
+    time.sleep(seconds)
+    busy_after, total_after = cpu_times()
+    busy = 100 * (busy_after - busy_before) / max(1, total_after - total_before)
+    if busy > 10:
+        print(f"warning: the machine is {busy:.0f}% busy before the run; figures will be pessimistic")
+    return busy
 
 
 # --- HTTP ------------------------------------------------------------------
@@ -247,8 +264,18 @@ class LoadResult:
     samples: list[tuple[float, float]] = field(default_factory=list, repr=False)
 
     @classmethod
-    def of(cls, name: str, path: str, clients: int, mode: str, samples: list[tuple[float, float]],
-           errors: int, seconds: float, cpu: float, loadgen: float) -> LoadResult:
+    def of(
+        cls,
+        name: str,
+        path: str,
+        clients: int,
+        mode: str,
+        samples: list[tuple[float, float]],
+        errors: int,
+        seconds: float,
+        cpu: float,
+        loadgen: float,
+    ) -> LoadResult:
         latencies = sorted(latency for _, latency in samples)
         return cls(
             name=name,
@@ -272,8 +299,15 @@ class LoadResult:
         """The same run, counting only the requests sent between two wall-clock times."""
         inside = [(at, latency) for at, latency in self.samples if start <= at <= end]
         return LoadResult.of(
-            self.name, self.path, self.clients, self.mode, inside, self.errors, end - start,
-            self.machine_cpu_pct, self.loadgen_cpu_pct,
+            self.name,
+            self.path,
+            self.clients,
+            self.mode,
+            inside,
+            self.errors,
+            end - start,
+            self.machine_cpu_pct,
+            self.loadgen_cpu_pct,
         )
 
     def row(self) -> str:

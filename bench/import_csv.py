@@ -87,7 +87,11 @@ def make_csv(rows: int) -> bytes:
         if i % 200 == 199:  # 0.5%: a reference repeated from earlier in the file
             ref = f"IMP-{i - 100:07d}"
         email = f"customer{customer:06d}@shop{customer % 50}.example.com"
-        amount = str(rng.randrange(500, 50_000)) if rng.random() < 0.8 else f"{rng.randrange(5, 500)}.{rng.randrange(100):02d}"
+        amount = (
+            str(rng.randrange(500, 50_000))
+            if rng.random() < 0.8
+            else f"{rng.randrange(5, 500)}.{rng.randrange(100):02d}"
+        )
         if currency == "jpy" and "." in amount:
             amount = amount.split(".")[0]
         if currency == "bhd" and "." in amount:
@@ -105,7 +109,20 @@ def make_csv(rows: int) -> bytes:
         failed_at = (now - timedelta(seconds=rng.randrange(0, 90 * 86400))).strftime("%Y-%m-%dT%H:%M:%SZ")
         metadata = json.dumps({"order_id": f"ORD-{i:07d}"}) if i % 5 == 0 else ""
         writer.writerow(
-            [ref, amount, currency, f"Customer {customer}", email, phone, country, locale, code, message, failed_at, metadata]
+            [
+                ref,
+                amount,
+                currency,
+                f"Customer {customer}",
+                email,
+                phone,
+                country,
+                locale,
+                code,
+                message,
+                failed_at,
+                metadata,
+            ]
         )
     return out.getvalue().encode()
 
@@ -139,7 +156,7 @@ def prepare_import(app: Any, data: bytes) -> int:
         return csv_import.id
 
 
-def run_worker(app: Any, import_id: int, log_path: Path) -> dict[str, Any]:
+def run_worker(app: Any, import_id: int, log_path: Path, nice: int) -> dict[str, Any]:
     """Enqueue the job and run one burst worker; return the job's timings and counters."""
     from recovery.imports.jobs import import_csv
     from recovery.imports.views import JOB_TIMEOUT
@@ -149,11 +166,25 @@ def run_worker(app: Any, import_id: int, log_path: Path) -> dict[str, Any]:
         queue = get_queue()
         queue.empty()
         queue.enqueue(import_csv, import_id, job_timeout=JOB_TIMEOUT, description=f"bench import {import_id}")
-    command = [str(Path(sys.executable).parent / "flask"), "--app", "wsgi", "worker", "--burst", "--without-scheduler"]
+    command = [
+        str(Path(sys.executable).parent / "flask"),
+        "--app",
+        "wsgi",
+        "worker",
+        "--burst",
+        "--without-scheduler",
+    ]
+    if nice:
+        command = ["nice", "-n", str(nice), *command]
     with log_path.open("wb") as log:
         subprocess.run(
-            command, cwd=common.ROOT, env={**os.environ, **common.app_config()}, stdout=log, stderr=subprocess.STDOUT,
-            timeout=600, check=True,
+            command,
+            cwd=common.ROOT,
+            env={**os.environ, **common.app_config()},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=600,
+            check=True,
         )
     events = {}
     for line in log_path.read_text().splitlines():
@@ -174,11 +205,14 @@ def run_worker(app: Any, import_id: int, log_path: Path) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--rate", type=float, default=20, help="light list load, requests/s in all")
     parser.add_argument("--seconds", type=float, default=15, help="baseline duration")
+    parser.add_argument("--nice", type=int, default=0, help="run the worker under `nice -n N` (0: as is)")
     args = parser.parse_args()
 
     path = csv_file(args.rows)
@@ -188,10 +222,13 @@ def main() -> None:
     common.ensure_schema(app)
     list_org = common.ensure_org_and_user(app)
     with common.raw_connection() as conn:
-        listed = conn.execute("SELECT count(*) FROM transaction WHERE organization_id = %s", (list_org,)).fetchone()[0]
+        listed = conn.execute(
+            "SELECT count(*) FROM transaction WHERE organization_id = %s", (list_org,)
+        ).fetchone()[0]
     if listed < 20_000:
         sys.exit("Load the list's rows first: .venv/bin/python -m bench.seed_transactions")
     import_id = prepare_import(app, data)
+    busy_before = common.idle_check()
 
     with common.gunicorn():
         cookies = [common.sign_in() for _ in range(args.clients)]
@@ -214,7 +251,7 @@ def main() -> None:
         loader.start()
         time.sleep(2)
         try:
-            job = run_worker(app, import_id, common.OUT / "import_worker.log")
+            job = run_worker(app, import_id, common.OUT / "import_worker.log", args.nice)
         finally:
             time.sleep(1)
             stop.set()
@@ -229,7 +266,10 @@ def main() -> None:
     print(baseline.row())
     print(during.row())
     rise = 100 * (during.p99_ms / baseline.p99_ms - 1)
-    print(f"list p99 without import {baseline.p99_ms:.2f} ms, during import {during.p99_ms:.2f} ms ({rise:+.0f}%)")
+    print(
+        f"list p99 without import {baseline.p99_ms:.2f} ms, "
+        f"during import {during.p99_ms:.2f} ms ({rise:+.0f}%)"
+    )
     out = common.write_json(
         "import_csv",
         {
@@ -240,6 +280,7 @@ def main() -> None:
             "baseline": baseline.summary(),
             "during": during.summary(),
             "p99_rise_pct": rise,
+            "machine_busy_before_pct": busy_before,
         },
     )
     print(f"written {out.relative_to(common.ROOT)}")

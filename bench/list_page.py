@@ -98,7 +98,9 @@ def explain(app: Any, organization_id: int, paths: dict[str, str]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=20, help="per scenario and mode (default 20)")
@@ -122,6 +124,7 @@ def main() -> None:
         return
 
     print(f"{count:,} transactions; gunicorn wsgi:app -w {args.workers} on {common.HOST}:{common.PORT}")
+    busy_before = common.idle_check()
     results: list[common.LoadResult] = []
     with common.gunicorn(workers=args.workers) as server:
         cookies = [common.sign_in() for _ in range(args.clients)]
@@ -154,6 +157,7 @@ def main() -> None:
             "seconds": args.seconds,
             "results": [r.summary() for r in results],
             "worker_rss_mib": rss,
+            "machine_busy_before_pct": busy_before,
         },
     )
     print(f"written {path.relative_to(common.ROOT)}")

@@ -109,7 +109,9 @@ def rows(organization_id: int, count: int, now: datetime) -> object:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--reset", action="store_true", help="delete the organization's transactions first")
     args = parser.parse_args()
@@ -131,7 +133,10 @@ def main() -> None:
             raise SystemExit(f"{existing:,} rows already there, fewer than {args.rows:,}: run with --reset.")
         started = time.perf_counter()
         now = datetime.now(UTC)
-        with conn.cursor() as cursor, cursor.copy(f"COPY transaction ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+        with (
+            conn.cursor() as cursor,
+            cursor.copy(f"COPY transaction ({', '.join(COLUMNS)}) FROM STDIN") as copy,
+        ):
             for row in rows(organization_id, args.rows, now):  # type: ignore[attr-defined]
                 copy.write_row(row)
         conn.commit()

@@ -12,6 +12,8 @@ import pytest
 import sqlalchemy as sa
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
+from werkzeug.datastructures import FileStorage
+from werkzeug.test import encode_multipart
 
 from recovery.imports import services
 from recovery.models import AuditEvent, CsvImport, Transaction, User
@@ -24,11 +26,11 @@ PROBLEM = re.compile(
 
 
 def upload(client: FlaskClient, data: bytes, filename: str = "failed.csv") -> Any:
-    return client.post(
-        "/imports",
-        data={"file": (io.BytesIO(data), filename)},
-        content_type="multipart/form-data",
-    )
+    # Encoded in memory: for a large body the test client would spool to a
+    # temporary file it never closes (a ResourceWarning, an error here).
+    file = FileStorage(io.BytesIO(data), filename=filename, content_type="text/csv")
+    boundary, body = encode_multipart({"file": file})
+    return client.post("/imports", data=body, content_type=f"multipart/form-data; boundary={boundary}")
 
 
 def file_error(response: Any) -> str:
@@ -120,9 +122,9 @@ def test_utf8_with_bom_is_accepted(client: FlaskClient, signed_in: Callable[...,
 
     assert response.status_code == 302
     assert imported_refs(db) == ["CSV-000001", "CSV-000002"]
-    assert db.session.scalar(select(Transaction.customer_name).where(Transaction.transaction_ref == "CSV-000001")) == (
-        "Zoë Müller"
-    )
+    assert db.session.scalar(
+        select(Transaction.customer_name).where(Transaction.transaction_ref == "CSV-000001")
+    ) == ("Zoë Müller")
 
 
 @pytest.mark.parametrize("app_config", [{"CSV_MAX_BYTES": 2048}])
@@ -258,7 +260,9 @@ def test_invalid_and_ragged_rows_are_listed_while_valid_neighbours_are_imported(
     assert reasons[3] == "amount: USD amounts take at most 2 decimals; got '12.345'."
     assert reasons[5] == "The row has 3 cells; the header has 9."
     assert reasons[8].startswith("customer_email: ")
-    assert reasons[9] == "currency: 'xyz' is not a known ISO 4217 currency code.; amount: Set a valid currency first."
+    assert reasons[9] == (
+        "currency: 'xyz' is not a known ISO 4217 currency code.; amount: Set a valid currency first."
+    )
     assert reasons[10].startswith("transaction_ref: Use letters, digits")
     assert reasons[11] == "failed_at: The failure date cannot be in the future."
     assert reasons[13].startswith("customer_phone: ")
@@ -280,21 +284,23 @@ def test_duplicates_of_existing_refs_are_reported_and_not_imported_twice(
     response = upload(client, csv_bytes(rows(4)))
 
     assert response.status_code == 302
-    mine = db.session.scalars(
+    mine = db.session.execute(
         select(Transaction.transaction_ref, Transaction.amount)
         .where(Transaction.organization_id == user.organization_id)
         .order_by(Transaction.transaction_ref)
     )
-    assert list(db.session.execute(
-        select(Transaction.transaction_ref, Transaction.amount)
-        .where(Transaction.organization_id == user.organization_id)
-        .order_by(Transaction.transaction_ref)
-    )) == [("CSV-000001", 1001), ("CSV-000002", 777), ("CSV-000003", 1003), ("CSV-000004", 1004)]
-    del mine
+    assert [tuple(r) for r in mine] == [
+        ("CSV-000001", 1001),
+        ("CSV-000002", 777),  # the existing row is untouched
+        ("CSV-000003", 1003),  # another organization's ref is no duplicate
+        ("CSV-000004", 1004),
+    ]
     csv_import = the_import(db)
     assert (csv_import.imported_rows, csv_import.duplicate_rows, csv_import.invalid_rows) == (3, 1, 0)
     page = client.get(response.headers["Location"]).get_data(as_text=True)
-    assert problems(page) == [(3, "CSV-000002", "Duplicate: a transaction with this reference already exists.")]
+    assert problems(page) == [
+        (3, "CSV-000002", "Duplicate: a transaction with this reference already exists.")
+    ]
 
 
 def test_duplicates_within_the_file(client: FlaskClient, signed_in: Callable[..., User], db: Any) -> None:
@@ -305,7 +311,10 @@ def test_duplicates_within_the_file(client: FlaskClient, signed_in: Callable[...
 
     assert response.status_code == 302
     assert imported_refs(db) == ["CSV-000001", "CSV-000002", "CSV-000003"]
-    assert db.session.scalar(select(Transaction.amount).where(Transaction.transaction_ref == "CSV-000001")) == 1001
+    assert (
+        db.session.scalar(select(Transaction.amount).where(Transaction.transaction_ref == "CSV-000001"))
+        == 1001
+    )
     csv_import = the_import(db)
     assert (csv_import.imported_rows, csv_import.duplicate_rows) == (3, 2)
     page = client.get(response.headers["Location"]).get_data(as_text=True)
@@ -345,7 +354,8 @@ def test_amounts_in_the_file_are_minor_units_or_exact_decimals(
         row(5, amount="1.005", currency="bhd"),
     ]
     assert upload(client, csv_bytes(records)).status_code == 302
-    stored = {ref: amount for ref, amount in db.session.execute(select(Transaction.transaction_ref, Transaction.amount))}
+    result = db.session.execute(select(Transaction.transaction_ref, Transaction.amount))
+    stored = {ref: amount for ref, amount in result}
     assert stored == {
         "CSV-000001": 5000,
         "CSV-000002": 5000,
@@ -446,11 +456,14 @@ def test_ten_thousand_rows_through_a_real_rq_worker(
     assert csv_import.finished_at is not None
     assert csv_import.content is None  # the stored file is dropped once imported
     assert count(db, Transaction) == 10_000
-    assert db.session.scalar(
-        select(func.count(func.distinct(Transaction.transaction_ref))).where(
-            Transaction.organization_id == user.organization_id, Transaction.import_id == csv_import.id
+    assert (
+        db.session.scalar(
+            select(func.count(func.distinct(Transaction.transaction_ref))).where(
+                Transaction.organization_id == user.organization_id, Transaction.import_id == csv_import.id
+            )
         )
-    ) == 10_000
+        == 10_000
+    )
 
     page = client.get(response.headers["Location"]).get_data(as_text=True)
     assert '<span class="status status-done">done</span>' in page
@@ -542,7 +555,9 @@ def test_a_failing_chunk_leaves_no_rows_and_a_rerun_resumes(
     response = upload(client, csv_bytes(rows(35)))
     import_id = the_import(db).id
 
-    with pytest.raises(sa.exc.DBAPIError, match="row refused by the database"):
+    with pytest.raises(
+        Exception, match="row refused by the database"
+    ):  # the driver's own error (COPY) or SQLAlchemy's
         services.run_import(db.session, import_id, app.config["CSV_CHUNK_ROWS"])
 
     csv_import = the_import(db)

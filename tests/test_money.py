@@ -93,7 +93,13 @@ def test_parse_amount_good(raw: str | int, currency: str, expected: int) -> None
 
 @pytest.mark.parametrize(
     ("raw", "currency", "expected"),
-    [("50", "usd", 5000), ("50", "jpy", 50), ("50", "bhd", 50000), ("0.29", "usd", 29), ("19.99", "eur", 1999)],
+    [
+        ("50", "usd", 5000),
+        ("50", "jpy", 50),
+        ("50", "bhd", 50000),
+        ("0.29", "usd", 29),
+        ("19.99", "eur", 1999),
+    ],
 )
 def test_parse_amount_in_major_units_for_the_staff_form(raw: str, currency: str, expected: int) -> None:
     assert parse_amount(raw, currency, major=True) == expected
@@ -143,7 +149,9 @@ def test_parse_amount_refused(raw: object, currency: str, message: str) -> None:
         parse_amount(raw, currency)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("raw", "expected"), [("usd", "usd"), ("USD", "usd"), (" eur ", "eur"), ("Jpy", "jpy")])
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("usd", "usd"), ("USD", "usd"), (" eur ", "eur"), ("Jpy", "jpy")]
+)
 def test_normalize_currency_good(raw: str, expected: str) -> None:
     assert normalize_currency(raw) == expected
 

@@ -86,7 +86,10 @@ def cursor(value: Any) -> str:
 
 @pytest.mark.parametrize("status", TransactionStatus.ALL)
 def test_each_status_tab_shows_only_that_status(
-    client: FlaskClient, signed_in: Callable[..., User], make_transaction: Callable[..., Transaction], status: str
+    client: FlaskClient,
+    signed_in: Callable[..., User],
+    make_transaction: Callable[..., Transaction],
+    status: str,
 ) -> None:
     user = signed_in("viewer")
     for s in TransactionStatus.ALL:
@@ -237,7 +240,9 @@ def test_cursor_pagination_walks_every_row_once_with_ties_and_back(
         amount=lambda i: (500, 1000, 2000)[i % 3],
         failed_at=lambda i: BASE_TIME - timedelta(hours=i % 4),
     )
-    expected_rows = db.session.execute(select(Transaction.transaction_ref, Transaction.amount, Transaction.failed_at, Transaction.id)).all()
+    expected_rows = db.session.execute(
+        select(Transaction.transaction_ref, Transaction.amount, Transaction.failed_at, Transaction.id)
+    ).all()
     key = (lambda r: (r.amount, r.id)) if sort == "amount" else (lambda r: (r.failed_at, r.id))
     expected = [r.transaction_ref for r in sorted(expected_rows, key=key, reverse=order == "desc")]
 
@@ -272,9 +277,7 @@ def test_first_page_has_no_previous_and_exactly_50_rows(
     assert link(NEXT, last) is None
 
 
-def test_pagination_keeps_the_filters(
-    client: FlaskClient, signed_in: Callable[..., User], db: Any
-) -> None:
+def test_pagination_keeps_the_filters(client: FlaskClient, signed_in: Callable[..., User], db: Any) -> None:
     user = signed_in("viewer")
     bulk_insert(db, user.organization, 120, currency=lambda i: "eur" if i % 2 else "usd")
     pages, urls = walk(client, "/transactions?currency=eur&sort=amount&order=asc")
@@ -399,7 +402,7 @@ def test_another_organizations_rows_never_appear(
     ):
         page = get(client, "/transactions", **params)
         assert "THEIRS" not in refs(page), params
-        assert f"/transactions/{theirs.id}\"" not in page
+        assert f'/transactions/{theirs.id}"' not in page
     assert refs(get(client, "/transactions", q="shared@example.com")) == ["MINE"]
     assert "1 transaction<" in get(client, "/transactions")
 
@@ -610,7 +613,13 @@ def test_create_by_form(client: FlaskClient, signed_in: Callable[..., User], db:
 
 @pytest.mark.parametrize(
     ("amount", "currency", "stored"),
-    [("50", "usd", 5000), ("19.99", "usd", 1999), ("0.29", "usd", 29), ("5000", "jpy", 5000), ("1.5", "bhd", 1500)],
+    [
+        ("50", "usd", 5000),
+        ("19.99", "usd", 1999),
+        ("0.29", "usd", 29),
+        ("5000", "jpy", 5000),
+        ("1.5", "bhd", 1500),
+    ],
 )
 def test_create_amount_is_in_major_units(
     client: FlaskClient, signed_in: Callable[..., User], db: Any, amount: str, currency: str, stored: int
@@ -758,7 +767,10 @@ def test_edit_contact_bad_phone_changes_nothing(
 ) -> None:
     user = signed_in("operator")
     transaction = make_transaction(
-        org=user.organization, transaction_ref="T-EDIT", customer_email="old@example.com", customer_phone="+14155550123"
+        org=user.organization,
+        transaction_ref="T-EDIT",
+        customer_email="old@example.com",
+        customer_phone="+14155550123",
     )
 
     response = client.post(
@@ -781,7 +793,9 @@ def test_edit_contact_without_changes_writes_no_audit(
 ) -> None:
     user = signed_in("operator")
     transaction = make_transaction(org=user.organization, customer_email="same@example.com")
-    response = client.post(f"/transactions/{transaction.id}/edit", data={"customer_email": "SAME@example.com"})
+    response = client.post(
+        f"/transactions/{transaction.id}/edit", data={"customer_email": "SAME@example.com"}
+    )
     assert response.status_code == 302
     assert "Nothing changed." in get(client, response.headers["Location"])
     assert transaction_audits(db) == 0
@@ -791,7 +805,9 @@ def test_edit_form_is_prefilled(
     client: FlaskClient, signed_in: Callable[..., User], make_transaction: Callable[..., Transaction]
 ) -> None:
     user = signed_in("operator")
-    transaction = make_transaction(org=user.organization, customer_email="pre@example.com", customer_country="DE")
+    transaction = make_transaction(
+        org=user.organization, customer_email="pre@example.com", customer_country="DE"
+    )
     page = get(client, f"/transactions/{transaction.id}/edit")
     assert 'value="pre@example.com"' in page
     assert 'value="DE"' in page

@@ -130,7 +130,16 @@ def test_phone_refused(raw: str, country: str | None, message: str) -> None:
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
-    [("US", "US"), ("us", "US"), (" de ", "DE"), ("GB", "GB"), ("JP", "JP"), ("XK", "XK"), ("", None), (None, None)],
+    [
+        ("US", "US"),
+        ("us", "US"),
+        (" de ", "DE"),
+        ("GB", "GB"),
+        ("JP", "JP"),
+        ("XK", "XK"),
+        ("", None),
+        (None, None),
+    ],
 )
 def test_country_good(raw: str | None, expected: str | None) -> None:
     assert clean_country(raw) == expected
@@ -310,7 +319,16 @@ def test_text_length_limits(name: str, limit: int) -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    ["Ann\x00Lee", "Ann\x1b[31mLee", "Ann\rLee", "Ann\nLee", "Ann\tLee", "Ann\x7fLee", "Ann\x85Lee", "Ann\x9bLee"],
+    [
+        "Ann\x00Lee",
+        "Ann\x1b[31mLee",
+        "Ann\rLee",
+        "Ann\nLee",
+        "Ann\tLee",
+        "Ann\x7fLee",
+        "Ann\x85Lee",
+        "Ann\x9bLee",
+    ],
 )
 def test_control_characters_refused(raw: str) -> None:
     with pytest.raises(ValueError, match="control characters"):
@@ -357,7 +375,9 @@ def test_clean_transaction_good() -> None:
 
 
 def test_clean_transaction_minimal_and_major_units() -> None:
-    cleaned = clean_transaction({"transaction_ref": "T1", "amount": "50", "currency": "usd"}, major_units=True)
+    cleaned = clean_transaction(
+        {"transaction_ref": "T1", "amount": "50", "currency": "usd"}, major_units=True
+    )
     assert cleaned.ok, cleaned.errors
     assert cleaned.values["amount"] == 5000
     assert "failed_at" not in cleaned.values  # the model's default (now) applies
@@ -402,7 +422,9 @@ def test_clean_transaction_amount_waits_for_a_valid_currency() -> None:
 
 
 def test_clean_transaction_reports_every_bad_field_at_once() -> None:
-    cleaned = clean_transaction({"transaction_ref": "", "amount": "-1", "currency": "usd", "customer_email": "x"})
+    cleaned = clean_transaction(
+        {"transaction_ref": "", "amount": "-1", "currency": "usd", "customer_email": "x"}
+    )
     assert set(cleaned.errors) == {"transaction_ref", "amount", "customer_email"}
 
 
@@ -411,3 +433,9 @@ def test_clean_transaction_ignores_unknown_keys() -> None:
     assert cleaned.ok
     assert "status" not in cleaned.values
     assert "organization_id" not in cleaned.values
+
+
+def test_failure_message_keeps_lines_and_tabs_but_not_other_controls() -> None:
+    assert clean_text("Declined.\nCall your bank.\tRef 7", "failure_message") == "Declined.\nCall your bank.\tRef 7"
+    with pytest.raises(ValueError, match="control characters"):
+        clean_text("Declined\x1b[31m", "failure_message")

@@ -22,12 +22,12 @@ from sqlalchemy import insert as generic_insert
 from sqlalchemy import inspect, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from recovery.models.base import DbSession
 
 from recovery import audit
 from recovery.audit import Actor
 from recovery.logs import get_logger
 from recovery.models import CsvImport, ImportStatus, Transaction, TransactionSource, utcnow
+from recovery.models.base import DbSession
 from recovery.models.transaction import TransactionStatus
 from recovery.transactions.validation import clean_transaction
 
@@ -182,7 +182,8 @@ def _copy_rows(session: DbSession, records: list[dict[str, Any]]) -> set[str]:
 
     The same rows and answer as the multi-row INSERT, in the same transaction,
     but several times faster: that INSERT carries a bound parameter per cell,
-    which the driver parses and converts one by one.
+    which the driver parses and converts one by one. `position` keeps the
+    file's order in the ids.
     """
     keys = list(records[0])
     attrs = inspect(Transaction).attrs
@@ -195,9 +196,14 @@ def _copy_rows(session: DbSession, records: list[dict[str, Any]]) -> set[str]:
                 "SELECT {columns}, 0 AS position FROM transaction WITH NO DATA"
             ).format(columns=columns)
         )
-        with cursor.copy(sql.SQL("COPY import_rows ({columns}, position) FROM STDIN").format(columns=columns)) as copy:
+        cursor.execute("SELECT * FROM import_rows LIMIT 0")
+        types = [column.type_code for column in cursor.description or ()]
+        copy_sql = sql.SQL("COPY import_rows ({columns}, position) FROM STDIN (FORMAT BINARY)")
+        with cursor.copy(copy_sql.format(columns=columns)) as copy:
+            copy.set_types(types)
             for position, record in enumerate(records):
-                copy.write_row([*(Json(record[key]) if key == "meta" else record[key] for key in keys), position])
+                values = (Json(record[key]) if key == "meta" else record[key] for key in keys)
+                copy.write_row([*values, position])
         cursor.execute(
             sql.SQL(
                 "INSERT INTO transaction ({columns}) SELECT {columns} FROM import_rows ORDER BY position "

@@ -14,11 +14,11 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import ColumnElement, func, or_, select, tuple_
 from sqlalchemy.exc import IntegrityError
-from recovery.models.base import DbSession
 
 from recovery import audit
 from recovery.audit import Actor
 from recovery.models import AuditEvent, CsvImport, RecoveryAttempt, Transaction, TransactionSource, User
+from recovery.models.base import DbSession
 from recovery.models.transaction import TransactionStatus
 from recovery.transactions.validation import (
     CONTACT_FIELDS,
@@ -308,10 +308,9 @@ def list_transactions(session: DbSession, organization_id: int, query: ListQuery
     order = (key.desc(), Transaction.id.desc()) if forward_desc else (key.asc(), Transaction.id.asc())
     result = session.execute(stmt.order_by(*order).limit(PAGE_SIZE + 1)).all()
     rows = [ListedTransaction(*row[:-1]) for row in result]
-    if result:
-        count = result[0][-1]
-    else:  # nothing on this page; only a stale cursor leaves matching rows uncounted
-        count = 0 if cursor is None else session.scalar(count_stmt) or 0
+    # An empty page has no row to carry the count: it is 0, unless a stale
+    # cursor walked past rows that still match.
+    count = result[0][-1] if result else (session.scalar(count_stmt) or 0 if cursor else 0)
     has_more = len(rows) > PAGE_SIZE
     rows = rows[:PAGE_SIZE]
     if backwards:

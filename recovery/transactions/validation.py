@@ -33,6 +33,8 @@ MAX_LENGTHS = {
 _REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:#-]*$")
 _CODE = re.compile(r"^[a-z0-9_]+$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 (e.g. \x9b, a terminal CSI)
+_CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # free text may have lines and tabs
+MULTILINE_FIELDS = frozenset({"failure_message"})
 METADATA_MAX_BYTES = 4096
 # An everyday address that email-validator always accepts, and whose normalized
 # form lower-cased is the address lower-cased: ASCII atoms joined by single
@@ -82,7 +84,8 @@ def clean_text(raw: Any, name: str, *, required: bool = False) -> str | None:
         if required:
             raise ValueError("This field is required.")
         return None
-    if _CONTROL.search(text):
+    control = _CONTROL_BUT_LINES if name in MULTILINE_FIELDS else _CONTROL
+    if control.search(text):
         raise ValueError("Must not contain control characters.")
     limit = MAX_LENGTHS[name]
     if len(text) > limit:
