@@ -10,7 +10,8 @@
    baseline p50/p95/p99.
 3. Stores the file as an import of the `bench-import` organization (emptied
    first), enqueues `recovery.imports.jobs.import_csv` on Redis, and runs a real
-   worker (`flask --app wsgi worker --burst`) while the same light load goes on.
+   worker (`nice -n 10 flask --app wsgi worker --burst`, as the Procfile runs it)
+   while the same light load goes on.
    Rows/s is the file's rows over the job's own csv_import_started →
    csv_import_finished interval (its log lines); the list latency is taken over
    the requests sent inside that interval.
@@ -212,7 +213,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--rate", type=float, default=20, help="light list load, requests/s in all")
     parser.add_argument("--seconds", type=float, default=15, help="baseline duration")
-    parser.add_argument("--nice", type=int, default=0, help="run the worker under `nice -n N` (0: as is)")
+    parser.add_argument(
+        "--nice", type=int, default=10, help="run the worker under `nice -n N`, as the Procfile does (0: not)"
+    )
     args = parser.parse_args()
 
     path = csv_file(args.rows)

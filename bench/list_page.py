@@ -1,18 +1,19 @@
 """Measure the transactions list over HTTP: gunicorn with 2 sync workers, 8 signed-in clients.
 
     .venv/bin/python -m bench.seed_transactions      # once: a million rows
-    .venv/bin/python -m bench.list_page [--seconds 20] [--rate 200] [--explain]
+    .venv/bin/python -m bench.list_page [--seconds 20] [--rate 40 --rate 120] [--explain]
 
 Four pages of the `bench` organization: the first page, a status tab
 (`?status=recovering`), a search by exact email, and the page that starts
 10,000 rows deep (its `after` cursor is built from the database, exactly as the
-page before it would have linked to it). Each scenario runs twice:
+page before it would have linked to it). Each scenario runs in each mode:
 
 - closed loop: each client sends its next request as soon as the answer
   arrives; the server is saturated, so latency includes queueing for one of
   the two workers and req/s is the throughput;
-- paced (`--rate`, all clients together): a fixed schedule below saturation,
-  latency measured from each request's scheduled time.
+- paced (`--rate`, all clients together; 40 and 120 requests/s by default): a
+  fixed schedule below saturation, latency measured from each request's
+  scheduled time.
 
 Then it reads VmRSS of both gunicorn workers. `--explain` prints PostgreSQL's
 plan (EXPLAIN ANALYZE, BUFFERS) of every query the list runs for each page.
@@ -105,7 +106,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=20, help="per scenario and mode (default 20)")
     parser.add_argument("--max-requests", type=int, default=50_000, help="per scenario and mode")
-    parser.add_argument("--rate", type=float, default=200, help="paced mode, requests/s in all (0 skips it)")
+    parser.add_argument(
+        "--rate", type=float, action="append", help="paced mode, requests/s in all (repeatable; 0: none)"
+    )
     parser.add_argument("--warmup", type=float, default=3, help="seconds per scenario before measuring")
     parser.add_argument("--explain", action="store_true", help="print the query plans and exit")
     args = parser.parse_args()
@@ -132,7 +135,8 @@ def main() -> None:
         for name, path in paths.items():
             common.run_load(name, path, cookies, seconds=args.warmup, max_requests=10_000)
         print(common.HEADER)
-        modes: list[float | None] = [None] + ([args.rate] if args.rate else [])
+        rates = args.rate if args.rate is not None else [40.0, 120.0]
+        modes: list[float | None] = [None, *(rate for rate in rates if rate)]
         for rate in modes:
             for name, path in paths.items():
                 result = common.run_load(

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from recovery.models.base import DbSession
-
 from recovery.models import AuditEvent, User
+from recovery.models.base import DbSession
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import select
-from recovery.models.base import DbSession
 
 from recovery.models import Organization, Role, Transaction, TransactionSource, User, utcnow
+from recovery.models.base import DbSession
 from recovery.models.transaction import TransactionStatus
 from recovery.organizations.services import create_organization, get_by_slug
 from recovery.users.services import create_user
@@ -57,10 +57,14 @@ def seed(session: DbSession) -> SeedResult:
     for role in reversed(Role):
         email = f"{role.value}@demo.example"
         if session.scalar(select(User).where(User.email == email)) is None:
-            create_user(session, organization.id, email, DEMO_PASSWORD, role, f"Demo {role.value.capitalize()}")
+            create_user(
+                session, organization.id, email, DEMO_PASSWORD, role, f"Demo {role.value.capitalize()}"
+            )
         logins.append((role.value, email))
     existing_refs = set(
-        session.scalars(select(Transaction.transaction_ref).where(Transaction.organization_id == organization.id))
+        session.scalars(
+            select(Transaction.transaction_ref).where(Transaction.organization_id == organization.id)
+        )
     )
     rng = random.Random(2025)  # the same demo every time
     now = utcnow()
@@ -73,7 +77,12 @@ def seed(session: DbSession) -> SeedResult:
         amount = rng.randrange(low, high) if currency == "jpy" else rng.randrange(low, high) // 100 * 100 + 99
         failed_at = now - timedelta(days=rng.uniform(0, 60))
         status = rng.choices(
-            [TransactionStatus.FAILED, TransactionStatus.RECOVERING, TransactionStatus.RECOVERED, TransactionStatus.UNRECOVERED],
+            [
+                TransactionStatus.FAILED,
+                TransactionStatus.RECOVERING,
+                TransactionStatus.RECOVERED,
+                TransactionStatus.UNRECOVERED,
+            ],
             weights=[70, 12, 12, 6],
         )[0]
         if ref in existing_refs:

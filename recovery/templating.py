@@ -43,7 +43,8 @@ def url_prefix(endpoint: str, argument: str) -> str:
     For links built in a long loop: `{{ prefix }}{{ t.id }}` costs a fraction of
     a url_for per row (a third of a fifty-row page went there).
     """
-    url = url_for(endpoint, **{argument: 0})
+    values: dict[str, Any] = {argument: 0}
+    url = url_for(endpoint, **values)
     if not url.endswith("/0"):
         raise ValueError(f"{endpoint}'s URL does not end in {argument}: {url}")
     return url[:-1]

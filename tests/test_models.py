@@ -87,7 +87,9 @@ def test_same_status_is_a_no_op_and_unknown_status_is_an_error() -> None:
         (CsvImport, ImportStatus.DONE, None, ImportStatus.RUNNING),
     ],
 )
-def test_other_models_follow_their_tables(model: type, start: str, allowed: str | None, refused: str | None) -> None:
+def test_other_models_follow_their_tables(
+    model: type, start: str, allowed: str | None, refused: str | None
+) -> None:
     if allowed:
         obj = model(status=start)
         assert obj.transition(allowed)

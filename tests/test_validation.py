@@ -436,6 +436,9 @@ def test_clean_transaction_ignores_unknown_keys() -> None:
 
 
 def test_failure_message_keeps_lines_and_tabs_but_not_other_controls() -> None:
-    assert clean_text("Declined.\nCall your bank.\tRef 7", "failure_message") == "Declined.\nCall your bank.\tRef 7"
+    assert (
+        clean_text("Declined.\nCall your bank.\tRef 7", "failure_message")
+        == "Declined.\nCall your bank.\tRef 7"
+    )
     with pytest.raises(ValueError, match="control characters"):
         clean_text("Declined\x1b[31m", "failure_message")

@@ -294,7 +294,9 @@ def _import_chunk(
         ref = values["transaction_ref"]
         if ref in seen_refs:
             duplicates += 1
-            problems.append({"row": line, "ref": ref, "reason": "Duplicate: this reference appears earlier in the file."})
+            problems.append(
+                {"row": line, "ref": ref, "reason": "Duplicate: this reference appears earlier in the file."}
+            )
             continue
         seen_refs.add(ref)
         line_of[ref] = line
@@ -316,7 +318,13 @@ def _import_chunk(
         inserted = _insert_rows(session, records)
     for ref in sorted(set(line_of) - inserted, key=line_of.__getitem__):
         duplicates += 1
-        problems.append({"row": line_of[ref], "ref": ref, "reason": "Duplicate: a transaction with this reference already exists."})
+        problems.append(
+            {
+                "row": line_of[ref],
+                "ref": ref,
+                "reason": "Duplicate: a transaction with this reference already exists.",
+            }
+        )
     invalid = len(problems) - duplicates
     csv_import.processed_rows += len(chunk)
     csv_import.imported_rows += len(inserted)

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeAlias
 
 from sqlalchemy import BigInteger, DateTime, Integer, MetaData
-from sqlalchemy.types import TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Session, scoped_session
+from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",

@@ -57,14 +57,21 @@ class TransactionForm(ContactForm):
         render_kw={"maxlength": 3, "required": True, "list": "currencies"},
     )
     failure_code = StringField(
-        "Failure code", [Optional()], description="e.g. card_declined, insufficient_funds.",
+        "Failure code",
+        [Optional()],
+        description="e.g. card_declined, insufficient_funds.",
         render_kw=_attrs("failure_code"),
     )
     failure_message = TextAreaField("Failure message", [Optional()], render_kw=_attrs("failure_message"))
     failed_at = StringField(
-        "Failed on", [Optional()], description="When the payment failed; empty means now.", render_kw={"type": "date"}
+        "Failed on",
+        [Optional()],
+        description="When the payment failed; empty means now.",
+        render_kw={"type": "date"},
     )
     metadata = TextAreaField(
-        "Metadata (JSON)", [Optional()], description='e.g. {"order_id": "ORD-123"}',
+        "Metadata (JSON)",
+        [Optional()],
+        description='e.g. {"order_id": "ORD-123"}',
         render_kw={"maxlength": 4096, "rows": 2},
     )

@@ -82,7 +82,9 @@ def create_transaction(
     return transaction
 
 
-def update_contact(session: DbSession, actor: Actor, transaction: Transaction, raw: dict[str, Any]) -> list[str]:
+def update_contact(
+    session: DbSession, actor: Actor, transaction: Transaction, raw: dict[str, Any]
+) -> list[str]:
     """Change the customer's contact details; return the names of fields that changed."""
     cleaned = Cleaned()
     clean_contact(raw, cleaned)

@@ -203,7 +203,9 @@ def clean_datetime(raw: Any) -> datetime | None:
     try:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise ValueError(f"{text!r} is not a date; use ISO 8601 (2025-01-19 or 2025-01-19T10:00:00Z).") from None
+        raise ValueError(
+            f"{text!r} is not a date; use ISO 8601 (2025-01-19 or 2025-01-19T10:00:00Z)."
+        ) from None
     if len(text) == 10:
         value = datetime.combine(value.date(), time(), tzinfo=UTC)
     elif value.tzinfo is None:
