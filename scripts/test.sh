@@ -6,4 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
+if [ $# -eq 0 ]; then
+  # The whole run also holds the code to its lint and type rules.
+  .venv/bin/ruff check --quiet .
+  .venv/bin/mypy
+fi
 exec .venv/bin/python -m pytest "$@"

@@ -18,13 +18,13 @@ class ImportStatus:
     FAILED = "failed"
 
 
-I = ImportStatus
+IS = ImportStatus
 
 IMPORT_TRANSITIONS = {
-    I.QUEUED: frozenset({I.RUNNING, I.FAILED}),
-    I.RUNNING: frozenset({I.DONE, I.FAILED}),
-    I.FAILED: frozenset({I.RUNNING}),  # a retried job resumes after the last chunk
-    I.DONE: frozenset(),
+    IS.QUEUED: frozenset({IS.RUNNING, IS.FAILED}),
+    IS.RUNNING: frozenset({IS.DONE, IS.FAILED}),
+    IS.FAILED: frozenset({IS.RUNNING}),  # a retried job resumes after the last chunk
+    IS.DONE: frozenset(),
 }
 
 
@@ -40,7 +40,7 @@ class CsvImport(HasStatus, Base):
     # Kept in the database, not on disk, so a worker on another machine can read
     # it; cleared once the import ends.
     content: Mapped[bytes | None] = deferred(mapped_column(LargeBinary))
-    status: Mapped[str] = mapped_column(String(16), default=I.QUEUED)
+    status: Mapped[str] = mapped_column(String(16), default=IS.QUEUED)
     total_rows: Mapped[int] = mapped_column(default=0)
     processed_rows: Mapped[int] = mapped_column(default=0)
     imported_rows: Mapped[int] = mapped_column(default=0)
@@ -55,5 +55,5 @@ class CsvImport(HasStatus, Base):
     @property
     def percent(self) -> int:
         if not self.total_rows:
-            return 100 if self.status == I.DONE else 0
+            return 100 if self.status == IS.DONE else 0
         return min(100, self.processed_rows * 100 // self.total_rows)
