@@ -310,6 +310,17 @@ class LoadResult:
             self.loadgen_cpu_pct,
         )
 
+    @classmethod
+    def pooled(cls, name: str, runs: list[LoadResult]) -> LoadResult:
+        """Several runs of one load as one: their requests together, their time added up."""
+        first = runs[0]
+        return cls.of(
+            name, first.path, first.clients, first.mode,
+            [sample for run in runs for sample in run.samples],
+            sum(run.errors for run in runs), sum(run.seconds for run in runs),
+            max(run.machine_cpu_pct for run in runs), max(run.loadgen_cpu_pct for run in runs),
+        )  # fmt: skip
+
     def row(self) -> str:
         return (
             f"{self.name:<12} {self.mode:<10} {self.requests:>7} {self.errors:>4} {self.rps:>8.0f}"

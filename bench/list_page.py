@@ -152,7 +152,7 @@ def main() -> None:
         by_name = {r.name: r for r in results if r.mode == mode}
         ratio = by_name["deep-10k"].p50_ms / by_name["first"].p50_ms
         print(f"{mode}: deep-10k p50 / first p50 = {ratio:.2f}")
-    path = common.write_json(
+    written = common.write_json(
         "list_page",
         {
             "transactions": count,
@@ -164,7 +164,7 @@ def main() -> None:
             "machine_busy_before_pct": busy_before,
         },
     )
-    print(f"written {path.relative_to(common.ROOT)}")
+    print(f"written {written.relative_to(common.ROOT)}")
 
 
 if __name__ == "__main__":
