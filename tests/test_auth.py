@@ -10,7 +10,9 @@ from flask.testing import FlaskClient
 from redis import Redis
 from sqlalchemy import select
 
+from recovery.audit import Actor
 from recovery.models import AuditEvent
+from recovery.users.services import set_active
 from tests.conftest import PASSWORD, login
 
 DASHBOARD = "/transactions"
@@ -55,7 +57,7 @@ def test_good_password_signs_in_and_lands_on_the_dashboard(client, db, make_user
 
     assert response.status_code == 302
     assert response.headers["Location"] == DASHBOARD
-    assert signed_in_user_id(client) == str(user.id)
+    assert signed_in_user_id(client) == user.get_id()
     assert can_see_dashboard(client)
     db.session.refresh(user)
     assert user.last_login_at is not None
@@ -68,7 +70,7 @@ def test_email_is_matched_without_regard_to_case_or_spaces(client, make_user):
     response = post_login(client, "  Casey@EXAMPLE.com ", PASSWORD)
 
     assert response.status_code == 302
-    assert signed_in_user_id(client) == str(user.id)
+    assert signed_in_user_id(client) == user.get_id()
 
 
 def test_login_page_has_labelled_fields(client):
@@ -145,6 +147,43 @@ def test_remember_me_cookie_stops_working_after_deactivation(client, db, make_us
     client.delete_cookie("session")
 
     assert not can_see_dashboard(client)
+
+
+def test_reactivation_does_not_revive_sessions_from_before(client, db, make_user):
+    user = make_user()
+    client.post("/login", data={"email": user.email, "password": PASSWORD, "remember": "y"})
+    assert can_see_dashboard(client)
+
+    owner = make_user(org=user.organization)
+    actor = Actor.for_user(owner)
+    set_active(db.session, owner, actor, user, False)
+    set_active(db.session, owner, actor, user, True)
+    db.session.commit()
+
+    assert not can_see_dashboard(client)  # the session cookie
+    client.delete_cookie("session")
+    assert not can_see_dashboard(client)  # the remember cookie
+    assert login(client, user).status_code == 302
+    assert can_see_dashboard(client)
+
+
+def test_a_new_password_ends_other_sessions(client, db, make_user):
+    user = make_user()
+    assert login(client, user).status_code == 302
+
+    user.set_password("a brand new passphrase")
+    db.session.commit()
+
+    assert not can_see_dashboard(client)
+
+
+def test_a_forged_session_id_is_refused(client, make_user):
+    user = make_user()
+    for forged in (str(user.id), f"{user.id}.7", "x.0", ""):
+        with client.session_transaction() as session:
+            session["_user_id"] = forged
+            session["_fresh"] = True
+        assert not can_see_dashboard(client), forged
 
 
 def test_sign_out_is_a_post_and_ends_the_session(client, signed_in):

@@ -20,12 +20,16 @@ log = get_logger("recovery.auth")
 
 
 @login_manager.user_loader
-def load_user(user_id: str) -> User | None:
+def load_user(session_id: str) -> User | None:
+    """The active user whose session id (`<id>.<session_version>`) is still current."""
+    user_id, _, version = session_id.partition(".")
     try:
         user = db.session.get(User, int(user_id))
     except ValueError:
         return None
-    return user if user is not None and user.is_active else None
+    if user is None or not user.is_active or version != str(user.session_version):
+        return None
+    return user
 
 
 login_manager.login_view = "auth.login"

@@ -42,6 +42,9 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16), default=Role.VIEWER.value)
     is_active: Mapped[bool] = mapped_column(default=True)
+    # Part of the session id: bumping it ends every session and remember cookie
+    # issued before (deactivation, password change).
+    session_version: Mapped[int] = mapped_column(default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
@@ -57,9 +60,15 @@ class User(Base):
         return False
 
     def get_id(self) -> str:
-        return str(self.id)
+        return f"{self.id}.{self.session_version or 0}"
+
+    def end_sessions(self) -> None:
+        """Invalidate every session and remember cookie issued so far."""
+        self.session_version = (self.session_version or 0) + 1
 
     def set_password(self, password: str) -> None:
+        if self.password_hash:
+            self.end_sessions()
         self.password_hash = generate_password_hash(password)
 
     def check_password(self, password: str) -> bool:

@@ -135,5 +135,7 @@ def set_active(session: DbSession, by: User, actor: Actor, target: User, active:
     if not active and target.role == Role.OWNER and _active_owners(session, target.organization_id) <= 1:
         raise UserRefused("The organization must keep at least one active owner.")
     target.is_active = active
+    if not active:
+        target.end_sessions()
     action = "user.reactivated" if active else "user.deactivated"
     audit.record(session, actor, action, target_type="user", target_id=target.id, email=target.email)
