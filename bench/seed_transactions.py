@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bench import common
+from recovery import demo
 
 STATUSES = {"failed": 60, "recovering": 10, "recovered": 15, "unrecovered": 10, "cancelled": 4, "refunded": 1}
 # currency, country, locale, weight
@@ -38,14 +39,7 @@ MARKETS = [
     ("bhd", "BH", "ar-BH", 1),
     ("kwd", "KW", "ar-KW", 1),
 ]
-FAILURES = [
-    ("card_declined", "Your card was declined."),
-    ("insufficient_funds", "Your card has insufficient funds."),
-    ("expired_card", "Your card has expired."),
-    ("authentication_required", "Your card requires authentication."),
-    ("incorrect_cvc", "Your card's security code is incorrect."),
-    ("processing_error", "An error occurred while processing your card."),
-]
+FAILURES = demo.FAILURES  # the same codes and messages as the demo data
 COLUMNS = (
     "organization_id",
     "transaction_ref",
