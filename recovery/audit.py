@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from recovery.models import AuditEvent, User
+from recovery.models import ApiToken, AuditEvent, User
 from recovery.models.base import DbSession
 
 
@@ -17,10 +17,15 @@ class Actor:
     label: str
     user_id: int | None = None
     ip_address: str | None = None
+    api_token_id: int | None = None
 
     @classmethod
     def for_user(cls, user: User, ip_address: str | None = None) -> Actor:
         return cls(user.organization_id, user.email, user.id, ip_address)
+
+    @classmethod
+    def for_token(cls, token: ApiToken, ip_address: str | None = None) -> Actor:
+        return cls(token.organization_id, f"API token {token.name}", None, ip_address, token.id)
 
     @classmethod
     def system(cls, organization_id: int, label: str = "system") -> Actor:
@@ -41,6 +46,7 @@ def record(
     event = AuditEvent(
         organization_id=actor.organization_id,
         actor_user_id=actor.user_id,
+        actor_api_token_id=actor.api_token_id,
         actor_label=actor.label,
         action=action,
         transaction_id=transaction_id,

@@ -53,6 +53,11 @@ def defaults(instance_path: str) -> dict[str, Any]:
         "PROXY_FIX": 0,
         "STRIPE_SECRET_KEY": "",
         "STRIPE_WEBHOOK_SECRET": "",
+        # Empty: Stripe itself. The demo and the tests point this at the sandbox.
+        "STRIPE_API_BASE": "",
+        "STRIPE_CHECKOUT_EXPIRES_MINUTES": 24 * 60,
+        "STRIPE_TIMEOUT_SECONDS": 10,
+        "STRIPE_MAX_NETWORK_RETRIES": 2,
         "MAIL_SERVER": "",
         "MAIL_PORT": 25,
         "MAIL_USE_TLS": False,
@@ -79,6 +84,9 @@ _INT_KEYS = {
     "CSV_MAX_BYTES",
     "CSV_INLINE_MAX_ROWS",
     "CSV_CHUNK_ROWS",
+    "STRIPE_CHECKOUT_EXPIRES_MINUTES",
+    "STRIPE_TIMEOUT_SECONDS",
+    "STRIPE_MAX_NETWORK_RETRIES",
 }
 _BOOL_KEYS = {"MAIL_USE_TLS"}
 
@@ -116,6 +124,7 @@ def derive(config: dict[str, Any]) -> dict[str, Any]:
             "Set SECRET_KEY to a long random value (python -c 'import secrets; "
             "print(secrets.token_hex(32))') or run with APP_ENV=development."
         )
+    _check_stripe(config)
     secure = env == "production"
     database_url = config["DATABASE_URL"]
     if database_url.startswith("postgres://"):  # Heroku-style URLs
@@ -152,3 +161,17 @@ def derive(config: dict[str, Any]) -> dict[str, Any]:
     config["RATELIMIT_KEY_PREFIX"] = "recovery-limits"
     config["MAIL_SUPPRESS_SEND"] = not config["MAIL_SERVER"]
     return config
+
+
+def _check_stripe(config: dict[str, Any]) -> None:
+    # Stripe's own limits: a Checkout Session lives 30 minutes to 24 hours.
+    minutes = int(config["STRIPE_CHECKOUT_EXPIRES_MINUTES"])
+    if not 30 <= minutes <= 24 * 60:
+        raise ConfigError(f"STRIPE_CHECKOUT_EXPIRES_MINUTES must be 30 to 1440 (24 h); got {minutes}.")
+    # A worker or request must never hang on Stripe for long: 10 s per try at most.
+    timeout = int(config["STRIPE_TIMEOUT_SECONDS"])
+    if not 1 <= timeout <= 10:
+        raise ConfigError(f"STRIPE_TIMEOUT_SECONDS must be 1 to 10; got {timeout}.")
+    retries = int(config["STRIPE_MAX_NETWORK_RETRIES"])
+    if not 0 <= retries <= 5:
+        raise ConfigError(f"STRIPE_MAX_NETWORK_RETRIES must be 0 to 5; got {retries}.")

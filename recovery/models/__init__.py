@@ -1,20 +1,26 @@
 """Every table of the domain (SPEC.md), importable from one place."""
 
+from recovery.models.api_token import ApiToken
 from recovery.models.audit_event import AuditEvent
 from recovery.models.base import Base, DbSession, IllegalTransition, utcnow
+from recovery.models.checkout_session import CheckoutSession, CheckoutStatus
 from recovery.models.csv_import import CsvImport, ImportStatus
 from recovery.models.message import Message, MessageStatus
 from recovery.models.organization import Organization
 from recovery.models.recovery_attempt import AttemptStatus, Channel, RecoveryAttempt
+from recovery.models.stripe_customer import StripeCustomer
 from recovery.models.transaction import Transaction, TransactionSource, TransactionStatus
 from recovery.models.user import Role, User
 from recovery.models.webhook_event import WebhookEvent, WebhookState
 
 __all__ = [
+    "ApiToken",
     "AttemptStatus",
     "AuditEvent",
     "Base",
     "Channel",
+    "CheckoutSession",
+    "CheckoutStatus",
     "CsvImport",
     "DbSession",
     "IllegalTransition",
@@ -24,6 +30,7 @@ __all__ = [
     "Organization",
     "RecoveryAttempt",
     "Role",
+    "StripeCustomer",
     "Transaction",
     "TransactionSource",
     "TransactionStatus",

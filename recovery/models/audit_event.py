@@ -21,6 +21,7 @@ class AuditEvent(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     organization_id: Mapped[int] = mapped_column(ForeignKey("organization.id"))
     actor_user_id: Mapped[int | None] = mapped_column(ForeignKey("user.id"))
+    actor_api_token_id: Mapped[int | None] = mapped_column(ForeignKey("api_token.id"))
     # What the timeline shows as "who": a user's email, an API token's name, "system".
     actor_label: Mapped[str] = mapped_column(String(254))
     action: Mapped[str] = mapped_column(String(64))

@@ -81,6 +81,13 @@ class Transaction(HasStatus, Base):
     stripe_checkout_session_id: Mapped[str | None] = mapped_column(String(255), index=True)
     stripe_customer_id: Mapped[str | None] = mapped_column(String(255), index=True)
     payment_link_url: Mapped[str | None] = mapped_column(String(2048))
+    stripe_payment_link_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    # One Product and Price per transaction, reused by every Payment Link for it.
+    stripe_product_id: Mapped[str | None] = mapped_column(String(255))
+    stripe_price_id: Mapped[str | None] = mapped_column(String(255))
+    # The latest Checkout Session's link and expiry, as shown on the dashboard.
+    checkout_url: Mapped[str | None] = mapped_column(String(2048))
+    checkout_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     failed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
