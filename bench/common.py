@@ -138,7 +138,10 @@ def wait_for_http(port: int, path: str, timeout: float) -> None:
 
 @contextmanager
 def gunicorn(
-    workers: int = 2, port: int = PORT, log_name: str = "gunicorn.log"
+    workers: int = 2,
+    port: int = PORT,
+    log_name: str = "gunicorn.log",
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run `gunicorn wsgi:app -w N` (sync workers) on loopback; stop it afterwards."""
     if not port_is_free(port):
@@ -154,7 +157,11 @@ def gunicorn(
         f"{HOST}:{port}",
     ]
     process = subprocess.Popen(
-        command, cwd=ROOT, env={**os.environ, **app_config()}, stdout=log, stderr=subprocess.STDOUT
+        command,
+        cwd=ROOT,
+        env={**os.environ, **app_config(), **(extra_env or {})},
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         wait_for_http(port, "/login", timeout=60)

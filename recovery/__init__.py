@@ -53,13 +53,29 @@ def register_security(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
+    from recovery.api.transactions import bp as api_bp
     from recovery.auth.views import bp as auth_bp
+    from recovery.customer.views import bp as customer_bp
     from recovery.health.views import bp as health_bp
     from recovery.imports.views import bp as imports_bp
+    from recovery.payments.api import bp as payments_api_bp
+    from recovery.payments.views import bp as payments_bp
+    from recovery.tokens.views import bp as tokens_bp
     from recovery.transactions.views import bp as transactions_bp
     from recovery.users.views import bp as users_bp
 
-    for bp in (auth_bp, health_bp, transactions_bp, imports_bp, users_bp):
+    for bp in (
+        auth_bp,
+        health_bp,
+        transactions_bp,
+        imports_bp,
+        payments_bp,
+        users_bp,
+        customer_bp,
+        tokens_bp,
+        api_bp,
+        payments_api_bp,
+    ):
         app.register_blueprint(bp)
 
 

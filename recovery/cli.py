@@ -1,18 +1,20 @@
-"""Command-line entry points: `flask create-org`, `create-user`, `seed-demo`, `worker`."""
+"""Command-line entry points: `flask create-org`, `create-user`, `create-api-token`, `seed-demo`, `worker`."""
 
 from __future__ import annotations
 
 import click
 from flask import Flask, current_app
 
+from recovery.audit import Actor
 from recovery.extensions import db
 from recovery.models import Role
 from recovery.organizations.services import OrganizationRefused, create_organization, get_by_slug
+from recovery.tokens.services import MAX_EXPIRES_DAYS, TokenRefused, create_token, expiry_after
 from recovery.users.services import UserRefused, create_user
 
 
 def init_app(app: Flask) -> None:
-    for command in (create_org, create_user_command, seed_demo, worker):
+    for command in (create_org, create_user_command, create_api_token, seed_demo, worker):
         app.cli.add_command(command)
 
 
@@ -49,6 +51,41 @@ def create_user_command(org_slug: str, email: str, role: str, name: str, passwor
         raise click.UsageError(str(error)) from None
     db.session.commit()
     click.echo(f"Created {user.role} {user.email} in {organization.slug}.")
+
+
+@click.command("create-api-token")
+@click.option("--org", "org_slug", required=True, help="The organization's slug.")
+@click.option("--role", type=click.Choice([r.value for r in Role]), required=True)
+@click.option("--name", default="CLI token", show_default=True, help="What the token is for.")
+@click.option(
+    "--expires-days",
+    type=click.IntRange(1, MAX_EXPIRES_DAYS),
+    default=None,
+    help="Days until the token stops working (default: never).",
+)
+def create_api_token(org_slug: str, role: str, name: str, expires_days: int | None) -> None:
+    """Create a Bearer token for the JSON API and print it (once)."""
+    organization = get_by_slug(db.session, org_slug.strip().lower())
+    if organization is None:
+        raise click.UsageError(f"No organization with slug {org_slug!r}; create it with `flask create-org`.")
+    try:
+        token, raw = create_token(
+            db.session,
+            organization.id,
+            name,
+            role,
+            created_by=None,
+            actor=Actor.system(organization.id, "command line"),
+            expires_at=expiry_after(expires_days),
+        )
+    except TokenRefused as error:
+        raise click.UsageError(str(error)) from None
+    db.session.commit()
+    expiry = f", expires {token.expires_at:%Y-%m-%d %H:%M} UTC" if token.expires_at else ""
+    # Only the token on stdout, so that `TOKEN=$(flask create-api-token ...)` works.
+    click.echo(f"Created {token.role} API token {token.name!r} for {organization.slug}{expiry}:", err=True)
+    click.echo(raw)
+    click.echo("Copy it now: it is not stored and will not be shown again.", err=True)
 
 
 @click.command("seed-demo")

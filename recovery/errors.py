@@ -7,16 +7,21 @@ from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, SecurityError
 from werkzeug.wrappers import Response
 
+from recovery.api.errors import ApiError, api_error_response
 from recovery.logs import get_logger
 
 log = get_logger("recovery.errors")
 
 
 def wants_json() -> bool:
-    return request.path.startswith("/v1/") or request.path == "/healthz"
+    return request.path.startswith("/v1/") or request.path in ("/v1", "/healthz")
 
 
 def init_app(app: Flask) -> None:
+    # API blueprints install this handler themselves; here it also covers an
+    # ApiError raised outside them (e.g. by an app-wide before_request).
+    app.register_error_handler(ApiError, api_error_response)
+
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> tuple[Response | str, int]:
         code = error.code or 500
@@ -28,7 +33,12 @@ def init_app(app: Flask) -> None:
             ), code
         if wants_json():
             body = {"error": {"type": error.name.lower().replace(" ", "_"), "message": error.description}}
-            return jsonify(body), code
+            response = jsonify(body)
+            # Keep the error's own headers, e.g. Allow on a 405.
+            response.headers.extend(
+                (name, value) for name, value in error.get_headers() if name.lower() != "content-type"
+            )
+            return response, code
         message = None
         if isinstance(error, CSRFError):
             # flask-wtf's own wording ("The CSRF token is missing.") means nothing to staff.

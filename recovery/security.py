@@ -7,15 +7,22 @@ from functools import wraps
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from flask import Flask, abort, current_app, redirect, request, url_for
+from flask import Blueprint, Flask, abort, current_app, redirect, request, url_for
 from flask_login import current_user
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wrappers import Response
 
 from recovery.models import Role
 
-# Endpoints anyone may reach without signing in. Everything else needs a user.
-PUBLIC_ENDPOINTS = frozenset({"auth.login", "health.healthz", "static"})
+# Endpoints anyone may reach with no credentials at all. Everything else needs
+# a signed-in user, or a Bearer token on the API's blueprints.
+PUBLIC_ENDPOINTS = frozenset(
+    {"auth.login", "health.healthz", "static", "customer.success", "customer.cancel"}
+)
+
+# Blueprints authenticated by API token instead of session (filled by
+# recovery.api.auth.install_token_auth); the login check leaves them alone.
+TOKEN_AUTH_BLUEPRINTS: set[Blueprint] = set()
 
 CSP = (
     "default-src 'self'; img-src 'self' data:; object-src 'none'; "
@@ -70,6 +77,8 @@ def init_app(app: Flask) -> None:
     def require_login() -> Any:
         if request.endpoint is None or request.endpoint in PUBLIC_ENDPOINTS:
             return None
+        if uses_token_auth():
+            return None  # the blueprint's own before_request demands a token
         if not current_user.is_authenticated:
             return app.login_manager.unauthorized()  # type: ignore[attr-defined]
         return None
@@ -86,6 +95,11 @@ def init_app(app: Flask) -> None:
         if request.endpoint != "static":
             headers.setdefault("Cache-Control", "no-store")
         return response
+
+
+def uses_token_auth() -> bool:
+    """Whether the request's view belongs to (or is nested in) a token-auth blueprint."""
+    return any(current_app.blueprints.get(name) in TOKEN_AUTH_BLUEPRINTS for name in request.blueprints)
 
 
 def redirect_next(default_endpoint: str = "transactions.index") -> Response:

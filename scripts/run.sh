@@ -4,7 +4,9 @@
 # Ctrl-C stops them all.
 #
 # Environment: PORT (5000), REDIS_URL (unset: embedded Redis on REDIS_PORT, default
-# the first free port from 6399), DATABASE_URL (unset: SQLite in instance/), PYTHON.
+# the first free port from 6399), DATABASE_URL (unset: SQLite in instance/), PYTHON,
+# STRIPE_SECRET_KEY (unset: the offline Stripe sandbox on SANDBOX_PORT, default the
+# first free port from 12111, with its webhooks signed for this app).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -65,6 +67,28 @@ else
   redis_note="$REDIS_URL"
 fi
 
+if [[ -z ${STRIPE_SECRET_KEY:-} ]]; then
+  if [[ -n ${SANDBOX_PORT:-} ]]; then
+    port_is_free "$SANDBOX_PORT" || die "SANDBOX_PORT $SANDBOX_PORT is in use; choose another."
+  else
+    SANDBOX_PORT=12111
+    until port_is_free "$SANDBOX_PORT"; do
+      SANDBOX_PORT=$((SANDBOX_PORT + 1))
+      ((SANDBOX_PORT < 12200)) || die "No free port for the Stripe sandbox in 12111-12199; set SANDBOX_PORT."
+    done
+  fi
+  export SANDBOX_PORT
+  export SANDBOX_API_KEY=sk_test_sandbox STRIPE_SECRET_KEY=sk_test_sandbox
+  export STRIPE_API_BASE="http://127.0.0.1:$SANDBOX_PORT"
+  export STRIPE_WEBHOOK_SECRET=${STRIPE_WEBHOOK_SECRET:-whsec_sandbox_demo}
+  export SANDBOX_WEBHOOK_SECRET=$STRIPE_WEBHOOK_SECRET
+  export SANDBOX_WEBHOOK_URLS="$BASE_URL/v1/payments/stripe/webhooks"
+  processes+=(sandbox)
+  stripe_note="offline Stripe sandbox at $STRIPE_API_BASE (pay with card 4242 4242 4242 4242)"
+else
+  stripe_note="Stripe with the configured STRIPE_SECRET_KEY"
+fi
+
 say "Upgrading the database (${DATABASE_URL:-SQLite in instance/})"
 flask --app wsgi db upgrade
 say "Loading the demo data"
@@ -76,7 +100,7 @@ login_password=$(sed -n 's/.*password for all: \(.*\)):$/\1/p' <<<"$seed_output"
 banner() {
   printf '\n\033[1;32m  Recovery is %s at %s\033[0m\n' "$1" "$BASE_URL"
   printf '  Sign in as %s with password %s\n' "${login_email:-owner@demo.example}" "$login_password"
-  printf '  Redis: %s. Press Ctrl-C to stop.\n\n' "$redis_note"
+  printf '  Redis: %s.\n  Stripe: %s.\n  Press Ctrl-C to stop.\n\n' "$redis_note" "$stripe_note"
 }
 banner "starting"
 

@@ -25,8 +25,10 @@ from redis.exceptions import RedisError
 from werkzeug.security import generate_password_hash
 
 from recovery import create_app
+from recovery.audit import Actor
 from recovery.extensions import db as _db
-from recovery.models import Base, Organization, Role, Transaction, User
+from recovery.models import ApiToken, Base, Organization, Role, Transaction, User
+from recovery.tokens.services import create_token
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/recovery_test")
@@ -222,6 +224,31 @@ def make_transaction(db: Any, make_org: Callable[..., Organization]) -> Callable
     return make
 
 
+@pytest.fixture
+def make_token(db: Any, make_org: Callable[..., Organization]) -> Callable[..., tuple[ApiToken, str]]:
+    """An API token (made by the command line) and its plaintext, for `bearer(raw)`."""
+
+    def make(
+        org: Organization | None = None,
+        role: Role | str = Role.OPERATOR,
+        name: str = "Test token",
+        **overrides: Any,
+    ) -> tuple[ApiToken, str]:
+        org = org or make_org()
+        token, raw = create_token(
+            db.session, org.id, name, role, created_by=None, actor=Actor.system(org.id), **overrides
+        )
+        db.session.commit()
+        return token, raw
+
+    return make
+
+
+def bearer(raw_token: str) -> dict[str, str]:
+    """Request headers that authenticate with an API token."""
+    return {"Authorization": f"Bearer {raw_token}"}
+
+
 def login(client: FlaskClient, user: User, password: str = PASSWORD) -> Any:
     return client.post("/login", data={"email": user.email, "password": password})
 
@@ -260,3 +287,38 @@ def rq_worker(app: Flask) -> Callable[[], None]:
         worker.work(burst=True, with_scheduler=False)
 
     return run
+
+
+# --- Stripe sandbox ---
+
+
+@pytest.fixture(scope="session")
+def stripe_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real `python -m recovery.sandbox` on a free port for the whole run (see recovery/sandbox/harness.py).
+
+    Yields a `SandboxProcess`: `base_url`, `api_key`, `webhook_secret`, and `reset()`,
+    `fault(status=None, count=1, delay_ms=None)`, `add_webhook_endpoint(url, secret)`,
+    `pay(session_id, card)`, `requests()`, `deliveries()`, `advance_clock(seconds)`.
+    """
+    from recovery.sandbox.harness import SandboxError, SandboxProcess
+
+    sandbox = SandboxProcess(
+        tmp_path_factory.mktemp("stripe-sandbox") / "sandbox.sqlite3", webhook_retry_base_seconds=0.2
+    )
+    try:
+        sandbox.start()
+    except SandboxError as error:
+        missing(f"Stripe sandbox did not start: {error}")
+    yield sandbox
+    sandbox.stop()
+
+
+@pytest.fixture
+def stripe_client(stripe_sandbox: Any) -> Any:
+    """A StripeClient talking to the sandbox over HTTP, on a freshly reset sandbox."""
+    import stripe
+
+    stripe_sandbox.reset()
+    return stripe.StripeClient(
+        stripe_sandbox.api_key, base_addresses={"api": stripe_sandbox.base_url}, max_network_retries=2
+    )

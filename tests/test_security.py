@@ -313,14 +313,21 @@ def fill(app: Flask, rule: Any) -> str:
 
 
 def test_the_public_endpoints_are_an_explicit_short_list():
-    assert {"auth.login", "health.healthz", "static"} == PUBLIC_ENDPOINTS
+    # The customer's landing pages after Stripe Checkout: they show, never fulfil.
+    assert {
+        "auth.login",
+        "health.healthz",
+        "static",
+        "customer.success",
+        "customer.cancel",
+    } == PUBLIC_ENDPOINTS
 
 
 def test_every_other_route_sends_anonymous_visitors_to_sign_in(app, client):
-    """A new route that forgets protection fails here."""
+    """A new route that forgets protection fails here; API routes answer 401 instead (below)."""
     checked = []
     for rule in app.url_map.iter_rules():
-        if rule.endpoint in PUBLIC_ENDPOINTS:
+        if rule.endpoint in PUBLIC_ENDPOINTS or rule.rule.startswith("/v1/"):
             continue
         url = fill(app, rule)
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
@@ -330,7 +337,29 @@ def test_every_other_route_sends_anonymous_visitors_to_sign_in(app, client):
             checked.append(f"{method} {rule.rule}")
     assert "GET /transactions" in checked
     assert "GET /users" in checked
+    assert "GET /settings/api-tokens" in checked
     assert "POST /logout" in checked
+
+
+@pytest.mark.parametrize("session", ["anonymous", "signed in"])
+def test_every_api_route_needs_a_bearer_token(app, client, signed_in, session):
+    """A new /v1/ route that forgets token auth fails here; a staff session is no substitute."""
+    if session == "signed in":
+        signed_in("owner")
+    checked = []
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint in PUBLIC_ENDPOINTS or not rule.rule.startswith("/v1/"):
+            continue
+        url = fill(app, rule)
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            response = client.open(url, method=method, json={})
+            assert response.status_code == 401, f"{method} {rule.rule} answered {response.status_code}"
+            assert response.headers["WWW-Authenticate"].startswith("Bearer"), f"{method} {rule.rule}"
+            assert response.json["error"]["type"] == "unauthorized", f"{method} {rule.rule}"
+            checked.append(f"{method} {rule.rule}")
+    assert {"GET /v1/transactions", "POST /v1/transactions", "GET /v1/transactions/<transaction_ref>"} <= set(
+        checked
+    )
 
 
 @pytest.mark.parametrize("url", ["/login", "/healthz", "/static/css/app.css"])
@@ -400,7 +429,16 @@ INLINE_SCRIPT = re.compile(r"<script(?![^>]*\bsrc=)[^>]*>|\son[a-z]+\s*=", re.IG
 
 
 @pytest.mark.parametrize(
-    "url", ["/login", "/transactions", "/transactions/{id}", "/transactions/new", "/imports", "/users"]
+    "url",
+    [
+        "/login",
+        "/transactions",
+        "/transactions/{id}",
+        "/transactions/new",
+        "/imports",
+        "/users",
+        "/settings/api-tokens",
+    ],
 )
 def test_pages_have_no_inline_script(client, signed_in, make_transaction, url):
     """The CSP forbids inline script, so a page relying on it would break."""

@@ -54,6 +54,9 @@ class CheckoutSession(HasStatus, Base):
     transaction_id: Mapped[int] = mapped_column(ForeignKey("transaction.id"))
     attempt_id: Mapped[int | None] = mapped_column(ForeignKey("recovery_attempt.id"), index=True)
     idempotency_key: Mapped[str] = mapped_column(String(255))
+    # A digest of what was asked (email, metadata): a retry without a key of its
+    # own is recognised by it and gets the same session instead of a second one.
+    request_fingerprint: Mapped[str] = mapped_column(String(64))
     stripe_session_id: Mapped[str | None] = mapped_column(String(255), unique=True)
     stripe_payment_intent_id: Mapped[str | None] = mapped_column(String(255), index=True)
     url: Mapped[str | None] = mapped_column(String(2048))

@@ -287,8 +287,11 @@ def _filters(organization_id: int, query: ListQuery) -> list[ColumnElement[bool]
     return filters
 
 
-def list_transactions(session: DbSession, organization_id: int, query: ListQuery) -> Page:
-    """One page of the organization's transactions, by keyset (never OFFSET)."""
+def list_transactions(
+    session: DbSession, organization_id: int, query: ListQuery, *, limit: int | None = None
+) -> Page:
+    """One page (`limit` rows, default PAGE_SIZE) of the transactions, by keyset (never OFFSET)."""
+    limit = limit or PAGE_SIZE
     key = SORTS[query.sort]
     filters = _filters(organization_id, query)
     descending = query.order == "desc"
@@ -308,13 +311,13 @@ def list_transactions(session: DbSession, organization_id: int, query: ListQuery
         else:
             stmt = stmt.where(tuple_(key, Transaction.id) > tuple_(value, row_id))
     order = (key.desc(), Transaction.id.desc()) if forward_desc else (key.asc(), Transaction.id.asc())
-    result = session.execute(stmt.order_by(*order).limit(PAGE_SIZE + 1)).all()
+    result = session.execute(stmt.order_by(*order).limit(limit + 1)).all()
     rows = [ListedTransaction(*row[:-1]) for row in result]
     # An empty page has no row to carry the count: it is 0, unless a stale
     # cursor walked past rows that still match.
     count = result[0][-1] if result else (session.scalar(count_stmt) or 0 if cursor else 0)
-    has_more = len(rows) > PAGE_SIZE
-    rows = rows[:PAGE_SIZE]
+    has_more = len(rows) > limit
+    rows = rows[:limit]
     if backwards:
         rows.reverse()
     has_next = has_more if not backwards else True
@@ -343,6 +346,9 @@ class TimelineEntry:
 AUDIT_TITLES = {
     "transaction.created": "Created",
     "transaction.contact_updated": "Contact details changed",
+    "stripe.checkout_session_created": "Checkout session created",
+    "stripe.payment_link_created": "Payment link created",
+    "stripe.payment_link_deactivated": "Payment link deactivated",
 }
 
 
@@ -407,4 +413,9 @@ def _describe(event: AuditEvent) -> str:
         )
     if "source" in details:
         return f"via {details['source']}"
+    if "session_id" in details:
+        until = str(details.get("expires_at", "?"))[:16].replace("T", " ")
+        return f"{details['session_id']}, payable until {until} UTC"
+    if "payment_link_id" in details:
+        return str(details["payment_link_id"])
     return ""

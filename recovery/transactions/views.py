@@ -11,6 +11,7 @@ from recovery.audit import Actor
 from recovery.extensions import db
 from recovery.models import Role, Transaction
 from recovery.models.transaction import TransactionStatus
+from recovery.payments.views import panel_context
 from recovery.security import require_role
 from recovery.transactions import services
 from recovery.transactions.forms import ContactForm, TransactionForm
@@ -57,6 +58,7 @@ def detail(transaction_id: int) -> Any:
         "transactions/detail.html",
         transaction=transaction,
         timeline=services.timeline(db.session, transaction),
+        **panel_context(transaction),
     )
 
 

@@ -1,0 +1,67 @@
+"""Request bodies for the API: a JSON object, or an ApiError saying what is wrong."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import request
+
+from recovery.api.errors import ApiError
+
+# A transaction with the largest metadata (4 KiB) and every field at its limit
+# is well under this; anything bigger is a mistake, refused before it is read.
+API_MAX_BODY_BYTES = 64 * 1024
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def json_object() -> dict[str, Any]:
+    """The request body as a JSON object.
+
+    415 unless the Content-Type is JSON; 400 if the body is not valid JSON or
+    not an object; 413 (from werkzeug) if it is larger than API_MAX_BODY_BYTES.
+    """
+    if not request.is_json:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "Send the body as JSON with the header `Content-Type: application/json`.",
+        )
+    request.max_content_length = API_MAX_BODY_BYTES
+    data = request.get_data(cache=True)
+    if not data.strip():
+        raise ApiError(400, "invalid_json", "The request body is empty; send a JSON object.")
+    try:
+        # NaN and Infinity are not JSON, though Python's parser takes them.
+        body = json.loads(data, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as error:
+        raise ApiError(
+            400,
+            "invalid_json",
+            f"The body is not valid JSON: {error.msg} (line {error.lineno}, column {error.colno}).",
+        ) from None
+    except (ValueError, RecursionError) as error:
+        # UnicodeDecodeError is a ValueError; RecursionError: absurdly deep nesting.
+        raise ApiError(400, "invalid_json", f"The body is not valid JSON: {error}.") from None
+    if not isinstance(body, dict):
+        raise ApiError(
+            400,
+            "invalid_json",
+            f"The body must be a JSON object ({{...}}), not {_json_kind(body)}.",
+        )
+    return body
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    return "a number"

@@ -1,0 +1,200 @@
+"""The JSON API for transactions: create, list with cursor pagination, get by reference.
+
+The rules are the dashboard's (recovery.transactions); this module only maps
+JSON to them and their answers to HTTP.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, jsonify, request, url_for
+from sqlalchemy import select
+
+from recovery.api.auth import current_token, install_token_auth, require_token_role, token_actor
+from recovery.api.bodies import json_object
+from recovery.api.errors import ApiError, install_error_handlers
+from recovery.api.serializers import transaction_json
+from recovery.extensions import db
+from recovery.logs import get_logger
+from recovery.models import Role, Transaction, TransactionSource
+from recovery.transactions import services
+from recovery.transactions.validation import clean_transaction
+
+bp = Blueprint("api", __name__, url_prefix="/v1")
+install_token_auth(bp)
+install_error_handlers(bp)
+
+log = get_logger("recovery.api")
+
+TEXT_FIELDS = (
+    "transaction_ref",
+    "currency",
+    "failure_code",
+    "failure_message",
+    "customer_name",
+    "customer_email",
+    "customer_phone",
+    "customer_country",
+    "customer_locale",
+    "failed_at",
+)
+CREATE_FIELDS = frozenset({*TEXT_FIELDS, "amount", "amount_decimal", "metadata"})
+LIST_ARGS = frozenset(
+    {"status", "q", "currency", "date_from", "date_to", "sort", "order", "after", "before", "limit"}
+)
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 100
+
+
+def invalid(fields: dict[str, str], message: str | None = None) -> ApiError:
+    names = ", ".join(fields)
+    return ApiError(422, "validation_error", message or f"Some fields are not valid: {names}.", fields)
+
+
+def _type_errors(body: dict[str, Any]) -> dict[str, str]:
+    """What JSON's types make wrong before any rule runs.
+
+    JSON has types, so the API is stricter than a form: text must be a string,
+    `amount` an integer of minor units, `amount_decimal` a string of major units.
+    """
+    errors = {name: "Unknown field." for name in sorted(set(body) - CREATE_FIELDS)}
+    for name in TEXT_FIELDS:
+        if body.get(name) is not None and not isinstance(body[name], str):
+            errors[name] = "Must be a string."
+    if body.get("metadata") is not None and not isinstance(body["metadata"], dict):
+        errors["metadata"] = 'Must be a JSON object, e.g. {"order_id": "ORD-123"}.'
+    amount, decimal = body.get("amount"), body.get("amount_decimal")
+    if amount is not None and decimal is not None:
+        errors["amount"] = "Give amount (minor units) or amount_decimal (major units), not both."
+    elif decimal is not None and not isinstance(decimal, str):
+        errors["amount_decimal"] = 'Must be a string in major units, e.g. "50.00".'
+    elif amount is not None and (isinstance(amount, bool) or not isinstance(amount, int)):
+        errors["amount"] = (
+            "Must be an integer in the currency's minor units (5000 = $50.00); "
+            'for a decimal amount send amount_decimal: "50.00".'
+        )
+    return errors
+
+
+def _rule_errors(errors: dict[str, str], major_units: bool) -> dict[str, str]:
+    """The validation's messages, the amount's under the name the client used."""
+    fields = dict(errors)
+    if major_units and "amount" in fields:
+        fields["amount_decimal"] = fields.pop("amount")
+    return fields
+
+
+@bp.post("/transactions")
+@require_token_role(Role.OPERATOR)
+def create_transaction() -> Any:
+    body = json_object()
+    major_units = body.get("amount_decimal") is not None and body.get("amount") is None
+    raw = {name: body[name] for name in CREATE_FIELDS - {"amount_decimal"} if name in body}
+    if major_units:
+        raw["amount"] = body["amount_decimal"]
+    wrong_types = _type_errors(body)
+    if wrong_types:
+        # Report every problem at once: the rules still judge the other fields.
+        rest = {name: value for name, value in raw.items() if name not in wrong_types}
+        rule_errors = clean_transaction(rest, major_units=major_units).errors
+        if {"amount", "amount_decimal"} & set(wrong_types):
+            rule_errors.pop("amount", None)  # judged already; not also "Amount is required."
+        fields = {**_rule_errors(rule_errors, major_units), **wrong_types}
+        unknown = [name for name, message in wrong_types.items() if message == "Unknown field."]
+        others = [name for name in fields if name not in unknown]
+        message = None
+        if unknown:
+            message = f"Unknown fields: {', '.join(unknown)}."
+            message += f" Not valid: {', '.join(others)}." if others else ""
+        raise invalid(fields, message)
+    try:
+        transaction = services.create_transaction(
+            db.session, token_actor(), raw, source=TransactionSource.API, major_units=major_units
+        )
+    except services.InvalidTransaction as error:
+        db.session.rollback()
+        raise invalid(_rule_errors(error.errors, major_units)) from None
+    except services.DuplicateRef:
+        db.session.rollback()
+        raise ApiError(
+            409,
+            "conflict",
+            f"A transaction with transaction_ref {raw['transaction_ref'].strip()!r} already exists.",
+        ) from None
+    db.session.commit()
+    log.info(
+        "api_transaction_created",
+        transaction_ref=transaction.transaction_ref,
+        amount=transaction.amount,
+        currency=transaction.currency,
+        api_token_id=current_token().id,
+    )
+    response = jsonify(transaction_json(transaction, with_attempts=True))
+    response.status_code = 201
+    response.headers["Location"] = url_for("api.get_transaction", transaction_ref=transaction.transaction_ref)
+    return response
+
+
+def _list_query() -> tuple[services.ListQuery, int]:
+    args = request.args
+    errors: dict[str, str] = {}
+    for name in sorted(set(args) - LIST_ARGS):
+        errors[name] = f"Unknown query parameter; use {', '.join(sorted(LIST_ARGS))}."
+    query = services.ListQuery.from_args(args)
+    errors.update(query.errors)
+    if "cursor" in errors:
+        del errors["cursor"]
+        name = "before" if args.get("before") else "after"
+        errors[name] = "Not a cursor of this list: pass next_cursor or prev_cursor as given, same sort."
+    if args.get("sort", query.sort) not in services.SORTS:
+        errors["sort"] = f"Use one of: {', '.join(services.SORTS)}."
+    if args.get("order", query.order) not in ("asc", "desc"):
+        errors["order"] = "Use asc or desc."
+    if args.get("after") and args.get("before"):
+        errors["before"] = "Give after or before, not both."
+    limit = DEFAULT_LIMIT
+    raw_limit = args.get("limit")
+    if raw_limit is not None:
+        if raw_limit.isascii() and raw_limit.isdigit() and 1 <= int(raw_limit) <= MAX_LIMIT:
+            limit = int(raw_limit)
+        else:
+            errors["limit"] = f"Use a whole number from 1 to {MAX_LIMIT}."
+    if errors:
+        raise invalid(errors, f"Some query parameters are not valid: {', '.join(errors)}.")
+    return query, limit
+
+
+@bp.get("/transactions")
+@require_token_role(Role.VIEWER)
+def list_transactions() -> Any:
+    query, limit = _list_query()
+    organization_id = current_token().organization_id
+    page = services.list_transactions(db.session, organization_id, query, limit=limit)
+    # The page's rows carry only the columns the dashboard shows; the API
+    # returns whole objects, fetched in one more query by primary key.
+    ids = [row.id for row in page.rows]
+    found = {
+        t.id: t
+        for t in db.session.scalars(
+            select(Transaction).where(Transaction.organization_id == organization_id, Transaction.id.in_(ids))
+        )
+    }
+    return jsonify(
+        {
+            "object": "list",
+            "data": [transaction_json(found[i]) for i in ids if i in found],
+            "has_more": page.next_cursor is not None,
+            "next_cursor": page.next_cursor,
+            "prev_cursor": page.prev_cursor,
+        }
+    )
+
+
+@bp.get("/transactions/<transaction_ref>")
+@require_token_role(Role.VIEWER)
+def get_transaction(transaction_ref: str) -> Any:
+    transaction = services.get_by_ref(db.session, current_token().organization_id, transaction_ref)
+    if transaction is None:
+        raise ApiError(404, "not_found", "Transaction not found")
+    return jsonify(transaction_json(transaction, with_attempts=True))

@@ -1,0 +1,222 @@
+"""The fixed Stripe payment endpoints of SPEC.md, for API clients with a Bearer token."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Any
+
+from flask import Blueprint, current_app, g, jsonify, request
+from werkzeug.wrappers import Response
+
+from recovery.api.auth import current_token, install_token_auth, require_token_role, token_actor
+from recovery.api.bodies import json_object
+from recovery.api.errors import ApiError
+from recovery.api.serializers import iso
+from recovery.extensions import db
+from recovery.models import Role, Transaction
+from recovery.payments import services
+from recovery.payments.gateway import (
+    StripeFailure,
+    StripeGateway,
+    StripeSettings,
+    reset_stripe_time,
+    stripe_time,
+)
+from recovery.transactions.services import get_by_ref
+from recovery.transactions.validation import clean_email
+
+bp = Blueprint("payments_api", __name__, url_prefix="/v1/payments/stripe")
+
+CHECKOUT_FIELDS = frozenset({"transaction_ref", "amount", "currency", "customer_email", "metadata"})
+LINK_FIELDS = frozenset({"transaction_ref", "amount", "currency"})
+IDEMPOTENCY_KEY_MAX = 255
+
+
+@bp.before_request
+def start_timer() -> None:
+    g.payments_started = time.perf_counter()
+    reset_stripe_time()
+
+
+@bp.after_request
+def server_timing(response: Response) -> Response:
+    """Report our time and Stripe's separately (how docs/performance.md measures our overhead)."""
+    started = g.get("payments_started")
+    if started is not None:
+        total = (time.perf_counter() - started) * 1000
+        stripe_ms = stripe_time() * 1000
+        response.headers["Server-Timing"] = f"app;dur={total:.2f}, stripe;dur={stripe_ms:.2f}"
+    return response
+
+
+# After the timer, so that our measured time includes finding the token.
+install_token_auth(bp)
+
+
+def _gateway() -> StripeGateway:
+    try:
+        return StripeGateway(StripeSettings.from_config(current_app.config))
+    except StripeFailure as failure:
+        raise ApiError(failure.http_status, "stripe_not_configured", failure.message) from None
+
+
+def _stripe_error(failure: StripeFailure) -> ApiError:
+    return ApiError(failure.http_status, f"stripe_{failure.kind}", failure.message)
+
+
+def _refused(refusal: services.PaymentRefused) -> ApiError:
+    fields = {refusal.field: refusal.message} if refusal.field else None
+    kind = {409: "conflict", 404: "not_found", 502: "stripe_api_error"}.get(refusal.status, "invalid_request")
+    return ApiError(refusal.status, kind, refusal.message, fields)
+
+
+def _body(allowed: frozenset[str]) -> dict[str, Any]:
+    body = json_object()
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise ApiError(
+            422,
+            "validation_error",
+            f"Unknown field(s): {', '.join(unknown)}.",
+            dict.fromkeys(unknown, "Unknown field."),
+        )
+    return body
+
+
+def _transaction(body: dict[str, Any]) -> Transaction:
+    ref = body.get("transaction_ref")
+    if not isinstance(ref, str) or not ref.strip():
+        raise ApiError(
+            422, "validation_error", "transaction_ref is required.", {"transaction_ref": "Required."}
+        )
+    transaction = get_by_ref(db.session, current_token().organization_id, ref.strip())
+    if transaction is None:
+        raise ApiError(404, "not_found", "Transaction not found")
+    return transaction
+
+
+def _amount_and_currency(body: dict[str, Any]) -> tuple[int | None, str | None]:
+    amount, currency = body.get("amount"), body.get("currency")
+    if amount is not None and (isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0):
+        raise ApiError(
+            422,
+            "validation_error",
+            "amount must be a positive integer in the currency's minor unit.",
+            {"amount": "Must be a positive integer (minor units, e.g. 5000 for $50.00)."},
+        )
+    if currency is not None and not isinstance(currency, str):
+        raise ApiError(
+            422, "validation_error", "currency must be a string.", {"currency": "Must be an ISO 4217 code."}
+        )
+    return amount, currency
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not key.strip() or len(key) > IDEMPOTENCY_KEY_MAX:
+        raise ApiError(
+            400, "invalid_request", f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} characters."
+        )
+    return key
+
+
+@bp.post("/checkout-sessions")
+@require_token_role(Role.OPERATOR)
+def create_checkout_session() -> tuple[Response, int]:
+    """Create a Checkout Session for a transaction (SPEC.md's fixed shape)."""
+    body = _body(CHECKOUT_FIELDS)
+    transaction = _transaction(body)
+    amount, currency = _amount_and_currency(body)
+    email = body.get("customer_email")
+    if email is not None:
+        try:
+            email = clean_email(email)
+        except ValueError as error:
+            raise ApiError(422, "validation_error", str(error), {"customer_email": str(error)}) from None
+    try:
+        metadata = services.clean_metadata(body.get("metadata"))
+        record = services.create_checkout_session(
+            db.session,
+            _gateway(),
+            transaction,
+            token_actor(),
+            services.CheckoutRequest(
+                action=_idempotency_key(),
+                customer_email=email,
+                metadata=metadata,
+                amount=amount,
+                currency=currency,
+            ),
+            pages=services.PaymentPages(current_app.config["BASE_URL"]),
+            expires_in=timedelta(minutes=current_app.config["STRIPE_CHECKOUT_EXPIRES_MINUTES"]),
+        )
+    except services.PaymentRefused as refusal:
+        db.session.commit()
+        raise _refused(refusal) from None
+    except StripeFailure as failure:
+        db.session.commit()  # keep the closed reservation, so a repeat answers the same
+        raise _stripe_error(failure) from None
+    db.session.commit()
+    return jsonify(
+        session_id=record.stripe_session_id,
+        payment_intent_id=record.stripe_payment_intent_id,
+        checkout_url=record.url,
+        expires_at=iso(record.expires_at),
+    ), 201
+
+
+@bp.post("/payment-links")
+@require_token_role(Role.OPERATOR)
+def create_payment_link() -> tuple[Response, int]:
+    """Create (or return the still active) Payment Link for a transaction."""
+    body = _body(LINK_FIELDS)
+    transaction = _transaction(body)
+    amount, currency = _amount_and_currency(body)
+    try:
+        result = services.create_payment_link(
+            db.session,
+            _gateway(),
+            transaction,
+            token_actor(),
+            pages=services.PaymentPages(current_app.config["BASE_URL"]),
+            amount=amount,
+            currency=currency,
+        )
+    except services.PaymentRefused as refusal:
+        raise _refused(refusal) from None
+    except StripeFailure as failure:
+        db.session.commit()  # Product and Price made before the failure are reused next time
+        raise _stripe_error(failure) from None
+    db.session.commit()
+    return jsonify(
+        payment_link_id=result.payment_link_id,
+        url=result.url,
+        product_id=result.product_id,
+        price_id=result.price_id,
+    ), 201
+
+
+@bp.get("/sessions/<session_id>/status")
+@require_token_role(Role.VIEWER)
+def session_status(session_id: str) -> Response:
+    """The live status of one of this organization's Checkout Sessions."""
+    record = services.find_checkout_session(db.session, current_token().organization_id, session_id)
+    if record is None:
+        raise ApiError(404, "not_found", "Checkout session not found")
+    try:
+        info = services.refresh_checkout_session(db.session, _gateway(), record)
+    except StripeFailure as failure:
+        raise _stripe_error(failure) from None
+    db.session.commit()
+    return jsonify(
+        session_id=info.id,
+        status=info.status,
+        payment_status=info.payment_status,
+        amount_total=info.amount_total,
+        currency=info.currency,
+        customer_email=info.customer_email or record.customer_email,
+        payment_intent_id=info.payment_intent_id,
+    )
