@@ -107,7 +107,7 @@ def test_create_checkout_session(
     assert session.amount_total == 5000 and session.currency == "usd"
     assert session.client_reference_id == f"recovery:{org.id}:{transaction.id}"
     assert session.metadata is not None
-    assert dict(session.metadata) == {
+    assert session.metadata.to_dict() == {
         "order_id": "ORD-123",
         "organization_id": str(org.id),
         "transaction_id": str(transaction.id),

@@ -123,6 +123,9 @@ def upgrade():
             ["actor_api_token_id"],
             ["id"],
         )
+        batch_op.alter_column(
+            "target_id", existing_type=sa.String(length=64), type_=sa.String(length=255), existing_nullable=True
+        )
 
     with op.batch_alter_table("transaction", schema=None) as batch_op:
         batch_op.add_column(sa.Column("stripe_payment_link_id", sa.String(length=255), nullable=True))
@@ -152,6 +155,9 @@ def downgrade():
             batch_op.f("fk_audit_event_actor_api_token_id_api_token"), type_="foreignkey"
         )
         batch_op.drop_column("actor_api_token_id")
+        batch_op.alter_column(
+            "target_id", existing_type=sa.String(length=255), type_=sa.String(length=64), existing_nullable=True
+        )
 
     with op.batch_alter_table("checkout_session", schema=None) as batch_op:
         batch_op.drop_index("ix_checkout_session_transaction_created")

@@ -27,7 +27,7 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(64))
     transaction_id: Mapped[int | None] = mapped_column(ForeignKey("transaction.id"))
     target_type: Mapped[str | None] = mapped_column(String(32))
-    target_id: Mapped[str | None] = mapped_column(String(64))
+    target_id: Mapped[str | None] = mapped_column(String(255))  # Stripe ids run past 64
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     ip_address: Mapped[str | None] = mapped_column(String(45))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -286,7 +286,9 @@ def _id(value: Any) -> str | None:
 
 
 def _metadata(value: Any) -> dict[str, str]:
-    return {str(k): str(v) for k, v in (value or {}).items()}
+    # A StripeObject is not a dict (stripe-python 13+): convert before iterating.
+    data = value.to_dict() if isinstance(value, stripe.StripeObject) else (value or {})
+    return {str(k): str(v) for k, v in data.items()}
 
 
 def _session_info(session: stripe.checkout.Session) -> CheckoutSessionInfo:
