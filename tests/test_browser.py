@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -46,8 +47,23 @@ pytestmark = [
 
 
 @pytest.fixture
-def app_config() -> dict[str, Any]:
-    return {"WTF_CSRF_ENABLED": True}  # the browser goes through the real forms
+def live_port() -> int:
+    """A free port for the live server, known before the app is built (it is BASE_URL)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def app_config(live_port: int, stripe_sandbox: Any) -> dict[str, Any]:
+    stripe_sandbox.reset()
+    return {
+        "WTF_CSRF_ENABLED": True,  # the browser goes through the real forms
+        # Stripe sends the customer back to BASE_URL: this live server.
+        "BASE_URL": f"http://127.0.0.1:{live_port}",
+        "STRIPE_SECRET_KEY": stripe_sandbox.api_key,
+        "STRIPE_API_BASE": stripe_sandbox.base_url,
+    }
 
 
 @pytest.fixture(scope="session")
@@ -70,9 +86,9 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def live_server(app: Flask) -> Iterator[str]:
+def live_server(app: Flask, live_port: int) -> Iterator[str]:
     """Serve the test app (same database, same config) from a thread on a free port."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
+    server = make_server("127.0.0.1", live_port, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="live-server", daemon=True)
     thread.start()
     try:
@@ -282,3 +298,48 @@ def test_users_page(open_tab: Callable[..., Tab], demo: Any) -> None:
     tab.assert_fits_width()
     tab.shot("users")
     tab.assert_clean()
+
+
+def test_checkout_session_paid_on_the_sandbox(
+    open_tab: Callable[..., Tab], demo: Any, live_server: str, stripe_sandbox: Any
+) -> None:
+    """Create a session from the dashboard, pay it on the sandbox's page, land on our success page."""
+    from playwright.sync_api import expect
+
+    tab = open_tab(permissions=["clipboard-read", "clipboard-write"])
+    page = tab.page
+    sign_in(tab, email="operator@demo.example")
+    page.goto("/transactions?status=failed")
+    page.locator("#results tbody tr").first.get_by_role("link").click()
+    detail_url = page.url
+    page.get_by_role("button", name="Create checkout session").click()
+    expect(page.locator(".flash-success")).to_contain_text("Checkout session created")
+    link = page.get_by_label("Checkout session link")
+    checkout_url = link.input_value()
+    assert checkout_url.startswith(stripe_sandbox.base_url)
+    page.get_by_role("button", name="Copy").first.click()
+    expect(page.get_by_role("button", name="Copied")).to_be_visible()
+    assert page.evaluate("navigator.clipboard.readText()") == checkout_url
+    tab.shot("payment-panel")
+    tab.assert_clean()
+
+    # The sandbox's hosted page: a declined card first, then one that pays.
+    page.goto(checkout_url)
+    expect(page.get_by_role("heading", name="Pay with card")).to_be_visible()
+    page.get_by_label("Card information").fill("4000 0000 0000 0002")
+    page.get_by_label("Expiry").fill("12 / 34")
+    page.get_by_label("CVC").fill("123")
+    page.get_by_role("button", name=re.compile(r"^Pay ")).click()
+    expect(page.get_by_role("alert")).to_contain_text("declined")
+    page.get_by_label("Card information").fill("4242 4242 4242 4242")
+    page.get_by_label("CVC").fill("123")
+    page.get_by_role("button", name=re.compile(r"^Pay ")).click()
+    expect(page).to_have_url(re.compile(rf"^{re.escape(live_server)}/pay/success\?session_id=cs_"))
+    expect(page.get_by_role("heading", name="Thank you")).to_be_visible()
+    expect(page.get_by_text("Demo Coffee Roasters")).to_be_visible()
+    tab.shot("customer-success")
+
+    # Back on the dashboard, the live status shows the payment.
+    page.goto(detail_url)
+    page.get_by_role("button", name="Refresh status").click()
+    expect(page.locator(".flash")).to_contain_text("Stripe says: complete, paid.")
