@@ -12,22 +12,19 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from psycopg import sql
 from psycopg.types.json import Json
-from sqlalchemy import insert as generic_insert
 from sqlalchemy import inspect, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from recovery import audit
 from recovery.audit import Actor
 from recovery.logs import get_logger
 from recovery.models import CsvImport, ImportStatus, Transaction, TransactionSource, utcnow
-from recovery.models.base import DbSession
+from recovery.models.base import DbSession, insert_ignoring_duplicates
 from recovery.models.transaction import TransactionStatus
 from recovery.transactions.validation import clean_transaction
 
@@ -160,13 +157,7 @@ def iter_rows(text: str) -> Iterator[tuple[int, dict[str, str]]]:
 
 
 def _insert_statement(session: DbSession) -> Any:
-    dialect = session.get_bind().dialect.name
-    factory: Callable[..., Any] = {"postgresql": pg_insert, "sqlite": sqlite_insert}.get(
-        dialect, generic_insert
-    )
-    stmt = factory(Transaction)
-    if dialect in ("postgresql", "sqlite"):
-        stmt = stmt.on_conflict_do_nothing(index_elements=["organization_id", "transaction_ref"])
+    stmt = insert_ignoring_duplicates(session, Transaction, ["organization_id", "transaction_ref"])
     return stmt.returning(Transaction.transaction_ref)
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeAlias
 
 from sqlalchemy import BigInteger, DateTime, Integer, MetaData
+from sqlalchemy import insert as generic_insert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import DeclarativeBase, Session, scoped_session
 from sqlalchemy.types import TypeDecorator
 
@@ -24,6 +27,21 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 # Services take either a plain Session or Flask-SQLAlchemy's scoped `db.session`.
 DbSession: TypeAlias = Session | scoped_session[Any]
+
+
+def insert_ignoring_duplicates(session: DbSession, model: Any, unique_columns: Sequence[str]) -> Any:
+    """INSERT that skips rows clashing on `unique_columns` (ON CONFLICT DO NOTHING), in one statement.
+
+    Cheaper than a savepoint around a plain INSERT, and safe under concurrency.
+    """
+    dialect = session.get_bind().dialect.name
+    factory: Callable[..., Any] = {"postgresql": pg_insert, "sqlite": sqlite_insert}.get(
+        dialect, generic_insert
+    )
+    stmt = factory(model)
+    if dialect in ("postgresql", "sqlite"):
+        stmt = stmt.on_conflict_do_nothing(index_elements=list(unique_columns))
+    return stmt
 
 
 def utcnow() -> datetime:

@@ -159,13 +159,15 @@ def create_checkout_session() -> tuple[Response, int]:
     except StripeFailure as failure:
         db.session.commit()  # keep the closed reservation, so a repeat answers the same
         raise _stripe_error(failure) from None
+    # Read before the commit expires the record, which would cost another round trip.
+    body = {
+        "session_id": record.stripe_session_id,
+        "payment_intent_id": record.stripe_payment_intent_id,
+        "checkout_url": record.url,
+        "expires_at": iso(record.expires_at),
+    }
     db.session.commit()
-    return jsonify(
-        session_id=record.stripe_session_id,
-        payment_intent_id=record.stripe_payment_intent_id,
-        checkout_url=record.url,
-        expires_at=iso(record.expires_at),
-    ), 201
+    return jsonify(body), 201
 
 
 @bp.post("/payment-links")
