@@ -243,19 +243,53 @@ def test_missing_key_is_503(
         assert response.json["error"]["message"] == "Stripe API key not configured"
 
 
+def test_creates_are_logged_with_their_ids(
+    client: FlaskClient, org: Organization, make_transaction: Any, token_for: Any
+) -> None:
+    import io
+    import json
+    import logging
+
+    transaction = make_transaction(org, amount=2500, currency="eur")
+    headers = token_for(org)
+    root = logging.getLogger()
+    handler = root.handlers[0]
+    buffer = io.StringIO()
+    old_stream, old_level = handler.setStream(buffer), root.level  # type: ignore[attr-defined]
+    root.setLevel(logging.INFO)
+    try:
+        session = client.post(
+            CHECKOUT, json={"transaction_ref": transaction.transaction_ref}, headers=headers
+        ).json
+        link = client.post(LINKS, json={"transaction_ref": transaction.transaction_ref}, headers=headers).json
+    finally:
+        handler.setStream(old_stream)  # type: ignore[attr-defined]
+        root.setLevel(old_level)
+    events = {line["event"]: line for line in map(json.loads, buffer.getvalue().splitlines())}
+    created = events["stripe_checkout_session_created"]
+    assert (created["session_id"], created["transaction_ref"]) == (
+        session["session_id"],
+        transaction.transaction_ref,
+    )
+    assert (created["amount"], created["currency"]) == (2500, "eur")
+    assert created["request_id"]
+    assert events["stripe_payment_link_created"]["payment_link_id"] == link["payment_link_id"]
+
+
 def test_wrong_key_is_a_clear_500(
     app: Flask, client: FlaskClient, org: Organization, make_transaction: Any, token_for: Any
 ) -> None:
     app.config["STRIPE_SECRET_KEY"] = "sk_test_wrong_key_123456"
     transaction = make_transaction(org)
-    response = client.post(
-        CHECKOUT, json={"transaction_ref": transaction.transaction_ref}, headers=token_for(org)
-    )
-    assert response.status_code == 500
-    assert response.json["error"] == {
-        "type": "stripe_authentication",
-        "message": "Stripe rejected the API key: check STRIPE_SECRET_KEY.",
-    }
+    for path in (CHECKOUT, LINKS):
+        response = client.post(
+            path, json={"transaction_ref": transaction.transaction_ref}, headers=token_for(org)
+        )
+        assert response.status_code == 500
+        assert response.json["error"] == {
+            "type": "stripe_authentication",
+            "message": "Stripe rejected the API key: check STRIPE_SECRET_KEY.",
+        }
 
 
 def test_retries_on_500_then_succeeds_with_one_key(
