@@ -43,6 +43,23 @@ with socket.socket() as s:
 PY
 }
 
+# pick_port VAR FIRST WHAT: keep $VAR if set (it must be free), else the first free
+# port of the 100 from FIRST; export it.
+pick_port() {
+  local var=$1 first=$2 what=$3 port
+  port=${!var:-}
+  if [[ -n $port ]]; then
+    port_is_free "$port" || die "$var $port is in use; choose another."
+  else
+    port=$first
+    until port_is_free "$port"; do
+      port=$((port + 1))
+      ((port < first + 100)) || die "No free port for $what in $first-$((first + 99)); set $var."
+    done
+  fi
+  export "$var=$port"
+}
+
 export APP_ENV=${APP_ENV:-development}
 export PORT=${PORT:-5000}
 export BASE_URL=${BASE_URL:-http://127.0.0.1:$PORT}
@@ -50,16 +67,7 @@ port_is_free "$PORT" || die "Port $PORT is in use. Stop what uses it, or choose 
 
 processes=(web worker)
 if [[ -z ${REDIS_URL:-} ]]; then
-  if [[ -n ${REDIS_PORT:-} ]]; then
-    port_is_free "$REDIS_PORT" || die "REDIS_PORT $REDIS_PORT is in use; choose another or set REDIS_URL."
-  else
-    REDIS_PORT=6399
-    until port_is_free "$REDIS_PORT"; do
-      REDIS_PORT=$((REDIS_PORT + 1))
-      ((REDIS_PORT < 6500)) || die "No free port for Redis in 6399-6499; set REDIS_PORT or REDIS_URL."
-    done
-  fi
-  export REDIS_PORT
+  pick_port REDIS_PORT 6399 "embedded Redis"
   export REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
   processes+=(redis)
   redis_note="embedded Redis on 127.0.0.1:$REDIS_PORT (stopped with the rest)"
@@ -68,16 +76,7 @@ else
 fi
 
 if [[ -z ${STRIPE_SECRET_KEY:-} ]]; then
-  if [[ -n ${SANDBOX_PORT:-} ]]; then
-    port_is_free "$SANDBOX_PORT" || die "SANDBOX_PORT $SANDBOX_PORT is in use; choose another."
-  else
-    SANDBOX_PORT=12111
-    until port_is_free "$SANDBOX_PORT"; do
-      SANDBOX_PORT=$((SANDBOX_PORT + 1))
-      ((SANDBOX_PORT < 12200)) || die "No free port for the Stripe sandbox in 12111-12199; set SANDBOX_PORT."
-    done
-  fi
-  export SANDBOX_PORT
+  pick_port SANDBOX_PORT 12111 "the Stripe sandbox"
   export SANDBOX_API_KEY=sk_test_sandbox STRIPE_SECRET_KEY=sk_test_sandbox
   export STRIPE_API_BASE="http://127.0.0.1:$SANDBOX_PORT"
   export STRIPE_WEBHOOK_SECRET=${STRIPE_WEBHOOK_SECRET:-whsec_sandbox_demo}
