@@ -28,7 +28,7 @@ from recovery.models import (
     TransactionStatus,
     utcnow,
 )
-from recovery.models.base import DbSession, insert_ignoring_duplicates
+from recovery.models.base import DbSession, commit_keeping_state, insert_ignoring_duplicates
 from recovery.payments.gateway import CheckoutSessionInfo, StripeFailure, StripeGateway
 
 log = get_logger("recovery.payments")
@@ -297,7 +297,8 @@ def _reserve(
         # saves a WAL flush (1-5 ms) per create; the final commit stays synchronous.
         session.execute(text("SET LOCAL synchronous_commit = off"))
     try:
-        session.commit()
+        # The transaction and reservation in memory are what we just wrote: keep them.
+        commit_keeping_state(session)
     except IntegrityError:
         # The same action raced us to the reservation; use theirs.
         session.rollback()
