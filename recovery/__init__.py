@@ -63,6 +63,8 @@ def register_blueprints(app: Flask) -> None:
     from recovery.tokens.views import bp as tokens_bp
     from recovery.transactions.views import bp as transactions_bp
     from recovery.users.views import bp as users_bp
+    from recovery.webhooks.views import bp as webhooks_bp
+    from recovery.webhooks.views import receiver as stripe_webhooks_bp
 
     for bp in (
         auth_bp,
@@ -75,6 +77,8 @@ def register_blueprints(app: Flask) -> None:
         tokens_bp,
         api_bp,
         payments_api_bp,
+        webhooks_bp,
+        stripe_webhooks_bp,
     ):
         app.register_blueprint(bp)
 

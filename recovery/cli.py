@@ -114,4 +114,9 @@ def worker(queues: tuple[str, ...], with_scheduler: bool, burst: bool) -> None:
 
     names = list(queues) or current_app.config["RQ_QUEUES"].split(",")
     rq_worker = Worker(names, connection=redis_connection())
+    if with_scheduler:
+        from recovery.queue import get_queue
+        from recovery.webhooks.jobs import schedule_periodic
+
+        schedule_periodic(get_queue(names[0]))  # the webhook sweeper and the reconciliation
     rq_worker.work(with_scheduler=with_scheduler, burst=burst)

@@ -58,6 +58,13 @@ def defaults(instance_path: str) -> dict[str, Any]:
         "STRIPE_CHECKOUT_EXPIRES_MINUTES": 24 * 60,
         "STRIPE_TIMEOUT_SECONDS": 10,
         "STRIPE_MAX_NETWORK_RETRIES": 2,
+        # Webhooks (docs/webhooks.md). Stripe signs with a 300 s tolerance in mind.
+        "STRIPE_WEBHOOK_TOLERANCE_SECONDS": 300,
+        "STRIPE_WEBHOOK_MAX_BYTES": 1024 * 1024,
+        # Backoff of a failing processing job (RQ Retry), seconds between tries.
+        "STRIPE_WEBHOOK_RETRY_SECONDS": "30,120,600,1800,7200",
+        # Open sessions older than this are re-read from Stripe by the reconciliation job.
+        "STRIPE_RECONCILE_AFTER_MINUTES": 10,
         "MAIL_SERVER": "",
         "MAIL_PORT": 25,
         "MAIL_USE_TLS": False,
@@ -87,6 +94,9 @@ _INT_KEYS = {
     "STRIPE_CHECKOUT_EXPIRES_MINUTES",
     "STRIPE_TIMEOUT_SECONDS",
     "STRIPE_MAX_NETWORK_RETRIES",
+    "STRIPE_WEBHOOK_TOLERANCE_SECONDS",
+    "STRIPE_WEBHOOK_MAX_BYTES",
+    "STRIPE_RECONCILE_AFTER_MINUTES",
 }
 _BOOL_KEYS = {"MAIL_USE_TLS"}
 
@@ -175,3 +185,30 @@ def _check_stripe(config: dict[str, Any]) -> None:
     retries = int(config["STRIPE_MAX_NETWORK_RETRIES"])
     if not 0 <= retries <= 5:
         raise ConfigError(f"STRIPE_MAX_NETWORK_RETRIES must be 0 to 5; got {retries}.")
+    _check_webhooks(config)
+
+
+def _check_webhooks(config: dict[str, Any]) -> None:
+    # 0 would make stripe-python skip the timestamp check: every captured request replayable forever.
+    tolerance = int(config["STRIPE_WEBHOOK_TOLERANCE_SECONDS"])
+    if not 1 <= tolerance <= 3600:
+        raise ConfigError(
+            f"STRIPE_WEBHOOK_TOLERANCE_SECONDS must be 1 to 3600 (Stripe's is 300); got {tolerance}."
+        )
+    max_bytes = int(config["STRIPE_WEBHOOK_MAX_BYTES"])
+    if not 64 * 1024 <= max_bytes <= 16 * 1024 * 1024:
+        raise ConfigError(f"STRIPE_WEBHOOK_MAX_BYTES must be 65536 to 16777216; got {max_bytes}.")
+    raw = config["STRIPE_WEBHOOK_RETRY_SECONDS"]
+    words = raw if isinstance(raw, list | tuple) else str(raw).split(",")
+    try:
+        intervals = [int(str(w).strip()) for w in words if str(w).strip()]
+    except ValueError:
+        intervals = []
+    if not intervals or any(i < 0 for i in intervals):
+        raise ConfigError(
+            "STRIPE_WEBHOOK_RETRY_SECONDS must be a comma-separated list of seconds, "
+            f"e.g. 30,120,600; got {raw!r}."
+        )
+    config["STRIPE_WEBHOOK_RETRY_INTERVALS"] = intervals
+    if int(config["STRIPE_RECONCILE_AFTER_MINUTES"]) < 1:
+        raise ConfigError("STRIPE_RECONCILE_AFTER_MINUTES must be at least 1.")

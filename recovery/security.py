@@ -17,7 +17,15 @@ from recovery.models import Role
 # Endpoints anyone may reach with no credentials at all. Everything else needs
 # a signed-in user, or a Bearer token on the API's blueprints.
 PUBLIC_ENDPOINTS = frozenset(
-    {"auth.login", "health.healthz", "static", "customer.success", "customer.cancel"}
+    {
+        "auth.login",
+        "health.healthz",
+        "static",
+        "customer.success",
+        "customer.cancel",
+        # Stripe authenticates by signing the body (recovery/webhooks/views.py).
+        "stripe_webhooks.receive",
+    }
 )
 
 # Blueprints authenticated by API token instead of session (filled by

@@ -320,6 +320,7 @@ def test_the_public_endpoints_are_an_explicit_short_list():
         "static",
         "customer.success",
         "customer.cancel",
+        "stripe_webhooks.receive",
     } == PUBLIC_ENDPOINTS
 
 

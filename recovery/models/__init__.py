@@ -7,6 +7,7 @@ from recovery.models.checkout_session import CheckoutSession, CheckoutStatus
 from recovery.models.csv_import import CsvImport, ImportStatus
 from recovery.models.message import Message, MessageStatus
 from recovery.models.organization import Organization
+from recovery.models.payment_fulfilment import PaymentFulfilment
 from recovery.models.recovery_attempt import AttemptStatus, Channel, RecoveryAttempt
 from recovery.models.stripe_customer import StripeCustomer
 from recovery.models.transaction import Transaction, TransactionSource, TransactionStatus
@@ -28,6 +29,7 @@ __all__ = [
     "Message",
     "MessageStatus",
     "Organization",
+    "PaymentFulfilment",
     "RecoveryAttempt",
     "Role",
     "StripeCustomer",

@@ -30,4 +30,6 @@ class AuditEvent(Base):
     target_id: Mapped[str | None] = mapped_column(String(255))  # Stripe ids run past 64
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     ip_address: Mapped[str | None] = mapped_column(String(45))
+    # The Stripe event that caused this entry, if one did (the event page lists them).
+    webhook_event_id: Mapped[int | None] = mapped_column(ForeignKey("webhook_event.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -92,6 +92,8 @@ class Transaction(HasStatus, Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     recovered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # What Stripe says was paid, in `currency`'s minor unit (normally == amount).
+    recovered_amount: Mapped[int | None] = mapped_column(BigInteger)
 
     attempts: Mapped[list[RecoveryAttempt]] = relationship(
         back_populates="transaction", order_by="RecoveryAttempt.created_at"

@@ -44,6 +44,8 @@ class WebhookEvent(HasStatus, Base):
     stripe_event_id: Mapped[str] = mapped_column(String(255), unique=True)
     organization_id: Mapped[int | None] = mapped_column(ForeignKey("organization.id"))
     type: Mapped[str] = mapped_column(String(100), index=True)
+    # data.object.id (cs_..., pi_..., ch_...): "which events touched this session?"
+    object_id: Mapped[str | None] = mapped_column(String(255), index=True)
     api_version: Mapped[str | None] = mapped_column(String(32))
     livemode: Mapped[bool] = mapped_column(default=False)
     account: Mapped[str | None] = mapped_column(String(255))

@@ -341,6 +341,8 @@ class TimelineEntry:
     detail: str = ""
     actor: str = ""
     kind: str = "event"
+    # The Stripe event that caused the entry, if one did (the page links to it).
+    webhook_event_id: int | None = None
 
 
 AUDIT_TITLES = {
@@ -349,6 +351,16 @@ AUDIT_TITLES = {
     "stripe.checkout_session_created": "Checkout session created",
     "stripe.payment_link_created": "Payment link created",
     "stripe.payment_link_deactivated": "Payment link deactivated",
+    "stripe.payment_recovered": "Recovered",
+    "stripe.payment_succeeded": "Payment succeeded",
+    "stripe.payment_failed": "Payment attempt failed",
+    "stripe.checkout_session_expired": "Checkout session expired",
+    "stripe.checkout_session_closed": "Checkout session closed",
+    "stripe.checkout_session_awaiting_payment": "Checkout completed, payment pending",
+    "stripe.async_payment_failed": "Delayed payment failed",
+    "stripe.refunded": "Refunded",
+    "stripe.partially_refunded": "Partially refunded",
+    "stripe.duplicate_payment": "Paid twice",
 }
 
 
@@ -383,6 +395,7 @@ def timeline(session: DbSession, transaction: Transaction) -> list[TimelineEntry
                 _describe(event),
                 event.actor_label,
                 kind="audit",
+                webhook_event_id=event.webhook_event_id,
             )
         )
     if not has_created and transaction.source != TransactionSource.CSV:
@@ -406,6 +419,8 @@ def timeline(session: DbSession, transaction: Transaction) -> list[TimelineEntry
 
 def _describe(event: AuditEvent) -> str:
     details = event.details or {}
+    if "summary" in details:
+        return str(details["summary"])
     if "changes" in details:
         return ", ".join(
             f"{name.replace('customer_', '')}: {old or '—'} → {new or '—'}"

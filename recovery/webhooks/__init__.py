@@ -1,0 +1,1 @@
+"""Stripe webhooks: receive, store, process, replay, sweep and reconcile (docs/webhooks.md)."""

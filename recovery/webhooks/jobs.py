@@ -1,0 +1,172 @@
+"""RQ jobs for Stripe webhooks: process one event, close payment options, sweep, reconcile.
+
+The sweeper and the reconciliation repeat through RQ's scheduler (`flask
+worker --with-scheduler` arms them with `schedule_periodic`).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from flask import current_app
+from redis.exceptions import RedisError
+from rq import Queue, Repeat, Retry
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+
+from recovery.extensions import db
+from recovery.jobs import app_job
+from recovery.logs import get_logger
+from recovery.payments.gateway import StripeFailure, StripeGateway, StripeSettings
+from recovery.queue import get_queue
+from recovery.webhooks import services
+
+log = get_logger("recovery.webhooks")
+
+SWEEP_EVERY_SECONDS = 60
+# An event pending this long has lost its job (Redis was down, or the job vanished).
+SWEEP_AFTER = timedelta(seconds=60)
+RECONCILE_EVERY_SECONDS = 300
+SWEEPER_JOB_ID = "stripe-webhooks-sweeper"
+RECONCILER_JOB_ID = "stripe-webhooks-reconciler"
+# RQ has no "repeat forever": a year of minutes, and every worker start re-arms it.
+_REPEAT_TIMES = 600_000
+_IN_FLIGHT = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
+
+
+def job_id(stripe_event_id: str) -> str:
+    return f"stripe-event-{stripe_event_id}"
+
+
+def gateway_or_none() -> StripeGateway | None:
+    try:
+        return StripeGateway(StripeSettings.from_config(current_app.config))
+    except StripeFailure:
+        return None
+
+
+def enqueue_processing(stripe_event_id: str, queue: Queue | None = None) -> Job:
+    """Queue the processing job of one stored event; call after the commit that stored it."""
+    intervals = current_app.config["STRIPE_WEBHOOK_RETRY_INTERVALS"]
+    return (queue or get_queue()).enqueue(
+        process_webhook_event,
+        stripe_event_id,
+        job_id=job_id(stripe_event_id),
+        retry=Retry(max=len(intervals), interval=intervals),
+        result_ttl=3600,
+        failure_ttl=7 * 24 * 3600,
+        job_timeout=120,
+    )
+
+
+def _in_flight(queue: Queue, id_: str) -> bool:
+    try:
+        return Job.fetch(id_, connection=queue.connection).get_status() in _IN_FLIGHT
+    except NoSuchJobError:
+        return False
+
+
+@app_job
+def process_webhook_event(stripe_event_id: str) -> str:
+    """Process one stored event. Safe to run twice or concurrently (see services.process_event)."""
+    try:
+        outcome = services.process_event(db.session, stripe_event_id, gateway_or_none)
+        db.session.commit()
+    except services.ProcessingFailed as failure:
+        db.session.rollback()
+        services.record_failure(db.session, failure)
+        db.session.commit()
+        raise failure.error from None  # RQ retries it with backoff (Retry)
+    if outcome.closed_transaction_id is not None:
+        get_queue().enqueue(
+            close_payment_options,
+            outcome.closed_transaction_id,
+            outcome.paid_session_id,
+            retry=Retry(max=5, interval=[10, 60, 300, 1800, 3600]),
+        )
+    return outcome.state
+
+
+@app_job
+def close_payment_options(transaction_id: int, paid_session_id: str | None) -> list[str]:
+    """Deactivate the Payment Link and expire the other sessions of a recovered transaction."""
+    gateway = gateway_or_none()
+    if gateway is None:
+        return []
+    done = services.close_payment_options(db.session, gateway, transaction_id, paid_session_id)
+    db.session.commit()
+    return done
+
+
+@app_job
+def sweep_webhook_events() -> dict[str, Any]:
+    """Enqueue every event stored but still pending after a minute. Never raises (it repeats on success)."""
+    try:
+        queue = get_queue()
+        stale = services.stale_pending(db.session, SWEEP_AFTER)
+        db.session.rollback()
+        enqueued = [event_id for event_id in stale if not _in_flight(queue, job_id(event_id))]
+        for event_id in enqueued:
+            enqueue_processing(event_id, queue)
+    except Exception as error:
+        log.exception("stripe_webhook_sweep_failed", error=str(error))
+        return {"error": str(error)}
+    if enqueued:
+        log.warning("stripe_webhook_swept", count=len(enqueued), event_ids=enqueued[:20])
+    return {"pending": len(stale), "enqueued": len(enqueued)}
+
+
+@app_job
+def reconcile_checkout_sessions(organization_id: int | None = None) -> dict[str, int]:
+    """Re-read open sessions older than STRIPE_RECONCILE_AFTER_MINUTES and apply completed ones."""
+    result = services.Reconciled()
+    gateway = gateway_or_none()
+    if gateway is None:
+        return {"checked": 0, "recovered": 0, "expired": 0, "errors": 0}
+    minutes = int(current_app.config["STRIPE_RECONCILE_AFTER_MINUTES"])
+    ids = services.sessions_to_reconcile(db.session, timedelta(minutes=minutes), organization_id)
+    db.session.rollback()
+    for record_id in ids:
+        try:
+            services.reconcile_session(db.session, gateway, record_id, result)
+            db.session.commit()
+        except Exception as error:
+            db.session.rollback()
+            result.errors += 1
+            log.warning("stripe_reconcile_failed", checkout_session_id=record_id, error=str(error))
+    for transaction_id, session_id in result.closed_transaction_ids or []:
+        get_queue().enqueue(
+            close_payment_options, transaction_id, session_id, retry=Retry(max=5, interval=60)
+        )
+    summary = {"checked": result.checked, "recovered": result.recovered, "expired": result.expired}
+    log.info("stripe_reconciled", organization_id=organization_id, errors=result.errors, **summary)
+    return {**summary, "errors": result.errors}
+
+
+def schedule_periodic(queue: Queue) -> list[str]:
+    """Arm the sweeper (every minute) and the reconciliation (every 5 minutes) unless already armed.
+
+    Safe to call from every worker start: each has a fixed job id, and an id
+    that is already queued or scheduled is left alone.
+    """
+    armed = []
+    for func, id_, every in (
+        (sweep_webhook_events, SWEEPER_JOB_ID, SWEEP_EVERY_SECONDS),
+        (reconcile_checkout_sessions, RECONCILER_JOB_ID, RECONCILE_EVERY_SECONDS),
+    ):
+        try:
+            if _in_flight(queue, id_):
+                continue
+            queue.enqueue_in(
+                timedelta(seconds=every),
+                func,
+                job_id=id_,
+                repeat=Repeat(times=_REPEAT_TIMES, interval=every),
+                result_ttl=every * 2,
+            )
+        except RedisError as error:
+            log.warning("stripe_webhook_schedule_failed", job=id_, error=str(error))
+            continue
+        armed.append(id_)
+    return armed

@@ -1,0 +1,501 @@
+"""Stripe webhooks: store each verified event, process it once in effect, replay, sweep, reconcile.
+
+Plain functions over a SQLAlchemy session; callers (the receiving view, the
+RQ jobs, the admin views) commit. Nothing here reads Flask's request globals.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from recovery import audit
+from recovery.audit import Actor
+from recovery.logs import get_logger
+from recovery.models import (
+    AttemptStatus,
+    AuditEvent,
+    CheckoutSession,
+    CheckoutStatus,
+    PaymentFulfilment,
+    RecoveryAttempt,
+    Transaction,
+    WebhookEvent,
+    WebhookState,
+    utcnow,
+)
+from recovery.models.base import DbSession
+from recovery.payments import services as payments
+from recovery.payments.gateway import CheckoutSessionInfo, StripeFailure, StripeGateway
+from recovery.payments.services import CLOSED_STATUSES
+from recovery.webhooks.handlers import (
+    HANDLERS,
+    RECONCILIATION_LABEL,
+    Context,
+    Refused,
+    session_object,
+    session_paid,
+)
+
+log = get_logger("recovery.webhooks")
+
+GatewayFactory = Callable[[], StripeGateway | None]
+DONE = frozenset({WebhookState.PROCESSED, WebhookState.IGNORED})
+
+
+# --- receiving ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Received:
+    stripe_event_id: str
+    type: str
+    created: bool  # False: a redelivery of an id we already hold
+
+
+def _text(value: Any, limit: int) -> str | None:
+    return value[:limit] if isinstance(value, str) else None
+
+
+def event_row(event: dict[str, Any]) -> dict[str, Any]:
+    """The WebhookEvent columns for a verified event dict (verify_webhook checked its shape)."""
+    created = event.get("created")
+    obj = event["data"]["object"]
+    return {
+        "stripe_event_id": event["id"],
+        "type": event["type"],
+        "object_id": _text(obj.get("id"), 255),
+        "api_version": _text(event.get("api_version"), 32),
+        "livemode": bool(event.get("livemode")),
+        "account": _text(event.get("account"), 255),
+        "stripe_created_at": (
+            datetime.fromtimestamp(created, UTC) if isinstance(created, int) and created > 0 else None
+        ),
+        "payload": event,
+        "status": WebhookState.PENDING,
+        "attempts": 0,
+        "received_at": utcnow(),
+    }
+
+
+def store_event(session: DbSession, event: dict[str, Any]) -> Received:
+    """Insert the event unless its id is already stored: one INSERT .. ON CONFLICT DO NOTHING.
+
+    Safe to run twice or concurrently: the unique stripe_event_id decides, so a
+    redelivery (or two deliveries racing) stores one row and changes nothing.
+    """
+    dialect = session.get_bind().dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    statement = (
+        insert(WebhookEvent)
+        .values(**event_row(event))
+        .on_conflict_do_nothing(index_elements=["stripe_event_id"])
+        .returning(WebhookEvent.id)
+    )
+    new_id = session.execute(statement).scalar()
+    return Received(event["id"], event["type"], created=new_id is not None)
+
+
+# --- processing --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    stripe_event_id: str
+    state: str  # the event's state after this run; "missing" if no such event
+    ran: bool  # False: already done (a duplicate job), nothing was applied
+    organization_id: int | None = None
+    closed_transaction_id: int | None = None
+    paid_session_id: str | None = None
+
+
+class ProcessingFailed(Exception):
+    """A handler raised: everything it did is to be rolled back, then the error recorded."""
+
+    def __init__(self, stripe_event_id: str, organization_id: int | None, error: BaseException, tb: str):
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.stripe_event_id = stripe_event_id
+        self.organization_id = organization_id
+        self.error = error
+        self.traceback = tb
+
+
+def process_event(session: DbSession, stripe_event_id: str, gateway_factory: GatewayFactory) -> Outcome:
+    """Apply the stored event through its handler, in the caller's transaction.
+
+    Safe to run twice or concurrently: the event row is locked (FOR UPDATE on
+    PostgreSQL; SQLite serialises writers), so a second run waits and then finds
+    it processed. Raises ProcessingFailed; the caller rolls back and calls
+    record_failure.
+    """
+    started = time.perf_counter()
+    event = session.scalar(
+        select(WebhookEvent).where(WebhookEvent.stripe_event_id == stripe_event_id).with_for_update()
+    )
+    if event is None:
+        log.warning("stripe_webhook_missing", event_id=stripe_event_id)
+        return Outcome(stripe_event_id, "missing", ran=False)
+    if event.status in DONE or event.status == WebhookState.UNMATCHED:
+        return Outcome(stripe_event_id, event.status, ran=False, organization_id=event.organization_id)
+    ctx = Context(session, event, gateway_factory)
+    handler = HANDLERS.get(event.type)
+    error: str | None = None
+    try:
+        # Unknown types are kept (the page shows them) and marked ignored.
+        state = WebhookState.IGNORED if handler is None else handler(ctx, event.payload["data"]["object"])
+    except Refused as refusal:
+        state, error = WebhookState.UNMATCHED, f"Refused: {refusal}"
+        ctx.organization_id = None  # shown to neither organization's staff
+        log.warning("stripe_webhook_refused", event_id=stripe_event_id, type=event.type, reason=str(refusal))
+    except Exception as failure:
+        raise ProcessingFailed(
+            stripe_event_id, ctx.organization_id, failure, traceback.format_exc()
+        ) from failure
+    event.attempts += 1
+    event.transition(state)
+    event.organization_id = ctx.organization_id or event.organization_id
+    event.processed_at = utcnow()
+    event.last_error = error
+    if error is None:
+        event.last_traceback = None
+    log.info(
+        "stripe_webhook_processed",
+        event_id=stripe_event_id,
+        type=event.type,
+        state=state,
+        attempts=event.attempts,
+        organization_id=event.organization_id,
+        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        latency_ms=round((event.processed_at - event.received_at).total_seconds() * 1000, 1),
+    )
+    if state == WebhookState.UNMATCHED and error is None:
+        log.warning(
+            "stripe_webhook_unmatched", event_id=stripe_event_id, type=event.type, object_id=event.object_id
+        )
+    return Outcome(
+        stripe_event_id,
+        state,
+        ran=True,
+        organization_id=event.organization_id,
+        closed_transaction_id=ctx.closed_transaction_id,
+        paid_session_id=ctx.paid_session_id,
+    )
+
+
+def record_failure(session: DbSession, failure: ProcessingFailed) -> WebhookEvent | None:
+    """Mark the event failed with its error and traceback, in a fresh transaction after the rollback."""
+    event = session.scalar(
+        select(WebhookEvent).where(WebhookEvent.stripe_event_id == failure.stripe_event_id).with_for_update()
+    )
+    if event is None or event.status not in (WebhookState.PENDING, WebhookState.FAILED):
+        return event  # someone else finished it meanwhile
+    event.attempts += 1
+    event.transition(WebhookState.FAILED)
+    event.organization_id = failure.organization_id or event.organization_id
+    event.last_error = str(failure)[:2000]
+    event.last_traceback = failure.traceback[-20000:]
+    log.error(
+        "stripe_webhook_failed",
+        event_id=event.stripe_event_id,
+        type=event.type,
+        attempts=event.attempts,
+        error=event.last_error,
+    )
+    return event
+
+
+# --- replay and sweeping -----------------------------------------------------
+
+
+class ReplayRefused(Exception):
+    """Only failed or unmatched events can be processed again."""
+
+
+def replay(session: DbSession, event: WebhookEvent, actor: Actor) -> None:
+    """Put a failed or unmatched event back to pending; the caller commits, then enqueues it."""
+    if event.status not in (WebhookState.FAILED, WebhookState.UNMATCHED):
+        raise ReplayRefused(
+            f"This event is {event.status}; only failed or unmatched events can be processed again."
+        )
+    previous = event.status
+    event.transition(WebhookState.PENDING)
+    audit.record(
+        session,
+        actor,
+        "webhook.replayed",
+        target_type="webhook_event",
+        target_id=event.stripe_event_id,
+        type=event.type,
+        previous_state=previous,
+    )
+    log.info("stripe_webhook_replayed", event_id=event.stripe_event_id, type=event.type, by=actor.label)
+
+
+def stale_pending(session: DbSession, older_than: timedelta, limit: int = 1000) -> list[str]:
+    """Ids of events stored but still pending after `older_than`: their job was never enqueued or lost."""
+    cutoff = utcnow() - older_than
+    return list(
+        session.scalars(
+            select(WebhookEvent.stripe_event_id)
+            .where(WebhookEvent.status == WebhookState.PENDING, WebhookEvent.received_at < cutoff)
+            .order_by(WebhookEvent.received_at)
+            .limit(limit)
+        )
+    )
+
+
+# --- after a recovery: close the other ways to pay ----------------------------
+
+
+def close_payment_options(
+    session: DbSession, gateway: StripeGateway, transaction_id: int, paid_session_id: str | None
+) -> list[str]:
+    """Deactivate the transaction's Payment Link and expire its other open sessions.
+
+    Safe to run twice: an inactive link is left alone, a session that is no
+    longer open is only re-read. Runs after the commit that recovered the
+    transaction, so that a Stripe outage never holds back the recovery itself.
+    """
+    txn = session.get(Transaction, transaction_id)
+    if txn is None:
+        return []
+    actor = Actor.system(txn.organization_id, "Stripe webhook")
+    done: list[str] = []
+    if txn.stripe_payment_link_id and gateway.retrieve_payment_link(txn.stripe_payment_link_id).active:
+        payments.deactivate_payment_link(session, gateway, txn, actor)
+        done.append(txn.stripe_payment_link_id)
+    records = session.scalars(
+        select(CheckoutSession).where(
+            CheckoutSession.transaction_id == txn.id,
+            CheckoutSession.status == CheckoutStatus.OPEN,
+            CheckoutSession.stripe_session_id.is_not(None),
+        )
+    ).all()
+    for record in records:
+        session_id = record.stripe_session_id
+        if session_id is None or session_id == paid_session_id:
+            continue
+        try:
+            info = gateway.expire_checkout_session(session_id)
+        except StripeFailure as failure:
+            if failure.retryable:
+                raise
+            info = gateway.retrieve_checkout_session(session_id)  # no longer open: see why
+        _follow(record, info)
+        if record.status == CheckoutStatus.EXPIRED:
+            audit.record(
+                session,
+                actor,
+                "stripe.checkout_session_closed",
+                transaction_id=txn.id,
+                target_type="checkout_session",
+                target_id=session_id,
+                summary=f"Checkout session {session_id} expired: the transaction is paid",
+            )
+            done.append(session_id)
+    log.info("stripe_payment_options_closed", transaction_id=txn.id, closed=done)
+    return done
+
+
+def _follow(record: CheckoutSession, info: CheckoutSessionInfo) -> None:
+    status = info.status or CheckoutStatus.OPEN
+    if status in CheckoutStatus.ALL and record.can_transition(status):
+        record.transition(status)
+    record.payment_status = info.payment_status
+    if info.payment_intent_id and not record.stripe_payment_intent_id:
+        record.stripe_payment_intent_id = info.payment_intent_id
+
+
+# --- reconciliation ----------------------------------------------------------
+
+
+@dataclass
+class Reconciled:
+    checked: int = 0
+    recovered: int = 0
+    expired: int = 0
+    errors: int = 0
+    closed_transaction_ids: list[tuple[int, str | None]] | None = None
+
+
+def sessions_to_reconcile(
+    session: DbSession, older_than: timedelta, organization_id: int | None = None, limit: int = 500
+) -> list[int]:
+    """Our open Checkout Sessions older than `older_than` whose transaction is still collectable.
+
+    Those of active attempts, and those made from the dashboard or the API
+    (no attempt): a payment whose webhook was lost is recovered either way.
+    """
+    cutoff = utcnow() - older_than
+    statement = (
+        select(CheckoutSession.id)
+        .join(Transaction, Transaction.id == CheckoutSession.transaction_id)
+        .outerjoin(RecoveryAttempt, RecoveryAttempt.id == CheckoutSession.attempt_id)
+        .where(
+            CheckoutSession.status == CheckoutStatus.OPEN,
+            CheckoutSession.stripe_session_id.is_not(None),
+            CheckoutSession.created_at < cutoff,
+            Transaction.status.not_in(CLOSED_STATUSES),
+            (CheckoutSession.attempt_id.is_(None)) | (RecoveryAttempt.status.in_(AttemptStatus.ACTIVE)),
+        )
+        .order_by(CheckoutSession.created_at)
+        .limit(limit)
+    )
+    if organization_id is not None:
+        statement = statement.where(CheckoutSession.organization_id == organization_id)
+    return list(session.scalars(statement))
+
+
+def reconcile_session(session: DbSession, gateway: StripeGateway, record_id: int, result: Reconciled) -> None:
+    """Re-read one session from Stripe and apply it through the webhook handler; the caller commits."""
+    record = session.get(CheckoutSession, record_id, with_for_update=True)
+    if record is None or record.status != CheckoutStatus.OPEN or record.stripe_session_id is None:
+        return
+    info = gateway.retrieve_checkout_session(record.stripe_session_id)
+    result.checked += 1
+    if info.status == "complete" and info.payment_status in ("paid", "no_payment_required"):
+        ctx = Context(session, None, lambda: gateway, label=RECONCILIATION_LABEL)
+        try:
+            session_paid(ctx, session_object(info))
+        except Refused as refusal:
+            log.warning("stripe_reconcile_refused", session_id=info.id, reason=str(refusal))
+            return
+        if ctx.closed_transaction_id is not None:
+            result.recovered += 1
+            result.closed_transaction_ids = [
+                *(result.closed_transaction_ids or []),
+                (ctx.closed_transaction_id, info.id),
+            ]
+            log.warning(
+                "stripe_payment_reconciled",
+                session_id=info.id,
+                transaction_id=ctx.closed_transaction_id,
+                hint="its webhook never arrived or was not processed",
+            )
+    else:
+        _follow(record, info)
+        if record.status == CheckoutStatus.EXPIRED:
+            result.expired += 1
+
+
+def caused_entries(session: DbSession, event: WebhookEvent) -> list[AuditEvent]:
+    """The timeline entries this event wrote, oldest first."""
+    return list(
+        session.scalars(
+            select(AuditEvent).where(AuditEvent.webhook_event_id == event.id).order_by(AuditEvent.id)
+        )
+    )
+
+
+def fulfilment_of(session: DbSession, transaction_id: int) -> PaymentFulfilment | None:
+    return session.scalar(select(PaymentFulfilment).where(PaymentFulfilment.transaction_id == transaction_id))
+
+
+# --- the admin page ----------------------------------------------------------
+
+PAGE_SIZE = 50
+
+
+@dataclass
+class EventPage:
+    events: list[WebhookEvent]
+    next_before: int | None
+
+
+def list_events(
+    session: DbSession,
+    organization_id: int,
+    *,
+    state: str | None = None,
+    type: str | None = None,
+    object_id: str | None = None,
+    before: int | None = None,
+    limit: int = PAGE_SIZE,
+) -> EventPage:
+    """The organization's events, newest first, by keyset on id."""
+    statement = select(WebhookEvent).where(WebhookEvent.organization_id == organization_id)
+    if state:
+        statement = statement.where(WebhookEvent.status == state)
+    if type:
+        statement = statement.where(WebhookEvent.type == type)
+    if object_id:
+        statement = statement.where(
+            (WebhookEvent.object_id == object_id) | (WebhookEvent.stripe_event_id == object_id)
+        )
+    if before is not None:
+        statement = statement.where(WebhookEvent.id < before)
+    rows = list(session.scalars(statement.order_by(WebhookEvent.id.desc()).limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return EventPage(rows, rows[-1].id if more and rows else None)
+
+
+def event_types(session: DbSession, organization_id: int) -> list[str]:
+    return sorted(
+        session.scalars(
+            select(WebhookEvent.type).where(WebhookEvent.organization_id == organization_id).distinct()
+        )
+    )
+
+
+def get_event(session: DbSession, organization_id: int, event_id: int) -> WebhookEvent | None:
+    return session.scalar(
+        select(WebhookEvent).where(
+            WebhookEvent.id == event_id, WebhookEvent.organization_id == organization_id
+        )
+    )
+
+
+class SettingsRefused(Exception):
+    pass
+
+
+def update_import_settings(
+    session: DbSession, organization: Any, actor: Actor, *, import_failures: bool, account_id: str | None
+) -> list[str]:
+    """Switch "import failed payments from Stripe" and the connected account id; return what changed."""
+    from sqlalchemy.exc import IntegrityError
+
+    from recovery.models import Organization
+
+    account_id = (account_id or "").strip() or None
+    if account_id is not None and not (account_id.startswith("acct_") and account_id[5:].isalnum()):
+        raise SettingsRefused("A Stripe account id looks like acct_1Nv0FGQ9RKHgCVdK.")
+    if account_id is not None:
+        taken = session.scalar(
+            select(Organization.id).where(
+                Organization.stripe_account_id == account_id, Organization.id != organization.id
+            )
+        )
+        if taken is not None:
+            raise SettingsRefused("That Stripe account is already linked to another organization.")
+    changes: dict[str, list[Any]] = {}
+    if organization.import_stripe_failures != import_failures:
+        changes["import_stripe_failures"] = [organization.import_stripe_failures, import_failures]
+        organization.import_stripe_failures = import_failures
+    if organization.stripe_account_id != account_id:
+        changes["stripe_account_id"] = [organization.stripe_account_id, account_id]
+        organization.stripe_account_id = account_id
+    if changes:
+        try:
+            with session.begin_nested():
+                session.flush()
+        except IntegrityError:
+            raise SettingsRefused("That Stripe account is already linked to another organization.") from None
+        audit.record(
+            session,
+            actor,
+            "organization.stripe_settings_changed",
+            target_type="organization",
+            target_id=organization.id,
+            changes=changes,
+        )
+    return list(changes)
