@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
@@ -13,18 +14,41 @@ from recovery.extensions import db
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def app_job(func: F) -> F:
-    """Run the job inside the worker's app context.
+# Set in a child process right after a fork (RQ's forking worker forks a work horse per job).
+_forked = False
 
-    The worker is started by `flask worker`, so an app context exists; RQ forks a
-    work horse per job, and connections inherited from the parent must not be
-    shared, so the pool is reset (without closing the parent's sockets) first.
+
+def _note_fork() -> None:
+    global _forked
+    _forked = True
+
+
+os.register_at_fork(after_in_child=_note_fork)
+
+
+def _own_pool() -> None:
+    """Drop pooled connections inherited through a fork; keep the pool in every other case.
+
+    A forked work horse must not use its parent's connections (nor close them,
+    which would close the parent's sockets). The default non-forking worker
+    keeps one pool across jobs instead of connecting afresh for each.
+    """
+    global _forked
+    if _forked:
+        db.engine.dispose(close=False)
+        _forked = False
+
+
+def app_job(func: F) -> F:
+    """Run the job inside the worker's app context, on a database pool of this process's own.
+
+    The worker is started by `flask worker`, so an app context exists.
     """
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         current_app.name  # noqa: B018 -- fails loudly outside an app context (`flask worker`)
-        db.engine.dispose(close=False)
+        _own_pool()
         try:
             return func(*args, **kwargs)
         finally:

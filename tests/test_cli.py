@@ -245,3 +245,34 @@ def test_seed_demo_completes_a_partial_demo(run, db):
 
     assert "Transactions: 2 created, 198 already there." in result.output
     assert demo_counts(db)["transactions"] == 200
+
+
+def record_pid() -> int:
+    """An RQ job: which process ran it, and whether the database pool there works."""
+    import os
+
+    from recovery.extensions import db
+    from recovery.jobs import app_job
+
+    @app_job
+    def check() -> int:
+        return int(db.session.scalar(select(func.count()).select_from(Organization)) or 0)
+
+    check()
+    return os.getpid()
+
+
+@pytest.mark.parametrize(("flag", "forks"), [((), False), (("--fork",), True)])
+def test_worker_runs_jobs_in_process_unless_told_to_fork(run, app, db, flag, forks):
+    import os
+
+    from recovery.queue import get_queue
+
+    job = get_queue().enqueue(record_pid)
+    result = run("worker", "--burst", "--without-scheduler", *flag)
+    assert result.exit_code == 0, result.output
+    job.refresh()
+    assert job.get_status() == "finished", job.get_status()
+    assert (job.return_value() != os.getpid()) is forks
+    # The pool still works in this process after the job (it was not disposed under us).
+    assert db.session.scalar(select(func.count()).select_from(Organization)) == 0
