@@ -107,11 +107,15 @@ def seed_demo() -> None:
 @click.option("--with-scheduler/--without-scheduler", default=True, show_default=True)
 @click.option("--burst", is_flag=True, help="Stop when the queues are empty.")
 def worker(queues: tuple[str, ...], with_scheduler: bool, burst: bool) -> None:
-    """Run an RQ worker inside the app, with its scheduler."""
+    """Run an RQ worker inside the app, with its scheduler and the recovery sweeper."""
     from rq import Worker
 
     from recovery.queue import redis_connection
+    from recovery.recoveries.jobs import start_sweeper
 
     names = list(queues) or current_app.config["RQ_QUEUES"].split(",")
+    if with_scheduler:
+        # Idempotent: one sweep a minute however many workers start it.
+        start_sweeper()
     rq_worker = Worker(names, connection=redis_connection())
     rq_worker.work(with_scheduler=with_scheduler, burst=burst)

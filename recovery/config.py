@@ -68,6 +68,11 @@ def defaults(instance_path: str) -> dict[str, Any]:
         "TWILIO_AUTH_TOKEN": "",
         "TWILIO_FROM_NUMBER": "",
         "TWILIO_MESSAGING_SERVICE_SID": "",
+        # Empty: Twilio itself. The tests point this at a local fake.
+        "TWILIO_API_BASE": "",
+        # Twilio drops an SMS still queued after this long: no stale reminder hours later.
+        "TWILIO_VALIDITY_SECONDS": 4 * 3600,
+        "TWILIO_TIMEOUT_SECONDS": 10,
         "LOGIN_FAILURES_PER_MINUTE": 5,
         "CSV_MAX_BYTES": 20 * 1024 * 1024,
         "CSV_INLINE_MAX_ROWS": 2000,
@@ -87,6 +92,8 @@ _INT_KEYS = {
     "STRIPE_CHECKOUT_EXPIRES_MINUTES",
     "STRIPE_TIMEOUT_SECONDS",
     "STRIPE_MAX_NETWORK_RETRIES",
+    "TWILIO_VALIDITY_SECONDS",
+    "TWILIO_TIMEOUT_SECONDS",
 }
 _BOOL_KEYS = {"MAIL_USE_TLS"}
 

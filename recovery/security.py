@@ -17,7 +17,19 @@ from recovery.models import Role
 # Endpoints anyone may reach with no credentials at all. Everything else needs
 # a signed-in user, or a Bearer token on the API's blueprints.
 PUBLIC_ENDPOINTS = frozenset(
-    {"auth.login", "health.healthz", "static", "customer.success", "customer.cancel"}
+    {
+        "auth.login",
+        "health.healthz",
+        "static",
+        "customer.success",
+        "customer.cancel",
+        # The customer's link from an email or SMS: the token is the credential.
+        "customer.pay",
+        "customer.checkout",
+        # The email's List-Unsubscribe target: one-click, no cookie (RFC 8058).
+        "customer.unsubscribe_confirm",
+        "customer.unsubscribe",
+    }
 )
 
 # Blueprints authenticated by API token instead of session (filled by
@@ -87,7 +99,8 @@ def init_app(app: Flask) -> None:
     def security_headers(response: Response) -> Response:
         headers = response.headers
         headers.setdefault("Content-Security-Policy", CSP)
-        headers["X-Frame-Options"] = "DENY"
+        # A view may allow its own origin to frame it (the outbox's email preview).
+        headers.setdefault("X-Frame-Options", "DENY")
         headers["X-Content-Type-Options"] = "nosniff"
         headers["Referrer-Policy"] = "strict-origin-when-cross-origin"
         if production:

@@ -314,12 +314,17 @@ def fill(app: Flask, rule: Any) -> str:
 
 def test_the_public_endpoints_are_an_explicit_short_list():
     # The customer's landing pages after Stripe Checkout: they show, never fulfil.
+    # The pay page of a recovery link: its unguessable token is the credential.
     assert {
         "auth.login",
         "health.healthz",
         "static",
         "customer.success",
         "customer.cancel",
+        "customer.pay",
+        "customer.checkout",
+        "customer.unsubscribe_confirm",
+        "customer.unsubscribe",
     } == PUBLIC_ENDPOINTS
 
 
