@@ -58,8 +58,11 @@ def register_blueprints(app: Flask) -> None:
     from recovery.customer.views import bp as customer_bp
     from recovery.health.views import bp as health_bp
     from recovery.imports.views import bp as imports_bp
+    from recovery.messaging.views import bp as messaging_bp
     from recovery.payments.api import bp as payments_api_bp
     from recovery.payments.views import bp as payments_bp
+    from recovery.recoveries.api import bp as recoveries_api_bp
+    from recovery.recoveries.views import bp as recoveries_bp
     from recovery.tokens.views import bp as tokens_bp
     from recovery.transactions.views import bp as transactions_bp
     from recovery.users.views import bp as users_bp
@@ -72,6 +75,8 @@ def register_blueprints(app: Flask) -> None:
         transactions_bp,
         imports_bp,
         payments_bp,
+        recoveries_bp,
+        messaging_bp,
         users_bp,
         customer_bp,
         tokens_bp,
@@ -79,6 +84,7 @@ def register_blueprints(app: Flask) -> None:
         payments_api_bp,
         webhooks_bp,
         stripe_webhooks_bp,
+        recoveries_api_bp,
     ):
         app.register_blueprint(bp)
 

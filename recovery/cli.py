@@ -113,7 +113,7 @@ def seed_demo() -> None:
     help="Run each job in a forked work horse (RQ's default) instead of in the worker itself.",
 )
 def worker(queues: tuple[str, ...], with_scheduler: bool, burst: bool, fork: bool) -> None:
-    """Run an RQ worker inside the app, with its scheduler.
+    """Run an RQ worker inside the app, with its scheduler and the periodic sweepers.
 
     Jobs run in the worker process by default (RQ's SimpleWorker): forking the
     app for every job and connecting to the database afresh cost ~70 ms a job,
@@ -124,6 +124,7 @@ def worker(queues: tuple[str, ...], with_scheduler: bool, burst: bool, fork: boo
     from rq import SimpleWorker, Worker
 
     from recovery.queue import redis_connection
+    from recovery.recoveries.jobs import start_sweeper
 
     names = list(queues) or current_app.config["RQ_QUEUES"].split(",")
     worker_class = Worker if fork else SimpleWorker
@@ -133,4 +134,6 @@ def worker(queues: tuple[str, ...], with_scheduler: bool, burst: bool, fork: boo
         from recovery.webhooks.jobs import schedule_periodic
 
         schedule_periodic(get_queue(names[0]))  # the webhook sweeper and the reconciliation
+        # Idempotent: one sweep a minute however many workers start it.
+        start_sweeper()
     rq_worker.work(with_scheduler=with_scheduler, burst=burst)

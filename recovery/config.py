@@ -75,6 +75,11 @@ def defaults(instance_path: str) -> dict[str, Any]:
         "TWILIO_AUTH_TOKEN": "",
         "TWILIO_FROM_NUMBER": "",
         "TWILIO_MESSAGING_SERVICE_SID": "",
+        # Empty: Twilio itself. The tests point this at a local fake.
+        "TWILIO_API_BASE": "",
+        # Twilio drops an SMS still queued after this long: no stale reminder hours later.
+        "TWILIO_VALIDITY_SECONDS": 4 * 3600,
+        "TWILIO_TIMEOUT_SECONDS": 10,
         "LOGIN_FAILURES_PER_MINUTE": 5,
         "CSV_MAX_BYTES": 20 * 1024 * 1024,
         "CSV_INLINE_MAX_ROWS": 2000,
@@ -97,6 +102,8 @@ _INT_KEYS = {
     "STRIPE_WEBHOOK_TOLERANCE_SECONDS",
     "STRIPE_WEBHOOK_MAX_BYTES",
     "STRIPE_RECONCILE_AFTER_MINUTES",
+    "TWILIO_VALIDITY_SECONDS",
+    "TWILIO_TIMEOUT_SECONDS",
 }
 _BOOL_KEYS = {"MAIL_USE_TLS"}
 

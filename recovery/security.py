@@ -25,6 +25,12 @@ PUBLIC_ENDPOINTS = frozenset(
         "customer.cancel",
         # Stripe authenticates by signing the body (recovery/webhooks/views.py).
         "stripe_webhooks.receive",
+        # The customer's link from an email or SMS: the token is the credential.
+        "customer.pay",
+        "customer.checkout",
+        # The email's List-Unsubscribe target: one-click, no cookie (RFC 8058).
+        "customer.unsubscribe_confirm",
+        "customer.unsubscribe",
     }
 )
 
@@ -95,7 +101,8 @@ def init_app(app: Flask) -> None:
     def security_headers(response: Response) -> Response:
         headers = response.headers
         headers.setdefault("Content-Security-Policy", CSP)
-        headers["X-Frame-Options"] = "DENY"
+        # A view may allow its own origin to frame it (the outbox's email preview).
+        headers.setdefault("X-Frame-Options", "DENY")
         headers["X-Content-Type-Options"] = "nosniff"
         headers["Referrer-Policy"] = "strict-origin-when-cross-origin"
         if production:

@@ -314,6 +314,7 @@ def fill(app: Flask, rule: Any) -> str:
 
 def test_the_public_endpoints_are_an_explicit_short_list():
     # The customer's landing pages after Stripe Checkout: they show, never fulfil.
+    # The pay page of a recovery link: its unguessable token is the credential.
     assert {
         "auth.login",
         "health.healthz",
@@ -321,6 +322,10 @@ def test_the_public_endpoints_are_an_explicit_short_list():
         "customer.success",
         "customer.cancel",
         "stripe_webhooks.receive",
+        "customer.pay",
+        "customer.checkout",
+        "customer.unsubscribe_confirm",
+        "customer.unsubscribe",
     } == PUBLIC_ENDPOINTS
 
 

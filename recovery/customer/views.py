@@ -1,32 +1,298 @@
-"""The pages customers see on our domain: where Stripe sends them back after paying."""
+"""The pages customers see on our domain: the pay page of their link, and Stripe's way back.
+
+Public: no login. A GET never creates anything at Stripe (mail scanners open
+links); only the CSRF-protected "Pay now" POST does. Nothing here fulfils a
+payment: only Stripe's signed webhook does that. Pages show only what the
+token or Stripe itself vouches for.
+"""
 
 from __future__ import annotations
 
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
-from flask import Blueprint, render_template, request
+from flask import Blueprint, abort, current_app, g, redirect, render_template, request, url_for
 from sqlalchemy import select
+from werkzeug.wrappers import Response
 
-from recovery.extensions import db
-from recovery.models import CheckoutSession, Organization
+from recovery.extensions import csrf, db
+from recovery.logs import get_logger
+from recovery.models import (
+    AttemptStatus,
+    CheckoutSession,
+    Organization,
+    RecoveryAttempt,
+    Transaction,
+    TransactionStatus,
+    utcnow,
+)
+from recovery.payments import services as payments
+from recovery.payments.gateway import StripeFailure, StripeGateway, StripeSettings
+from recovery.recoveries import services
 
 bp = Blueprint("customer", __name__, url_prefix="/pay")
+
+log = get_logger("recovery.customer")
+
+HEX_COLOR = re.compile(r"#[0-9a-fA-F]{6}")
+PAID = frozenset({TransactionStatus.RECOVERED, TransactionStatus.REFUNDED})
+CUSTOMER_CSP = (
+    "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'self'; "
+    "form-action 'self' {stripe}; frame-ancestors 'none'; style-src 'self' 'nonce-{nonce}'"
+)
+
+
+@dataclass(frozen=True)
+class Receipt:
+    merchant: str
+    amount: int
+    currency: str
+    transaction_ref: str
+    paid_at: datetime | None
+    card_brand: str | None = None
+    card_last4: str | None = None
+
+
+def _gateway() -> StripeGateway:
+    return StripeGateway(StripeSettings.from_config(current_app.config))
+
+
+@bp.before_request
+def brand_nonce() -> None:
+    g.style_nonce = secrets.token_urlsafe(16)
+
+
+@bp.after_request
+def branded_csp(response: Response) -> Response:
+    """Allow one inline <style> (the merchant's colour) by nonce, and the POST's redirect to Stripe."""
+    nonce = g.get("style_nonce")
+    if nonce:
+        response.headers["Content-Security-Policy"] = CUSTOMER_CSP.format(
+            nonce=nonce, stripe=" ".join(_checkout_origins())
+        )
+    return response
+
+
+def _checkout_origins() -> list[str]:
+    """Where the Pay now form may lead: Stripe Checkout (or the sandbox the app is pointed at)."""
+    origins = ["https://checkout.stripe.com"]
+    base = urlsplit(str(current_app.config.get("STRIPE_API_BASE") or ""))
+    if base.scheme and base.netloc:
+        origins.append(f"{base.scheme}://{base.netloc}")
+    return origins
+
+
+def _brand(organization: Organization | None) -> dict[str, Any]:
+    color = organization.brand_color if organization else ""
+    return {
+        "organization": organization,
+        "brand_color": color if HEX_COLOR.fullmatch(color or "") else "#1f6feb",
+        "style_nonce": g.get("style_nonce", ""),
+    }
+
+
+def _attempt_or_404(token: str) -> tuple[RecoveryAttempt, Transaction, Organization]:
+    attempt = services.get_by_token(db.session, token)
+    if attempt is None:
+        abort(404)
+    organization = db.session.get(Organization, attempt.organization_id)
+    assert organization is not None
+    return attempt, attempt.transaction, organization
+
+
+def _paid_receipt(transaction: Transaction, organization: Organization) -> Receipt:
+    return Receipt(
+        organization.name,
+        transaction.amount,
+        transaction.currency,
+        transaction.transaction_ref,
+        transaction.recovered_at,
+    )
+
+
+def _closed(attempt: RecoveryAttempt, now: datetime) -> bool:
+    return not attempt.is_active or now >= attempt.expires_at
+
+
+def _render_state(
+    attempt: RecoveryAttempt, transaction: Transaction, organization: Organization, now: datetime
+) -> Response | None:
+    """The page for a link that cannot be paid any more (paid, or ended), else None."""
+    if transaction.status in PAID or attempt.status == AttemptStatus.COMPLETED:
+        body = render_template(
+            "customer/already_paid.html",
+            receipt=_paid_receipt(transaction, organization),
+            **_brand(organization),
+        )
+        return Response(body, 200)
+    if _closed(attempt, now):
+        status = attempt.status if not attempt.is_active else AttemptStatus.EXPIRED
+        body = render_template(
+            "customer/link_closed.html",
+            status=status,
+            transaction=transaction,
+            **_brand(organization),
+        )
+        return Response(body, 410)
+    return None
+
+
+@bp.get("/<token>")
+def pay(token: str) -> Any:
+    """Show what is owed and a Pay now button; record that the link was opened. Nothing at Stripe."""
+    attempt, transaction, organization = _attempt_or_404(token)
+    now = utcnow()
+    ended = _render_state(attempt, transaction, organization, now)
+    if ended is not None:
+        return ended
+    if services.record_click(db.session, attempt, now=now):
+        db.session.commit()
+    return render_template(
+        "customer/pay.html", attempt=attempt, transaction=transaction, error=None, **_brand(organization)
+    )
+
+
+@bp.post("/<token>")
+def checkout(token: str) -> Any:
+    """Open (or reuse) the attempt's Checkout Session and send the customer to Stripe."""
+    attempt, transaction, organization = _attempt_or_404(token)
+    now = utcnow()
+    ended = _render_state(attempt, transaction, organization, now)
+    if ended is not None:
+        return ended
+    minutes = current_app.config["STRIPE_CHECKOUT_EXPIRES_MINUTES"]
+    try:
+        record = services.checkout_for_attempt(
+            db.session,
+            _gateway(),
+            attempt,
+            base_url=current_app.config["BASE_URL"],
+            expires_in=timedelta(minutes=minutes),
+            now=now,
+        )
+    except (StripeFailure, payments.PaymentRefused) as error:
+        db.session.commit()  # keep a closed reservation
+        log.warning("customer_checkout_failed", attempt_id=attempt.id, error=error.message)
+        page = render_template(
+            "customer/pay.html",
+            attempt=attempt,
+            transaction=transaction,
+            error="We could not open the payment page just now. Please try again in a minute.",
+            **_brand(organization),
+        )
+        return page, 503
+    db.session.commit()
+    if not record.url:
+        abort(503)
+    return redirect(record.url, code=303)
 
 
 @bp.get("/success")
 def success() -> Any:
-    """Thank the customer. Nothing is fulfilled here: only Stripe's signed webhook does that."""
+    """Confirm what Stripe says about the session; nothing is fulfilled here (the webhook does that)."""
     session_id = request.args.get("session_id", "")[:255]
-    record = organization = None
+    token = request.args.get("t", "")[:64]
+    record = None
     if session_id:
         record = db.session.scalar(
             select(CheckoutSession).where(CheckoutSession.stripe_session_id == session_id)
         )
-        if record is not None:
-            organization = db.session.get(Organization, record.organization_id)
-    return render_template("customer/success.html", record=record, organization=organization)
+    attempt = services.get_by_token(db.session, token) if token else None
+    if record is not None and token and (attempt is None or record.attempt_id != attempt.id):
+        record = None  # a session that is not this link's: show nothing of it
+    if record is None:
+        return render_template("customer/success.html", state="unknown", receipt=None, **_brand(None))
+    organization = db.session.get(Organization, record.organization_id)
+    transaction = db.session.get(Transaction, record.transaction_id)
+    assert organization is not None and transaction is not None
+    state, receipt = "processing", None
+    try:
+        gateway = _gateway()
+        info = payments.refresh_checkout_session(db.session, gateway, record)
+        # Belt and braces: Stripe's own copy must name this organization and transaction.
+        if info.id != session_id or info.metadata.get("transaction_id") != str(transaction.id):
+            return render_template("customer/success.html", state="unknown", receipt=None, **_brand(None))
+        if info.payment_status in ("paid", "no_payment_required"):
+            state = "paid"
+            receipt = Receipt(
+                organization.name,
+                info.amount_total if info.amount_total is not None else record.amount,
+                info.currency or record.currency,
+                transaction.transaction_ref,
+                None,
+            )
+            if info.payment_intent_id:
+                receipt = _with_card(gateway, info.payment_intent_id, receipt)
+        db.session.commit()
+    except (StripeFailure, payments.PaymentRefused) as error:
+        db.session.rollback()
+        log.warning("customer_success_check_failed", session_id=session_id, error=error.message)
+    return render_template(
+        "customer/success.html",
+        state=state,
+        receipt=receipt,
+        transaction=transaction,
+        token=token if attempt is not None else None,
+        **_brand(organization),
+    )
+
+
+def _with_card(gateway: StripeGateway, payment_intent_id: str, receipt: Receipt) -> Receipt:
+    """Add the paying card's last four digits and the charge date, when Stripe has them."""
+    try:
+        intent = gateway.retrieve_payment_intent(payment_intent_id)
+        if not intent.latest_charge_id:
+            return receipt
+        charge = gateway.retrieve_charge(intent.latest_charge_id)
+    except StripeFailure:
+        return receipt
+    return Receipt(
+        receipt.merchant,
+        receipt.amount,
+        receipt.currency,
+        receipt.transaction_ref,
+        charge.created_at,
+        charge.card_brand,
+        charge.card_last4,
+    )
 
 
 @bp.get("/cancel")
 def cancel() -> Any:
-    return render_template("customer/cancel.html")
+    """Nothing was charged; offer to try again when we know whose link it was."""
+    token = request.args.get("t", "")[:64]
+    attempt = services.get_by_token(db.session, token) if token else None
+    organization = db.session.get(Organization, attempt.organization_id) if attempt else None
+    retry_url = None
+    if attempt is not None and not _closed(attempt, utcnow()) and attempt.transaction.status not in PAID:
+        retry_url = url_for("customer.pay", token=attempt.token)
+    return render_template("customer/cancel.html", retry_url=retry_url, **_brand(organization))
+
+
+@bp.get("/<token>/unsubscribe")
+def unsubscribe_confirm(token: str) -> Any:
+    """Ask before opting out: link checkers and mail scanners follow GET links."""
+    _attempt, transaction, organization = _attempt_or_404(token)
+    return render_template(
+        "customer/unsubscribe.html", done=False, transaction=transaction, token=token, **_brand(organization)
+    )
+
+
+@bp.post("/<token>/unsubscribe")
+def unsubscribe(token: str) -> Any:
+    """Stop emailing this customer for this organization (one click, idempotent)."""
+    attempt, transaction, organization = _attempt_or_404(token)
+    if services.unsubscribe_email(db.session, attempt, now=utcnow()):
+        db.session.commit()
+    return render_template(
+        "customer/unsubscribe.html", done=True, transaction=transaction, token=token, **_brand(organization)
+    )
+
+
+# RFC 8058: mail clients POST "List-Unsubscribe=One-Click" with no cookie or CSRF
+# token; the link's token is the credential and opting out is all it can do.
+csrf.exempt(unsubscribe)

@@ -4,8 +4,9 @@ from recovery.models.api_token import ApiToken
 from recovery.models.audit_event import AuditEvent
 from recovery.models.base import Base, DbSession, IllegalTransition, utcnow
 from recovery.models.checkout_session import CheckoutSession, CheckoutStatus
+from recovery.models.contact_suppression import ContactSuppression, SuppressionReason
 from recovery.models.csv_import import CsvImport, ImportStatus
-from recovery.models.message import Message, MessageStatus
+from recovery.models.message import Message, MessageStatus, Provider
 from recovery.models.organization import Organization
 from recovery.models.payment_fulfilment import PaymentFulfilment
 from recovery.models.recovery_attempt import AttemptStatus, Channel, RecoveryAttempt
@@ -22,6 +23,7 @@ __all__ = [
     "Channel",
     "CheckoutSession",
     "CheckoutStatus",
+    "ContactSuppression",
     "CsvImport",
     "DbSession",
     "IllegalTransition",
@@ -30,9 +32,11 @@ __all__ = [
     "MessageStatus",
     "Organization",
     "PaymentFulfilment",
+    "Provider",
     "RecoveryAttempt",
     "Role",
     "StripeCustomer",
+    "SuppressionReason",
     "Transaction",
     "TransactionSource",
     "TransactionStatus",

@@ -22,6 +22,12 @@ class MessageStatus:
     ALL = (QUEUED, SENDING, SENT, DELIVERED, FAILED, UNDELIVERABLE, CANCELLED)
 
 
+class Provider:
+    SMTP = "smtp"
+    TWILIO = "twilio"
+    OUTBOX = "outbox"
+
+
 M = MessageStatus
 
 # Delivery reports arrive out of order; a status never moves backwards.
@@ -56,7 +62,11 @@ class Message(HasStatus, Base):
     body_text: Mapped[str] = mapped_column(Text, default="")
     body_html: Mapped[str | None] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default=M.QUEUED)
+    # Where it went: smtp, twilio, or outbox (the development outbox: nothing left the machine).
+    provider: Mapped[str | None] = mapped_column(String(16))
     provider_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    # Provider calls made for this message (transient failures are retried).
+    tries: Mapped[int] = mapped_column(default=0, server_default="0")
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

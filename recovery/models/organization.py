@@ -9,6 +9,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from recovery.models.base import Base, BigId, UTCDateTime, utcnow
 
+DEFAULT_SCHEDULE = "0,1,3,6"
+DEFAULT_LIFETIME_DAYS = 7
+
 
 class Organization(Base):
     __tablename__ = "organization"
@@ -23,7 +26,25 @@ class Organization(Base):
     import_stripe_failures: Mapped[bool] = mapped_column(default=False, server_default=false())
     # The connected Stripe account (acct_...) whose events belong to this organization.
     stripe_account_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    # Recovery settings. The schedule is days after the start, comma-separated:
+    # "0,1,3,6" sends at once, then after 1, 3 and 6 days (three resends).
+    recovery_schedule: Mapped[str] = mapped_column(
+        String(100), default=DEFAULT_SCHEDULE, server_default=DEFAULT_SCHEDULE
+    )
+    attempt_lifetime_days: Mapped[int] = mapped_column(
+        default=DEFAULT_LIFETIME_DAYS, server_default=str(DEFAULT_LIFETIME_DAYS)
+    )
+    # How emails to customers are signed and where replies go (also the
+    # contact shown on the customer pages); empty: the organization's name, no reply-to.
+    email_from_name: Mapped[str | None] = mapped_column(String(100))
+    reply_to_email: Mapped[str | None] = mapped_column(String(254))
+    # Failure codes for which no recovery may be started, comma-separated.
+    excluded_failure_codes: Mapped[str | None] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    @property
+    def excluded_codes(self) -> frozenset[str]:
+        return frozenset(c.strip() for c in (self.excluded_failure_codes or "").split(",") if c.strip())
 
     def __repr__(self) -> str:
         return f"<Organization {self.slug}>"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import ForeignKey, Index, String, text
+from sqlalchemy import ForeignKey, Index, String, text, true
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from recovery.models.base import Base, BigId, HasStatus, UTCDateTime, utcnow
@@ -67,6 +67,14 @@ class RecoveryAttempt(HasStatus, Base):
             postgresql_where=text("status IN ('scheduled', 'notified', 'clicked')"),
             sqlite_where=text("status IN ('scheduled', 'notified', 'clicked')"),
         ),
+        # One active attempt per transaction, even when two staff press Start at once.
+        Index(
+            "uq_recovery_attempt_active_transaction",
+            "transaction_id",
+            unique=True,
+            postgresql_where=text("status IN ('created', 'scheduled', 'notified', 'clicked')"),
+            sqlite_where=text("status IN ('created', 'scheduled', 'notified', 'clicked')"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -79,6 +87,14 @@ class RecoveryAttempt(HasStatus, Base):
     max_retries: Mapped[int] = mapped_column(default=3)
     messages_sent: Mapped[int] = mapped_column(default=0)
     next_send_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Days after the start at which each step is sent, e.g. "0,1,3,6"; `step` is
+    # the next one to send. Once every step is sent, step == len(schedule) and
+    # next_send_at is the expiry, when the attempt becomes exhausted.
+    schedule: Mapped[str] = mapped_column(String(100), default="0,1,3,6", server_default="0,1,3,6")
+    step: Mapped[int] = mapped_column(default=0, server_default="0")
+    # Whether a permanently failing channel may be replaced by the other one.
+    allow_fallback: Mapped[bool] = mapped_column(default=True, server_default=true())
+    clicked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -88,3 +104,12 @@ class RecoveryAttempt(HasStatus, Base):
     @property
     def is_active(self) -> bool:
         return self.status in A.ACTIVE
+
+    @property
+    def schedule_days(self) -> list[int]:
+        return [int(day) for day in self.schedule.split(",") if day.strip()]
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """The channels asked for, in sending order."""
+        return (Channel.EMAIL, Channel.SMS) if self.channel == Channel.BOTH else (self.channel,)

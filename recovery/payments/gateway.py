@@ -184,6 +184,16 @@ class PaymentIntentInfo:
     failure_message: str | None
 
 
+@dataclass(frozen=True)
+class ChargeInfo:
+    id: str
+    status: str
+    paid: bool
+    created_at: datetime
+    card_brand: str | None
+    card_last4: str | None
+
+
 def checkout_locale(locale: str | None) -> str:
     """Map a customer's BCP 47 locale (en-US) to one Checkout shows, else let the browser decide."""
     if not locale:
@@ -491,6 +501,24 @@ class StripeGateway:
             failure_code=error.code if error else None,
             decline_code=error.decline_code if error else None,
             failure_message=error.message if error else None,
+        )
+
+    def retrieve_charge(self, charge_id: str) -> ChargeInfo:
+        """A charge with the card it was paid with (for the customer's receipt)."""
+        charge = self._call(
+            "retrieve_charge",
+            lambda: self._stripe.v1.charges.retrieve(charge_id),
+            charge_id=charge_id,
+        )
+        details = charge.payment_method_details
+        card = details.card if details is not None else None
+        return ChargeInfo(
+            id=charge.id,
+            status=charge.status,
+            paid=bool(charge.paid),
+            created_at=_from_epoch(charge.created),
+            card_brand=card.brand if card is not None else None,
+            card_last4=card.last4 if card is not None else None,
         )
 
 

@@ -60,15 +60,21 @@ class PaymentPages:
     """Where Stripe sends the customer back to: our customer pages under BASE_URL."""
 
     base_url: str
+    # The recovery attempt's link token, for sessions opened from the customer
+    # pay page: the success page then shows only that attempt's session, and the
+    # cancel page can offer to try again.
+    token: str | None = None
 
     @property
     def success_url(self) -> str:
         # Stripe fills in {CHECKOUT_SESSION_ID}; the page only shows it, fulfilment is the webhook's.
-        return f"{self.base_url.rstrip('/')}/pay/success?session_id={{CHECKOUT_SESSION_ID}}"
+        url = f"{self.base_url.rstrip('/')}/pay/success?session_id={{CHECKOUT_SESSION_ID}}"
+        return f"{url}&t={self.token}" if self.token else url
 
     @property
     def cancel_url(self) -> str:
-        return f"{self.base_url.rstrip('/')}/pay/cancel"
+        url = f"{self.base_url.rstrip('/')}/pay/cancel"
+        return f"{url}?t={self.token}" if self.token else url
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,16 @@ from sqlalchemy.exc import IntegrityError
 
 from recovery import audit
 from recovery.audit import Actor
-from recovery.models import AuditEvent, CsvImport, RecoveryAttempt, Transaction, TransactionSource, User
+from recovery.models import (
+    AuditEvent,
+    CsvImport,
+    Message,
+    Provider,
+    RecoveryAttempt,
+    Transaction,
+    TransactionSource,
+    User,
+)
 from recovery.models.base import DbSession
 from recovery.models.transaction import TransactionStatus
 from recovery.transactions.validation import (
@@ -361,6 +370,19 @@ AUDIT_TITLES = {
     "stripe.refunded": "Refunded",
     "stripe.partially_refunded": "Partially refunded",
     "stripe.duplicate_payment": "Paid twice",
+    "recovery.started": "Recovery started",
+    "recovery.cancelled": "Recovery cancelled",
+    "recovery.link_opened": "Customer opened the payment link",
+    "recovery.unsubscribed": "Customer unsubscribed from emails",
+}
+MESSAGE_TITLES = {
+    "sending": "{channel} being sent",
+    "sent": "{channel} sent",
+    "delivered": "{channel} delivered",
+    "failed": "{channel} failed",
+    "undeliverable": "{channel} undeliverable",
+    "cancelled": "{channel} cancelled",
+    "queued": "{channel} queued",
 }
 
 
@@ -386,7 +408,9 @@ def timeline(session: DbSession, transaction: Transaction) -> list[TimelineEntry
         .order_by(AuditEvent.created_at, AuditEvent.id)
     )
     has_created = False
+    events_seen: list[AuditEvent] = []
     for event in events:
+        events_seen.append(event)
         has_created |= event.action == "transaction.created"
         entries.append(
             TimelineEntry(
@@ -408,11 +432,30 @@ def timeline(session: DbSession, transaction: Transaction) -> list[TimelineEntry
             kind="failure",
         )
     )
+    started = {event.target_id for event in events_seen if event.action == "recovery.started"}
     for attempt in session.scalars(
         select(RecoveryAttempt).where(RecoveryAttempt.transaction_id == transaction.id)
     ):
+        if str(attempt.id) not in started:
+            entries.append(
+                TimelineEntry(attempt.created_at, "Recovery started", f"by {attempt.channel}", kind="attempt")
+            )
+    for message in session.scalars(
+        select(Message).where(Message.transaction_id == transaction.id).order_by(Message.id)
+    ):
+        channel = "Email" if message.channel == "email" else "SMS"
+        detail = f"to {message.recipient}, message {message.step + 1}"
+        if message.provider == Provider.OUTBOX:
+            detail += " (development outbox)"
+        if message.error:
+            detail += f": {message.error}"
         entries.append(
-            TimelineEntry(attempt.created_at, "Recovery started", f"by {attempt.channel}", kind="attempt")
+            TimelineEntry(
+                message.sent_at or message.updated_at or message.created_at,
+                MESSAGE_TITLES.get(message.status, "{channel} " + message.status).format(channel=channel),
+                detail,
+                kind="message",
+            )
         )
     return sorted(entries, key=lambda e: e.at)
 

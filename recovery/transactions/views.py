@@ -12,6 +12,7 @@ from recovery.extensions import db
 from recovery.models import Role, Transaction
 from recovery.models.transaction import TransactionStatus
 from recovery.payments.views import panel_context
+from recovery.recoveries.views import panel_context as recovery_panel_context
 from recovery.security import require_role
 from recovery.transactions import services
 from recovery.transactions.forms import ContactForm, TransactionForm
@@ -59,6 +60,7 @@ def detail(transaction_id: int) -> Any:
         transaction=transaction,
         timeline=services.timeline(db.session, transaction),
         **panel_context(transaction),
+        **recovery_panel_context(transaction),
     )
 
 

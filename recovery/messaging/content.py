@@ -1,0 +1,189 @@
+"""What a recovery message says: rendered from templates/messages in the customer's language.
+
+The copy lives in Jinja templates with `{% trans %}` blocks, so another
+language is a gettext catalogue away (recovery/translations/<locale>/LC_MESSAGES/messages.mo,
+compiled with `pybabel compile`); amounts and dates go through Babel for the
+customer's locale and the transaction's currency.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from babel import Locale, UnknownLocaleError
+from babel.dates import format_date
+from babel.support import Translations
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from recovery import money
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "templates" / "messages"
+TRANSLATIONS = Path(__file__).resolve().parents[1] / "translations"
+DEFAULT_LOCALE = "en_US"
+
+# Declines the customer cannot fix by trying again: they need another card.
+NEW_CARD_CODES = frozenset(
+    {
+        "expired_card",
+        "incorrect_number",
+        "invalid_number",
+        "authentication_required",
+        "stolen_card",
+        "lost_card",
+        "pickup_card",
+    }
+)
+
+# GSM 03.38: the basic set costs one septet, the extension table two.
+GSM7_BASIC = frozenset(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+GSM7_EXTENDED = frozenset("^{}\\[~]|€")
+# Typography that would force the whole SMS into UCS-2 (70 characters a segment).
+_GSM7_REPLACEMENTS = {
+    "\u00a0": " ",
+    "\u202f": " ",
+    "\u2009": " ",
+    "\u2018": "'",
+    "\u2019": "'",
+    "\u201c": '"',
+    "\u201d": '"',
+    "\u2013": "-",
+    "\u2014": "-",
+    "\u2026": "...",
+    "\u00b7": "-",
+}
+SMS_SEGMENT = 160
+_SPACES = re.compile(r"[ \t\r\n]+")
+
+
+@dataclass(frozen=True)
+class MessageFacts:
+    """Everything a message may mention, already decided by the caller."""
+
+    merchant: str
+    brand_color: str
+    customer_name: str | None
+    amount: int
+    currency: str
+    transaction_ref: str
+    failure_code: str | None
+    link: str
+    unsubscribe_url: str
+    expires_at: datetime
+    timezone: str
+    locale: str | None
+    step: int
+    contact_email: str | None
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    subject: str
+    text: str
+    html: str
+
+
+def babel_locale(locale: str | None) -> str:
+    """A Babel locale name for a BCP 47 tag (en-US → en_US); the default if unknown."""
+    if not locale:
+        return DEFAULT_LOCALE
+    try:
+        return str(Locale.parse(locale.replace("-", "_")))
+    except (ValueError, UnknownLocaleError):
+        return DEFAULT_LOCALE
+
+
+@cache
+def _environment(locale: str) -> Environment:
+    """One Jinja environment per locale, with that locale's catalogue installed."""
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        autoescape=select_autoescape(["html"]),
+        extensions=["jinja2.ext.i18n"],
+        undefined=StrictUndefined,
+        # Tags sit inline in the templates, so the text keeps exactly the lines written.
+        keep_trailing_newline=False,
+    )
+    translations = Translations.load(str(TRANSLATIONS), [locale], domain="messages")
+    env.install_gettext_translations(translations, newstyle=True)  # type: ignore[attr-defined]
+    return env
+
+
+def _context(facts: MessageFacts) -> dict[str, object]:
+    locale = babel_locale(facts.locale)
+    try:
+        zone = ZoneInfo(facts.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        zone = ZoneInfo("UTC")
+    return {
+        "merchant": facts.merchant,
+        "brand_color": facts.brand_color,
+        "name": facts.customer_name,
+        "amount": money.format_amount(facts.amount, facts.currency, locale),
+        "ref": facts.transaction_ref,
+        "link": facts.link,
+        "unsubscribe_url": facts.unsubscribe_url,
+        "expiry": format_date(facts.expires_at.astimezone(zone).date(), format="long", locale=locale),
+        "short_expiry": format_date(facts.expires_at.astimezone(zone).date(), format="medium", locale=locale),
+        "reminder": facts.step > 0,
+        "new_card": (facts.failure_code or "") in NEW_CARD_CODES,
+        "contact_email": facts.contact_email,
+        "lang": locale.split("_")[0],
+    }
+
+
+def render_email(facts: MessageFacts) -> RenderedEmail:
+    """Subject, plain text and HTML of the step's email."""
+    env = _environment(babel_locale(facts.locale))
+    context = _context(facts)
+    # Collapse the template's line breaks, but keep Babel's no-break spaces (50,00 €).
+    subject = _SPACES.sub(" ", env.get_template("email_subject.txt").render(context)).strip()
+    return RenderedEmail(
+        subject=subject,
+        text=env.get_template("email.txt").render(context).strip() + "\n",
+        html=env.get_template("email.html").render(context),
+    )
+
+
+def render_sms(facts: MessageFacts) -> str:
+    """The step's text message: GSM-7 where the content allows, one segment where it fits."""
+    env = _environment(babel_locale(facts.locale))
+    context = _context(facts)
+    for variant in ("full", "short"):
+        text = to_gsm7(" ".join(env.get_template("sms.txt").render(context, variant=variant).split()))
+        if sms_length(text) <= SMS_SEGMENT:
+            return text
+    return text
+
+
+def to_gsm7(text: str) -> str:
+    """Replace typography with GSM-7 look-alikes and strip accents GSM-7 lacks; leave the rest."""
+    out = []
+    for char in text:
+        char = _GSM7_REPLACEMENTS.get(char, char)
+        if len(char) == 1 and char not in GSM7_BASIC and char not in GSM7_EXTENDED:
+            stripped = "".join(c for c in unicodedata.normalize("NFKD", char) if not unicodedata.combining(c))
+            if stripped and all(c in GSM7_BASIC for c in stripped):
+                char = stripped
+        out.append(char)
+    return "".join(out)
+
+
+def is_gsm7(text: str) -> bool:
+    return all(c in GSM7_BASIC or c in GSM7_EXTENDED for c in text)
+
+
+def sms_length(text: str) -> int:
+    """Septets for GSM-7 text; for anything else the UCS-2 length scaled to a 160-septet segment."""
+    if is_gsm7(text):
+        return sum(2 if c in GSM7_EXTENDED else 1 for c in text)
+    # A UCS-2 segment holds 70 characters: scale so that 160 still means "one segment".
+    return -(-len(text) * SMS_SEGMENT // 70)

@@ -1,0 +1,296 @@
+"""Hand a rendered message to its provider and say plainly how it went.
+
+Email goes through Flask-Mail over SMTP, text messages through the twilio SDK.
+Without SMTP or Twilio credentials (the demo) a message goes to the
+development outbox: it is stored exactly as it would be sent and nothing
+leaves the machine. No database access here: callers record the `Delivery`.
+"""
+
+from __future__ import annotations
+
+import smtplib
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from email.utils import formataddr, parseaddr
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+from flask_mail import Connection, Mail
+from flask_mail import Message as MailMessage
+from twilio.base.exceptions import TwilioRestException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.rest import Client as TwilioClient
+
+from recovery.logs import get_logger
+from recovery.models import Provider
+
+log = get_logger("recovery.messaging")
+
+# Twilio error codes (https://www.twilio.com/docs/api/errors).
+TWILIO_INVALID_NUMBER = 21211
+TWILIO_NOT_MOBILE = 21614
+TWILIO_UNSUBSCRIBED = 21610
+TWILIO_TOO_MANY_REQUESTS = 20429
+TWILIO_UNDELIVERABLE = frozenset({TWILIO_INVALID_NUMBER, TWILIO_NOT_MOBILE})
+
+
+class Outcome:
+    SENT = "sent"
+    # Worth another try later: connection trouble, 4xx SMTP, Twilio 5xx or 20429.
+    RETRY = "retry"
+    # The address or number is refused for good: never use it again, fall back.
+    UNDELIVERABLE = "undeliverable"
+    # The customer unsubscribed at the provider (Twilio 21610).
+    OPTED_OUT = "opted_out"
+    # Refused for another reason that another try will not fix.
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    outcome: str
+    provider: str
+    provider_id: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class OutgoingEmail:
+    message_id: int
+    to: str
+    subject: str
+    text: str
+    html: str
+    from_name: str
+    reply_to: str | None
+    unsubscribe_url: str
+
+
+@dataclass(frozen=True)
+class OutgoingSms:
+    message_id: int
+    to: str
+    body: str
+
+
+@dataclass(frozen=True)
+class MessagingSettings:
+    mail_server: str
+    default_sender: str
+    twilio_account_sid: str
+    twilio_auth_token: str
+    twilio_from_number: str
+    twilio_messaging_service_sid: str
+    twilio_api_base: str
+    twilio_validity_seconds: int
+    twilio_timeout_seconds: int
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> MessagingSettings:
+        return cls(
+            mail_server=str(config.get("MAIL_SERVER") or ""),
+            default_sender=str(config.get("MAIL_DEFAULT_SENDER") or "Recovery <no-reply@localhost>"),
+            twilio_account_sid=str(config.get("TWILIO_ACCOUNT_SID") or ""),
+            twilio_auth_token=str(config.get("TWILIO_AUTH_TOKEN") or ""),
+            twilio_from_number=str(config.get("TWILIO_FROM_NUMBER") or ""),
+            twilio_messaging_service_sid=str(config.get("TWILIO_MESSAGING_SERVICE_SID") or ""),
+            twilio_api_base=str(config.get("TWILIO_API_BASE") or "").rstrip("/"),
+            twilio_validity_seconds=int(config.get("TWILIO_VALIDITY_SECONDS", 4 * 3600)),
+            twilio_timeout_seconds=int(config.get("TWILIO_TIMEOUT_SECONDS", 10)),
+        )
+
+    @property
+    def email_to_outbox(self) -> bool:
+        return not self.mail_server
+
+    @property
+    def sms_to_outbox(self) -> bool:
+        return not (self.twilio_account_sid and self.twilio_auth_token)
+
+    @property
+    def sender_address(self) -> str:
+        return parseaddr(self.default_sender)[1] or "no-reply@localhost"
+
+
+def build_email(email: OutgoingEmail, settings: MessagingSettings) -> MailMessage:
+    """The email exactly as it goes out (and as the outbox shows it)."""
+    sender = formataddr((email.from_name, settings.sender_address))
+    domain = settings.sender_address.rpartition("@")[2] or "localhost"
+    message = MailMessage(
+        subject=email.subject,
+        recipients=[email.to],
+        body=email.text,
+        html=email.html,
+        sender=sender,
+        reply_to=email.reply_to,
+        extra_headers={
+            # RFC 8058 one-click unsubscribe: mail clients POST to the https URL.
+            "List-Unsubscribe": f"<{email.unsubscribe_url}>",
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            "Auto-Submitted": "auto-generated",
+        },
+    )
+    # Stable per message: a resend after a crash is recognisable as the same email.
+    message.msgId = f"<recovery-message-{email.message_id}@{domain}>"
+    return message
+
+
+def email_headers(email: OutgoingEmail, settings: MessagingSettings) -> list[tuple[str, str]]:
+    """The headers of the email as built for sending, for the outbox page."""
+    mime = build_email(email, settings)._message()
+    return [
+        (name, str(value)) for name, value in mime.items() if name not in ("MIME-Version", "Content-Type")
+    ]
+
+
+class Postman:
+    """Deliver outgoing messages through the configured providers; one SMTP connection per batch."""
+
+    def __init__(self, settings: MessagingSettings, mail: Mail | None = None) -> None:
+        self.settings = settings
+        self.mail = mail
+        self._connection: Connection | None = None
+        self._twilio: TwilioClient | None = None
+        self._batching = False
+
+    @contextmanager
+    def session(self) -> Iterator[Postman]:
+        """Reuse one SMTP connection for every email sent inside the block."""
+        outer, self._batching = self._batching, True
+        try:
+            yield self
+        finally:
+            self._batching = outer
+            if not outer:
+                self._close()
+
+    def _close(self) -> None:
+        """Say goodbye to the SMTP server and let go of Twilio's pooled connections."""
+        connection, self._connection = self._connection, None
+        if connection is not None and connection.host is not None:
+            try:
+                connection.host.quit()
+            except (smtplib.SMTPException, OSError):
+                connection.host.close()
+        client, self._twilio = self._twilio, None
+        if client is not None and client.http_client.session is not None:
+            client.http_client.session.close()
+
+    # --- email ---
+
+    def send_email(self, email: OutgoingEmail) -> Delivery:
+        if self.settings.email_to_outbox:
+            return Delivery(Outcome.SENT, Provider.OUTBOX, f"outbox-{email.message_id}")
+        if not self._batching:
+            with self.session():
+                return self._send_email(email)
+        return self._send_email(email)
+
+    def _send_email(self, email: OutgoingEmail) -> Delivery:
+        message = build_email(email, self.settings)
+        try:
+            connection = self._smtp()
+            connection.send(message)
+        except smtplib.SMTPRecipientsRefused as error:
+            self._drop_connection()
+            code, reply = next(iter(error.recipients.values()), (0, b""))
+            text = f"SMTP {code}: {_text(reply)}"
+            if 500 <= code < 600:
+                return Delivery(Outcome.UNDELIVERABLE, Provider.SMTP, error=text)
+            return Delivery(Outcome.RETRY, Provider.SMTP, error=text)
+        except smtplib.SMTPResponseException as error:
+            self._drop_connection()
+            text = f"SMTP {error.smtp_code}: {_text(error.smtp_error)}"
+            if 400 <= error.smtp_code < 500 or isinstance(error, smtplib.SMTPAuthenticationError):
+                return Delivery(Outcome.RETRY, Provider.SMTP, error=text)
+            return Delivery(Outcome.FAILED, Provider.SMTP, error=text)
+        except (smtplib.SMTPException, OSError) as error:
+            # Connection refused, dropped or timed out: the server never took the message.
+            self._drop_connection()
+            return Delivery(
+                Outcome.RETRY, Provider.SMTP, error=f"SMTP connection: {error or type(error).__name__}"
+            )
+        return Delivery(Outcome.SENT, Provider.SMTP, message.msgId)
+
+    def _smtp(self) -> Connection:
+        if self._connection is None:
+            if self.mail is None:
+                raise RuntimeError("Postman needs the Mail extension to send email")
+            connection = self.mail.connect()
+            connection.__enter__()
+            self._connection = connection
+        return self._connection
+
+    def _drop_connection(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None and connection.host is not None:
+            with suppress(OSError):
+                connection.host.close()
+
+    # --- sms ---
+
+    def send_sms(self, sms: OutgoingSms) -> Delivery:
+        if self.settings.sms_to_outbox:
+            return Delivery(Outcome.SENT, Provider.OUTBOX, f"outbox-{sms.message_id}")
+        if not self._batching:
+            with self.session():
+                return self._send_sms(sms)
+        return self._send_sms(sms)
+
+    def _send_sms(self, sms: OutgoingSms) -> Delivery:
+        params: dict[str, Any] = {
+            "to": sms.to,
+            "body": sms.body,
+            # A reminder delivered hours late is worse than none.
+            "validity_period": self.settings.twilio_validity_seconds,
+        }
+        if self.settings.twilio_messaging_service_sid:
+            params["messaging_service_sid"] = self.settings.twilio_messaging_service_sid
+        else:
+            params["from_"] = self.settings.twilio_from_number
+        try:
+            created = self._twilio_client().messages.create(**params)
+        except TwilioRestException as error:
+            text = f"Twilio {error.code or error.status}: {error.msg}"
+            if error.code == TWILIO_UNSUBSCRIBED:
+                return Delivery(Outcome.OPTED_OUT, Provider.TWILIO, error=text)
+            if error.code in TWILIO_UNDELIVERABLE:
+                return Delivery(Outcome.UNDELIVERABLE, Provider.TWILIO, error=text)
+            if error.status >= 500 or error.status == 429 or error.code == TWILIO_TOO_MANY_REQUESTS:
+                return Delivery(Outcome.RETRY, Provider.TWILIO, error=text)
+            return Delivery(Outcome.FAILED, Provider.TWILIO, error=text)
+        except requests.RequestException as error:
+            return Delivery(
+                Outcome.RETRY, Provider.TWILIO, error=f"Twilio connection: {type(error).__name__}"
+            )
+        return Delivery(Outcome.SENT, Provider.TWILIO, str(created.sid))
+
+    def _twilio_client(self) -> TwilioClient:
+        if self._twilio is None:
+            settings = self.settings
+            self._twilio = TwilioClient(
+                settings.twilio_account_sid,
+                settings.twilio_auth_token,
+                http_client=BaseUrlHttpClient(settings.twilio_api_base, settings.twilio_timeout_seconds),
+            )
+        return self._twilio
+
+
+class BaseUrlHttpClient(TwilioHttpClient):  # type: ignore[misc]  # twilio ships no type hints
+    """Twilio's HTTP client, optionally sending every request to another base URL (a local fake)."""
+
+    def __init__(self, api_base: str, timeout: int) -> None:
+        super().__init__(timeout=timeout)
+        self.api_base = api_base
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        if self.api_base:
+            base = urlsplit(self.api_base)
+            url = urlunsplit(urlsplit(url)._replace(scheme=base.scheme, netloc=base.netloc))
+        return super().request(method, url, *args, **kwargs)
+
+
+def _text(reply: bytes | str) -> str:
+    return (reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply))[:300]

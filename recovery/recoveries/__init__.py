@@ -1,0 +1,1 @@
+"""Recoveries: attempts that message a customer on a schedule until they pay."""

@@ -1,0 +1,99 @@
+"""RQ jobs of the recovery engine: one send per step, and the sweeper that re-enqueues lost sends."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from flask import current_app
+
+from recovery.extensions import db, mail
+from recovery.jobs import app_job
+from recovery.logs import get_logger
+from recovery.messaging.providers import MessagingSettings, Postman
+from recovery.models import RecoveryAttempt, utcnow
+from recovery.queue import get_queue, redis_connection
+from recovery.recoveries import scheduling, services
+
+log = get_logger("recovery.recoveries")
+
+
+def postman() -> Postman:
+    return Postman(MessagingSettings.from_config(current_app.config), mail)
+
+
+def schedule_send(attempt_id: int, step: int, due: datetime, now: datetime | None = None) -> bool:
+    """Make sure a job will send the attempt's step at `due`; call after the commit that set it."""
+    return scheduling.place(
+        get_queue(),
+        send_step,
+        scheduling.send_job_id(attempt_id, step, due),
+        due,
+        now or utcnow(),
+        attempt_id,
+        step,
+    )
+
+
+def schedule_next(attempt: RecoveryAttempt) -> bool:
+    """Schedule the attempt's next send, if it has one."""
+    if not attempt.is_active or attempt.next_send_at is None:
+        return False
+    return schedule_send(attempt.id, attempt.step, attempt.next_send_at)
+
+
+def unschedule(job_id: str | None) -> bool:
+    return scheduling.remove(redis_connection(), job_id)
+
+
+@app_job
+def send_step(attempt_id: int, step: int) -> str:
+    """Send one step of an attempt if still due. Safe to run twice: each message goes out once."""
+    result = services.send_due(
+        db.session,
+        postman(),
+        attempt_id,
+        step,
+        base_url=current_app.config["BASE_URL"],
+        now=utcnow(),
+    )
+    if result.next_send_at is not None and result.outcome not in ("not_due", "stale", "in_progress"):
+        schedule_send(result.attempt_id, result.step, result.next_send_at)
+    return result.outcome
+
+
+def sweep_once(now: datetime) -> int:
+    """Enqueue every due send whose job is not waiting in Redis; return how many were placed."""
+    placed = 0
+    for attempt_id, step, due in services.due_attempts(db.session, now):
+        if schedule_send(attempt_id, step, due, now):
+            placed += 1
+    db.session.rollback()  # read only; end the transaction
+    if placed:
+        log.info("recovery_sweep_enqueued", count=placed)
+    return placed
+
+
+def start_sweeper(now: datetime | None = None) -> bool:
+    """Run a sweep now and keep one running every minute (called by `flask worker`). Idempotent."""
+    now = now or utcnow()
+    return scheduling.place(
+        get_queue(),
+        sweep,
+        scheduling.sweep_job_id(scheduling.next_sweep_at(now) - scheduling.SWEEP_EVERY),
+        now,
+        now,
+    )
+
+
+@app_job
+def sweep() -> int:
+    """The database is the source of truth: find due attempts without a waiting job and enqueue them.
+
+    Re-enqueues itself for the next whole minute; the job id is the minute, so
+    however many workers run, there is one sweep per minute.
+    """
+    now = utcnow()
+    placed = sweep_once(now)
+    at = scheduling.next_sweep_at(now)
+    scheduling.place(get_queue(), sweep, scheduling.sweep_job_id(at), at, now)
+    return placed

@@ -1,0 +1,77 @@
+"""RQ job ids and placement for recovery sends and the sweeper; no Flask, no database.
+
+A send job carries only ids. Its job id names the attempt, the step and the
+due time, so the sweeper can tell whether the send the database expects is
+already waiting in Redis, and scheduling the same send twice is a no-op.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import suppress
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from redis import Redis
+from rq import Queue
+from rq.exceptions import DuplicateJobError, NoSuchJobError
+from rq.job import Job, JobStatus
+
+# A job in one of these states will still run; anything else (finished,
+# failed, stopped, canceled, or gone after a Redis flush) will not.
+WAITING = frozenset({JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.STARTED})
+SWEEP_EVERY = timedelta(minutes=1)
+
+
+def send_job_id(attempt_id: int, step: int, due: datetime) -> str:
+    return f"recovery-send-{attempt_id}-{step}-{int(due.timestamp())}"
+
+
+def sweep_job_id(at: datetime) -> str:
+    return f"recovery-sweep-{int(at.timestamp())}"
+
+
+def is_waiting(connection: Redis, job_id: str) -> bool:
+    try:
+        return Job.fetch(job_id, connection=connection).get_status(refresh=False) in WAITING
+    except NoSuchJobError:
+        return False
+
+
+def place(
+    queue: Queue, func: Callable[..., Any], job_id: str, at: datetime, now: datetime, *args: Any
+) -> bool:
+    """Enqueue `func(*args)` under `job_id` to run at `at` (now if due); False if it is waiting already."""
+    if is_waiting(queue.connection, job_id):
+        return False
+    with suppress(NoSuchJobError):
+        Job.fetch(job_id, connection=queue.connection).delete()  # a finished or failed run of the same id
+    try:
+        if at <= now:
+            queue.enqueue(func, *args, job_id=job_id, unique=True)
+        else:
+            queue.enqueue_at(at, func, *args, job_id=job_id, unique=True)
+    except DuplicateJobError:
+        return False  # placed by someone else a moment ago
+    return True
+
+
+def remove(connection: Redis, job_id: str | None) -> bool:
+    """Take a waiting job off the queue or schedule (best effort: the job re-checks anyway)."""
+    if not job_id:
+        return False
+    try:
+        job = Job.fetch(job_id, connection=connection)
+    except NoSuchJobError:
+        return False
+    if job.get_status(refresh=False) in (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED):
+        job.cancel()
+        job.delete()
+        return True
+    return False
+
+
+def next_sweep_at(now: datetime) -> datetime:
+    """The start of the next whole minute: every worker agrees on it, so one sweep per minute."""
+    seconds = int(now.timestamp()) // 60 * 60 + 60
+    return datetime.fromtimestamp(seconds, tz=UTC)

@@ -1,0 +1,820 @@
+"""Recoveries: start, cancel, and send each step of an attempt's schedule.
+
+Plain functions over a SQLAlchemy session; no request globals. `start_recovery`
+and `cancel_recovery` leave the commit to the caller, who enqueues or removes
+jobs only after it. `send_due` is the exception, on purpose: it commits the
+message's unique key (attempt, step, channel) *before* calling the provider,
+so that a job that runs twice, or is retried after a crash, sends once.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from itertools import pairwise
+
+from sqlalchemy import select, text
+from sqlalchemy.exc import IntegrityError
+
+from recovery import audit
+from recovery.audit import Actor
+from recovery.logs import get_logger
+from recovery.messaging.content import MessageFacts, render_email, render_sms
+from recovery.messaging.providers import Delivery, Outcome, OutgoingEmail, OutgoingSms, Postman
+from recovery.models import (
+    AttemptStatus,
+    Channel,
+    CheckoutSession,
+    CheckoutStatus,
+    ContactSuppression,
+    Message,
+    MessageStatus,
+    Organization,
+    RecoveryAttempt,
+    SuppressionReason,
+    Transaction,
+    TransactionStatus,
+)
+from recovery.models.base import DbSession
+from recovery.payments import services as payments
+from recovery.payments.gateway import StripeGateway
+from recovery.recoveries.scheduling import send_job_id
+
+log = get_logger("recovery.recoveries")
+
+A = AttemptStatus
+M = MessageStatus
+
+# Tries of one message before the step moves on without it; the delays between them.
+MAX_TRIES = 5
+RETRY_DELAYS = (timedelta(minutes=1), timedelta(minutes=5), timedelta(minutes=15), timedelta(hours=1))
+MAX_STEPS = 10
+# A message still "sending" after this long lost its worker (jobs time out well before).
+SENDING_ABANDONED = timedelta(minutes=15)
+MAX_SCHEDULE_DAY = 60
+# What the due scan selects on: exactly the predicate of the partial index
+# ix_recovery_attempt_due, written out so that PostgreSQL can use the index.
+DUE_STATUSES = text("recovery_attempt.status IN ('scheduled', 'notified', 'clicked')")
+PAID = frozenset({TransactionStatus.RECOVERED, TransactionStatus.REFUNDED})
+
+
+class RecoveryRefused(Exception):
+    """A recovery cannot be started or changed as asked; `field` names the input at fault."""
+
+    def __init__(self, message: str, *, status: int = 422, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.field = field
+
+
+class AlreadyActive(RecoveryRefused):
+    """The transaction already has an active attempt; only one at a time."""
+
+    def __init__(self, attempt_id: int | None) -> None:
+        super().__init__(
+            "A recovery is already running for this transaction; cancel it before starting another.",
+            status=409,
+        )
+        self.attempt_id = attempt_id
+
+
+@dataclass(frozen=True)
+class RecoveryStarted:
+    attempt: RecoveryAttempt
+
+
+@dataclass(frozen=True)
+class RecoveryCancelled:
+    attempt: RecoveryAttempt
+    # The send job that was waiting, to be removed from the queue after the commit.
+    pending_job_id: str | None
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What a send job did, and when the attempt's next send is due (None: nothing more)."""
+
+    outcome: str
+    attempt_id: int
+    step: int
+    next_send_at: datetime | None
+    sent: int = 0
+    channels: tuple[str, ...] = field(default=())
+
+
+# --- contacts -----------------------------------------------------------------
+
+
+def address_for(transaction: Transaction, channel: str) -> str | None:
+    return transaction.customer_email if channel == Channel.EMAIL else transaction.customer_phone
+
+
+def _other(channel: str) -> str:
+    return Channel.SMS if channel == Channel.EMAIL else Channel.EMAIL
+
+
+def suppressed_channels(session: DbSession, transaction: Transaction) -> dict[str, str]:
+    """Channel → reason, for the customer's addresses this organization may no longer use."""
+    pairs = [(c, address_for(transaction, c)) for c in (Channel.EMAIL, Channel.SMS)]
+    addresses = [address for _, address in pairs if address]
+    if not addresses:
+        return {}
+    rows = session.execute(
+        select(ContactSuppression.channel, ContactSuppression.address, ContactSuppression.reason).where(
+            ContactSuppression.organization_id == transaction.organization_id,
+            ContactSuppression.address.in_(addresses),
+        )
+    )
+    found = {(channel, address): reason for channel, address, reason in rows}
+    return {c: found[(c, a)] for c, a in pairs if a and (c, a) in found}
+
+
+def available_channels(session: DbSession, transaction: Transaction) -> list[str]:
+    """Channels the customer can be reached on: contact details present, not opted out or undeliverable."""
+    suppressed = suppressed_channels(session, transaction)
+    return [c for c in (Channel.EMAIL, Channel.SMS) if address_for(transaction, c) and c not in suppressed]
+
+
+def effective_channels(session: DbSession, attempt: RecoveryAttempt, transaction: Transaction) -> list[str]:
+    """The channels the attempt sends on now: those asked for, a dead one replaced by the other if allowed."""
+    usable = available_channels(session, transaction)
+    result: list[str] = []
+    for channel in attempt.channels:
+        if channel in usable:
+            chosen: str | None = channel
+        elif attempt.allow_fallback and _other(channel) in usable:
+            chosen = _other(channel)
+        else:
+            chosen = None
+        if chosen and chosen not in result:
+            result.append(chosen)
+    return result
+
+
+def suppress(
+    session: DbSession,
+    organization_id: int,
+    channel: str,
+    address: str,
+    reason: str,
+    *,
+    detail: str | None = None,
+    message_id: int | None = None,
+) -> None:
+    """Never message this address again in this organization (idempotent)."""
+    exists = session.scalar(
+        select(ContactSuppression.id).where(
+            ContactSuppression.organization_id == organization_id,
+            ContactSuppression.channel == channel,
+            ContactSuppression.address == address,
+        )
+    )
+    if exists is None:
+        session.add(
+            ContactSuppression(
+                organization_id=organization_id,
+                channel=channel,
+                address=address,
+                reason=reason,
+                detail=(detail or "")[:500] or None,
+                message_id=message_id,
+            )
+        )
+
+
+# --- schedule -----------------------------------------------------------------
+
+
+def parse_schedule(raw: str | Sequence[object] | None) -> list[int]:
+    """Days after the start for each message, e.g. "0,1,3,6" or [0, 1, 3, 6]; RecoveryRefused if wrong."""
+    if raw is None:
+        raise RecoveryRefused("A schedule is required.", field="schedule")
+    parts: Sequence[object] = [p for p in raw.split(",") if p.strip()] if isinstance(raw, str) else raw
+    days: list[int] = []
+    for part in parts:
+        if isinstance(part, bool):
+            raise RecoveryRefused("The schedule must be whole numbers of days.", field="schedule")
+        try:
+            day = int(part.strip()) if isinstance(part, str) else int(part)  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            raise RecoveryRefused(
+                f"The schedule must be whole numbers of days, like 0,1,3,6; got {part!r}.", field="schedule"
+            ) from None
+        if isinstance(part, float) and part != day:
+            raise RecoveryRefused("The schedule must be whole numbers of days.", field="schedule")
+        days.append(day)
+    if not days:
+        raise RecoveryRefused("The schedule needs at least one day, e.g. 0.", field="schedule")
+    if len(days) > MAX_STEPS:
+        raise RecoveryRefused(f"The schedule may have at most {MAX_STEPS} messages.", field="schedule")
+    if any(d < 0 or d > MAX_SCHEDULE_DAY for d in days):
+        raise RecoveryRefused(f"Schedule days must be 0 to {MAX_SCHEDULE_DAY}.", field="schedule")
+    if any(b <= a for a, b in pairwise(days)):
+        raise RecoveryRefused("Schedule days must increase, like 0,1,3,6.", field="schedule")
+    return days
+
+
+def format_schedule(days: Sequence[int]) -> str:
+    return ",".join(str(d) for d in days)
+
+
+# --- start and cancel -------------------------------------------------------------
+
+
+def active_attempt(session: DbSession, transaction_id: int) -> RecoveryAttempt | None:
+    return session.scalar(
+        select(RecoveryAttempt).where(
+            RecoveryAttempt.transaction_id == transaction_id, RecoveryAttempt.status.in_(A.ACTIVE)
+        )
+    )
+
+
+def _clean_channels(
+    session: DbSession, transaction: Transaction, requested: Sequence[str] | None
+) -> list[str]:
+    suppressed = suppressed_channels(session, transaction)
+    if requested is None:
+        channels = available_channels(session, transaction)
+        if not channels:
+            raise RecoveryRefused(
+                "The customer has no email address or phone number we may use; add one first.",
+                field="channels",
+            )
+        return channels
+    if isinstance(requested, str) or not all(isinstance(c, str) for c in requested):
+        raise RecoveryRefused('channels must be a list such as ["email", "sms"].', field="channels")
+    channels = []
+    for channel in requested:
+        if channel not in (Channel.EMAIL, Channel.SMS):
+            raise RecoveryRefused(f"Unknown channel {channel!r}; use email or sms.", field="channels")
+        noun = "email address" if channel == Channel.EMAIL else "phone number"
+        if not address_for(transaction, channel):
+            raise RecoveryRefused(f"The customer has no {noun}.", field="channels")
+        if channel in suppressed:
+            why = "opted out" if suppressed[channel] == SuppressionReason.OPTED_OUT else "is undeliverable"
+            raise RecoveryRefused(f"The customer's {noun} {why}.", field="channels")
+        if channel not in channels:
+            channels.append(channel)
+    if not channels:
+        raise RecoveryRefused("Choose at least one channel: email or sms.", field="channels")
+    return channels
+
+
+def start_recovery(
+    session: DbSession,
+    transaction: Transaction,
+    actor: Actor,
+    *,
+    now: datetime,
+    channels: Sequence[str] | None = None,
+    schedule: str | Sequence[object] | None = None,
+    allow_fallback: bool = True,
+) -> RecoveryStarted:
+    """Create the transaction's recovery attempt and move it to recovering.
+
+    `channels` None means every channel the customer can be reached on;
+    `schedule` None means the organization's. Raises RecoveryRefused
+    (AlreadyActive if an attempt is running). The caller commits, then
+    schedules the first send (recovery.recoveries.jobs.schedule_send).
+    """
+    organization = session.get(Organization, transaction.organization_id)
+    assert organization is not None
+    if transaction.status in PAID:
+        raise RecoveryRefused(f"Transaction {transaction.transaction_ref} is already paid.", status=409)
+    if transaction.failure_code and transaction.failure_code in organization.excluded_codes:
+        raise RecoveryRefused(
+            f"Failure code {transaction.failure_code} is excluded from recovery in the settings.",
+            status=422,
+        )
+    running = active_attempt(session, transaction.id)
+    if running is not None:
+        raise AlreadyActive(running.id)
+    chosen = _clean_channels(session, transaction, channels)
+    days = parse_schedule(schedule if schedule is not None else organization.recovery_schedule)
+    lifetime = timedelta(days=organization.attempt_lifetime_days)
+    if timedelta(days=days[-1]) >= lifetime:
+        raise RecoveryRefused(
+            f"The last message (day {days[-1]}) must come before the link expires "
+            f"after {organization.attempt_lifetime_days} days.",
+            field="schedule",
+        )
+    attempt = RecoveryAttempt(
+        organization_id=transaction.organization_id,
+        transaction_id=transaction.id,
+        channel=Channel.BOTH if len(chosen) == 2 else chosen[0],
+        # 256 bits from the OS's CSPRNG, 43 URL-safe characters: the customer's secret link.
+        token=secrets.token_urlsafe(32),
+        status=A.CREATED,
+        schedule=format_schedule(days),
+        step=0,
+        allow_fallback=allow_fallback,
+        max_retries=len(days) - 1,
+        messages_sent=0,
+        created_at=now,
+        expires_at=now + lifetime,
+        next_send_at=now + timedelta(days=days[0]),
+    )
+    attempt.transition(A.SCHEDULED)
+    try:
+        with session.begin_nested():
+            session.add(attempt)
+            session.flush()
+    except IntegrityError:
+        # uq_recovery_attempt_active_transaction: someone started one a moment ago.
+        raise AlreadyActive(None) from None
+    transaction.transition(TransactionStatus.RECOVERING)
+    audit.record(
+        session,
+        actor,
+        "recovery.started",
+        transaction_id=transaction.id,
+        target_type="recovery_attempt",
+        target_id=attempt.id,
+        channels=chosen,
+        schedule=attempt.schedule,
+        expires_at=attempt.expires_at.isoformat(),
+    )
+    log.info(
+        "recovery_started",
+        attempt_id=attempt.id,
+        transaction_ref=transaction.transaction_ref,
+        organization_id=transaction.organization_id,
+        channels=chosen,
+        schedule=attempt.schedule,
+    )
+    return RecoveryStarted(attempt)
+
+
+def _close(attempt: RecoveryAttempt, status: str, now: datetime) -> None:
+    """End the attempt; the transaction follows (unrecovered, cancelled) when it was recovering."""
+    attempt.transition(status)
+    attempt.next_send_at = None
+    transaction = attempt.transaction
+    if status == A.COMPLETED:
+        attempt.completed_at = now
+    elif status == A.CANCELLED:
+        if transaction.status == TransactionStatus.RECOVERING:
+            transaction.transition(TransactionStatus.CANCELLED)
+    elif transaction.status == TransactionStatus.RECOVERING:
+        transaction.transition(TransactionStatus.UNRECOVERED)
+    log.info(
+        "recovery_ended",
+        attempt_id=attempt.id,
+        status=status,
+        transaction_ref=transaction.transaction_ref,
+        organization_id=attempt.organization_id,
+    )
+
+
+def cancel_recovery(
+    session: DbSession, attempt: RecoveryAttempt, actor: Actor, *, now: datetime
+) -> RecoveryCancelled:
+    """Stop the attempt: nothing more is sent, whatever is already queued.
+
+    Every send job re-reads the attempt before sending, so the cancel holds even
+    for a job already in the queue; the caller removes the waiting job after
+    the commit (`pending_job_id`) to keep the queue tidy.
+    """
+    if not attempt.is_active:
+        raise RecoveryRefused(f"This recovery is already {attempt.status}.", status=409)
+    pending = send_job_id(attempt.id, attempt.step, attempt.next_send_at) if attempt.next_send_at else None
+    _close(attempt, A.CANCELLED, now)
+    for message in session.scalars(
+        select(Message).where(Message.attempt_id == attempt.id, Message.status == M.QUEUED)
+    ):
+        message.transition(M.CANCELLED)
+    audit.record(
+        session,
+        actor,
+        "recovery.cancelled",
+        transaction_id=attempt.transaction_id,
+        target_type="recovery_attempt",
+        target_id=attempt.id,
+        messages_sent=attempt.messages_sent,
+    )
+    return RecoveryCancelled(attempt, pending)
+
+
+def record_click(session: DbSession, attempt: RecoveryAttempt, *, now: datetime) -> bool:
+    """Note that the customer opened the link; True the first time (then it is on the timeline)."""
+    if attempt.clicked_at is not None:
+        return False
+    attempt.clicked_at = now
+    if attempt.status in (A.SCHEDULED, A.NOTIFIED):
+        attempt.transition(A.CLICKED)
+    audit.record(
+        session,
+        Actor.system(attempt.organization_id, "customer"),
+        "recovery.link_opened",
+        transaction_id=attempt.transaction_id,
+        target_type="recovery_attempt",
+        target_id=attempt.id,
+    )
+    return True
+
+
+def unsubscribe_email(session: DbSession, attempt: RecoveryAttempt, *, now: datetime) -> bool:
+    """Opt the customer's email address out of the organization's messages; True if it was new.
+
+    Later sends of any attempt skip the address (SMS takes over if allowed);
+    an attempt left with no channel fails at its next send.
+    """
+    transaction = attempt.transaction
+    address = transaction.customer_email
+    if not address or Channel.EMAIL in {c for c, r in suppressed_channels(session, transaction).items() if r}:
+        return False
+    suppress(
+        session,
+        attempt.organization_id,
+        Channel.EMAIL,
+        address,
+        SuppressionReason.OPTED_OUT,
+        detail="One-click unsubscribe",
+    )
+    audit.record(
+        session,
+        Actor.system(attempt.organization_id, "customer"),
+        "recovery.unsubscribed",
+        transaction_id=attempt.transaction_id,
+        target_type="recovery_attempt",
+        target_id=attempt.id,
+        channel=Channel.EMAIL,
+    )
+    log.info("recovery_unsubscribed", attempt_id=attempt.id, organization_id=attempt.organization_id)
+    return True
+
+
+# --- finding attempts --------------------------------------------------------------
+
+
+def get_for_org(session: DbSession, organization_id: int, attempt_id: int) -> RecoveryAttempt | None:
+    return session.scalar(
+        select(RecoveryAttempt).where(
+            RecoveryAttempt.id == attempt_id, RecoveryAttempt.organization_id == organization_id
+        )
+    )
+
+
+def get_by_token(session: DbSession, token: str) -> RecoveryAttempt | None:
+    if not token or len(token) > 64:
+        return None
+    return session.scalar(select(RecoveryAttempt).where(RecoveryAttempt.token == token))
+
+
+def due_attempts(session: DbSession, now: datetime, limit: int = 500) -> list[tuple[int, int, datetime]]:
+    """(id, step, next_send_at) of active attempts whose next send is due, oldest first.
+
+    Served by the partial index ix_recovery_attempt_due: it holds only active
+    attempts, so the scan stays short however many finished ones there are.
+    """
+    rows = session.execute(
+        select(RecoveryAttempt.id, RecoveryAttempt.step, RecoveryAttempt.next_send_at)
+        .where(DUE_STATUSES, RecoveryAttempt.next_send_at <= now)
+        .order_by(RecoveryAttempt.next_send_at)
+        .limit(limit)
+    )
+    return [(row_id, step, due) for row_id, step, due in rows if due is not None]
+
+
+# --- paying ---------------------------------------------------------------------------
+
+# Stripe's bounds on a Checkout Session's life.
+CHECKOUT_MIN = timedelta(minutes=30)
+# A session about to lapse is no use to a customer who is about to pay.
+CHECKOUT_MARGIN = timedelta(minutes=5)
+
+
+def checkout_for_attempt(
+    session: DbSession,
+    gateway: StripeGateway,
+    attempt: RecoveryAttempt,
+    *,
+    base_url: str,
+    expires_in: timedelta,
+    now: datetime,
+) -> CheckoutSession:
+    """The attempt's open Checkout Session, or a new one; raises PaymentRefused or StripeFailure.
+
+    Safe to press twice: the n-th session of an attempt has the action key
+    attempt:<id>:checkout:<n>, so a double submit gets the same session, and a
+    new one is made only once the last is paid, expired or about to expire.
+    """
+    sessions = list(
+        session.scalars(
+            select(CheckoutSession)
+            .where(CheckoutSession.attempt_id == attempt.id)
+            .order_by(CheckoutSession.id)
+        )
+    )
+    latest = sessions[-1] if sessions else None
+    if (
+        latest is not None
+        and latest.status == CheckoutStatus.OPEN
+        and latest.url
+        and latest.expires_at > now + CHECKOUT_MARGIN
+    ):
+        return latest
+    # A reservation Stripe has not answered yet is finished under its own key.
+    index = (
+        len(sessions) - 1 if latest is not None and latest.status == CheckoutStatus.PENDING else len(sessions)
+    )
+    life = max(CHECKOUT_MIN, min(expires_in, attempt.expires_at - now))
+    return payments.create_checkout_session(
+        session,
+        gateway,
+        attempt.transaction,
+        Actor.system(attempt.organization_id, "customer"),
+        payments.CheckoutRequest(action=f"attempt:{attempt.id}:checkout:{index}", attempt_id=attempt.id),
+        pages=payments.PaymentPages(base_url, token=attempt.token),
+        expires_in=life,
+    )
+
+
+# --- sending ------------------------------------------------------------------------
+
+
+def pay_url(base_url: str, token: str) -> str:
+    return f"{base_url.rstrip('/')}/pay/{token}"
+
+
+def unsubscribe_url(base_url: str, token: str) -> str:
+    return f"{base_url.rstrip('/')}/pay/{token}/unsubscribe"
+
+
+def _facts(
+    organization: Organization, transaction: Transaction, attempt: RecoveryAttempt, base_url: str
+) -> MessageFacts:
+    return MessageFacts(
+        merchant=organization.name,
+        brand_color=organization.brand_color,
+        customer_name=transaction.customer_name,
+        amount=transaction.amount,
+        currency=transaction.currency,
+        transaction_ref=transaction.transaction_ref,
+        failure_code=transaction.failure_code,
+        link=pay_url(base_url, attempt.token),
+        unsubscribe_url=unsubscribe_url(base_url, attempt.token),
+        expires_at=attempt.expires_at,
+        timezone=organization.timezone,
+        locale=transaction.customer_locale,
+        step=attempt.step,
+        contact_email=organization.reply_to_email,
+    )
+
+
+Outgoing = OutgoingEmail | OutgoingSms
+
+
+def outgoing(message: Message, organization: Organization, base_url: str, token: str) -> Outgoing:
+    """The provider-ready form of a stored message (also what the outbox page shows)."""
+    if message.channel == Channel.EMAIL:
+        return OutgoingEmail(
+            message_id=message.id,
+            to=message.recipient,
+            subject=message.subject or "",
+            text=message.body_text,
+            html=message.body_html or "",
+            from_name=organization.email_from_name or organization.name,
+            reply_to=organization.reply_to_email,
+            unsubscribe_url=unsubscribe_url(base_url, token),
+        )
+    return OutgoingSms(message_id=message.id, to=message.recipient, body=message.body_text)
+
+
+def _lock(session: DbSession, attempt_id: int) -> RecoveryAttempt | None:
+    # FOR UPDATE (PostgreSQL): concurrent jobs for one attempt take turns
+    # deciding; SQLite serialises writers anyway and ignores it.
+    return session.scalar(
+        select(RecoveryAttempt)
+        .where(RecoveryAttempt.id == attempt_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+
+
+def _step_messages(session: DbSession, attempt: RecoveryAttempt) -> list[Message]:
+    return list(
+        session.scalars(
+            select(Message)
+            .where(Message.attempt_id == attempt.id, Message.step == attempt.step)
+            .execution_options(populate_existing=True)
+        )
+    )
+
+
+def _stop_reason(attempt: RecoveryAttempt, step: int, now: datetime) -> str | None:
+    """Why nothing may be sent now, ending the attempt where its time is up or it was paid."""
+    if not attempt.is_active:
+        return "inactive"
+    if attempt.step != step:
+        return "stale"
+    if attempt.next_send_at is None or attempt.next_send_at > now:
+        return "not_due"
+    transaction = attempt.transaction
+    if transaction.status in PAID:
+        _close(attempt, A.COMPLETED, now)
+        return "paid"
+    if transaction.status == TransactionStatus.CANCELLED:
+        _close(attempt, A.CANCELLED, now)
+        return "cancelled"
+    if now >= attempt.expires_at:
+        _close(attempt, A.EXHAUSTED if attempt.step >= len(attempt.schedule_days) else A.EXPIRED, now)
+        return "ended"
+    return None
+
+
+def _claim(session: DbSession, attempt: RecoveryAttempt, base_url: str, now: datetime) -> list[Outgoing]:
+    """Record the unique key of each message this step still owes, and return them ready to send.
+
+    A message of this step that exists already was sent, is being sent by
+    another job, or failed for good: it is not claimed again. One that failed
+    transiently is claimed for another try.
+    """
+    transaction = attempt.transaction
+    organization = session.get(Organization, attempt.organization_id)
+    assert organization is not None
+    facts = _facts(organization, transaction, attempt, base_url)
+    claimed: list[Outgoing] = []
+    for channel in effective_channels(session, attempt, transaction):
+        message = session.scalar(
+            select(Message)
+            .where(Message.attempt_id == attempt.id, Message.step == attempt.step, Message.channel == channel)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        if message is None:
+            message = Message(
+                organization_id=attempt.organization_id,
+                attempt_id=attempt.id,
+                transaction_id=attempt.transaction_id,
+                step=attempt.step,
+                channel=channel,
+                recipient=address_for(transaction, channel) or "",
+                status=M.QUEUED,
+                tries=0,
+                created_at=now,
+            )
+            if channel == Channel.EMAIL:
+                email = render_email(facts)
+                message.subject, message.body_text, message.body_html = email.subject, email.text, email.html
+            else:
+                message.body_text = render_sms(facts)
+            message.transition(M.SENDING)
+            message.tries = 1
+            try:
+                with session.begin_nested():
+                    session.add(message)
+                    session.flush()
+            except IntegrityError:
+                continue  # another run of this job claimed it first
+        elif message.status == M.FAILED and message.tries < MAX_TRIES:
+            message.transition(M.SENDING)
+            message.tries += 1
+        elif message.status == M.SENDING and message.updated_at < now - SENDING_ABANDONED:
+            # Its worker died between claiming and recording (SIGKILL, OOM). The
+            # provider may well have accepted it: sending again could be a
+            # duplicate, so count it as sent and move on.
+            message.transition(M.SENT)
+            message.sent_at = message.updated_at
+            message.error = "The worker stopped while sending; not sent again in case it went out."
+            attempt.messages_sent += 1
+            continue
+        else:
+            continue
+        claimed.append(outgoing(message, organization, base_url, attempt.token))
+    return claimed
+
+
+def _deliver(postman: Postman, item: Outgoing) -> Delivery:
+    if isinstance(item, OutgoingEmail):
+        return postman.send_email(item)
+    return postman.send_sms(item)
+
+
+def _record(
+    session: DbSession, attempt: RecoveryAttempt, results: list[tuple[int, Delivery]], now: datetime
+) -> bool:
+    """Store each provider's answer; True if an address turned out dead (a fallback may be due)."""
+    dead = False
+    for message_id, delivery in results:
+        message = session.get(Message, message_id, populate_existing=True)
+        assert message is not None
+        message.provider = delivery.provider
+        message.error = delivery.error
+        if delivery.outcome == Outcome.SENT:
+            message.transition(M.SENT)
+            message.provider_id = delivery.provider_id
+            message.sent_at = now
+            attempt.messages_sent += 1
+        elif delivery.outcome == Outcome.RETRY:
+            message.transition(M.FAILED)
+        elif delivery.outcome in (Outcome.UNDELIVERABLE, Outcome.OPTED_OUT):
+            message.transition(M.UNDELIVERABLE)
+            reason = (
+                SuppressionReason.OPTED_OUT
+                if delivery.outcome == Outcome.OPTED_OUT
+                else SuppressionReason.UNDELIVERABLE
+            )
+            suppress(
+                session,
+                attempt.organization_id,
+                message.channel,
+                message.recipient,
+                reason,
+                detail=delivery.error,
+                message_id=message.id,
+            )
+            dead = True
+        else:
+            message.transition(M.FAILED)
+            message.tries = MAX_TRIES  # a permanent refusal: no further try
+        log.info(
+            "recovery_message_" + delivery.outcome,
+            message_id=message.id,
+            attempt_id=attempt.id,
+            step=message.step,
+            channel=message.channel,
+            provider=delivery.provider,
+            provider_id=delivery.provider_id,
+            error=delivery.error,
+        )
+    session.flush()
+    return dead
+
+
+def _finish(session: DbSession, attempt: RecoveryAttempt, step: int, now: datetime) -> SendResult:
+    """Retry the step later, or move the attempt on to its next step (or its expiry)."""
+    if attempt.step != step:
+        return SendResult("stale", attempt.id, attempt.step, attempt.next_send_at)
+    messages = _step_messages(session, attempt)
+    if any(m.status == M.SENDING for m in messages):
+        # Another run of this job is talking to a provider: it finishes the step.
+        return SendResult("in_progress", attempt.id, step, attempt.next_send_at)
+    retrying = [m for m in messages if m.status == M.FAILED and m.tries < MAX_TRIES]
+    if retrying:
+        tries = max(m.tries for m in retrying)
+        attempt.next_send_at = now + RETRY_DELAYS[min(tries, len(RETRY_DELAYS)) - 1]
+        return SendResult("retry", attempt.id, step, attempt.next_send_at)
+    sent = sum(1 for m in messages if m.status in (M.SENT, M.DELIVERED))
+    if not effective_channels(session, attempt, attempt.transaction):
+        _close(attempt, A.FAILED, now)
+        return SendResult("no_channel", attempt.id, step, None, sent)
+    if sent and attempt.status == A.SCHEDULED:
+        attempt.transition(A.NOTIFIED)
+    days = attempt.schedule_days
+    attempt.step = step + 1
+    if attempt.step < len(days):
+        due = attempt.created_at + timedelta(days=days[attempt.step])
+        if due < attempt.expires_at:
+            attempt.next_send_at = due
+            return SendResult("sent", attempt.id, attempt.step, due, sent)
+        attempt.step = len(days)
+    # Every message is out: the link stays valid until it expires, then the attempt is exhausted.
+    attempt.next_send_at = attempt.expires_at
+    return SendResult("sent", attempt.id, attempt.step, attempt.next_send_at, sent)
+
+
+def send_due(
+    session: DbSession, postman: Postman, attempt_id: int, step: int, *, base_url: str, now: datetime
+) -> SendResult:
+    """Send step `step` of the attempt if it is still due, and schedule what follows.
+
+    Safe to run twice: each message's key (attempt, step, channel) is committed
+    before its provider is called, and a message that exists is not sent again.
+    Re-checks right before sending that the attempt is active, this step is the
+    due one, the transaction is unpaid and the link unexpired. Commits.
+    """
+    attempt = _lock(session, attempt_id)
+    if attempt is None:
+        return SendResult("missing", attempt_id, step, None)
+    stop = _stop_reason(attempt, step, now)
+    if stop is not None:
+        result = SendResult(
+            stop, attempt_id, attempt.step, attempt.next_send_at if attempt.is_active else None
+        )
+        session.commit()
+        return result
+    claimed = _claim(session, attempt, base_url, now)
+    session.commit()
+    with postman.session():
+        while claimed:
+            # No database work while the providers talk: the claim is committed.
+            results = [(item.message_id, _deliver(postman, item)) for item in claimed]
+            attempt = _lock(session, attempt_id)
+            assert attempt is not None
+            dead = _record(session, attempt, results, now)
+            # A dead address at this step: the other channel, if allowed, takes over at once.
+            claimed = _claim(session, attempt, base_url, now) if dead and attempt.is_active else []
+            session.commit()
+    attempt = _lock(session, attempt_id)
+    assert attempt is not None
+    result = (
+        _finish(session, attempt, step, now)
+        if attempt.is_active
+        else SendResult("inactive", attempt_id, step, None)
+    )
+    session.commit()
+    return result

@@ -1,0 +1,162 @@
+"""Real network peers for the messaging tests: an SMTP server and a fake Twilio API on loopback.
+
+Import the fixtures into a test module (`from tests.fakes import smtp_server, fake_twilio, providers_config`).
+"""
+
+from __future__ import annotations
+
+import email
+import itertools
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from email import policy
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
+
+from recovery.sandbox.harness import free_port
+
+TWILIO_SID = "AC" + "0" * 32
+TWILIO_TOKEN = "twilio-test-token"
+TWILIO_FROM = "+15005550006"
+
+
+class _Handler:
+    def __init__(self, server: SmtpServer) -> None:
+        self.server = server
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
+        refusal = self.server.refusals.get(address)
+        if refusal:
+            if self.server.refusal_counts.get(address, 0) > 0:
+                self.server.refusal_counts[address] -= 1
+                if self.server.refusal_counts[address] == 0:
+                    del self.server.refusals[address]
+            return refusal
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        parsed = email.message_from_bytes(envelope.content, policy=policy.default)
+        assert isinstance(parsed, EmailMessage)
+        self.server.received.append(parsed)
+        self.server.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
+        return "250 Message accepted for delivery"
+
+
+class SmtpServer:
+    """aiosmtpd on 127.0.0.1 that keeps every email and can refuse recipients."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.received: list[EmailMessage] = []
+        self.envelopes: list[tuple[str, list[str]]] = []
+        self.refusals: dict[str, str] = {}
+        self.refusal_counts: dict[str, int] = {}
+        self.controller = Controller(_Handler(self), hostname="127.0.0.1", port=self.port)
+
+    def refuse(self, address: str, reply: str, times: int = 0) -> None:
+        """Answer RCPT TO `address` with `reply` (e.g. "550 5.1.1 No such user"); `times` 0 = always."""
+        self.refusals[address] = reply
+        if times:
+            self.refusal_counts[address] = times
+
+    def to(self, address: str) -> list[EmailMessage]:
+        return [m for m in self.received if m["To"] == address]
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpServer]:
+    server = SmtpServer()
+    server.controller.start()
+    yield server
+    server.controller.stop()
+
+
+@dataclass
+class FakeTwilio:
+    """A small Twilio Messages API: records each request, answers queued errors first."""
+
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    errors: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    port: int = 0
+    _ids: Any = field(default_factory=lambda: itertools.count(1))
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def fail_next(self, status: int, code: int, message: str = "error") -> None:
+        self.errors.append((status, {"code": code, "message": message, "more_info": "", "status": status}))
+
+    def messages(self) -> list[dict[str, Any]]:
+        return [r["form"] for r in self.requests if r["path"].endswith("/Messages.json")]
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        request = Request(environ)
+        self.requests.append(
+            {
+                "method": request.method,
+                "path": request.path,
+                "form": request.form.to_dict(),
+                "auth": (request.authorization.username if request.authorization else None),
+            }
+        )
+        if self.errors:
+            status, body = self.errors.pop(0)
+            response = Response(json.dumps(body), status=status, mimetype="application/json")
+        else:
+            sid = f"SM{next(self._ids):032d}"
+            body = {
+                "sid": sid,
+                "account_sid": TWILIO_SID,
+                "to": request.form.get("To"),
+                "from": request.form.get("From"),
+                "body": request.form.get("Body"),
+                "status": "queued",
+                "num_segments": "1",
+            }
+            response = Response(json.dumps(body), status=201, mimetype="application/json")
+        return response(environ, start_response)
+
+
+@pytest.fixture(scope="session")
+def _twilio_server() -> Iterator[FakeTwilio]:
+    fake = FakeTwilio()
+    server = make_server("127.0.0.1", 0, fake, threaded=True)
+    fake.port = server.server_port
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield fake
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+@pytest.fixture
+def fake_twilio(_twilio_server: FakeTwilio) -> FakeTwilio:
+    """The fake Twilio API, with no requests recorded and no errors queued."""
+    _twilio_server.requests.clear()
+    _twilio_server.errors.clear()
+    return _twilio_server
+
+
+def providers_config(smtp: SmtpServer | None, twilio: FakeTwilio | None) -> dict[str, Any]:
+    """App settings that send email to `smtp` and SMS to `twilio` (None: that channel's outbox)."""
+    config: dict[str, Any] = {"MAIL_DEFAULT_SENDER": "Recovery <payments@recovery.example>"}
+    if smtp is not None:
+        config |= {"MAIL_SERVER": "127.0.0.1", "MAIL_PORT": smtp.port}
+    if twilio is not None:
+        config |= {
+            "TWILIO_ACCOUNT_SID": TWILIO_SID,
+            "TWILIO_AUTH_TOKEN": TWILIO_TOKEN,
+            "TWILIO_FROM_NUMBER": TWILIO_FROM,
+            "TWILIO_API_BASE": twilio.base_url,
+        }
+    return config

@@ -1,0 +1,306 @@
+"""The customer's pages: /pay/<token>, Pay now, success and cancel, against the Stripe sandbox over HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from recovery.audit import Actor
+from recovery.models import (
+    AttemptStatus,
+    AuditEvent,
+    CheckoutSession,
+    Organization,
+    RecoveryAttempt,
+    Transaction,
+    TransactionStatus,
+    utcnow,
+)
+from recovery.recoveries import services
+from tests.conftest import csrf_token
+
+
+@pytest.fixture
+def app_config(stripe_sandbox: Any) -> dict[str, Any]:
+    stripe_sandbox.reset()
+    return {
+        "STRIPE_SECRET_KEY": stripe_sandbox.api_key,
+        "STRIPE_API_BASE": stripe_sandbox.base_url,
+        "BASE_URL": "http://localhost",
+    }
+
+
+@pytest.fixture
+def org(make_org: Callable[..., Organization]) -> Organization:
+    return make_org(name="Acme Shop", brand_color="#aa3300", reply_to_email="billing@acme.example")
+
+
+@pytest.fixture
+def attempt_for(db: Any) -> Callable[..., RecoveryAttempt]:
+    def make(transaction: Transaction, **options: Any) -> RecoveryAttempt:
+        started = services.start_recovery(
+            db.session, transaction, Actor.system(transaction.organization_id), now=utcnow(), **options
+        )
+        db.session.commit()
+        return started.attempt
+
+    return make
+
+
+def stripe_creates(stripe_sandbox: Any) -> list[dict[str, Any]]:
+    return [r for r in stripe_sandbox.requests() if r["method"] == "POST"]
+
+
+def text(response: Any) -> str:
+    return response.get_data(as_text=True)
+
+
+# --- GET /pay/<token> ----------------------------------------------------------------------
+
+
+def test_pay_page_shows_the_debt_records_a_click_and_creates_nothing_at_stripe(
+    client: FlaskClient, db, org, make_transaction, attempt_for, stripe_sandbox
+) -> None:
+    transaction = make_transaction(org, transaction_ref="TXN-PAY-1", amount=5000, currency="usd")
+    attempt = attempt_for(transaction)
+
+    response = client.get(f"/pay/{attempt.token}")
+
+    assert response.status_code == 200
+    page = text(response)
+    assert "Acme Shop" in page and "$50.00" in page and "TXN-PAY-1" in page
+    assert ">Pay now</button>" in page
+    csp = response.headers["Content-Security-Policy"]
+    nonce = csp.split("'nonce-")[1].split("'")[0]
+    assert f'<style nonce="{nonce}">:root {{ --brand: #aa3300;' in page
+    assert "unsafe-inline" not in csp
+    assert stripe_sandbox.requests() == []
+    db.session.expire_all()
+    attempt = db.session.get(RecoveryAttempt, attempt.id)
+    assert attempt.status == AttemptStatus.CLICKED and attempt.clicked_at is not None
+
+    client.get(f"/pay/{attempt.token}")  # a second look is not a second click
+    opened = db.session.scalars(select(AuditEvent).where(AuditEvent.action == "recovery.link_opened")).all()
+    assert len(opened) == 1 and opened[0].actor_label == "customer"
+    assert stripe_sandbox.requests() == []
+
+
+def test_unknown_token_is_404(client: FlaskClient, stripe_sandbox) -> None:
+    assert client.get("/pay/no-such-token").status_code == 404
+    assert client.post("/pay/no-such-token").status_code == 404
+    assert client.get("/pay/" + "x" * 200).status_code == 404
+    assert stripe_sandbox.requests() == []
+
+
+# --- POST /pay/<token> ------------------------------------------------------------------------
+
+
+def test_pay_now_creates_a_checkout_session_then_reuses_it(
+    client: FlaskClient, db, org, make_transaction, attempt_for, stripe_sandbox
+) -> None:
+    attempt = attempt_for(make_transaction(org))
+
+    first = client.post(f"/pay/{attempt.token}")
+    second = client.post(f"/pay/{attempt.token}")
+
+    assert first.status_code == second.status_code == 303
+    assert first.headers["Location"] == second.headers["Location"]
+    assert first.headers["Location"].startswith(stripe_sandbox.base_url)
+    [_created] = [r for r in stripe_creates(stripe_sandbox) if r["path"] == "/v1/checkout/sessions"]
+    record = db.session.scalar(select(CheckoutSession))
+    assert record.attempt_id == attempt.id and record.url == first.headers["Location"]
+    session = stripe_sandbox_session(stripe_sandbox, record.stripe_session_id)
+    assert session["success_url"].endswith(
+        f"/pay/success?session_id={{CHECKOUT_SESSION_ID}}&t={attempt.token}"
+    )
+    assert session["cancel_url"] == f"http://localhost/pay/cancel?t={attempt.token}"
+    assert session["metadata"]["attempt_id"] == str(attempt.id)
+
+
+def test_an_expired_session_is_replaced(
+    client: FlaskClient, db, org, make_transaction, attempt_for, stripe_sandbox
+) -> None:
+    attempt = attempt_for(make_transaction(org))
+    first = client.post(f"/pay/{attempt.token}").headers["Location"]
+    record = db.session.scalar(select(CheckoutSession))
+    record.expires_at = utcnow() + timedelta(minutes=2)  # about to lapse
+    db.session.commit()
+
+    second = client.post(f"/pay/{attempt.token}").headers["Location"]
+
+    assert second != first
+    assert db.session.query(CheckoutSession).filter_by(attempt_id=attempt.id).count() == 2
+
+
+def stripe_sandbox_session(stripe_sandbox: Any, session_id: str) -> dict[str, Any]:
+    import stripe
+
+    client = stripe.StripeClient(stripe_sandbox.api_key, base_addresses={"api": stripe_sandbox.base_url})
+    return client.v1.checkout.sessions.retrieve(session_id).to_dict()
+
+
+class TestCsrf:
+    @pytest.fixture
+    def app_config(self, stripe_sandbox: Any) -> dict[str, Any]:
+        stripe_sandbox.reset()
+        return {
+            "STRIPE_SECRET_KEY": stripe_sandbox.api_key,
+            "STRIPE_API_BASE": stripe_sandbox.base_url,
+            "WTF_CSRF_ENABLED": True,
+        }
+
+    def test_pay_now_needs_the_pages_csrf_token(
+        self, client: FlaskClient, org, make_transaction, attempt_for, stripe_sandbox
+    ) -> None:
+        attempt = attempt_for(make_transaction(org))
+
+        refused = client.post(f"/pay/{attempt.token}")
+        assert refused.status_code == 400
+        assert stripe_sandbox.requests() == []
+
+        token = csrf_token(text(client.get(f"/pay/{attempt.token}")))
+        assert client.post(f"/pay/{attempt.token}", data={"csrf_token": token}).status_code == 303
+
+
+# --- links that cannot be paid ---------------------------------------------------------------
+
+
+def test_an_already_paid_link_says_so_with_a_receipt(
+    client: FlaskClient, db, org, make_transaction, attempt_for, stripe_sandbox
+) -> None:
+    transaction = make_transaction(org, transaction_ref="TXN-PAID")
+    attempt = attempt_for(transaction)
+    transaction.transition(TransactionStatus.RECOVERED)
+    transaction.recovered_at = utcnow()
+    db.session.commit()
+
+    for response in (client.get(f"/pay/{attempt.token}"), client.post(f"/pay/{attempt.token}")):
+        assert response.status_code == 200
+        page = text(response)
+        assert "Already paid" in page and "TXN-PAID" in page and "$50.00" in page
+        assert "Pay now" not in page
+    assert stripe_sandbox.requests() == []
+
+
+@pytest.mark.parametrize("how", ["time ran out", "exhausted", "cancelled"])
+def test_an_ended_link_explains_how_to_reach_the_merchant(
+    client: FlaskClient, db, org, make_transaction, attempt_for, stripe_sandbox, how
+) -> None:
+    attempt = attempt_for(make_transaction(org, transaction_ref="TXN-OLD"))
+    if how == "time ran out":
+        attempt.expires_at = utcnow() - timedelta(minutes=1)
+    elif how == "exhausted":
+        attempt.transition(AttemptStatus.EXHAUSTED)
+    else:
+        services.cancel_recovery(db.session, attempt, Actor.system(org.id), now=utcnow())
+    db.session.commit()
+
+    for response in (client.get(f"/pay/{attempt.token}"), client.post(f"/pay/{attempt.token}")):
+        assert response.status_code == 410
+        page = text(response)
+        assert "This link is no longer valid" in page and "TXN-OLD" in page
+        assert "billing@acme.example" in page
+        assert "Pay now" not in page
+    assert stripe_sandbox.requests() == []
+
+
+# --- success and cancel -----------------------------------------------------------------------
+
+
+def test_success_shows_a_receipt_only_once_stripe_says_paid(
+    client: FlaskClient, db, org, make_transaction, attempt_for, stripe_sandbox
+) -> None:
+    attempt = attempt_for(make_transaction(org, transaction_ref="TXN-RCPT", amount=5000))
+    client.post(f"/pay/{attempt.token}")
+    session_id = db.session.scalar(select(CheckoutSession.stripe_session_id))
+    url = f"/pay/success?session_id={session_id}&t={attempt.token}"
+
+    waiting = text(client.get(url))
+    assert "Confirming your payment" in waiting and "TXN-RCPT" in waiting
+    assert "Payment received" not in waiting
+
+    stripe_sandbox.pay(session_id, "4242424242424242")
+    paid = text(client.get(url))
+
+    assert "Payment received" in paid
+    for fact in ("Acme Shop", "$50.00", "TXN-RCPT", "ending in 4242"):
+        assert fact in paid
+    # Only Stripe's webhook fulfils: the page did not mark the transaction recovered.
+    db.session.expire_all()
+    assert db.session.get(RecoveryAttempt, attempt.id).transaction.status == TransactionStatus.RECOVERING
+
+
+def test_a_forged_or_foreign_session_id_shows_nothing(
+    client: FlaskClient, db, org, make_org, make_transaction, attempt_for, stripe_sandbox
+) -> None:
+    theirs_org = make_org(name="Their Merchant")
+    theirs = attempt_for(make_transaction(theirs_org, transaction_ref="THEIR-SECRET-REF"))
+    client.post(f"/pay/{theirs.token}")
+    their_session = db.session.scalar(select(CheckoutSession.stripe_session_id))
+    mine = attempt_for(make_transaction(org))
+    stripe_sandbox.reset()
+
+    for url in (
+        "/pay/success?session_id=cs_test_forged",
+        f"/pay/success?session_id=cs_test_forged&t={mine.token}",
+        f"/pay/success?session_id={their_session}&t={mine.token}",
+        f"/pay/success?session_id={their_session}&t=not-a-token",
+    ):
+        response = client.get(url)
+        assert response.status_code == 200
+        page = text(response)
+        assert "We could not find the details of this payment" in page
+        assert "Their Merchant" not in page and "THEIR-SECRET-REF" not in page
+    assert stripe_sandbox.requests() == []
+
+
+def test_cancel_page_offers_to_try_again_when_the_link_is_known(
+    client: FlaskClient, org, make_transaction, attempt_for
+) -> None:
+    attempt = attempt_for(make_transaction(org))
+
+    known = text(client.get(f"/pay/cancel?t={attempt.token}"))
+    unknown = text(client.get("/pay/cancel"))
+
+    assert "nothing has been charged" in known and "nothing has been charged" in unknown
+    assert f'href="/pay/{attempt.token}">Try again</a>' in known
+    assert "Acme Shop" in known
+    assert "Try again" not in unknown
+
+
+# --- one-click unsubscribe (RFC 8058) ---------------------------------------------------------
+
+
+class TestUnsubscribe:
+    @pytest.fixture
+    def app_config(self) -> dict[str, Any]:
+        return {"WTF_CSRF_ENABLED": True}
+
+    def test_one_click_post_needs_no_cookie_or_csrf_token(self, app, db, org, make_transaction, attempt_for):
+        transaction = make_transaction(org, customer_email="ann@example.com", customer_phone="+14155550123")
+        attempt = attempt_for(transaction)
+        cookieless = app.test_client(use_cookies=False)
+
+        confirm = cookieless.get(f"/pay/{attempt.token}/unsubscribe")
+        assert confirm.status_code == 200 and "Stop these emails?" in text(confirm)
+        assert services.suppressed_channels(db.session, transaction) == {}  # a GET changes nothing
+
+        response = cookieless.post(
+            f"/pay/{attempt.token}/unsubscribe", data={"List-Unsubscribe": "One-Click"}
+        )
+        assert response.status_code == 200 and "You are unsubscribed" in text(response)
+        assert services.suppressed_channels(db.session, transaction) == {"email": "opted_out"}
+        assert cookieless.post(f"/pay/{attempt.token}/unsubscribe").status_code == 200  # idempotent
+        assert db.session.query(AuditEvent).filter_by(action="recovery.unsubscribed").count() == 1
+        # The running recovery carries on by SMS only.
+        db.session.expire_all()
+        attempt = db.session.get(RecoveryAttempt, attempt.id)
+        assert services.effective_channels(db.session, attempt, attempt.transaction) == ["sms"]
+
+    def test_unknown_token_is_404(self, app) -> None:
+        assert app.test_client().post("/pay/nope/unsubscribe").status_code == 404

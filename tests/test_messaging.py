@@ -1,0 +1,270 @@
+"""Message content, and the providers over real sockets: aiosmtpd on loopback and a fake Twilio API."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from recovery.extensions import mail
+from recovery.messaging.content import (
+    MessageFacts,
+    is_gsm7,
+    render_email,
+    render_sms,
+    sms_length,
+    to_gsm7,
+)
+from recovery.messaging.providers import (
+    MessagingSettings,
+    Outcome,
+    OutgoingEmail,
+    OutgoingSms,
+    Postman,
+)
+from recovery.models import Provider
+from recovery.sandbox.harness import free_port
+from tests.fakes import TWILIO_FROM, _twilio_server, fake_twilio, providers_config, smtp_server
+
+__all__ = ["_twilio_server", "fake_twilio", "smtp_server"]
+
+LINK = "https://recovery.example.com/pay/" + "T" * 43
+EXPIRES = datetime(2025, 1, 26, 10, tzinfo=UTC)
+
+
+def facts(**overrides: Any) -> MessageFacts:
+    values: dict[str, Any] = {
+        "merchant": "Acme Shop",
+        "brand_color": "#aa3300",
+        "customer_name": "Ann Lee",
+        "amount": 5000,
+        "currency": "usd",
+        "transaction_ref": "TXN-001",
+        "failure_code": "card_declined",
+        "link": LINK,
+        "unsubscribe_url": LINK + "/unsubscribe",
+        "expires_at": EXPIRES,
+        "timezone": "UTC",
+        "locale": "en-US",
+        "step": 0,
+        "contact_email": "billing@acme.example",
+        **overrides,
+    }
+    return MessageFacts(**values)
+
+
+# --- content ----------------------------------------------------------------------
+
+
+def test_email_names_merchant_amount_ref_expiry_and_links_our_page() -> None:
+    email = render_email(facts())
+
+    assert email.subject == "Acme Shop: your payment of $50.00 did not go through"
+    for part in (email.text, email.html):
+        assert "TXN-001" in part
+        assert "January 26, 2025" in part
+        assert LINK in part
+        assert "stripe.com" not in part
+    assert re.search(r'<a href="' + re.escape(LINK) + r'"[^>]*>Pay \$50\.00</a>', email.html)
+    assert "#aa3300" in email.html
+    assert "Hello Ann Lee," in email.text
+    assert "different card" not in email.text
+
+
+def test_reminders_and_hard_declines_say_so() -> None:
+    email = render_email(facts(step=2, failure_code="expired_card"))
+
+    assert email.subject == "Reminder: your $50.00 payment to Acme Shop is still open"
+    assert "please pay with a different card" in email.text
+    assert "please pay with a different card" in email.html
+
+
+def test_customer_text_is_escaped_in_html_only() -> None:
+    email = render_email(facts(customer_name="<b>Eve</b>", merchant="A & B"))
+
+    assert "Hello &lt;b&gt;Eve&lt;/b&gt;," in email.html
+    assert "A &amp; B" in email.html
+    assert "Hello <b>Eve</b>," in email.text
+
+
+@pytest.mark.parametrize(
+    ("locale", "currency", "amount", "expected_amount", "expected_date"),
+    [
+        ("en-US", "usd", 5000, "$50.00", "January 26, 2025"),
+        ("fr-FR", "eur", 5000, "50,00\u00a0€", "26 janvier 2025"),
+        ("de-DE", "eur", 123456, "1.234,56\u00a0€", "26. Januar 2025"),
+        ("ja-JP", "jpy", 5000, "￥5,000", "2025年1月26日"),
+        (None, "gbp", 999, "£9.99", "January 26, 2025"),
+        ("xx-nonsense", "usd", 5000, "$50.00", "January 26, 2025"),
+    ],
+)
+def test_amounts_and_dates_follow_the_customer_locale(
+    locale: str | None, currency: str, amount: int, expected_amount: str, expected_date: str
+) -> None:
+    email = render_email(facts(locale=locale, currency=currency, amount=amount))
+
+    assert expected_amount in email.subject
+    assert expected_date in email.text
+
+
+def test_sms_is_one_gsm7_segment_with_merchant_amount_and_link() -> None:
+    text = render_sms(facts(merchant="Café “Zoë” — Shop"))
+
+    assert is_gsm7(text)
+    assert sms_length(text) <= 160
+    assert 'Cafe "Zoe" - Shop' in text or 'Café "Zoe" - Shop' in text
+    assert "$50.00" in text and LINK in text
+
+
+def test_long_sms_drops_detail_to_stay_in_one_segment() -> None:
+    text = render_sms(
+        facts(merchant="The Extremely Long Merchant Name Incorporated", transaction_ref="R" * 40)
+    )
+
+    assert sms_length(text) <= 160
+    assert LINK in text and "$50.00" in text
+
+
+def test_gsm7_helpers() -> None:
+    assert to_gsm7("a\u2019b\u2014c\u00a0d…") == "a'b-c d..."
+    assert sms_length("€") == 2
+    assert sms_length("日本") == 5  # UCS-2: 70 a segment, scaled to 160
+
+
+# --- email over SMTP ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def app_config(request: pytest.FixtureRequest) -> dict[str, Any]:
+    smtp = request.getfixturevalue("smtp_server") if "smtp_server" in request.fixturenames else None
+    twilio = request.getfixturevalue("fake_twilio") if "fake_twilio" in request.fixturenames else None
+    return providers_config(smtp, twilio)
+
+
+def postman(app: Any) -> Postman:
+    return Postman(MessagingSettings.from_config(app.config), mail)
+
+
+def outgoing_email(to: str = "customer@example.com", message_id: int = 7) -> OutgoingEmail:
+    email = render_email(facts())
+    return OutgoingEmail(
+        message_id=message_id,
+        to=to,
+        subject=email.subject,
+        text=email.text,
+        html=email.html,
+        from_name="Acme Shop",
+        reply_to="billing@acme.example",
+        unsubscribe_url="https://recovery.example.com/pay/TOKEN/unsubscribe",
+    )
+
+
+def test_email_arrives_with_both_parts_headers_and_link(app, smtp_server) -> None:
+    delivery = postman(app).send_email(outgoing_email())
+
+    assert delivery.outcome == Outcome.SENT and delivery.provider == Provider.SMTP
+    [received] = smtp_server.received
+    assert received["To"] == "customer@example.com"
+    assert received["From"] == "Acme Shop <payments@recovery.example>"
+    assert received["Reply-To"] == "billing@acme.example"
+    assert received["Subject"] == "Acme Shop: your payment of $50.00 did not go through"
+    assert received["List-Unsubscribe"] == "<https://recovery.example.com/pay/TOKEN/unsubscribe>"
+    assert received["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert received["Message-ID"] == delivery.provider_id == "<recovery-message-7@recovery.example>"
+    text = received.get_body(preferencelist=("plain",)).get_content()
+    html = received.get_body(preferencelist=("html",)).get_content()
+    assert LINK in text
+    assert f'href="{LINK}"' in html and "Pay $50.00" in html
+
+
+def test_one_connection_serves_a_batch(app, smtp_server) -> None:
+    carrier = postman(app)
+    with carrier.session():
+        for n in range(3):
+            assert carrier.send_email(outgoing_email(f"c{n}@example.com", n)).outcome == Outcome.SENT
+        connection = carrier._connection
+        assert connection is not None
+    assert len(smtp_server.received) == 3
+
+
+@pytest.mark.parametrize(
+    ("reply", "outcome"),
+    [
+        ("550 5.1.1 No such user here", Outcome.UNDELIVERABLE),
+        ("451 4.3.0 Mailbox temporarily unavailable", Outcome.RETRY),
+    ],
+)
+def test_smtp_refusals_are_classified(app, smtp_server, reply: str, outcome: str) -> None:
+    smtp_server.refuse("gone@example.com", reply)
+
+    delivery = postman(app).send_email(outgoing_email("gone@example.com"))
+
+    assert delivery.outcome == outcome
+    assert delivery.error is not None and reply[:3] in delivery.error
+    assert smtp_server.received == []
+
+
+@pytest.mark.parametrize("app_config", [{"MAIL_SERVER": "127.0.0.1", "MAIL_PORT": free_port()}])
+def test_no_smtp_server_listening_is_retried(app) -> None:
+    delivery = postman(app).send_email(outgoing_email())
+
+    assert delivery.outcome == Outcome.RETRY
+    assert delivery.error and delivery.error.startswith("SMTP connection")
+
+
+def test_without_smtp_settings_email_goes_to_the_outbox(app) -> None:
+    assert not app.config["MAIL_SERVER"]
+
+    delivery = postman(app).send_email(outgoing_email())
+
+    assert (delivery.outcome, delivery.provider, delivery.provider_id) == (
+        Outcome.SENT,
+        Provider.OUTBOX,
+        "outbox-7",
+    )
+
+
+# --- SMS over the twilio SDK ---------------------------------------------------------------
+
+
+def test_sms_reaches_twilio_with_validity_period(app, fake_twilio) -> None:
+    delivery = postman(app).send_sms(OutgoingSms(1, "+14155550123", "Acme: pay $50.00 " + LINK))
+
+    assert delivery.outcome == Outcome.SENT and delivery.provider == Provider.TWILIO
+    assert delivery.provider_id and delivery.provider_id.startswith("SM")
+    [sent] = fake_twilio.messages()
+    assert sent["To"] == "+14155550123"
+    assert sent["From"] == TWILIO_FROM
+    assert sent["Body"] == "Acme: pay $50.00 " + LINK
+    assert sent["ValidityPeriod"] == str(4 * 3600)
+    assert fake_twilio.requests[0]["auth"] == app.config["TWILIO_ACCOUNT_SID"]
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "outcome"),
+    [
+        (400, 21211, Outcome.UNDELIVERABLE),
+        (400, 21614, Outcome.UNDELIVERABLE),
+        (400, 21610, Outcome.OPTED_OUT),
+        (429, 20429, Outcome.RETRY),
+        (500, 20500, Outcome.RETRY),
+        (503, 20503, Outcome.RETRY),
+        (400, 21408, Outcome.FAILED),
+    ],
+)
+def test_twilio_errors_are_classified(app, fake_twilio, status: int, code: int, outcome: str) -> None:
+    fake_twilio.fail_next(status, code, f"error {code}")
+
+    delivery = postman(app).send_sms(OutgoingSms(1, "+14155550123", "hello"))
+
+    assert delivery.outcome == outcome
+    assert delivery.error is not None
+    assert delivery.error.startswith(f"Twilio {code}:") and delivery.error.endswith(f"error {code}")
+
+
+def test_without_twilio_settings_sms_goes_to_the_outbox(app) -> None:
+    delivery = postman(app).send_sms(OutgoingSms(3, "+14155550123", "hello"))
+
+    assert (delivery.outcome, delivery.provider) == (Outcome.SENT, Provider.OUTBOX)
