@@ -17,7 +17,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Response
 
 from recovery.audit import Actor
-from recovery.extensions import csrf, db
+from recovery.extensions import csrf, db, limiter
 from recovery.logs import get_logger
 from recovery.models import Organization, Role, WebhookState
 from recovery.payments.gateway import WebhookRejected, verify_webhook
@@ -30,6 +30,8 @@ log = get_logger("recovery.webhooks")
 
 receiver = Blueprint("stripe_webhooks", __name__)
 csrf.exempt(receiver)  # Stripe cannot send a CSRF token; the signature is the check
+# No rate limit: Stripe's retries are the backpressure, and a refused event is a lost one.
+limiter.exempt(receiver)
 
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 
