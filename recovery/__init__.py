@@ -58,7 +58,9 @@ def register_blueprints(app: Flask) -> None:
     from recovery.customer.views import bp as customer_bp
     from recovery.health.views import bp as health_bp
     from recovery.imports.views import bp as imports_bp
+    from recovery.messaging.twilio_hooks import bp as twilio_bp
     from recovery.messaging.views import bp as messaging_bp
+    from recovery.organizations.views import bp as organizations_bp
     from recovery.payments.api import bp as payments_api_bp
     from recovery.payments.views import bp as payments_bp
     from recovery.recoveries.api import bp as recoveries_api_bp
@@ -85,6 +87,8 @@ def register_blueprints(app: Flask) -> None:
         webhooks_bp,
         stripe_webhooks_bp,
         recoveries_api_bp,
+        twilio_bp,
+        organizations_bp,
     ):
         app.register_blueprint(bp)
 

@@ -71,6 +71,10 @@ def defaults(instance_path: str) -> dict[str, Any]:
         "MAIL_USERNAME": None,
         "MAIL_PASSWORD": None,
         "MAIL_DEFAULT_SENDER": "Recovery <no-reply@localhost>",
+        # Emails per SMTP connection before the Postman reconnects (providers cap it); 1: one each.
+        "MAIL_MESSAGES_PER_CONNECTION": 100,
+        # Attempts one send job handles, over one SMTP connection and three commits.
+        "SEND_BATCH_SIZE": 50,
         "TWILIO_ACCOUNT_SID": "",
         "TWILIO_AUTH_TOKEN": "",
         "TWILIO_FROM_NUMBER": "",
@@ -91,6 +95,8 @@ def defaults(instance_path: str) -> dict[str, Any]:
 
 _INT_KEYS = {
     "MAIL_PORT",
+    "MAIL_MESSAGES_PER_CONNECTION",
+    "SEND_BATCH_SIZE",
     "PROXY_FIX",
     "LOGIN_FAILURES_PER_MINUTE",
     "CSV_MAX_BYTES",

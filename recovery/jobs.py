@@ -35,6 +35,9 @@ def _own_pool() -> None:
     """
     global _forked
     if _forked:
+        # Forget the parent's session without closing it: closing would roll back
+        # on the parent's connection, over the parent's socket.
+        db.session.registry.clear()
         db.engine.dispose(close=False)
         _forked = False
 

@@ -31,6 +31,9 @@ PUBLIC_ENDPOINTS = frozenset(
         # The email's List-Unsubscribe target: one-click, no cookie (RFC 8058).
         "customer.unsubscribe_confirm",
         "customer.unsubscribe",
+        # Twilio authenticates by signing the request (recovery/messaging/twilio_hooks.py).
+        "twilio.status",
+        "twilio.inbound",
     }
 )
 

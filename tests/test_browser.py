@@ -39,6 +39,7 @@ DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 README_SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "screenshot-dashboard.png"
 SCREENSHOTS = os.environ.get("BROWSER_SCREENSHOTS")
+WEBHOOK_SECRET = "whsec_browser_journey"
 
 pytestmark = [
     pytest.mark.browser,
@@ -63,6 +64,8 @@ def app_config(live_port: int, stripe_sandbox: Any) -> dict[str, Any]:
         "BASE_URL": f"http://127.0.0.1:{live_port}",
         "STRIPE_SECRET_KEY": stripe_sandbox.api_key,
         "STRIPE_API_BASE": stripe_sandbox.base_url,
+        # The sandbox signs the events it delivers to the live server with this.
+        "STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
     }
 
 
@@ -104,7 +107,12 @@ class Tab:
     """A page plus what went wrong in it: console errors, page errors, failed requests."""
 
     page: Any
+    # Our pages' origin: what happens on other sites (the Stripe sandbox's page) is theirs.
+    origin: str = ""
     errors: list[str] = field(default_factory=list)
+
+    def ours(self, url: str | None) -> bool:
+        return not self.origin or not url or url.startswith(self.origin)
 
     def shot(self, name: str, path: Path | None = None) -> None:
         if path is not None:
@@ -121,6 +129,20 @@ class Tab:
         assert self.errors == [], "console errors or CSP violations:\n" + "\n".join(self.errors)
 
 
+def _console(tab: Tab, message: Any) -> None:
+    url = message.location.get("url") or tab.page.url
+    if message.type == "error" and tab.ours(url):
+        tab.errors.append(f"console: {message.text} ({url})")
+
+
+def _request_failed(tab: Tab, request: Any) -> None:
+    # A click that navigates while the page's deferred scripts still load aborts
+    # them (net::ERR_ABORTED): the browser moving on, not a failure of the page.
+    # A blocked or unreachable resource fails with another reason and counts.
+    if request.failure != "net::ERR_ABORTED" and tab.ours(request.url):
+        tab.errors.append(f"request failed: {request.url} {request.failure}")
+
+
 @pytest.fixture
 def open_tab(browser: Any, live_server: str) -> Iterator[Callable[..., Tab]]:
     contexts = []
@@ -129,10 +151,10 @@ def open_tab(browser: Any, live_server: str) -> Iterator[Callable[..., Tab]]:
         context = browser.new_context(viewport=viewport, base_url=live_server, **options)
         context.set_default_timeout(10_000)
         contexts.append(context)
-        tab = Tab(context.new_page())
-        tab.page.on("console", lambda m: m.type == "error" and tab.errors.append(f"console: {m.text}"))
-        tab.page.on("pageerror", lambda e: tab.errors.append(f"page error: {e}"))
-        tab.page.on("requestfailed", lambda r: tab.errors.append(f"request failed: {r.url} {r.failure}"))
+        tab = Tab(context.new_page(), origin=live_server)
+        tab.page.on("console", lambda m: _console(tab, m))
+        tab.page.on("pageerror", lambda e: tab.ours(tab.page.url) and tab.errors.append(f"page error: {e}"))
+        tab.page.on("requestfailed", lambda r: _request_failed(tab, r))
         return tab
 
     yield open_
@@ -187,6 +209,7 @@ def test_sign_in_filter_open_and_import(open_tab: Callable[..., Tab], demo: Any)
     expect(rows).to_have_count(50)
     expect(page.locator("#results .status-failed").first).to_be_visible()
     expect(page.get_by_role("link", name="Next →")).to_be_visible()
+    expect(page.locator("#kpis .kpi")).to_have_count(4)  # loaded after the page
     tab.assert_fits_width()
     tab.shot("dashboard", README_SCREENSHOT)
 
@@ -343,3 +366,213 @@ def test_checkout_session_paid_on_the_sandbox(
     page.goto(detail_url)
     page.get_by_role("button", name="Refresh status").click()
     expect(page.locator(".flash")).to_contain_text("Stripe says: complete, paid.")
+
+
+@pytest.fixture
+def background_worker(app: Flask) -> Iterator[list[BaseException]]:
+    """A real RQ worker taking jobs as they come, as `flask worker` does, in a thread of this process.
+
+    SimpleWorker runs each job in its own thread (no fork), inside an app context
+    of its own, so jobs use their own database session. It works in short bursts
+    until the test ends; jobs that fail are reported in the yielded list.
+    """
+    from rq import SimpleWorker
+    from rq.registry import FailedJobRegistry
+    from rq.timeouts import TimerDeathPenalty
+
+    from recovery.queue import get_queue, redis_connection
+
+    class ThreadWorker(SimpleWorker):
+        death_penalty_class = TimerDeathPenalty  # SIGALRM is for the main thread only
+
+        def _install_signal_handlers(self) -> None:
+            pass  # only the main thread may install them; the test stops the loop itself
+
+    stop = threading.Event()
+    problems: list[BaseException] = []
+
+    def run() -> None:
+        with app.app_context():
+            while not stop.is_set():
+                try:
+                    worker = ThreadWorker(["default"], connection=redis_connection(app))
+                    worker.work(burst=True, with_scheduler=False, logging_level="WARNING")
+                except Exception as error:  # reported by the test, not lost in a thread
+                    problems.append(error)
+                stop.wait(0.1)
+
+    thread = threading.Thread(target=run, name="rq-worker", daemon=True)
+    thread.start()
+    try:
+        yield problems
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    failed = FailedJobRegistry(queue=get_queue(app=app))
+    for job_id in failed.get_job_ids():
+        job = failed.job_class.fetch(job_id, connection=failed.connection)
+        problems.append(RuntimeError(f"job {job.func_name} failed: {job.latest_result().exc_string}"))  # type: ignore[union-attr]
+    assert problems == [], problems
+
+
+def _journey_transaction(db: Any) -> Any:
+    """A failed demo transaction with an email address, whose failure code is not excluded."""
+    import sqlalchemy as sa
+
+    from recovery.models import Organization, Transaction
+
+    organization = db.session.scalar(sa.select(Organization))
+    # Any hour of the day: the first email goes out at once, whenever the test runs.
+    organization.quiet_hours = ""
+    db.session.commit()
+    return db.session.scalar(
+        sa.select(Transaction)
+        .where(
+            Transaction.status == "failed",
+            Transaction.customer_email.is_not(None),
+            Transaction.failure_code.not_in(organization.excluded_codes or ["-"]),
+        )
+        .order_by(Transaction.id)
+        .limit(1)
+    )
+
+
+def test_recovery_journey_email_pay_and_live_status(
+    open_tab: Callable[..., Tab],
+    demo: Any,
+    db: Any,
+    live_server: str,
+    stripe_sandbox: Any,
+    background_worker: list[BaseException],
+) -> None:
+    """The whole loop: start a recovery, the email in the outbox, the customer pays, staff see it live."""
+    from playwright.sync_api import expect
+
+    # Stripe (the sandbox) delivers its signed events to this server; the worker applies them.
+    stripe_sandbox.add_webhook_endpoint(f"{live_server}/v1/payments/stripe/webhooks", WEBHOOK_SECRET)
+    transaction = _journey_transaction(db)
+    assert transaction is not None
+    ref = transaction.transaction_ref
+
+    staff = open_tab()
+    page = staff.page
+    sign_in(staff, email="operator@demo.example")
+
+    # Find the transaction and start a recovery by email only.
+    page.get_by_label("Search").fill(ref)
+    page.get_by_role("button", name="Apply").click()
+    page.locator("#results tbody tr").first.get_by_role("link", name=ref).click()
+    expect(page.locator("h1 .status")).to_have_text("failed")
+    detail_url = page.url
+    recovery = page.locator("#recovery")
+    sms = recovery.locator('input[name="channels"][value="sms"]')
+    if sms.count():
+        sms.uncheck()
+    expect(recovery.locator('input[name="channels"][value="email"]')).to_be_checked()
+    recovery.get_by_role("button", name="Start recovery").click()
+    expect(page.locator(".flash-success")).to_contain_text("Recovery started")
+    expect(page.locator("h1 .status")).to_have_text("recovering")
+
+    # The worker sends the first email (to the development outbox); the open page shows it by itself.
+    expect(page.locator(".timeline")).to_contain_text("Email sent", timeout=15_000)
+    expect(recovery).to_contain_text("1 message sent")
+    staff.shot("journey-recovering")
+
+    # The email, as the customer gets it, in the dashboard's outbox.
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Outbox").click()
+    page.locator("table.data tbody tr", has_text=ref).first.get_by_role("link").last.click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text("did not go through")
+    expect(page.locator(".lead").get_by_role("link", name=ref)).to_be_visible()
+    pay_button = page.frame_locator("iframe.outbox-frame").get_by_role("link", name=re.compile(r"^Pay "))
+    expect(pay_button).to_be_visible()
+    pay_link = pay_button.get_attribute("href")
+    assert pay_link is not None and pay_link.startswith(f"{live_server}/pay/"), pay_link
+    expect(page.locator("#message-link")).to_have_text(pay_link)
+    staff.shot("journey-outbox-email")
+
+    # Staff open the transaction once more and leave it open: it must change by itself.
+    page.goto(detail_url)
+    expect(page.locator("h1 .status")).to_have_text("recovering")
+    loads: list[str] = []
+    page.on("load", lambda p: loads.append(p.url))
+    page.evaluate("window.stillTheSamePage = true")  # through CDP: the CSP does not apply
+
+    # The customer, in a browser of their own, follows the link and pays with 4242.
+    customer = open_tab()
+    buyer = customer.page
+    buyer.goto(pay_link)
+    expect(buyer.get_by_role("heading", name="Complete your payment")).to_be_visible()
+    expect(buyer.locator(".customer-merchant")).to_contain_text("Demo Coffee Roasters")
+    customer.shot("journey-pay")
+    buyer.get_by_role("button", name="Pay now").click()
+    expect(buyer.get_by_role("heading", name="Pay with card")).to_be_visible()
+    assert buyer.url.startswith(stripe_sandbox.base_url)
+    buyer.get_by_label("Card information").fill("4242 4242 4242 4242")
+    buyer.get_by_label("Expiry").fill("12 / 34")
+    buyer.get_by_label("CVC").fill("123")
+    buyer.get_by_role("button", name=re.compile(r"^Pay ")).click()
+    expect(buyer).to_have_url(re.compile(rf"^{re.escape(live_server)}/pay/success\?session_id=cs_"))
+    expect(buyer.get_by_role("heading", name="Thank you")).to_be_visible()
+    receipt = buyer.get_by_role("region", name="Receipt")
+    expect(receipt).to_contain_text(ref)
+    expect(receipt).to_contain_text("ending in 4242")
+    customer.shot("journey-success")
+
+    # The webhook lands, the worker applies it, and the open page turns recovered without a reload.
+    expect(page.locator("h1 .status")).to_have_text("recovered", timeout=20_000)
+    expect(page.locator(".timeline")).to_contain_text("Recovered")
+    expect(page.locator("#recovery")).to_contain_text("nothing to recover")
+    assert page.evaluate("window.stillTheSamePage === true")
+    assert loads == []
+    # Final: the page stops polling.
+    expect(page.locator("#transaction-live")).not_to_have_attribute("hx-trigger", re.compile("."))
+    staff.shot("journey-recovered")
+
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Recoveries").click()
+    row = page.locator("table.recoveries tbody tr", has_text=ref)
+    expect(row.locator(".status")).to_have_text("completed")
+    staff.assert_clean()
+    customer.assert_clean()
+
+
+def test_kpi_tiles_and_bulk_start_from_the_list(
+    open_tab: Callable[..., Tab], demo: Any, background_worker: list[BaseException]
+) -> None:
+    """The tiles load after the list; select a page of failed transactions and start them all."""
+    from playwright.sync_api import expect
+
+    tab = open_tab()
+    page = tab.page
+    sign_in(tab, email="operator@demo.example")
+    tiles = page.locator("#kpis .kpi")
+    expect(tiles).to_have_count(4)
+    expect(page.locator("#kpis .kpi-rate")).to_have_attribute("title", re.compile(r"^Of the transactions"))
+    expect(page.locator("#kpis .kpi-in-flight .kpi-value")).to_have_text(re.compile(r"^\d+$"))
+
+    page.goto("/transactions?status=failed")
+    rows = page.locator("#results tbody tr")
+    expect(rows).to_have_count(50)
+    page.get_by_label("Select all on this page").check()
+    expect(page.locator('input[name="ids"]:checked')).to_have_count(50)
+    expect(page.get_by_role("button", name="Start recovery for 50 selected")).to_be_visible()
+    rows.first.locator('input[name="ids"]').uncheck()
+    expect(page.get_by_label("Select all on this page")).not_to_be_checked()
+    button = page.get_by_role("button", name="Start recovery for 49 selected")
+    page.get_by_label("Email only").check()
+    dialogs: list[str] = []
+
+    def accept(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.accept()
+
+    page.on("dialog", accept)
+    button.click()
+    expect(page.get_by_role("heading", name="Starting 49 recoveries")).to_be_visible()
+    assert dialogs == ["Start recoveries for 49 transactions? Their customers are messaged now."]
+    expect(page.locator("#bulk-progress .status")).to_have_text("done", timeout=20_000)
+    started = int(page.locator("#bulk-started").inner_text())
+    refused = int(page.locator("#bulk-refused").inner_text())
+    assert started + refused == 49 and started > 0
+    tab.shot("bulk-start")
+    tab.assert_fits_width()
+    tab.assert_clean()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -294,3 +295,20 @@ def test_api_hides_other_organizations(client, db, org, make_org, make_transacti
         assert response.json == {"error": {"type": "not_found", "message": "Recovery not found"}}
     db.session.expire_all()
     assert db.session.get(RecoveryAttempt, theirs.id).status == AttemptStatus.SCHEDULED
+
+
+def test_dashboard_start_honours_the_fallback_checkbox(client, db, signed_in, org, make_transaction):
+    signed_in("operator", org=org)
+    with_fallback = make_transaction(org, customer_phone="+14155550123")
+    without = make_transaction(org, customer_phone="+14155550124")
+    page = client.get(f"/transactions/{with_fallback.id}").get_data(as_text=True)
+    checkbox = re.search(r'<input[^>]*name="allow_fallback"[^>]*>', page)
+    assert checkbox and "checked" in checkbox.group(0)  # the organization allows fallback
+
+    client.post(
+        f"/transactions/{with_fallback.id}/recoveries", data={"channels": ["email"], "allow_fallback": "y"}
+    )
+    client.post(f"/transactions/{without.id}/recoveries", data={"channels": ["email"]})  # unticked
+
+    assert attempt_of(db, with_fallback).allow_fallback is True
+    assert attempt_of(db, without).allow_fallback is False

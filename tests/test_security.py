@@ -326,6 +326,8 @@ def test_the_public_endpoints_are_an_explicit_short_list():
         "customer.checkout",
         "customer.unsubscribe_confirm",
         "customer.unsubscribe",
+        "twilio.status",
+        "twilio.inbound",
     } == PUBLIC_ENDPOINTS
 
 

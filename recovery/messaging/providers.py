@@ -86,6 +86,10 @@ class MessagingSettings:
     twilio_api_base: str
     twilio_validity_seconds: int
     twilio_timeout_seconds: int
+    # Where Twilio reports each SMS's delivery (recovery/messaging/twilio_hooks.py); empty: nowhere.
+    twilio_status_callback: str = ""
+    # Emails over one SMTP connection before a fresh one; 1: a connection per email.
+    mail_messages_per_connection: int = 100
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> MessagingSettings:
@@ -99,6 +103,10 @@ class MessagingSettings:
             twilio_api_base=str(config.get("TWILIO_API_BASE") or "").rstrip("/"),
             twilio_validity_seconds=int(config.get("TWILIO_VALIDITY_SECONDS", 4 * 3600)),
             twilio_timeout_seconds=int(config.get("TWILIO_TIMEOUT_SECONDS", 10)),
+            twilio_status_callback=(
+                f"{str(config['BASE_URL']).rstrip('/')}/twilio/status" if config.get("BASE_URL") else ""
+            ),
+            mail_messages_per_connection=max(1, int(config.get("MAIL_MESSAGES_PER_CONNECTION", 100))),
         )
 
     @property
@@ -146,12 +154,18 @@ def email_headers(email: OutgoingEmail, settings: MessagingSettings) -> list[tup
 
 
 class Postman:
-    """Deliver outgoing messages through the configured providers; one SMTP connection per batch."""
+    """Deliver outgoing messages through the configured providers; one SMTP connection per batch.
+
+    Inside `session()` the emails share one SMTP connection, renewed after
+    `mail_messages_per_connection` of them (and after an error); outside it
+    each email has its own.
+    """
 
     def __init__(self, settings: MessagingSettings, mail: Mail | None = None) -> None:
         self.settings = settings
         self.mail = mail
         self._connection: Connection | None = None
+        self._sent_on_connection = 0
         self._twilio: TwilioClient | None = None
         self._batching = False
 
@@ -168,15 +182,18 @@ class Postman:
 
     def _close(self) -> None:
         """Say goodbye to the SMTP server and let go of Twilio's pooled connections."""
+        self._close_smtp()
+        client, self._twilio = self._twilio, None
+        if client is not None and client.http_client.session is not None:
+            client.http_client.session.close()
+
+    def _close_smtp(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None and connection.host is not None:
             try:
                 connection.host.quit()
             except (smtplib.SMTPException, OSError):
                 connection.host.close()
-        client, self._twilio = self._twilio, None
-        if client is not None and client.http_client.session is not None:
-            client.http_client.session.close()
 
     # --- email ---
 
@@ -192,6 +209,7 @@ class Postman:
         message = build_email(email, self.settings)
         try:
             connection = self._smtp()
+            self._sent_on_connection += 1
             connection.send(message)
         except smtplib.SMTPRecipientsRefused as error:
             self._drop_connection()
@@ -215,12 +233,20 @@ class Postman:
         return Delivery(Outcome.SENT, Provider.SMTP, message.msgId)
 
     def _smtp(self) -> Connection:
+        # Renewed before the next email, not after the last one: a failure to
+        # reconnect must never be blamed on an email the server accepted.
+        if (
+            self._connection is not None
+            and self._sent_on_connection >= self.settings.mail_messages_per_connection
+        ):
+            self._close_smtp()
         if self._connection is None:
             if self.mail is None:
                 raise RuntimeError("Postman needs the Mail extension to send email")
             connection = self.mail.connect()
             connection.__enter__()
             self._connection = connection
+            self._sent_on_connection = 0
         return self._connection
 
     def _drop_connection(self) -> None:
@@ -250,6 +276,9 @@ class Postman:
             params["messaging_service_sid"] = self.settings.twilio_messaging_service_sid
         else:
             params["from_"] = self.settings.twilio_from_number
+        if self.settings.twilio_status_callback:
+            # The message id in the URL finds the message even if the report beats our own commit.
+            params["status_callback"] = f"{self.settings.twilio_status_callback}?message={sms.message_id}"
         try:
             created = self._twilio_client().messages.create(**params)
         except TwilioRestException as error:

@@ -68,6 +68,10 @@ class Message(HasStatus, Base):
     # Provider calls made for this message (transient failures are retried).
     tries: Mapped[int] = mapped_column(default=0, server_default="0")
     error: Mapped[str | None] = mapped_column(Text)
+    # The provider's latest delivery report (Twilio: queued, sending, sent,
+    # delivered, undelivered, failed); it only ever moves forward.
+    delivery_status: Mapped[str | None] = mapped_column(String(16))
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)

@@ -11,6 +11,9 @@ from recovery.models.base import Base, BigId, UTCDateTime, utcnow
 
 DEFAULT_SCHEDULE = "0,1,3,6"
 DEFAULT_LIFETIME_DAYS = 7
+DEFAULT_FALLBACK_CHANNELS = "email,sms"
+# No message between these local times of the customer (SPEC: 21:00 to 08:00).
+DEFAULT_QUIET_HOURS = "21:00-08:00"
 
 
 class Organization(Base):
@@ -40,11 +43,26 @@ class Organization(Base):
     reply_to_email: Mapped[str | None] = mapped_column(String(254))
     # Failure codes for which no recovery may be started, comma-separated.
     excluded_failure_codes: Mapped[str | None] = mapped_column(String(500))
+    # Start a recovery by itself for each failed payment imported from Stripe.
+    auto_start_recoveries: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # Channels whose dead address may be replaced by the other channel, comma-separated
+    # ("email": a refused email address falls back to SMS); each attempt can opt out.
+    fallback_channels: Mapped[str] = mapped_column(
+        String(20), default=DEFAULT_FALLBACK_CHANNELS, server_default=DEFAULT_FALLBACK_CHANNELS
+    )
+    # "HH:MM-HH:MM" in the customer's local time during which nothing is sent; empty: any hour.
+    quiet_hours: Mapped[str] = mapped_column(
+        String(11), default=DEFAULT_QUIET_HOURS, server_default=DEFAULT_QUIET_HOURS
+    )
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     @property
     def excluded_codes(self) -> frozenset[str]:
         return frozenset(c.strip() for c in (self.excluded_failure_codes or "").split(",") if c.strip())
+
+    @property
+    def fallback_set(self) -> frozenset[str]:
+        return frozenset(c.strip() for c in (self.fallback_channels or "").split(",") if c.strip())
 
     def __repr__(self) -> str:
         return f"<Organization {self.slug}>"

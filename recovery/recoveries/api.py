@@ -21,7 +21,7 @@ install_token_auth(bp)
 
 log = get_logger("recovery.api")
 
-START_FIELDS = frozenset({"transaction_ref", "channels", "schedule"})
+START_FIELDS = frozenset({"transaction_ref", "channels", "schedule", "allow_fallback"})
 
 
 def recovery_json(attempt: RecoveryAttempt) -> dict[str, Any]:
@@ -34,6 +34,7 @@ def recovery_json(attempt: RecoveryAttempt) -> dict[str, Any]:
         "status": attempt.status,
         "channels": list(attempt.channels),
         "schedule": attempt.schedule_days,
+        "allow_fallback": attempt.allow_fallback,
         "step": attempt.step,
         "max_retries": attempt.max_retries,
         "messages_sent": attempt.messages_sent,
@@ -111,12 +112,26 @@ def start() -> Any:
             "schedule must be a list of days such as [0, 1, 3, 6].",
             {"schedule": "Must be a list."},
         )
+    allow_fallback = body.get("allow_fallback")
+    if allow_fallback is not None and not isinstance(allow_fallback, bool):
+        raise ApiError(
+            422,
+            "validation_error",
+            "allow_fallback must be true or false.",
+            {"allow_fallback": "Must be a boolean."},
+        )
     transaction = get_by_ref(db.session, current_token().organization_id, ref.strip())
     if transaction is None:
         raise ApiError(404, "not_found", "Transaction not found")
     try:
         started = services.start_recovery(
-            db.session, transaction, token_actor(), now=utcnow(), channels=channels, schedule=schedule
+            db.session,
+            transaction,
+            token_actor(),
+            now=utcnow(),
+            channels=channels,
+            schedule=schedule,
+            allow_fallback=allow_fallback,
         )
     except services.RecoveryRefused as error:
         db.session.rollback()

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
-from wtforms import SelectMultipleField, StringField
+from wtforms import BooleanField, RadioField, SelectMultipleField, StringField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import Length, Optional
 from wtforms.widgets import CheckboxInput, ListWidget
@@ -22,7 +22,23 @@ class StartRecoveryForm(FlaskForm):
         validators=[Optional(), Length(max=100)],
         description="Days after the start, e.g. 0,1,3,6. Empty: the organization's schedule.",
     )
+    # Pre-checked from the organization's settings (any channel allowed to fall back).
+    allow_fallback = BooleanField("If an address turns out dead, use the other channel")
 
 
 class CancelRecoveryForm(FlaskForm):
     pass
+
+
+class BulkStartForm(FlaskForm):
+    """Start recoveries for the transactions selected on the list (recovery.recoveries.bulk)."""
+
+    channel = RadioField(
+        "Send by",
+        choices=[
+            SelectChoice("any", "Email and SMS, where the customer has them"),
+            SelectChoice("email", "Email only"),
+            SelectChoice("sms", "SMS only"),
+        ],
+        default="any",
+    )

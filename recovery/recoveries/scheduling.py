@@ -7,7 +7,7 @@ already waiting in Redis, and scheduling the same send twice is a no-op.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -69,6 +69,23 @@ def remove(connection: Redis, job_id: str | None) -> bool:
         job.delete()
         return True
     return False
+
+
+def discard(connection: Redis, job_ids: Sequence[str]) -> int:
+    """Delete the jobs among `job_ids` that wait in the queue or the schedule; return how many.
+
+    For sends another job has just done: removing a job is cheaper than
+    running it to find nothing to do. Best effort: a job that starts in the
+    meantime re-checks the database and sends nothing.
+    """
+    removed = 0
+    with connection.pipeline() as pipe:
+        for job in Job.fetch_many(job_ids, connection=connection):
+            if job is not None and job.get_status(refresh=False) in (JobStatus.QUEUED, JobStatus.SCHEDULED):
+                job.delete(pipeline=pipe)
+                removed += 1
+        pipe.execute()
+    return removed
 
 
 def next_sweep_at(now: datetime) -> datetime:

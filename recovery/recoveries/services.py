@@ -17,6 +17,7 @@ from itertools import pairwise
 
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import object_session, selectinload
 
 from recovery import audit
 from recovery.audit import Actor
@@ -32,6 +33,7 @@ from recovery.models import (
     Message,
     MessageStatus,
     Organization,
+    Provider,
     RecoveryAttempt,
     SuppressionReason,
     Transaction,
@@ -40,6 +42,7 @@ from recovery.models import (
 from recovery.models.base import DbSession
 from recovery.payments import services as payments
 from recovery.payments.gateway import StripeGateway
+from recovery.recoveries.quiet_hours import allowed_at
 from recovery.recoveries.scheduling import send_job_id
 
 log = get_logger("recovery.recoveries")
@@ -139,13 +142,18 @@ def available_channels(session: DbSession, transaction: Transaction) -> list[str
 
 
 def effective_channels(session: DbSession, attempt: RecoveryAttempt, transaction: Transaction) -> list[str]:
-    """The channels the attempt sends on now: those asked for, a dead one replaced by the other if allowed."""
+    """The channels the attempt sends on now: those asked for, a dead one replaced by the other if allowed.
+
+    Allowed: the attempt allows fallback and the organization lets that channel fall back.
+    """
     usable = available_channels(session, transaction)
+    organization = session.get(Organization, attempt.organization_id)
+    may_fall_back = organization.fallback_set if organization is not None else frozenset()
     result: list[str] = []
     for channel in attempt.channels:
         if channel in usable:
             chosen: str | None = channel
-        elif attempt.allow_fallback and _other(channel) in usable:
+        elif attempt.allow_fallback and channel in may_fall_back and _other(channel) in usable:
             chosen = _other(channel)
         else:
             chosen = None
@@ -271,12 +279,13 @@ def start_recovery(
     now: datetime,
     channels: Sequence[str] | None = None,
     schedule: str | Sequence[object] | None = None,
-    allow_fallback: bool = True,
+    allow_fallback: bool | None = None,
 ) -> RecoveryStarted:
     """Create the transaction's recovery attempt and move it to recovering.
 
     `channels` None means every channel the customer can be reached on;
-    `schedule` None means the organization's. Raises RecoveryRefused
+    `schedule` None means the organization's; `allow_fallback` None means
+    yes if the organization lets any channel fall back. Raises RecoveryRefused
     (AlreadyActive if an attempt is running). The caller commits, then
     schedules the first send (recovery.recoveries.jobs.schedule_send).
     """
@@ -310,12 +319,12 @@ def start_recovery(
         status=A.CREATED,
         schedule=format_schedule(days),
         step=0,
-        allow_fallback=allow_fallback,
+        allow_fallback=bool(organization.fallback_set) if allow_fallback is None else allow_fallback,
         max_retries=len(days) - 1,
         messages_sent=0,
         created_at=now,
         expires_at=now + lifetime,
-        next_send_at=now + timedelta(days=days[0]),
+        next_send_at=send_time(organization, transaction, now + timedelta(days=days[0])),
     )
     attempt.transition(A.SCHEDULED)
     try:
@@ -595,6 +604,34 @@ def _lock(session: DbSession, attempt_id: int) -> RecoveryAttempt | None:
     )
 
 
+def _lock_many(session: DbSession, attempt_ids: Sequence[int]) -> dict[int, RecoveryAttempt]:
+    """Lock several attempts at once, in id order, with their transactions."""
+    return {
+        attempt.id: attempt
+        for attempt in session.scalars(
+            select(RecoveryAttempt)
+            .where(RecoveryAttempt.id.in_(list(attempt_ids)))
+            .order_by(RecoveryAttempt.id)
+            .with_for_update(of=RecoveryAttempt)
+            .options(selectinload(RecoveryAttempt.transaction))
+            .execution_options(populate_existing=True)
+        )
+    }
+
+
+def _load_messages(session: DbSession, message_ids: Sequence[int]) -> list[Message]:
+    """Read the messages afresh into the session, one query for a whole batch.
+
+    Keep the list while using them: the session's identity map holds its
+    objects weakly, and `session.get` of a collected one queries again.
+    """
+    return list(
+        session.scalars(
+            select(Message).where(Message.id.in_(list(message_ids))).execution_options(populate_existing=True)
+        )
+    )
+
+
 def _step_messages(session: DbSession, attempt: RecoveryAttempt) -> list[Message]:
     return list(
         session.scalars(
@@ -602,6 +639,16 @@ def _step_messages(session: DbSession, attempt: RecoveryAttempt) -> list[Message
             .where(Message.attempt_id == attempt.id, Message.step == attempt.step)
             .execution_options(populate_existing=True)
         )
+    )
+
+
+def send_time(organization: Organization, transaction: Transaction, at: datetime) -> datetime:
+    """`at`, or the end of the customer's quiet hours if `at` falls inside them."""
+    return allowed_at(
+        at,
+        country=transaction.customer_country,
+        organization_zone=organization.timezone,
+        quiet_hours=organization.quiet_hours,
     )
 
 
@@ -623,6 +670,14 @@ def _stop_reason(attempt: RecoveryAttempt, step: int, now: datetime) -> str | No
     if now >= attempt.expires_at:
         _close(attempt, A.EXHAUSTED if attempt.step >= len(attempt.schedule_days) else A.EXPIRED, now)
         return "ended"
+    # The due time may have been set days ago, before a change of settings or of the
+    # customer's country: the hour is checked again now. Deferred, not skipped.
+    organization = object_session(attempt).get(Organization, attempt.organization_id)  # type: ignore[union-attr]
+    if organization is not None:
+        allowed = send_time(organization, transaction, now)
+        if allowed > now:
+            attempt.next_send_at = allowed
+            return "quiet_hours"
     return None
 
 
@@ -700,7 +755,7 @@ def _record(
     """Store each provider's answer; True if an address turned out dead (a fallback may be due)."""
     dead = False
     for message_id, delivery in results:
-        message = session.get(Message, message_id, populate_existing=True)
+        message = session.get(Message, message_id)  # loaded under the attempt's lock (send_batch)
         assert message is not None
         message.provider = delivery.provider
         message.error = delivery.error
@@ -767,7 +822,11 @@ def _finish(session: DbSession, attempt: RecoveryAttempt, step: int, now: dateti
     days = attempt.schedule_days
     attempt.step = step + 1
     if attempt.step < len(days):
-        due = attempt.created_at + timedelta(days=days[attempt.step])
+        organization = session.get(Organization, attempt.organization_id)
+        assert organization is not None
+        due = send_time(
+            organization, attempt.transaction, attempt.created_at + timedelta(days=days[attempt.step])
+        )
         if due < attempt.expires_at:
             attempt.next_send_at = due
             return SendResult("sent", attempt.id, attempt.step, due, sent)
@@ -777,44 +836,159 @@ def _finish(session: DbSession, attempt: RecoveryAttempt, step: int, now: dateti
     return SendResult("sent", attempt.id, attempt.step, attempt.next_send_at, sent)
 
 
+def _ended(attempt: RecoveryAttempt, outcome: str) -> SendResult:
+    return SendResult(outcome, attempt.id, attempt.step, attempt.next_send_at if attempt.is_active else None)
+
+
+def fill_batch(
+    session: DbSession, now: datetime, limit: int, *, exclude: Sequence[int] = ()
+) -> list[RecoveryAttempt]:
+    """Lock up to `limit` due attempts that no other job is sending, to fill a batch.
+
+    FOR UPDATE SKIP LOCKED never waits: an attempt another batch holds is left
+    to it, and so is one with a message of its step in flight (claimed and
+    committed, not yet recorded), so concurrent batches take disjoint sends.
+    SQLite has no row locks; its writers take turns anyway.
+    """
+    if limit <= 0:
+        return []
+    in_flight = (
+        select(Message.id)
+        .where(
+            Message.attempt_id == RecoveryAttempt.id,
+            Message.step == RecoveryAttempt.step,
+            Message.status == M.SENDING,
+        )
+        .exists()
+    )
+    query = select(RecoveryAttempt).where(DUE_STATUSES, RecoveryAttempt.next_send_at <= now, ~in_flight)
+    if exclude:
+        query = query.where(RecoveryAttempt.id.not_in(list(exclude)))
+    return list(
+        session.scalars(
+            query.order_by(RecoveryAttempt.next_send_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True, of=RecoveryAttempt)
+            .options(selectinload(RecoveryAttempt.transaction))
+            .execution_options(populate_existing=True)
+        )
+    )
+
+
+@dataclass(frozen=True)
+class BatchSent:
+    """What a batch did: one result per attempt, the asked sends first."""
+
+    results: list[SendResult]
+    # (attempt id, step, due) of each send taken to fill the batch: a job
+    # waiting to send it is redundant now (it would find nothing to do).
+    taken: list[tuple[int, int, datetime]]
+
+
+def _safe_deliver(postman: Postman, item: Outgoing) -> Delivery:
+    """Deliver one message of a batch; an unexpected error fails that message, not the batch.
+
+    Left unrecorded, the batch's other claimed messages would look abandoned
+    mid-send and never go out. The failure is permanent: the error may have
+    come after the provider accepted the message, and a retry could duplicate it.
+    """
+    try:
+        return _deliver(postman, item)
+    except Exception as error:  # recorded on the message and logged with its traceback
+        log.exception("recovery_message_error", message_id=item.message_id)
+        provider = Provider.SMTP if isinstance(item, OutgoingEmail) else Provider.TWILIO
+        return Delivery(Outcome.FAILED, provider, error=f"{type(error).__name__}: {error}"[:300])
+
+
+def send_batch(
+    session: DbSession,
+    postman: Postman,
+    sends: Sequence[tuple[int, int]],
+    *,
+    base_url: str,
+    now: datetime,
+    size: int = 1,
+) -> BatchSent:
+    """Send the asked (attempt id, step) sends, plus other due ones up to `size`, over one SMTP connection.
+
+    Each message keeps the guarantees of a single send: its attempt is locked
+    and re-checked (`_stop_reason`) right before it is claimed; its unique key
+    (attempt, step, channel) is committed before any provider is called, so a
+    batch that runs twice, or overlaps another, sends each message once; each
+    provider answer is recorded on its own message (a transient failure is
+    retried with backoff as for one send, and fails nobody else). Three
+    commits per batch, however large: claims, answers, and fallbacks if any.
+    """
+    asked = sorted(set(sends))  # one lock order for every batch: no deadlock between them
+    batch: list[tuple[RecoveryAttempt, int]] = []
+    missing: list[SendResult] = []
+    for attempt_id, step in asked:
+        attempt = _lock(session, attempt_id)
+        if attempt is None:
+            missing.append(SendResult("missing", attempt_id, step, None))
+        else:
+            batch.append((attempt, step))
+    # Only now the others, without waiting: a batch waits for no lock while holding a filler's.
+    fillers = fill_batch(session, now, size - len(asked), exclude=[a for a, _ in asked])
+    taken = [(a.id, a.step, a.next_send_at) for a in fillers if a.next_send_at is not None]
+    batch += [(attempt, attempt.step) for attempt in fillers]
+
+    # Ids kept aside: after a commit, reading attempt.id would reload the row.
+    order = [attempt.id for attempt, _ in batch]
+    # Held for the batch: the identity map keeps objects weakly, and each
+    # `session.get(Organization, ...)` of the checks would otherwise query.
+    organizations = list(  # noqa: F841
+        session.scalars(
+            select(Organization).where(Organization.id.in_({a.organization_id for a, _ in batch}))
+        )
+    )
+    steps = {attempt.id: step for attempt, step in batch}
+    results: dict[int, SendResult] = {}
+    pending: dict[int, list[Outgoing]] = {}
+    for attempt, step in batch:
+        stop = _stop_reason(attempt, step, now)
+        if stop is not None:
+            results[attempt.id] = _ended(attempt, stop)
+            continue
+        claimed = _claim(session, attempt, base_url, now)
+        if claimed:
+            pending[attempt.id] = claimed
+        else:
+            results[attempt.id] = _finish(session, attempt, step, now)
+    session.commit()
+
+    with postman.session():
+        while pending:
+            # No database work while the providers talk: the claims are committed.
+            answers = {
+                attempt_id: [(item.message_id, _safe_deliver(postman, item)) for item in items]
+                for attempt_id, items in pending.items()
+            }
+            pending = {}
+            locked = _lock_many(session, sorted(answers))
+            loaded = _load_messages(session, [m for items in answers.values() for m, _ in items])
+            for attempt_id in sorted(answers):
+                attempt = locked[attempt_id]
+                dead = _record(session, attempt, answers[attempt_id], now)
+                # A dead address at this step: the other channel, if allowed, takes over at once.
+                more = _claim(session, attempt, base_url, now) if dead and attempt.is_active else []
+                if more:
+                    pending[attempt_id] = more
+                elif attempt.is_active:
+                    results[attempt_id] = _finish(session, attempt, steps[attempt_id], now)
+                else:
+                    results[attempt_id] = SendResult("inactive", attempt_id, steps[attempt_id], None)
+            session.commit()
+            del loaded
+    ordered = missing + [results[attempt_id] for attempt_id in order]
+    return BatchSent(ordered, taken)
+
+
 def send_due(
     session: DbSession, postman: Postman, attempt_id: int, step: int, *, base_url: str, now: datetime
 ) -> SendResult:
     """Send step `step` of the attempt if it is still due, and schedule what follows.
 
-    Safe to run twice: each message's key (attempt, step, channel) is committed
-    before its provider is called, and a message that exists is not sent again.
-    Re-checks right before sending that the attempt is active, this step is the
-    due one, the transaction is unpaid and the link unexpired. Commits.
+    A batch of one (see `send_batch` for the guarantees). Commits.
     """
-    attempt = _lock(session, attempt_id)
-    if attempt is None:
-        return SendResult("missing", attempt_id, step, None)
-    stop = _stop_reason(attempt, step, now)
-    if stop is not None:
-        result = SendResult(
-            stop, attempt_id, attempt.step, attempt.next_send_at if attempt.is_active else None
-        )
-        session.commit()
-        return result
-    claimed = _claim(session, attempt, base_url, now)
-    session.commit()
-    with postman.session():
-        while claimed:
-            # No database work while the providers talk: the claim is committed.
-            results = [(item.message_id, _deliver(postman, item)) for item in claimed]
-            attempt = _lock(session, attempt_id)
-            assert attempt is not None
-            dead = _record(session, attempt, results, now)
-            # A dead address at this step: the other channel, if allowed, takes over at once.
-            claimed = _claim(session, attempt, base_url, now) if dead and attempt.is_active else []
-            session.commit()
-    attempt = _lock(session, attempt_id)
-    assert attempt is not None
-    result = (
-        _finish(session, attempt, step, now)
-        if attempt.is_active
-        else SendResult("inactive", attempt_id, step, None)
-    )
-    session.commit()
-    return result
+    return send_batch(session, postman, [(attempt_id, step)], base_url=base_url, now=now).results[0]

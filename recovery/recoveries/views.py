@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
+from redis.exceptions import RedisError
 from sqlalchemy import select
 from werkzeug.wrappers import Response
 
 from recovery.audit import Actor
 from recovery.extensions import db
+from recovery.logs import get_logger
 from recovery.models import AttemptStatus, Organization, RecoveryAttempt, Role, Transaction, utcnow
-from recovery.recoveries import jobs, services
-from recovery.recoveries.forms import CHANNEL_CHOICES, CancelRecoveryForm, StartRecoveryForm
-from recovery.security import require_role
+from recovery.queue import redis_connection
+from recovery.recoveries import bulk, jobs, services
+from recovery.recoveries.forms import (
+    CHANNEL_CHOICES,
+    BulkStartForm,
+    CancelRecoveryForm,
+    StartRecoveryForm,
+)
+from recovery.security import is_safe_next, require_role
+from recovery.transactions import live
 from recovery.transactions.services import get_for_org
 
 bp = Blueprint("recoveries", __name__)
+
+log = get_logger("recovery.recoveries")
 
 PAGE_SIZE = 50
 
@@ -30,9 +42,11 @@ def panel_context(transaction: Transaction) -> dict[str, Any]:
     """What the transaction page needs for its Recovery card."""
     active = services.active_attempt(db.session, transaction.id)
     available = services.available_channels(db.session, transaction)
-    form = StartRecoveryForm(channels=available)
-    form.channels.choices = [choice for choice in CHANNEL_CHOICES if choice.value in available]
     organization = db.session.get(Organization, transaction.organization_id)
+    form = StartRecoveryForm(
+        channels=available, allow_fallback=bool(organization and organization.fallback_set)
+    )
+    form.channels.choices = [choice for choice in CHANNEL_CHOICES if choice.value in available]
     return {
         "active_attempt": active,
         "start_form": form,
@@ -65,6 +79,7 @@ def start(transaction_id: int) -> Response:
             now=utcnow(),
             channels=list(form.channels.data or []),
             schedule=(form.schedule.data or "").strip() or None,
+            allow_fallback=bool(form.allow_fallback.data),
         )
     except services.RecoveryRefused as error:
         db.session.rollback()
@@ -72,7 +87,12 @@ def start(transaction_id: int) -> Response:
         return _back(transaction.id)
     db.session.commit()
     jobs.schedule_next(started.attempt)
-    flash("Recovery started: the first message is on its way.", "success")
+    first = started.attempt.next_send_at
+    if first is not None and first > utcnow() + timedelta(minutes=1):
+        # Quiet hours in the customer's time zone moved the first message.
+        flash(f"Recovery started: the first message goes out at {first:%Y-%m-%d %H:%M} UTC.", "success")
+    else:
+        flash("Recovery started: the first message is on its way.", "success")
     return _back(transaction.id)
 
 
@@ -97,6 +117,42 @@ def cancel(attempt_id: int) -> Response:
     return _back(attempt.transaction_id)
 
 
+@bp.post("/recoveries/bulk")
+@require_role(Role.OPERATOR)
+def bulk_start() -> Response:
+    """Queue recoveries for the transactions selected on the list; follow them on the progress page."""
+    target = request.form.get("next")
+    back = redirect(target if is_safe_next(target) else url_for("transactions.index"))  # type: ignore[arg-type]
+    form = BulkStartForm()
+    if not form.validate():
+        flash("This form has expired; reload the page and try again.", "error")
+        return back
+    try:
+        ids = bulk.parse_ids(request.form.getlist("ids"))
+        job_id = bulk.enqueue(_actor(), ids, form.channel.data or "any")
+    except bulk.BulkRefused as error:
+        flash(str(error), "error")
+        return back
+    except RedisError:
+        log.exception("recovery_bulk_enqueue_failed", organization_id=current_user.organization_id)
+        flash("The job queue is unreachable, so nothing was started; try again in a moment.", "error")
+        return back
+    return redirect(url_for("recoveries.bulk_progress", job_id=job_id))
+
+
+@bp.get("/recoveries/bulk/<job_id>")
+def bulk_progress(job_id: str) -> Any:
+    progress = bulk.load(redis_connection(), current_user.organization_id, job_id)
+    if progress is None:
+        abort(404)
+    fragment = bool(request.headers.get("HX-Request"))
+    return render_template(
+        "recoveries/_bulk_progress.html" if fragment else "recoveries/bulk.html",
+        progress=progress,
+        job_id=job_id,
+    )
+
+
 @bp.get("/recoveries")
 def index() -> Any:
     status = request.args.get("status") or None
@@ -117,10 +173,18 @@ def index() -> Any:
     rows = db.session.execute(stmt).all()
     more = len(rows) > PAGE_SIZE
     rows = rows[:PAGE_SIZE]
+    # The table polls this same URL (htmx): 204 while its rows are unchanged.
+    version = live.attempts_fingerprint([(a, t) for a, t in rows])
+    fragment = bool(request.headers.get("HX-Request"))
+    if fragment and request.args.get("v") == version:
+        return "", 204
     return render_template(
-        "recoveries/index.html",
+        "recoveries/_table.html" if fragment else "recoveries/index.html",
         rows=rows,
         status=status,
+        before=before,
         statuses=AttemptStatus.ALL,
         next_before=rows[-1][0].id if more and rows else None,
+        live_version=version,
+        live_seconds=live.POLL_SECONDS,
     )

@@ -374,6 +374,10 @@ AUDIT_TITLES = {
     "recovery.cancelled": "Recovery cancelled",
     "recovery.link_opened": "Customer opened the payment link",
     "recovery.unsubscribed": "Customer unsubscribed from emails",
+    "recovery.sms_opted_out": "Customer replied STOP: no more text messages",
+    "recovery.sms_opted_in": "Customer replied START: text messages allowed again",
+    "recovery.sms_undelivered": "Text message not delivered",
+    "recovery.auto_start_refused": "Automatic recovery not started",
 }
 MESSAGE_TITLES = {
     "sending": "{channel} being sent",

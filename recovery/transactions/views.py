@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 
 from recovery.audit import Actor
 from recovery.extensions import db
-from recovery.models import Role, Transaction
+from recovery.models import Role, Transaction, utcnow
 from recovery.models.transaction import TransactionStatus
 from recovery.payments.views import panel_context
+from recovery.queue import redis_connection
 from recovery.recoveries.views import panel_context as recovery_panel_context
 from recovery.security import require_role
-from recovery.transactions import services
+from recovery.transactions import kpis, live, services
 from recovery.transactions.forms import ContactForm, TransactionForm
 
 bp = Blueprint("transactions", __name__)
@@ -52,16 +55,56 @@ def index() -> Any:
     )
 
 
+def _detail_context(transaction: Transaction, version: str) -> dict[str, Any]:
+    return {
+        "transaction": transaction,
+        "timeline": services.timeline(db.session, transaction),
+        "live_version": version,
+        "live_final": live.is_final(transaction.status),
+        "live_seconds": live.POLL_SECONDS,
+        **panel_context(transaction),
+        **recovery_panel_context(transaction),
+    }
+
+
+@bp.get("/transactions/kpis")
+def kpi_tiles() -> Any:
+    """The KPI tiles, loaded by the list page after it has rendered (htmx), so they never slow it."""
+    organization = current_user.organization
+    figures = kpis.cached(db.session, redis_connection(), organization.id, organization.timezone, utcnow())
+    return render_template(
+        "transactions/_kpis.html",
+        kpis=figures,
+        rate_definition=kpis.RATE_DEFINITION,
+        rate_window_days=kpis.RATE_WINDOW_DAYS,
+        month=format_month(figures.month_start, organization.timezone),
+    )
+
+
+def format_month(start: datetime, timezone: str) -> str:
+    """ "November 2026" for the month starting at `start` (UTC) in the organization's zone."""
+    try:
+        zone = ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        zone = ZoneInfo("UTC")
+    return start.astimezone(zone).strftime("%B %Y")
+
+
 @bp.get("/transactions/<int:transaction_id>")
 def detail(transaction_id: int) -> Any:
     transaction = org_transaction(transaction_id)
-    return render_template(
-        "transactions/detail.html",
-        transaction=transaction,
-        timeline=services.timeline(db.session, transaction),
-        **panel_context(transaction),
-        **recovery_panel_context(transaction),
-    )
+    version = live.transaction_fingerprint(db.session, transaction.id)
+    return render_template("transactions/detail.html", **_detail_context(transaction, version))
+
+
+@bp.get("/transactions/<int:transaction_id>/live")
+def live_status(transaction_id: int) -> Any:
+    """The changing part of the transaction page, for its poll; 204 while nothing changed."""
+    transaction = org_transaction(transaction_id)
+    version = live.transaction_fingerprint(db.session, transaction.id)
+    if request.args.get("v") == version:
+        return "", 204
+    return render_template("transactions/_live.html", **_detail_context(transaction, version))
 
 
 @bp.get("/transactions/by-ref/<ref>")

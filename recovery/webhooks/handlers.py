@@ -69,6 +69,8 @@ class Context:
     # Set by a fulfilment: the job then closes the transaction's other ways to pay.
     closed_transaction_id: int | None = None
     paid_session_id: str | None = None
+    # Set by an import of a failed payment: the job may then start its recovery.
+    imported_transaction_id: int | None = None
     _gateway: StripeGateway | None = field(default=None, repr=False)
 
     def gateway(self) -> StripeGateway | None:
@@ -664,6 +666,7 @@ def _import_failure(
         return None
     txn.stripe_payment_intent_id = intent_id
     txn.stripe_customer_id = _id(obj.get("customer"))
+    ctx.imported_transaction_id = txn.id
     log.info(
         "stripe_failure_imported",
         payment_intent_id=intent_id,

@@ -18,6 +18,7 @@ from rq.job import Job, JobStatus
 from recovery.extensions import db
 from recovery.jobs import app_job
 from recovery.logs import get_logger
+from recovery.models import utcnow
 from recovery.payments.gateway import StripeFailure, StripeGateway, StripeSettings
 from recovery.queue import get_queue
 from recovery.webhooks import services
@@ -94,7 +95,28 @@ def process_webhook_event(stripe_event_id: str) -> str:
             outcome.paid_session_id,
             retry=Retry(max=5, interval=[10, 60, 300, 1800, 3600]),
         )
+    if outcome.imported_transaction_id is not None:
+        # After the commit that created it; a job of its own, so a refusal never fails the event.
+        get_queue().enqueue(
+            start_imported_recovery,
+            outcome.imported_transaction_id,
+            job_id=f"auto-start-{outcome.imported_transaction_id}",
+            retry=Retry(max=3, interval=[10, 60, 300]),
+        )
     return outcome.state
+
+
+@app_job
+def start_imported_recovery(transaction_id: int) -> str:
+    """Start the recovery of a failed payment imported from Stripe, if its organization wants that."""
+    from recovery.recoveries import jobs as recovery_jobs
+    from recovery.recoveries.automatic import auto_start
+
+    result = auto_start(db.session, transaction_id, now=utcnow())
+    db.session.commit()
+    if result.attempt is not None:
+        recovery_jobs.schedule_next(result.attempt)
+    return result.outcome
 
 
 @app_job

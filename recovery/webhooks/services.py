@@ -115,6 +115,7 @@ class Outcome:
     organization_id: int | None = None
     closed_transaction_id: int | None = None
     paid_session_id: str | None = None
+    imported_transaction_id: int | None = None
 
 
 class ProcessingFailed(Exception):
@@ -187,6 +188,7 @@ def process_event(session: DbSession, stripe_event_id: str, gateway_factory: Gat
         organization_id=event.organization_id,
         closed_transaction_id=ctx.closed_transaction_id,
         paid_session_id=ctx.paid_session_id,
+        imported_transaction_id=ctx.imported_transaction_id,
     )
 
 

@@ -40,3 +40,49 @@ document.addEventListener("submit", (event) => {
   const message = event.target.dataset?.confirm;
   if (message && !window.confirm(message)) event.preventDefault();
 });
+
+// Live regions ([data-live] with hx-trigger="every 3s") poll only while the tab is visible.
+document.addEventListener("htmx:beforeRequest", (event) => {
+  if (document.hidden && event.detail.elt.hasAttribute("data-live")) event.preventDefault();
+});
+
+// A poll answered by the sign-in page (the session ended): go there instead of swapping it in.
+document.addEventListener("htmx:beforeSwap", (event) => {
+  const url = event.detail.xhr?.responseURL;
+  if (url && new URL(url).pathname === "/login") {
+    event.detail.shouldSwap = false;
+    const here = window.location.pathname + window.location.search;
+    window.location.assign("/login?next=" + encodeURIComponent(here));
+  }
+});
+
+// Bulk start on the transactions list: "select all on this page", and the count on the button
+// (and in the confirmation). The row checkboxes join the form through form="bulk-form".
+function bulkBoxes(form) {
+  return [...form.elements].filter((element) => element.name === "ids");
+}
+
+function bulkUpdate(form) {
+  const boxes = bulkBoxes(form);
+  const checked = boxes.filter((box) => box.checked).length;
+  const count = form.querySelector("[data-bulk-count]");
+  if (count) count.textContent = String(checked);
+  const all = form.querySelector("[data-select-all]");
+  if (all) {
+    all.checked = checked > 0 && checked === boxes.length;
+    all.indeterminate = checked > 0 && checked < boxes.length;
+  }
+  form.dataset.confirm = `Start recoveries for ${checked} transaction${checked === 1 ? "" : "s"}? Their customers are messaged now.`;
+}
+
+document.addEventListener("change", (event) => {
+  const form = event.target.form;
+  if (!form || !form.matches("[data-bulk]")) return;
+  if (event.target.matches("[data-select-all]")) {
+    for (const box of bulkBoxes(form)) box.checked = event.target.checked;
+  }
+  bulkUpdate(form);
+});
+
+// Checkboxes the browser restored (back button) count too.
+window.addEventListener("pageshow", () => document.querySelectorAll("form[data-bulk]").forEach(bulkUpdate));
