@@ -31,9 +31,19 @@ SWEEP_AFTER = timedelta(seconds=60)
 RECONCILE_EVERY_SECONDS = 300
 SWEEPER_JOB_ID = "stripe-webhooks-sweeper"
 RECONCILER_JOB_ID = "stripe-webhooks-reconciler"
+# Stripe calls a close_payment_options job makes at most before it gives up and retries.
+CLOSE_CALLS = 5
+# The reconciliation re-reads every stale open session, one Stripe call each.
+RECONCILE_TIMEOUT_SECONDS = 30 * 60
 # RQ has no "repeat forever": a year of minutes, and every worker start re-arms it.
 _REPEAT_TIMES = 600_000
 _IN_FLIGHT = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
+
+
+def stripe_job_timeout(calls: int) -> int:
+    """A job timeout that covers `calls` Stripe calls even when every try of each times out."""
+    settings = StripeSettings.from_config(current_app.config)
+    return int(settings.worst_case_seconds * calls) + 30
 
 
 def job_id(stripe_event_id: str) -> str:
@@ -63,7 +73,8 @@ def enqueue_processing(stripe_event_id: str, queue: Queue | None = None) -> Job:
             retry=Retry(max=len(intervals), interval=intervals),
             result_ttl=3600,
             failure_ttl=7 * 24 * 3600,
-            timeout=120,
+            # Handlers re-read at most one session from Stripe.
+            timeout=max(120, stripe_job_timeout(1)),
             pipeline=pipe,
         )
         pipe.execute()
@@ -94,6 +105,8 @@ def process_webhook_event(stripe_event_id: str) -> str:
             outcome.closed_transaction_id,
             outcome.paid_session_id,
             retry=Retry(max=5, interval=[10, 60, 300, 1800, 3600]),
+            # Deactivate the link and expire the other open sessions: a few calls.
+            job_timeout=stripe_job_timeout(CLOSE_CALLS),
         )
     if outcome.imported_transaction_id is not None:
         # After the commit that created it; a job of its own, so a refusal never fails the event.
@@ -168,7 +181,11 @@ def reconcile_checkout_sessions(organization_id: int | None = None) -> dict[str,
             log.warning("stripe_reconcile_failed", checkout_session_id=record_id, error=str(error))
     for transaction_id, session_id in result.closed_transaction_ids or []:
         get_queue().enqueue(
-            close_payment_options, transaction_id, session_id, retry=Retry(max=5, interval=60)
+            close_payment_options,
+            transaction_id,
+            session_id,
+            retry=Retry(max=5, interval=60),
+            job_timeout=stripe_job_timeout(CLOSE_CALLS),
         )
     summary = {"checked": result.checked, "recovered": result.recovered, "expired": result.expired}
     log.info("stripe_reconciled", organization_id=organization_id, errors=result.errors, **summary)
@@ -195,6 +212,7 @@ def schedule_periodic(queue: Queue) -> list[str]:
                 job_id=id_,
                 repeat=Repeat(times=_REPEAT_TIMES, interval=every),
                 result_ttl=every * 2,
+                job_timeout=RECONCILE_TIMEOUT_SECONDS if func is reconcile_checkout_sessions else None,
             )
         except RedisError as error:
             log.warning("stripe_webhook_schedule_failed", job=id_, error=str(error))
