@@ -1,5 +1,5 @@
 # The commands everyone uses. The README names the first two.
-.PHONY: run test lint typecheck check migration
+.PHONY: run test lint typecheck check migration translations
 
 run:            ## demo: venv, install, migrate, seed, web + worker (+ embedded Redis)
 	bash scripts/run.sh
@@ -17,3 +17,9 @@ check: lint typecheck test
 
 migration:      ## make migration m="what changed"
 	APP_ENV=development .venv/bin/flask --app wsgi db migrate -m "$(m)"
+
+translations:   ## re-extract the customer message copy; update and compile every language's catalogue
+	.venv/bin/pybabel extract -F babel.cfg -o recovery/translations/messages.pot --no-location --project=Recovery .
+	if ls recovery/translations/*/LC_MESSAGES/messages.po >/dev/null 2>&1; then \
+	  .venv/bin/pybabel update -i recovery/translations/messages.pot -d recovery/translations && \
+	  .venv/bin/pybabel compile -d recovery/translations; fi

@@ -268,3 +268,56 @@ def test_without_twilio_settings_sms_goes_to_the_outbox(app) -> None:
     delivery = postman(app).send_sms(OutgoingSms(3, "+14155550123", "hello"))
 
     assert (delivery.outcome, delivery.provider) == (Outcome.SENT, Provider.OUTBOX)
+
+
+def test_another_language_is_a_catalogue_away(tmp_path, monkeypatch) -> None:
+    """A German .po compiled next to the extracted template changes the copy, and only for German."""
+    from babel.messages.catalog import Catalog
+    from babel.messages.mofile import write_mo
+    from babel.messages.pofile import read_po
+
+    from recovery.messaging import content
+
+    template = content.TRANSLATIONS / "messages.pot"
+    with template.open("rb") as source:
+        catalog: Catalog = read_po(source, locale="de")
+    catalog[
+        "%(merchant)s: your payment of %(amount)s did not go through"
+    ].string = "%(merchant)s: Ihre Zahlung über %(amount)s ist nicht durchgegangen"
+    catalog["Hello,"].string = "Hallo,"
+    target = tmp_path / "de" / "LC_MESSAGES"
+    target.mkdir(parents=True)
+    with (target / "messages.mo").open("wb") as out:
+        write_mo(out, catalog)
+    monkeypatch.setattr(content, "TRANSLATIONS", tmp_path)
+    content._environment.cache_clear()
+    try:
+        german = render_email(facts(locale="de-DE", customer_name=None))
+        english = render_email(facts(customer_name=None))
+    finally:
+        content._environment.cache_clear()
+    assert german.subject == "Acme Shop: Ihre Zahlung über 50,00\xa0$ ist nicht durchgegangen"
+    assert german.text.startswith("Hallo,")
+    assert english.subject == "Acme Shop: your payment of $50.00 did not go through"
+
+
+def test_the_extracted_template_is_current() -> None:
+    """recovery/translations/messages.pot holds every message of templates/messages (`make translations`)."""
+    from babel.messages.extract import extract_from_dir
+    from babel.messages.pofile import read_po
+
+    from recovery.messaging import content
+
+    found = {
+        message[2] if isinstance(message[2], str) else message[2][0]
+        for message in extract_from_dir(
+            str(content.TEMPLATES),
+            method_map=[("**", "jinja2")],
+            options_map={"**": {"extensions": "jinja2.ext.i18n"}},
+        )
+    }
+    with (content.TRANSLATIONS / "messages.pot").open("rb") as source:
+        extracted = {
+            message.id if isinstance(message.id, str) else message.id[0] for message in read_po(source)
+        }
+    assert found and found == extracted - {""}
