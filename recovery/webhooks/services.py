@@ -14,8 +14,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from recovery import audit
 from recovery.audit import Actor
@@ -32,7 +30,7 @@ from recovery.models import (
     WebhookState,
     utcnow,
 )
-from recovery.models.base import DbSession
+from recovery.models.base import DbSession, insert_ignoring_duplicates
 from recovery.payments import services as payments
 from recovery.payments.gateway import CheckoutSessionInfo, StripeFailure, StripeGateway
 from recovery.payments.services import CLOSED_STATUSES
@@ -92,12 +90,9 @@ def store_event(session: DbSession, event: dict[str, Any]) -> Received:
     Safe to run twice or concurrently: the unique stripe_event_id decides, so a
     redelivery (or two deliveries racing) stores one row and changes nothing.
     """
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
     statement = (
-        insert(WebhookEvent)
+        insert_ignoring_duplicates(session, WebhookEvent, ["stripe_event_id"])
         .values(**event_row(event))
-        .on_conflict_do_nothing(index_elements=["stripe_event_id"])
         .returning(WebhookEvent.id)
     )
     new_id = session.execute(statement).scalar()
