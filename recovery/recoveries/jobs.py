@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from flask import current_app
@@ -34,6 +35,12 @@ def schedule_send(attempt_id: int, step: int, due: datetime, now: datetime | Non
     )
 
 
+def schedule_many(sends: Sequence[tuple[int, int, datetime]], now: datetime | None = None) -> int:
+    """`schedule_send` for many (attempt id, step, due) at once, in two Redis round trips; how many placed."""
+    jobs = [(scheduling.send_job_id(*send), send[2], send[:2]) for send in sends]
+    return scheduling.place_many(get_queue(), send_step, jobs, now or utcnow()) if jobs else 0
+
+
 def schedule_next(attempt: RecoveryAttempt) -> bool:
     """Schedule the attempt's next send, if it has one."""
     if not attempt.is_active or attempt.next_send_at is None:
@@ -63,9 +70,13 @@ def send_step(attempt_id: int, step: int) -> str:
         now=utcnow(),
         size=max(1, int(current_app.config["SEND_BATCH_SIZE"])),
     )
-    for result in batch.results:
-        if result.next_send_at is not None and result.outcome not in ("not_due", "stale", "in_progress"):
-            schedule_send(result.attempt_id, result.step, result.next_send_at)
+    schedule_many(
+        [
+            (result.attempt_id, result.step, result.next_send_at)
+            for result in batch.results
+            if result.next_send_at is not None and result.outcome not in ("not_due", "stale", "in_progress")
+        ]
+    )
     if batch.taken:
         scheduling.discard(redis_connection(), [scheduling.send_job_id(*taken) for taken in batch.taken])
     return batch.results[0].outcome
@@ -73,11 +84,9 @@ def send_step(attempt_id: int, step: int) -> str:
 
 def sweep_once(now: datetime) -> int:
     """Enqueue every due send whose job is not waiting in Redis; return how many were placed."""
-    placed = 0
-    for attempt_id, step, due in services.due_attempts(db.session, now):
-        if schedule_send(attempt_id, step, due, now):
-            placed += 1
+    due = services.due_attempts(db.session, now)
     db.session.rollback()  # read only; end the transaction
+    placed = schedule_many(due, now)
     if placed:
         log.info("recovery_sweep_enqueued", count=placed)
     return placed

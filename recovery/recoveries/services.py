@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import pairwise
 
-from sqlalchemy import select, text
+from sqlalchemy import select, text, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import object_session, selectinload
 
@@ -39,7 +39,7 @@ from recovery.models import (
     Transaction,
     TransactionStatus,
 )
-from recovery.models.base import DbSession
+from recovery.models.base import DbSession, insert_ignoring_duplicates
 from recovery.payments import services as payments
 from recovery.payments.gateway import StripeGateway
 from recovery.recoveries.quiet_hours import allowed_at
@@ -135,18 +135,66 @@ def suppressed_channels(session: DbSession, transaction: Transaction) -> dict[st
     return {c: found[(c, a)] for c, a in pairs if a and (c, a) in found}
 
 
-def available_channels(session: DbSession, transaction: Transaction) -> list[str]:
+class BatchContacts:
+    """Suppressed addresses of a batch's customers: read in one query, kept current as the batch adds some."""
+
+    def __init__(self, session: DbSession, transactions: Sequence[Transaction]) -> None:
+        wanted = {
+            (t.organization_id, c, address)
+            for t in transactions
+            for c in (Channel.EMAIL, Channel.SMS)
+            if (address := address_for(t, c))
+        }
+        self._reasons: dict[tuple[int, str, str], str] = {}
+        if wanted:
+            rows = session.execute(
+                select(
+                    ContactSuppression.organization_id,
+                    ContactSuppression.channel,
+                    ContactSuppression.address,
+                    ContactSuppression.reason,
+                ).where(
+                    ContactSuppression.organization_id.in_({org for org, _, _ in wanted}),
+                    ContactSuppression.address.in_({address for _, _, address in wanted}),
+                )
+            )
+            self._reasons = {(org, c, a): reason for org, c, a, reason in rows if (org, c, a) in wanted}
+
+    def suppressed(self, transaction: Transaction) -> dict[str, str]:
+        """Channel → reason, as `suppressed_channels` would answer."""
+        found: dict[str, str] = {}
+        for channel in (Channel.EMAIL, Channel.SMS):
+            address = address_for(transaction, channel)
+            reason = self._reasons.get((transaction.organization_id, channel, address or ""))
+            if address and reason:
+                found[channel] = reason
+        return found
+
+    def add(self, organization_id: int, channel: str, address: str, reason: str) -> None:
+        self._reasons.setdefault((organization_id, channel, address), reason)
+
+
+def available_channels(
+    session: DbSession, transaction: Transaction, suppressed: dict[str, str] | None = None
+) -> list[str]:
     """Channels the customer can be reached on: contact details present, not opted out or undeliverable."""
-    suppressed = suppressed_channels(session, transaction)
+    if suppressed is None:
+        suppressed = suppressed_channels(session, transaction)
     return [c for c in (Channel.EMAIL, Channel.SMS) if address_for(transaction, c) and c not in suppressed]
 
 
-def effective_channels(session: DbSession, attempt: RecoveryAttempt, transaction: Transaction) -> list[str]:
+def effective_channels(
+    session: DbSession,
+    attempt: RecoveryAttempt,
+    transaction: Transaction,
+    suppressed: dict[str, str] | None = None,
+) -> list[str]:
     """The channels the attempt sends on now: those asked for, a dead one replaced by the other if allowed.
 
     Allowed: the attempt allows fallback and the organization lets that channel fall back.
+    `suppressed` (channel → reason) saves the query when the caller knows it.
     """
-    usable = available_channels(session, transaction)
+    usable = available_channels(session, transaction, suppressed)
     organization = session.get(Organization, attempt.organization_id)
     may_fall_back = organization.fallback_set if organization is not None else frozenset()
     result: list[str] = []
@@ -619,27 +667,25 @@ def _lock_many(session: DbSession, attempt_ids: Sequence[int]) -> dict[int, Reco
     }
 
 
-def _load_messages(session: DbSession, message_ids: Sequence[int]) -> list[Message]:
-    """Read the messages afresh into the session, one query for a whole batch.
+def _messages_at_steps(session: DbSession, attempts: Sequence[RecoveryAttempt]) -> dict[int, list[Message]]:
+    """The messages of each attempt's current step, read afresh and locked: one query for a whole batch.
 
-    Keep the list while using them: the session's identity map holds its
-    objects weakly, and `session.get` of a collected one queries again.
+    Keep the lists while using the messages: the session's identity map holds
+    its objects weakly, and `session.get` of a collected one queries again.
     """
-    return list(
-        session.scalars(
-            select(Message).where(Message.id.in_(list(message_ids))).execution_options(populate_existing=True)
-        )
-    )
-
-
-def _step_messages(session: DbSession, attempt: RecoveryAttempt) -> list[Message]:
-    return list(
-        session.scalars(
-            select(Message)
-            .where(Message.attempt_id == attempt.id, Message.step == attempt.step)
-            .execution_options(populate_existing=True)
-        )
-    )
+    found: dict[int, list[Message]] = {attempt.id: [] for attempt in attempts}
+    if not found:
+        return found
+    pairs = [(attempt.id, attempt.step) for attempt in attempts]
+    for message in session.scalars(
+        select(Message)
+        .where(tuple_(Message.attempt_id, Message.step).in_(pairs))
+        .order_by(Message.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ):
+        found[message.attempt_id].append(message)
+    return found
 
 
 def send_time(organization: Organization, transaction: Transaction, at: datetime) -> datetime:
@@ -681,53 +727,31 @@ def _stop_reason(attempt: RecoveryAttempt, step: int, now: datetime) -> str | No
     return None
 
 
-def _claim(session: DbSession, attempt: RecoveryAttempt, base_url: str, now: datetime) -> list[Outgoing]:
-    """Record the unique key of each message this step still owes, and return them ready to send.
+def _claim(
+    session: DbSession,
+    attempt: RecoveryAttempt,
+    existing: Sequence[Message],
+    suppressed: dict[str, str],
+    base_url: str,
+    now: datetime,
+) -> list[Message]:
+    """The messages this step still owes, each marked sending; new ones are not stored yet (`_store_claims`).
 
-    A message of this step that exists already was sent, is being sent by
-    another job, or failed for good: it is not claimed again. One that failed
-    transiently is claimed for another try.
+    `existing` are the step's messages, locked. One that exists was sent, is
+    being sent by another job, or failed for good: it is not claimed again. One
+    that failed transiently is claimed for another try.
     """
     transaction = attempt.transaction
-    organization = session.get(Organization, attempt.organization_id)
-    assert organization is not None
-    facts = _facts(organization, transaction, attempt, base_url)
-    claimed: list[Outgoing] = []
-    for channel in effective_channels(session, attempt, transaction):
-        message = session.scalar(
-            select(Message)
-            .where(Message.attempt_id == attempt.id, Message.step == attempt.step, Message.channel == channel)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        )
+    by_channel = {message.channel: message for message in existing}
+    claimed: list[Message] = []
+    for channel in effective_channels(session, attempt, transaction, suppressed):
+        message = by_channel.get(channel)
         if message is None:
-            message = Message(
-                organization_id=attempt.organization_id,
-                attempt_id=attempt.id,
-                transaction_id=attempt.transaction_id,
-                step=attempt.step,
-                channel=channel,
-                recipient=address_for(transaction, channel) or "",
-                status=M.QUEUED,
-                tries=0,
-                created_at=now,
-            )
-            if channel == Channel.EMAIL:
-                email = render_email(facts)
-                message.subject, message.body_text, message.body_html = email.subject, email.text, email.html
-            else:
-                message.body_text = render_sms(facts)
-            message.transition(M.SENDING)
-            message.tries = 1
-            try:
-                with session.begin_nested():
-                    session.add(message)
-                    session.flush()
-            except IntegrityError:
-                continue  # another run of this job claimed it first
+            claimed.append(_new_message(session, attempt, channel, base_url, now))
         elif message.status == M.FAILED and message.tries < MAX_TRIES:
             message.transition(M.SENDING)
             message.tries += 1
+            claimed.append(message)
         elif message.status == M.SENDING and message.updated_at < now - SENDING_ABANDONED:
             # Its worker died between claiming and recording (SIGKILL, OOM). The
             # provider may well have accepted it: sending again could be a
@@ -736,11 +760,84 @@ def _claim(session: DbSession, attempt: RecoveryAttempt, base_url: str, now: dat
             message.sent_at = message.updated_at
             message.error = "The worker stopped while sending; not sent again in case it went out."
             attempt.messages_sent += 1
-            continue
-        else:
-            continue
-        claimed.append(outgoing(message, organization, base_url, attempt.token))
     return claimed
+
+
+def _new_message(
+    session: DbSession, attempt: RecoveryAttempt, channel: str, base_url: str, now: datetime
+) -> Message:
+    """A rendered message for the attempt's step, claimed (sending, first try); transient until stored."""
+    transaction = attempt.transaction
+    organization = session.get(Organization, attempt.organization_id)
+    assert organization is not None
+    message = Message(
+        organization_id=attempt.organization_id,
+        attempt_id=attempt.id,
+        transaction_id=attempt.transaction_id,
+        step=attempt.step,
+        channel=channel,
+        recipient=address_for(transaction, channel) or "",
+        status=M.QUEUED,
+        tries=0,
+        created_at=now,
+        updated_at=now,
+    )
+    facts = _facts(organization, transaction, attempt, base_url)
+    if channel == Channel.EMAIL:
+        email = render_email(facts)
+        message.subject, message.body_text, message.body_html = email.subject, email.text, email.html
+    else:
+        message.body_text = render_sms(facts)
+    message.transition(M.SENDING)
+    message.tries = 1
+    return message
+
+
+# What a new claim stores: the unique key (attempt, step, channel) and the rendered message.
+_CLAIM_COLUMNS = (
+    "organization_id",
+    "attempt_id",
+    "transaction_id",
+    "step",
+    "channel",
+    "recipient",
+    "subject",
+    "body_text",
+    "body_html",
+    "status",
+    "tries",
+    "created_at",
+    "updated_at",
+)
+
+
+def _store_claims(
+    session: DbSession, claims: dict[int, tuple[RecoveryAttempt, list[Message]]], base_url: str
+) -> dict[int, list[Outgoing]]:
+    """Insert the new claims in one statement and return every claim ready to send, by attempt id.
+
+    ON CONFLICT DO NOTHING on the unique key: a message another run of this
+    job claimed first is left to it, as a savepoint per message would, in one
+    round trip for the batch.
+    """
+    new = [message for _, messages in claims.values() for message in messages if message.id is None]
+    if new:
+        stored = session.execute(
+            insert_ignoring_duplicates(session, Message, ("attempt_id", "step", "channel"))
+            .values([{column: getattr(message, column) for column in _CLAIM_COLUMNS} for message in new])
+            .returning(Message.id, Message.attempt_id, Message.channel)
+        )
+        ids = {(attempt_id, channel): message_id for message_id, attempt_id, channel in stored}
+        for message in new:
+            message.id = ids.get((message.attempt_id, message.channel))  # type: ignore[assignment]
+    ready: dict[int, list[Outgoing]] = {}
+    for attempt_id, (attempt, messages) in claims.items():
+        organization = session.get(Organization, attempt.organization_id)
+        assert organization is not None
+        items = [outgoing(m, organization, base_url, attempt.token) for m in messages if m.id is not None]
+        if items:
+            ready[attempt_id] = items
+    return ready
 
 
 def _deliver(postman: Postman, item: Outgoing) -> Delivery:
@@ -750,7 +847,11 @@ def _deliver(postman: Postman, item: Outgoing) -> Delivery:
 
 
 def _record(
-    session: DbSession, attempt: RecoveryAttempt, results: list[tuple[int, Delivery]], now: datetime
+    session: DbSession,
+    attempt: RecoveryAttempt,
+    results: list[tuple[int, Delivery]],
+    now: datetime,
+    contacts: BatchContacts,
 ) -> bool:
     """Store each provider's answer; True if an address turned out dead (a fallback may be due)."""
     dead = False
@@ -782,6 +883,7 @@ def _record(
                 detail=delivery.error,
                 message_id=message.id,
             )
+            contacts.add(attempt.organization_id, message.channel, message.recipient, reason)
             dead = True
         else:
             message.transition(M.FAILED)
@@ -796,15 +898,23 @@ def _record(
             provider_id=delivery.provider_id,
             error=delivery.error,
         )
-    session.flush()
     return dead
 
 
-def _finish(session: DbSession, attempt: RecoveryAttempt, step: int, now: datetime) -> SendResult:
-    """Retry the step later, or move the attempt on to its next step (or its expiry)."""
+def _finish(
+    session: DbSession,
+    attempt: RecoveryAttempt,
+    step: int,
+    now: datetime,
+    messages: Sequence[Message],
+    suppressed: dict[str, str],
+) -> SendResult:
+    """Retry the step later, or move the attempt on to its next step (or its expiry).
+
+    `messages` are the step's messages, as the batch holds them.
+    """
     if attempt.step != step:
         return SendResult("stale", attempt.id, attempt.step, attempt.next_send_at)
-    messages = _step_messages(session, attempt)
     if any(m.status == M.SENDING for m in messages):
         # Another run of this job is talking to a provider: it finishes the step.
         return SendResult("in_progress", attempt.id, step, attempt.next_send_at)
@@ -814,7 +924,7 @@ def _finish(session: DbSession, attempt: RecoveryAttempt, step: int, now: dateti
         attempt.next_send_at = now + RETRY_DELAYS[min(tries, len(RETRY_DELAYS)) - 1]
         return SendResult("retry", attempt.id, step, attempt.next_send_at)
     sent = sum(1 for m in messages if m.status in (M.SENT, M.DELIVERED))
-    if not effective_channels(session, attempt, attempt.transaction):
+    if not effective_channels(session, attempt, attempt.transaction, suppressed):
         _close(attempt, A.FAILED, now)
         return SendResult("no_channel", attempt.id, step, None, sent)
     if sent and attempt.status == A.SCHEDULED:
@@ -943,18 +1053,22 @@ def send_batch(
         )
     )
     steps = {attempt.id: step for attempt, step in batch}
+    contacts = BatchContacts(session, [attempt.transaction for attempt, _ in batch])
+    at_step = _messages_at_steps(session, [attempt for attempt, _ in batch])
     results: dict[int, SendResult] = {}
-    pending: dict[int, list[Outgoing]] = {}
+    claims: dict[int, tuple[RecoveryAttempt, list[Message]]] = {}
     for attempt, step in batch:
         stop = _stop_reason(attempt, step, now)
         if stop is not None:
             results[attempt.id] = _ended(attempt, stop)
             continue
-        claimed = _claim(session, attempt, base_url, now)
+        suppressed = contacts.suppressed(attempt.transaction)
+        claimed = _claim(session, attempt, at_step[attempt.id], suppressed, base_url, now)
         if claimed:
-            pending[attempt.id] = claimed
+            claims[attempt.id] = (attempt, claimed)
         else:
-            results[attempt.id] = _finish(session, attempt, step, now)
+            results[attempt.id] = _finish(session, attempt, step, now, at_step[attempt.id], suppressed)
+    pending = _store_claims(session, claims, base_url)
     session.commit()
 
     with postman.session():
@@ -964,22 +1078,28 @@ def send_batch(
                 attempt_id: [(item.message_id, _safe_deliver(postman, item)) for item in items]
                 for attempt_id, items in pending.items()
             }
-            pending = {}
             locked = _lock_many(session, sorted(answers))
-            loaded = _load_messages(session, [m for items in answers.values() for m, _ in items])
+            at_step = _messages_at_steps(session, list(locked.values()))
+            claims = {}
             for attempt_id in sorted(answers):
                 attempt = locked[attempt_id]
-                dead = _record(session, attempt, answers[attempt_id], now)
+                dead = _record(session, attempt, answers[attempt_id], now, contacts)
+                suppressed = contacts.suppressed(attempt.transaction)
                 # A dead address at this step: the other channel, if allowed, takes over at once.
-                more = _claim(session, attempt, base_url, now) if dead and attempt.is_active else []
+                if dead and attempt.is_active:
+                    more = _claim(session, attempt, at_step[attempt_id], suppressed, base_url, now)
+                else:
+                    more = []
                 if more:
-                    pending[attempt_id] = more
+                    claims[attempt_id] = (attempt, more)
                 elif attempt.is_active:
-                    results[attempt_id] = _finish(session, attempt, steps[attempt_id], now)
+                    results[attempt_id] = _finish(
+                        session, attempt, steps[attempt_id], now, at_step[attempt_id], suppressed
+                    )
                 else:
                     results[attempt_id] = SendResult("inactive", attempt_id, steps[attempt_id], None)
+            pending = _store_claims(session, claims, base_url)
             session.commit()
-            del loaded
     ordered = missing + [results[attempt_id] for attempt_id in order]
     return BatchSent(ordered, taken)
 
