@@ -68,6 +68,11 @@ def defaults(instance_path: str) -> dict[str, Any]:
         "MAIL_SERVER": "",
         "MAIL_PORT": 25,
         "MAIL_USE_TLS": False,
+        "MAIL_USE_SSL": False,
+        # A stalled SMTP server must not hold a send worker for ever (smtplib waits without limit).
+        "MAIL_TIMEOUT_SECONDS": 30,
+        # A CA bundle (PEM) to verify the SMTP server with instead of the system's, e.g. a private relay's.
+        "MAIL_SSL_CA_FILE": "",
         "MAIL_USERNAME": None,
         "MAIL_PASSWORD": None,
         "MAIL_DEFAULT_SENDER": "Recovery <no-reply@localhost>",
@@ -95,6 +100,7 @@ def defaults(instance_path: str) -> dict[str, Any]:
 
 _INT_KEYS = {
     "MAIL_PORT",
+    "MAIL_TIMEOUT_SECONDS",
     "MAIL_MESSAGES_PER_CONNECTION",
     "SEND_BATCH_SIZE",
     "PROXY_FIX",
@@ -111,7 +117,7 @@ _INT_KEYS = {
     "TWILIO_VALIDITY_SECONDS",
     "TWILIO_TIMEOUT_SECONDS",
 }
-_BOOL_KEYS = {"MAIL_USE_TLS"}
+_BOOL_KEYS = {"MAIL_USE_TLS", "MAIL_USE_SSL"}
 
 
 def load(instance_path: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:

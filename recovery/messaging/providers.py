@@ -9,6 +9,7 @@ leaves the machine. No database access here: callers record the `Delivery`.
 from __future__ import annotations
 
 import smtplib
+import ssl
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -90,6 +91,10 @@ class MessagingSettings:
     twilio_status_callback: str = ""
     # Emails over one SMTP connection before a fresh one; 1: a connection per email.
     mail_messages_per_connection: int = 100
+    # A CA bundle (PEM) that replaces the system's for verifying the SMTP server; empty: the system's.
+    mail_ssl_ca_file: str = ""
+    # Seconds an SMTP connect or reply may take.
+    mail_timeout_seconds: float = 30
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> MessagingSettings:
@@ -107,6 +112,8 @@ class MessagingSettings:
                 f"{str(config['BASE_URL']).rstrip('/')}/twilio/status" if config.get("BASE_URL") else ""
             ),
             mail_messages_per_connection=max(1, int(config.get("MAIL_MESSAGES_PER_CONNECTION", 100))),
+            mail_ssl_ca_file=str(config.get("MAIL_SSL_CA_FILE") or ""),
+            mail_timeout_seconds=max(1.0, float(config.get("MAIL_TIMEOUT_SECONDS", 30))),
         )
 
     @property
@@ -153,6 +160,52 @@ def email_headers(email: OutgoingEmail, settings: MessagingSettings) -> list[tup
     ]
 
 
+def smtp_ssl_context(settings: MessagingSettings) -> ssl.SSLContext:
+    """How every SMTP connection checks the server: its certificate and its name, always.
+
+    The system's CA store, or only the CAs in MAIL_SSL_CA_FILE (a private relay's).
+    """
+    try:
+        return ssl.create_default_context(cafile=settings.mail_ssl_ca_file or None)
+    except OSError as error:  # missing or unreadable file, or not PEM (ssl.SSLError)
+        raise OSError(f"MAIL_SSL_CA_FILE {settings.mail_ssl_ca_file!r}: {error}") from error
+
+
+class VerifiedConnection(Connection):
+    """Flask-Mail's connection, but TLS (MAIL_USE_SSL or MAIL_USE_TLS) verifies the server, within a timeout.
+
+    Flask-Mail 0.10 opens SMTP_SSL and calls starttls() without a context, so
+    Python checks neither the certificate nor the host name; this is its
+    `configure_host` with our context, otherwise unchanged (debug level, login
+    when MAIL_USERNAME and MAIL_PASSWORD are set). A failed handshake closes
+    the socket and raises (ssl.SSLCertVerificationError, an OSError) before
+    any login: the password never reaches an unverified server.
+    """
+
+    def __init__(self, mail: Any, context: ssl.SSLContext, timeout: float) -> None:
+        super().__init__(mail)
+        self.ssl_context = context
+        self.timeout = timeout
+
+    def configure_host(self) -> smtplib.SMTP | smtplib.SMTP_SSL:
+        mail = self.mail
+        host: smtplib.SMTP | smtplib.SMTP_SSL
+        if mail.use_ssl:
+            host = smtplib.SMTP_SSL(mail.server, mail.port, context=self.ssl_context, timeout=self.timeout)
+        else:
+            host = smtplib.SMTP(mail.server, mail.port, timeout=self.timeout)
+        try:
+            host.set_debuglevel(int(mail.debug))
+            if mail.use_tls:
+                host.starttls(context=self.ssl_context)
+            if mail.username and mail.password:
+                host.login(mail.username, mail.password)
+        except BaseException:
+            host.close()
+            raise
+        return host
+
+
 class Postman:
     """Deliver outgoing messages through the configured providers; one SMTP connection per batch.
 
@@ -168,6 +221,7 @@ class Postman:
         self._sent_on_connection = 0
         self._twilio: TwilioClient | None = None
         self._batching = False
+        self._ssl_context: ssl.SSLContext | None = None
 
     @contextmanager
     def session(self) -> Iterator[Postman]:
@@ -225,10 +279,11 @@ class Postman:
                 return Delivery(Outcome.RETRY, Provider.SMTP, error=text)
             return Delivery(Outcome.FAILED, Provider.SMTP, error=text)
         except (smtplib.SMTPException, OSError) as error:
-            # Connection refused, dropped or timed out: the server never took the message.
+            # Connection refused, dropped or timed out, or the server's certificate
+            # not trusted: the server never took the message.
             self._drop_connection()
             return Delivery(
-                Outcome.RETRY, Provider.SMTP, error=f"SMTP connection: {error or type(error).__name__}"
+                Outcome.RETRY, Provider.SMTP, error=f"SMTP connection: {_connection_error(error)}"
             )
         return Delivery(Outcome.SENT, Provider.SMTP, message.msgId)
 
@@ -243,7 +298,12 @@ class Postman:
         if self._connection is None:
             if self.mail is None:
                 raise RuntimeError("Postman needs the Mail extension to send email")
-            connection = self.mail.connect()
+            if self._ssl_context is None:
+                self._ssl_context = smtp_ssl_context(self.settings)
+            # Flask-Mail finds the app's mail state; our connection verifies the server.
+            connection = VerifiedConnection(
+                self.mail.connect().mail, self._ssl_context, self.settings.mail_timeout_seconds
+            )
             connection.__enter__()
             self._connection = connection
             self._sent_on_connection = 0
@@ -319,6 +379,15 @@ class BaseUrlHttpClient(TwilioHttpClient):  # type: ignore[misc]  # twilio ships
             base = urlsplit(self.api_base)
             url = urlunsplit(urlsplit(url)._replace(scheme=base.scheme, netloc=base.netloc))
         return super().request(method, url, *args, **kwargs)
+
+
+def _connection_error(error: OSError) -> str:
+    if isinstance(error, ssl.SSLCertVerificationError):
+        # e.g. "certificate verify failed: self-signed certificate" or "... Hostname mismatch, ..."
+        return f"certificate verify failed: {error.verify_message or error.reason or error}"
+    if isinstance(error, ssl.SSLError):
+        return f"TLS failed: {error}"
+    return str(error) or type(error).__name__
 
 
 def _text(reply: bytes | str) -> str:
