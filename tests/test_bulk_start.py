@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -17,6 +18,15 @@ from recovery.audit import Actor
 from recovery.models import AttemptStatus, AuditEvent, Organization, RecoveryAttempt, Transaction, utcnow
 from recovery.queue import get_queue, redis_connection
 from recovery.recoveries import bulk, services
+from tests import test_browser as journeys
+from tests.test_browser import Tab, sign_in
+
+# The browser journeys' fixtures, shared rather than copied (pytest finds them by name here).
+browser = journeys.browser
+live_port = journeys.live_port
+live_server = journeys.live_server
+open_tab = journeys.open_tab
+demo = journeys.demo
 
 HX = {"HX-Request": "true"}
 
@@ -295,3 +305,338 @@ def test_the_progress_fragment_polls_until_done(
     work()
     done = client.get(url, headers=HX).get_data(as_text=True)
     assert "hx-get" not in done and "View recoveries" in done
+
+
+# --- "Select all N matching this filter" ---------------------------------------------------
+
+
+def insert_transactions(
+    db: Any, org: Organization, count: int, prefix: str = "MANY", **overrides: Any
+) -> None:
+    """Insert `count` reachable failed transactions in one statement (faster than the factory)."""
+    now = utcnow()
+    rows = [
+        {
+            "organization_id": org.id,
+            "transaction_ref": f"{prefix}-{org.id}-{i:05d}",
+            "amount": 1000 + i,
+            "currency": "usd",
+            "status": "failed",
+            "source": "api",
+            "meta": {},
+            "customer_email": f"many{i}@example.com",
+            "failed_at": now - timedelta(minutes=i),
+            "created_at": now,
+            "updated_at": now,
+            **overrides,
+        }
+        for i in range(count)
+    ]
+    db.session.execute(sa.insert(Transaction), rows)
+    db.session.commit()
+
+
+def flashed_after(client: FlaskClient, response: Any, back: str = "/transactions") -> str:
+    """Follow the refusal's redirect back to the list and return the page (with its flash)."""
+    assert response.status_code == 302 and response.headers["Location"] == back, response.data
+    return client.get(back).get_data(as_text=True)
+
+
+def test_filter_scope_starts_exactly_the_matching_transactions_of_the_organization(
+    client: FlaskClient,
+    db: Any,
+    signed_in: Any,
+    org: Organization,
+    make_org: Any,
+    make_transaction: Any,
+    work: Callable[[], None],
+) -> None:
+    user = signed_in("operator", org=org)
+    day = datetime(2025, 3, 10, 12, tzinfo=UTC)
+    matching = [make_transaction(org, currency="usd", failed_at=day, amount=100 + i) for i in range(57)]
+    other_currency = make_transaction(org, currency="eur", failed_at=day)
+    other_status = make_transaction(org, currency="usd", failed_at=day, status="recovered")
+    too_early = make_transaction(org, currency="usd", failed_at=day - timedelta(days=30))
+    other_org = make_org()
+    theirs = [make_transaction(other_org, currency="usd", failed_at=day) for _ in range(3)]
+    form = {
+        "scope": "filter",
+        "channel": "email",
+        # As the list's query string has them; the list lowercases the currency itself.
+        "status": "failed",
+        "currency": "USD",
+        "date_from": "2025-03-01",
+        "date_to": "2025-03-31",
+        "sort": "amount",
+        "order": "asc",
+        # Ignored with scope=filter: the checked rows of one page, and a page cursor.
+        "ids": [other_currency.id],
+        "after": "bm90LWEtY3Vyc29y",
+    }
+
+    url = progress_url(client.post("/recoveries/bulk", data=form))
+
+    queued = client.get(url).get_data(as_text=True)
+    assert "Starting 57 recoveries" in queued
+    assert re.search(
+        r"matched status failed, currency USD, failed from 2025-03-01, failed to 2025-03-31\.", queued
+    )
+    work()
+
+    started = attempts(db, org)
+    assert sorted(a.transaction_id for a in started) == sorted(t.id for t in matching)
+    assert {a.channel for a in started} == {"email"}
+    for untouched in (other_currency, other_status, too_early, *theirs):
+        assert db.session.get(Transaction, untouched.id).status == untouched.status
+    assert attempts(db, other_org) == []
+    done = client.get(url).get_data(as_text=True)
+    assert '<dd id="bulk-started">57</dd>' in done and '<dd id="bulk-refused">0</dd>' in done
+    summary = db.session.scalar(
+        sa.select(AuditEvent).where(
+            AuditEvent.action == "recovery.bulk_started", AuditEvent.actor_user_id == user.id
+        )
+    )
+    assert summary.details == {
+        "requested": 57,
+        "started": 57,
+        "refused": 0,
+        "channel": "email",
+        "filter": {
+            "status": "failed",
+            "currency": "usd",
+            "date_from": "2025-03-01",
+            "date_to": "2025-03-31",
+            "sort": "amount",
+            "order": "asc",
+        },
+    }
+
+
+def test_filter_scope_goes_through_the_per_transaction_rules(
+    client: FlaskClient,
+    db: Any,
+    signed_in: Any,
+    org: Organization,
+    make_transaction: Any,
+    work: Callable[[], None],
+) -> None:
+    signed_in("operator", org=org)
+    good = make_transaction(org)
+    excluded = make_transaction(org, transaction_ref="EXCLUDED-2", failure_code="stolen_card")
+
+    url = progress_url(client.post("/recoveries/bulk", data={"scope": "filter", "channel": "any"}))
+    work()
+
+    assert [a.transaction_id for a in attempts(db, org)] == [good.id]
+    done = client.get(url).get_data(as_text=True)
+    assert "matched the unfiltered list" in done
+    assert "EXCLUDED-2" in done and "Failure code stolen_card is excluded" in done
+    assert excluded.id not in {a.transaction_id for a in attempts(db, org)}
+
+
+@pytest.mark.parametrize(
+    ("cap", "count_cap", "message"),
+    [
+        (5, 100_000, "7 transactions match; narrow the filter to at most 5."),
+        (5, 6, "More than 6 transactions match; narrow the filter to at most 5."),
+        (7, 100_000, None),  # exactly the limit is allowed
+    ],
+)
+def test_a_filter_matching_more_than_the_limit_is_refused_not_truncated(
+    client: FlaskClient,
+    db: Any,
+    signed_in: Any,
+    org: Organization,
+    make_org: Any,
+    monkeypatch: Any,
+    cap: int,
+    count_cap: int,
+    message: str | None,
+) -> None:
+    signed_in("operator", org=org)
+    insert_transactions(db, org, 7)
+    insert_transactions(db, make_org(), 20)  # another organization's rows are not counted
+    monkeypatch.setattr(bulk, "MAX_TRANSACTIONS", cap)
+    monkeypatch.setattr(bulk, "REFUSAL_COUNT_CAP", count_cap)
+
+    response = client.post(
+        "/recoveries/bulk",
+        data={"scope": "filter", "status": "failed", "channel": "any", "next": "/transactions?status=failed"},
+    )
+
+    if message is None:
+        assert "Starting 7 recoveries" in client.get(progress_url(response)).get_data(as_text=True)
+        return
+    assert message in flashed_after(client, response, "/transactions?status=failed")
+    assert get_queue().count == 0 and attempts(db, org) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"status": "bogus"}, "Unknown status &#39;bogus&#39;."),
+        ({"currency": "dollars"}, "Use a three-letter currency code."),
+        ({"date_from": "2025-02-30"}, "Use a date like 2025-01-31."),
+        ({"date_to": "0001-01-01"}, "Use a date like 2025-01-31."),
+        ({"status": "refunded"}, "No transactions match this filter."),
+    ],
+)
+def test_a_bad_filter_is_refused_with_the_lists_own_message(
+    client: FlaskClient,
+    db: Any,
+    signed_in: Any,
+    org: Organization,
+    make_transaction: Any,
+    args: dict[str, str],
+    message: str,
+) -> None:
+    signed_in("operator", org=org)
+    make_transaction(org)
+
+    response = client.post("/recoveries/bulk", data={"scope": "filter", "channel": "any", **args})
+
+    page = flashed_after(client, response)
+    assert message in page
+    assert get_queue().count == 0 and attempts(db, org) == []
+    if message != "No transactions match this filter.":
+        # The list says the same of the same value.
+        listed = client.get("/transactions", query_string=args).get_data(as_text=True)
+        assert message in listed
+
+
+def test_viewers_cannot_start_a_filter_batch(
+    client: FlaskClient, db: Any, signed_in: Any, org: Organization, make_transaction: Any
+) -> None:
+    signed_in("viewer", org=org)
+    make_transaction(org)
+
+    response = client.post("/recoveries/bulk", data={"scope": "filter", "status": "failed", "channel": "any"})
+
+    assert response.status_code == 403
+    assert get_queue().count == 0 and attempts(db, org) == []
+
+
+SCOPE_LABEL = re.compile(r"Select all ([\d,]+\+?) matching this filter")
+
+
+def scope_inputs(page: str) -> dict[str, str]:
+    """The hidden filter inputs the "all matching" control sends, by name."""
+    block = re.search(r"<div class=\"bulk-scope\" data-bulk-scope hidden>(.*?)</div>", page, re.S)
+    assert block, "no 'select all matching' control"
+    assert 'name="scope" value="filter"' in block.group(1)
+    return dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">', block.group(1)))
+
+
+def test_the_list_offers_all_matching_when_more_match_than_a_page(
+    client: FlaskClient, db: Any, signed_in: Any, org: Organization
+) -> None:
+    signed_in("operator", org=org)
+    insert_transactions(db, org, 51)
+    insert_transactions(db, org, 2, prefix="EUR", currency="eur")
+
+    page = client.get("/transactions?status=failed&currency=USD&date_from=2000-01-01").get_data(as_text=True)
+
+    assert SCOPE_LABEL.findall(page) == ["51"]
+    # The list's filter as the list parsed it: what the user sees is what is sent.
+    assert scope_inputs(page) == {
+        "status": "failed",
+        "currency": "usd",
+        "date_from": "2000-01-01",
+        "sort": "date",
+        "order": "desc",
+    }
+    # The second page offers it too: "select all" there is also a part of the 51.
+    second = re.search(r'rel="next" href="([^"]+)"', page)
+    assert second
+    assert SCOPE_LABEL.findall(client.get(second.group(1).replace("&amp;", "&")).get_data(as_text=True)) == [
+        "51"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("role", "rows", "url", "label"),
+    [
+        ("operator", 50, "/transactions", None),  # all on the page: the page's own "select all" does it
+        ("operator", 1001, "/transactions", "1,000+"),  # the list's capped count
+        ("operator", 60, "/transactions?currency=dollars", None),  # the list dropped a bad filter
+        ("operator", 60, "/transactions?after=garbage", "60"),  # a stale cursor is no filter error
+        ("viewer", 60, "/transactions", None),
+    ],
+)
+def test_when_the_list_offers_all_matching(
+    client: FlaskClient,
+    db: Any,
+    signed_in: Any,
+    org: Organization,
+    role: str,
+    rows: int,
+    url: str,
+    label: str | None,
+) -> None:
+    signed_in(role, org=org)
+    insert_transactions(db, org, rows)
+
+    page = client.get(url).get_data(as_text=True)
+
+    assert SCOPE_LABEL.findall(page) == ([label] if label else [])
+    assert ('name="scope"' in page) == bool(label)
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+class TestAllMatchingInTheBrowser:
+    """The bulk bar's script (recovery/static/js/app.js) in headless Chromium, on the demo data."""
+
+    @pytest.fixture
+    def app_config(self, live_port: int) -> dict[str, Any]:
+        return {"WTF_CSRF_ENABLED": True, "BASE_URL": f"http://127.0.0.1:{live_port}"}
+
+    def test_select_all_matching_appears_with_the_whole_page_and_sends_the_filter(
+        self, open_tab: Callable[..., Tab], demo: Any, db: Any
+    ) -> None:
+        from playwright.sync_api import expect
+
+        failed = db.session.scalar(
+            sa.select(sa.func.count())
+            .select_from(Transaction)
+            .where(Transaction.organization_id == demo.organization.id, Transaction.status == "failed")
+        )
+        assert failed > 50, "the demo needs more failed transactions than a page"
+        tab = open_tab()
+        page = tab.page
+        sign_in(tab, email="operator@demo.example")
+        page.goto("/transactions?status=failed")
+        whole_page = page.get_by_label("Select all on this page")
+        every_match = page.get_by_label(f"Select all {failed} matching this filter")
+        expect(every_match).to_be_hidden()
+
+        whole_page.check()
+        expect(every_match).to_be_visible()
+        every_match.check()
+        expect(page.get_by_role("button", name=f"Start recovery for all {failed} matching")).to_be_visible()
+        tab.shot("bulk-all-matching")
+        tab.assert_fits_width()
+        # Unticking one row is "not everything": the offer goes, and the count is the page's again.
+        first_row = page.locator('#results tbody input[name="ids"]').first
+        first_row.uncheck()
+        expect(every_match).to_be_hidden()
+        expect(every_match).not_to_be_checked()
+        expect(page.get_by_role("button", name="Start recovery for 49 selected")).to_be_visible()
+
+        first_row.check()
+        every_match.check()
+        dialogs: list[str] = []
+
+        def accept(dialog: Any) -> None:
+            dialogs.append(dialog.message)
+            dialog.accept()
+
+        page.on("dialog", accept)
+        page.get_by_role("button", name=f"Start recovery for all {failed} matching").click()
+        expect(page.get_by_role("heading", name=f"Starting {failed} recoveries")).to_be_visible()
+        expect(page.locator("#bulk-filter")).to_have_text("Every transaction that matched status failed.")
+        assert dialogs == [
+            f"Start recoveries for all {failed} transactions matching this filter? "
+            "Their customers are messaged now."
+        ]
+        tab.assert_clean()

@@ -6,6 +6,11 @@ holds exactly as for one. A refusal is counted and listed, never stops the
 batch. The job commits once per chunk, then schedules the first sends of
 that chunk (after the commit that made them true).
 
+The batch is either the rows checked on one page of the list (`parse_ids`) or,
+like Gmail's "select all conversations that match this search", every row the
+list's filter matches (`select_matching`), resolved in the request with the
+list's own parsing and query, ids only.
+
 Progress lives in the RQ job's meta (no table): counts, the refusals (the
 first MAX_LISTED), and the state. The job is kept a day after it ends, so
 its page can be revisited; the audit log keeps the lasting record.
@@ -14,7 +19,7 @@ its page can be revisited; the audit log keeps the lasting record.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,12 +38,16 @@ from recovery.models import Transaction, utcnow
 from recovery.models.base import DbSession
 from recovery.queue import get_queue
 from recovery.recoveries import jobs, services
+from recovery.transactions import services as transactions
 
 log = get_logger("recovery.recoveries")
 
 CHUNK = 50
 # One request may ask for this many; a page of the list holds 50.
 MAX_TRANSACTIONS = 5000
+# A filter that matches too many is counted this far, so the refusal can say how many
+# without counting a large merchant's whole history.
+REFUSAL_COUNT_CAP = 100_000
 # Refusals listed on the progress page; all of them are counted.
 MAX_LISTED = 500
 KEEP_SECONDS = 24 * 3600
@@ -50,7 +59,15 @@ CHANNEL_OPTIONS = {"any": None, "email": ["email"], "sms": ["sms"]}
 
 
 class BulkRefused(Exception):
-    """The request itself is unusable (nothing selected, too many)."""
+    """The request itself is unusable (nothing selected, too many, a bad filter)."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The transactions a request asks for; `filters` when they came from the list's filter."""
+
+    ids: list[int]
+    filters: dict[str, str] | None = None
 
 
 @dataclass
@@ -67,6 +84,8 @@ class Progress:
     refusals: list[dict[str, str]] = field(default_factory=list)
     reasons: dict[str, int] = field(default_factory=dict)
     error: str | None = None
+    # The list's filter (query-string arguments) when the batch is "all matching"; else empty.
+    filters: dict[str, str] = field(default_factory=dict)
 
     @property
     def percent(self) -> int:
@@ -110,12 +129,36 @@ def parse_ids(raw: Sequence[str]) -> list[int]:
     return ids
 
 
-def enqueue(actor: Actor, transaction_ids: list[int], channel: str) -> str:
+def select_matching(session: DbSession, organization_id: int, args: Mapping[str, str]) -> Selection:
+    """Every transaction of the organization the list's filter in `args` matches, in the list's order.
+
+    Parsed and queried exactly as the list does (its page cursor is ignored: all
+    pages at once). BulkRefused with the list's own messages for a bad filter
+    value, and when more than MAX_TRANSACTIONS match: truncating silently would
+    start some and leave the rest unnoticed.
+    """
+    query = transactions.ListQuery.from_args({name: args.get(name) for name in transactions.FILTER_ARGS})
+    if query.errors:
+        raise BulkRefused(" ".join(query.errors.values()))
+    ids = transactions.matching_ids(session, organization_id, query, limit=MAX_TRANSACTIONS + 1)
+    if not ids:
+        raise BulkRefused("No transactions match this filter.")
+    if len(ids) > MAX_TRANSACTIONS:
+        count = transactions.count_matching(session, organization_id, query, cap=REFUSAL_COUNT_CAP)
+        matched = f"More than {REFUSAL_COUNT_CAP:,}" if count > REFUSAL_COUNT_CAP else f"{count:,}"
+        raise BulkRefused(f"{matched} transactions match; narrow the filter to at most {MAX_TRANSACTIONS:,}.")
+    return Selection(ids, query.filter_args())
+
+
+def enqueue(
+    actor: Actor, transaction_ids: list[int], channel: str, filters: dict[str, str] | None = None
+) -> str:
     """Queue the batch and return its job id; raises RedisError if the queue is unreachable."""
     if channel not in CHANNEL_OPTIONS:
         raise BulkRefused("Choose how to send: email, SMS, or both.")
     job_id = f"{JOB_PREFIX}{uuid.uuid4().hex}"
-    progress = Progress(actor.organization_id, len(transaction_ids), channel)
+    progress = Progress(actor.organization_id, len(transaction_ids), channel, filters=filters or {})
+    description = f"Start {len(transaction_ids)} recoveries" + (" matching a filter" if filters else "")
     get_queue().enqueue(
         start_many,
         actor.organization_id,
@@ -124,12 +167,13 @@ def enqueue(actor: Actor, transaction_ids: list[int], channel: str) -> str:
         actor.ip_address,
         transaction_ids,
         channel,
+        filters,
         job_id=job_id,
         meta=progress.to_meta(),
         job_timeout=JOB_TIMEOUT,
         result_ttl=KEEP_SECONDS,
         failure_ttl=KEEP_SECONDS,
-        description=f"Start {len(transaction_ids)} recoveries",
+        description=description,
     )
     log.info(
         "recovery_bulk_enqueued",
@@ -137,6 +181,7 @@ def enqueue(actor: Actor, transaction_ids: list[int], channel: str) -> str:
         organization_id=actor.organization_id,
         count=len(transaction_ids),
         channel=channel,
+        filters=filters,
     )
     return job_id
 
@@ -208,17 +253,16 @@ def run(
         if report is not None:
             report(progress)
     progress.state = "done"
-    audit.record(
-        session,
-        actor,
-        "recovery.bulk_started",
-        target_type="bulk_start",
-        target_id=None,
-        requested=progress.total,
-        started=progress.started,
-        refused=progress.refused,
-        channel=channel,
-    )
+    details: dict[str, Any] = {
+        "requested": progress.total,
+        "started": progress.started,
+        "refused": progress.refused,
+        "channel": channel,
+    }
+    if progress.filters:
+        # Which filter "all matching" meant: the rows it matches change over time.
+        details["filter"] = progress.filters
+    audit.record(session, actor, "recovery.bulk_started", target_type="bulk_start", target_id=None, **details)
     session.commit()
     log.info(
         "recovery_bulk_done",
@@ -238,11 +282,15 @@ def start_many(
     ip_address: str | None,
     transaction_ids: list[int],
     channel: str,
+    filters: dict[str, str] | None = None,
 ) -> dict[str, int]:
-    """The RQ job: run the batch, saving progress in the job's meta after every chunk."""
+    """The RQ job: run the batch, saving progress in the job's meta after every chunk.
+
+    `filters` defaults to None so jobs queued before it existed still run.
+    """
     job = get_current_job()
     actor = Actor(organization_id, actor_label, user_id, ip_address)
-    progress = Progress(organization_id, len(transaction_ids), channel)
+    progress = Progress(organization_id, len(transaction_ids), channel, filters=filters or {})
 
     def report(current: Progress) -> None:
         if job is not None:

@@ -117,6 +117,13 @@ def cancel(attempt_id: int) -> Response:
     return _back(attempt.transaction_id)
 
 
+def _bulk_selection() -> bulk.Selection:
+    """The rows checked on the page, or with scope=filter every row matching the list's filter."""
+    if request.form.get("scope") == "filter":
+        return bulk.select_matching(db.session, current_user.organization_id, request.form)
+    return bulk.Selection(bulk.parse_ids(request.form.getlist("ids")))
+
+
 @bp.post("/recoveries/bulk")
 @require_role(Role.OPERATOR)
 def bulk_start() -> Response:
@@ -128,8 +135,8 @@ def bulk_start() -> Response:
         flash("This form has expired; reload the page and try again.", "error")
         return back
     try:
-        ids = bulk.parse_ids(request.form.getlist("ids"))
-        job_id = bulk.enqueue(_actor(), ids, form.channel.data or "any")
+        selection = _bulk_selection()
+        job_id = bulk.enqueue(_actor(), selection.ids, form.channel.data or "any", selection.filters)
     except bulk.BulkRefused as error:
         flash(str(error), "error")
         return back

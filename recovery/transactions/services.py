@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, func, or_, select, tuple_
+from sqlalchemy import ColumnElement, Select, func, or_, select, tuple_
 from sqlalchemy.exc import IntegrityError
 
 from recovery import audit
@@ -41,6 +41,8 @@ from recovery.transactions.validation import (
 PAGE_SIZE = 50
 COUNT_CAP = 1000
 SORTS = {"date": Transaction.failed_at, "amount": Transaction.amount}
+# The query-string arguments that make up the list's filter and order; the page cursor is not one.
+FILTER_ARGS = ("status", "q", "currency", "date_from", "date_to", "sort", "order")
 
 
 class DuplicateRef(Exception):
@@ -200,6 +202,19 @@ class ListQuery:
     def is_filtered(self) -> bool:
         return any((self.status, self.q, self.currency, self.date_from, self.date_to))
 
+    def filter_args(self) -> dict[str, str]:
+        """The query-string arguments that give this filter and order again (no cursor), as parsed."""
+        values = {
+            "status": self.status,
+            "q": self.q,
+            "currency": self.currency,
+            "date_from": self.date_from.isoformat() if self.date_from else None,
+            "date_to": self.date_to.isoformat() if self.date_to else None,
+            "sort": self.sort,
+            "order": self.order,
+        }
+        return {name: value for name, value in values.items() if value}
+
 
 class ListedTransaction(NamedTuple):
     """One row of the list: the columns it shows, read as a plain tuple.
@@ -309,9 +324,7 @@ def list_transactions(
     forward_desc = descending != backwards  # walking back flips the order
     # Capped, so it stays cheap however many rows match; it rides along with the
     # page as a scalar subquery (computed once) to save a round trip.
-    count_stmt = select(func.count()).select_from(
-        select(Transaction.id).where(*filters).limit(COUNT_CAP + 1).subquery()
-    )
+    count_stmt = _capped_count(filters, COUNT_CAP)
     stmt = select(*LISTED_COLUMNS, count_stmt.scalar_subquery()).where(*filters)
     if cursor is not None:
         value, row_id = cursor
@@ -338,6 +351,29 @@ def list_transactions(
         count=min(count, COUNT_CAP),
         count_capped=count > COUNT_CAP,
     )
+
+
+def _capped_count(filters: list[ColumnElement[bool]], cap: int) -> Select[int]:
+    """Count the rows that match, stopping at cap + 1: as cheap for a million matches as for cap."""
+    return select(func.count()).select_from(select(Transaction.id).where(*filters).limit(cap + 1).subquery())
+
+
+def matching_ids(session: DbSession, organization_id: int, query: ListQuery, *, limit: int) -> list[int]:
+    """The ids of the transactions the list's filter matches, in the list's order, at most `limit`.
+
+    Every page of the list at once: the cursor is ignored. Ids only, never ORM
+    objects, so thousands of them come back in a few milliseconds.
+    """
+    key = SORTS[query.sort]
+    descending = query.order == "desc"
+    order = (key.desc(), Transaction.id.desc()) if descending else (key.asc(), Transaction.id.asc())
+    stmt = select(Transaction.id).where(*_filters(organization_id, query)).order_by(*order).limit(limit)
+    return list(session.scalars(stmt))
+
+
+def count_matching(session: DbSession, organization_id: int, query: ListQuery, *, cap: int) -> int:
+    """How many transactions the list's filter matches, counting no further than cap + 1."""
+    return session.scalar(_capped_count(_filters(organization_id, query), cap)) or 0
 
 
 # --- the timeline ----------------------------------------------------------

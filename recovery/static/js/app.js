@@ -56,8 +56,9 @@ document.addEventListener("htmx:beforeSwap", (event) => {
   }
 });
 
-// Bulk start on the transactions list: "select all on this page", and the count on the button
-// (and in the confirmation). The row checkboxes join the form through form="bulk-form".
+// Bulk start on the transactions list: "select all on this page", "select all N matching this
+// filter" (offered only while the whole page is selected), and the count on the button (and in
+// the confirmation). The row checkboxes join the form through form="bulk-form".
 function bulkBoxes(form) {
   return [...form.elements].filter((element) => element.name === "ids");
 }
@@ -65,14 +66,26 @@ function bulkBoxes(form) {
 function bulkUpdate(form) {
   const boxes = bulkBoxes(form);
   const checked = boxes.filter((box) => box.checked).length;
-  const count = form.querySelector("[data-bulk-count]");
-  if (count) count.textContent = String(checked);
+  const wholePage = checked > 0 && checked === boxes.length;
   const all = form.querySelector("[data-select-all]");
   if (all) {
-    all.checked = checked > 0 && checked === boxes.length;
+    all.checked = wholePage;
     all.indeterminate = checked > 0 && checked < boxes.length;
   }
-  form.dataset.confirm = `Start recoveries for ${checked} transaction${checked === 1 ? "" : "s"}? Their customers are messaged now.`;
+  const scope = form.querySelector("[data-bulk-scope]");
+  const everyMatch = form.querySelector("[data-bulk-filter]");
+  if (scope) scope.hidden = !wholePage;
+  // Unticking a row means "not everything": the filter scope goes with it.
+  if (everyMatch && !wholePage) everyMatch.checked = false;
+  const label = form.querySelector("[data-bulk-label]");
+  if (everyMatch?.checked) {
+    const matching = everyMatch.dataset.bulkMatching;
+    if (label) label.textContent = `Start recovery for all ${matching} matching`;
+    form.dataset.confirm = `Start recoveries for all ${matching} transactions matching this filter? Their customers are messaged now.`;
+  } else {
+    if (label) label.textContent = `Start recovery for ${checked} selected`;
+    form.dataset.confirm = `Start recoveries for ${checked} transaction${checked === 1 ? "" : "s"}? Their customers are messaged now.`;
+  }
 }
 
 document.addEventListener("change", (event) => {
