@@ -86,6 +86,8 @@ class FakeTwilio:
     requests: list[dict[str, Any]] = field(default_factory=list)
     errors: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     port: int = 0
+    # Called with (sid, form) before a created message is answered: a callback that beats the answer.
+    before_answer: Any = None
     _ids: Any = field(default_factory=lambda: itertools.count(1))
 
     @property
@@ -122,6 +124,8 @@ class FakeTwilio:
                 "status": "queued",
                 "num_segments": "1",
             }
+            if self.before_answer is not None:
+                self.before_answer(sid, request.form.to_dict())
             response = Response(json.dumps(body), status=201, mimetype="application/json")
         return response(environ, start_response)
 
@@ -144,6 +148,7 @@ def fake_twilio(_twilio_server: FakeTwilio) -> FakeTwilio:
     """The fake Twilio API, with no requests recorded and no errors queued."""
     _twilio_server.requests.clear()
     _twilio_server.errors.clear()
+    _twilio_server.before_answer = None
     return _twilio_server
 
 

@@ -121,6 +121,35 @@ def test_delivered_report_marks_the_message_delivered(client, db, sent):
 
 
 @pytest.mark.parametrize(
+    ("early", "code", "final_status"),
+    [
+        ("delivered", None, M.DELIVERED),
+        ("undelivered", "30003", M.FAILED),
+        ("failed", "30005", M.UNDELIVERABLE),
+    ],
+)
+def test_a_report_that_beats_our_record_of_the_send_still_settles_the_message(
+    client, db, org, make_transaction, run_worker, fake_twilio, early, code, final_status
+):
+    # Twilio calls back before it answers the create: the message is still "sending" here.
+    def call_back_first(sid: str, form: dict[str, str]) -> None:
+        report = {"MessageSid": sid, "MessageStatus": early, "AccountSid": "AC1"}
+        if code:
+            report["ErrorCode"] = code
+        url = form["StatusCallback"]
+        answer = client.post(url.removeprefix("http://localhost"), data=report, headers=sign(url, report))
+        assert answer.status_code == 204
+
+    fake_twilio.before_answer = call_back_first
+    transaction = make_transaction(org, customer_phone=PHONE, customer_email=None)
+
+    message = send_sms(db, run_worker, transaction, channels=["sms"])
+
+    assert (message.status, message.delivery_status) == (final_status, early)
+    assert message.provider_id.startswith("SM") and message.sent_at is not None
+
+
+@pytest.mark.parametrize(
     ("order", "final_status", "final_delivery"),
     [
         (["sent", "delivered"], M.DELIVERED, "delivered"),

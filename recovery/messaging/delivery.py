@@ -25,6 +25,7 @@ from recovery.models import (
     SuppressionReason,
 )
 from recovery.models.base import DbSession
+from recovery.models.message import DELIVERY_FAILED
 from recovery.recoveries.services import MAX_TRIES, suppress
 
 log = get_logger("recovery.messaging")
@@ -44,7 +45,6 @@ DELIVERY_RANK = {
     "failed": 3,
     "canceled": 3,
 }
-DELIVERY_FAILED = frozenset({"undelivered", "failed", "canceled"})
 # Delivery errors that no later try will fix (https://www.twilio.com/docs/api/errors):
 # unknown handset, landline, plus the send-time refusals.
 TWILIO_DEAD_NUMBER = TWILIO_UNDELIVERABLE | {30005, 30006}

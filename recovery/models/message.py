@@ -30,6 +30,9 @@ class Provider:
 
 M = MessageStatus
 
+# Delivery reports (Twilio's words) after which the message will never arrive.
+DELIVERY_FAILED = frozenset({"undelivered", "failed", "canceled"})
+
 # Delivery reports arrive out of order; a status never moves backwards.
 MESSAGE_TRANSITIONS = {
     M.QUEUED: frozenset({M.SENDING, M.SENT, M.FAILED, M.UNDELIVERABLE, M.CANCELLED}),

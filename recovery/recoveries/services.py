@@ -40,6 +40,7 @@ from recovery.models import (
     TransactionStatus,
 )
 from recovery.models.base import DbSession, insert_ignoring_duplicates
+from recovery.models.message import DELIVERY_FAILED
 from recovery.payments import services as payments
 from recovery.payments.gateway import StripeGateway
 from recovery.recoveries.quiet_hours import allowed_at
@@ -865,6 +866,7 @@ def _record(
             message.provider_id = delivery.provider_id
             message.sent_at = now
             attempt.messages_sent += 1
+            _settle_early_report(session, message)
         elif delivery.outcome == Outcome.RETRY:
             message.transition(M.FAILED)
         elif delivery.outcome in (Outcome.UNDELIVERABLE, Outcome.OPTED_OUT):
@@ -899,6 +901,26 @@ def _record(
             error=delivery.error,
         )
     return dead
+
+
+def _settle_early_report(session: DbSession, message: Message) -> None:
+    """Apply a delivery report that came before our record of the send.
+
+    Twilio may call back while the batch is still sending its other messages:
+    the report was stored (`delivery.apply_status`) on a message still
+    `sending`, which it could not move. Now that the message is sent, it does.
+    """
+    report = message.delivery_status
+    if report == "delivered":
+        message.transition(M.DELIVERED)
+    elif report in DELIVERY_FAILED:
+        # apply_status suppressed the number if the error proved it dead.
+        transaction = session.get(Transaction, message.transaction_id)
+        if transaction is not None and message.channel in suppressed_channels(session, transaction):
+            message.transition(M.UNDELIVERABLE)
+        else:
+            message.transition(M.FAILED)
+            message.tries = MAX_TRIES  # failed after the provider took it: never re-sent
 
 
 def _finish(
