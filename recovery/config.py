@@ -63,6 +63,8 @@ def defaults(instance_path: str) -> dict[str, Any]:
         "STRIPE_WEBHOOK_MAX_BYTES": 1024 * 1024,
         # Backoff of a failing processing job (RQ Retry), seconds between tries.
         "STRIPE_WEBHOOK_RETRY_SECONDS": "30,120,600,1800,7200",
+        # Pending events one processing job applies (its own first); 1: a job per event.
+        "STRIPE_WEBHOOK_BATCH_SIZE": 50,
         # Open sessions older than this are re-read from Stripe by the reconciliation job.
         "STRIPE_RECONCILE_AFTER_MINUTES": 10,
         "MAIL_SERVER": "",
@@ -103,6 +105,7 @@ _INT_KEYS = {
     "MAIL_TIMEOUT_SECONDS",
     "MAIL_MESSAGES_PER_CONNECTION",
     "SEND_BATCH_SIZE",
+    "STRIPE_WEBHOOK_BATCH_SIZE",
     "PROXY_FIX",
     "LOGIN_FAILURES_PER_MINUTE",
     "CSV_MAX_BYTES",

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from flask import Flask, current_app
 from redis import Redis
 from rq import Queue
+from rq.job import Job, JobStatus
 
 # Redis calls from a web request must fail fast rather than hang the page.
 _TIMEOUTS = {"socket_connect_timeout": 2, "socket_timeout": 5}
@@ -27,3 +29,21 @@ def get_queue(name: str = "default", app: Flask | None = None) -> Queue:
 def enqueue(func: Any, *args: Any, **kwargs: Any) -> Any:
     """Enqueue `func` on the default queue; call only after the commit that made it true."""
     return get_queue().enqueue(func, *args, **kwargs)
+
+
+def discard_waiting(connection: Redis, job_ids: Sequence[str]) -> int:
+    """Delete the jobs among `job_ids` that wait in the queue or the schedule; return how many.
+
+    For work another job has just done (a batch took it along): removing a
+    job is cheaper than running it to find nothing to do. Best effort: a job
+    that starts in the meantime re-checks the database and does nothing.
+    """
+    removed = 0
+    with connection.pipeline() as pipe:
+        for job in Job.fetch_many(job_ids, connection=connection):
+            # Queued or scheduled jobs have no executions: deleting them queues writes only.
+            if job is not None and job.get_status(refresh=False) in (JobStatus.QUEUED, JobStatus.SCHEDULED):
+                job.delete(pipeline=pipe)
+                removed += 1
+        pipe.execute()
+    return removed

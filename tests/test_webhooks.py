@@ -796,6 +796,85 @@ def test_a_handler_error_is_recorded_rolled_back_retried_then_replayed_from_the_
     assert [r.target_id for r in replays] == [evt["id"]]
 
 
+# --- a job takes the other pending events along -------------------------------------------------
+
+
+def unknown_events(count: int) -> list[dict[str, Any]]:
+    return [
+        se.event("customer.created", {"id": se.new_id("cus"), "object": "customer"}) for _ in range(count)
+    ]
+
+
+def test_one_job_applies_the_waiting_events_and_removes_their_jobs(client):
+    evts = unknown_events(5)
+    for evt in evts:
+        assert se.post(client, evt).status_code == 200
+    assert len(queued_ids()) == 5
+
+    run_job(jobs.process_webhook_event, evts[0]["id"])
+
+    assert [row.status for row in events()] == [WebhookState.IGNORED] * 5
+    # Only the job run here by hand is left (RQ takes a job off the queue as it starts it).
+    assert queued_ids() == [jobs.job_id(evts[0]["id"])]
+
+
+@pytest.mark.parametrize("app_config", [{"STRIPE_WEBHOOK_SECRET": se.SECRET, "STRIPE_WEBHOOK_BATCH_SIZE": 1}])
+def test_a_batch_of_one_applies_only_its_own_event(client):
+    evts = unknown_events(3)
+    for evt in evts:
+        assert se.post(client, evt).status_code == 200
+
+    run_job(jobs.process_webhook_event, evts[1]["id"])
+
+    assert [row.status for row in events()] == [
+        WebhookState.PENDING,
+        WebhookState.IGNORED,
+        WebhookState.PENDING,
+    ]
+    assert len(queued_ids()) == 3  # RQ removes a job from the queue as it starts it; run_job does not
+
+
+def test_a_taken_along_event_that_fails_keeps_its_job_and_fails_nobody_else(client, monkeypatch):
+    def broken(ctx: handlers.Context, obj: dict[str, Any]) -> str:
+        raise RuntimeError("this one is broken")
+
+    monkeypatch.setitem(handlers.HANDLERS, "invoice.created", broken)
+    first, second = unknown_events(2)
+    failing = se.event("invoice.created", {"id": se.new_id("in"), "object": "invoice"})
+    for evt in (first, failing, second):
+        assert se.post(client, evt).status_code == 200
+
+    run_job(jobs.process_webhook_event, first["id"])
+
+    assert stored(first["id"]).status == WebhookState.IGNORED
+    assert stored(second["id"]).status == WebhookState.IGNORED
+    row = stored(failing["id"])
+    assert row.status == WebhookState.FAILED and row.last_error == "RuntimeError: this one is broken"
+    # Its own job still waits, and retries it with backoff like any failed event.
+    assert queued_ids() == [jobs.job_id(first["id"]), jobs.job_id(failing["id"])]
+
+
+def test_a_taken_along_event_locked_elsewhere_is_skipped(app, client, database_url):
+    if not database_url.startswith("postgresql"):
+        pytest.skip("row locks are PostgreSQL's; SQLite serialises writers anyway")
+    mine, busy = unknown_events(2)
+    for evt in (mine, busy):
+        assert se.post(client, evt).status_code == 200
+    other = _db.engine.connect()  # another worker, in the middle of applying `busy`
+    other.execute(select(WebhookEvent).where(WebhookEvent.stripe_event_id == busy["id"]).with_for_update())
+    try:
+        began = time.monotonic()
+        run_job(jobs.process_webhook_event, mine["id"])
+        assert time.monotonic() - began < 2  # did not wait for the lock
+    finally:
+        other.rollback()
+        other.close()
+
+    assert stored(mine["id"]).status == WebhookState.IGNORED
+    assert stored(busy["id"]).status == WebhookState.PENDING
+    assert jobs.job_id(busy["id"]) in queued_ids()  # left to whoever holds it, or its own job
+
+
 # --- the admin pages ----------------------------------------------------------------------------
 
 

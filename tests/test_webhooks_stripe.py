@@ -130,7 +130,7 @@ def test_reconciliation_recovers_a_payment_whose_webhook_was_dropped(
         "checkout.session.completed",
         se.checkout_session(txn, id=session_id, payment_intent=txn.stripe_payment_intent_id),
     )
-    services.store_event(_db.session, late)
+    services.store_event(_db.session.connection(), late)
     _db.session.commit()
     assert run_job(jobs.process_webhook_event, late["id"]) == WebhookState.PROCESSED
     assert _db.session.scalar(select(func.count()).select_from(PaymentFulfilment)) == 1
@@ -166,7 +166,7 @@ def test_a_recovery_closes_the_other_ways_to_pay(
     evt = se.event(
         "checkout.session.completed", se.checkout_session(txn, id=paid_session, payment_intent="pi_x")
     )
-    services.store_event(_db.session, evt)
+    services.store_event(_db.session.connection(), evt)
     _db.session.commit()
 
     run_job(jobs.process_webhook_event, evt["id"])
@@ -286,7 +286,7 @@ def test_two_workers_on_one_event_have_one_effect(app, postgres_only, make_trans
     txn = make_transaction()
     txn_id = txn.id
     evt = se.event("checkout.session.completed", se.checkout_session(txn, payment_intent="pi_conc"))
-    services.store_event(_db.session, evt)
+    services.store_event(_db.session.connection(), evt)
     _db.session.commit()
     _db.session.remove()
 
@@ -322,7 +322,7 @@ def test_two_events_for_one_payment_processed_concurrently_fulfil_once(app, post
         se.event("payment_intent.succeeded", se.payment_intent(txn, id="pi_two")),
     ]
     for evt in pair:
-        services.store_event(_db.session, evt)
+        services.store_event(_db.session.connection(), evt)
     _db.session.commit()
     _db.session.remove()
 

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeAlias
 
-from sqlalchemy import BigInteger, DateTime, Integer, MetaData
+from sqlalchemy import BigInteger, Connection, DateTime, Integer, MetaData
 from sqlalchemy import insert as generic_insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -29,12 +29,14 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 DbSession: TypeAlias = Session | scoped_session[Any]
 
 
-def insert_ignoring_duplicates(session: DbSession, model: Any, unique_columns: Sequence[str]) -> Any:
+def insert_ignoring_duplicates(
+    session: DbSession | Connection, model: Any, unique_columns: Sequence[str]
+) -> Any:
     """INSERT that skips rows clashing on `unique_columns` (ON CONFLICT DO NOTHING), in one statement.
 
     Cheaper than a savepoint around a plain INSERT, and safe under concurrency.
     """
-    dialect = session.get_bind().dialect.name
+    dialect = (session.dialect if isinstance(session, Connection) else session.get_bind().dialect).name
     factory: Callable[..., Any] = {"postgresql": pg_insert, "sqlite": sqlite_insert}.get(
         dialect, generic_insert
     )

@@ -12,7 +12,7 @@ from recovery.jobs import app_job
 from recovery.logs import get_logger
 from recovery.messaging.providers import MessagingSettings, Postman
 from recovery.models import RecoveryAttempt, utcnow
-from recovery.queue import get_queue, redis_connection
+from recovery.queue import discard_waiting, get_queue, redis_connection
 from recovery.recoveries import scheduling, services
 
 log = get_logger("recovery.recoveries")
@@ -78,7 +78,7 @@ def send_step(attempt_id: int, step: int) -> str:
         ]
     )
     if batch.taken:
-        scheduling.discard(redis_connection(), [scheduling.send_job_id(*taken) for taken in batch.taken])
+        discard_waiting(redis_connection(), [scheduling.send_job_id(*taken) for taken in batch.taken])
     return batch.results[0].outcome
 
 

@@ -105,23 +105,6 @@ def remove(connection: Redis, job_id: str | None) -> bool:
     return False
 
 
-def discard(connection: Redis, job_ids: Sequence[str]) -> int:
-    """Delete the jobs among `job_ids` that wait in the queue or the schedule; return how many.
-
-    For sends another job has just done: removing a job is cheaper than
-    running it to find nothing to do. Best effort: a job that starts in the
-    meantime re-checks the database and sends nothing.
-    """
-    removed = 0
-    with connection.pipeline() as pipe:
-        for job in Job.fetch_many(job_ids, connection=connection):
-            if job is not None and job.get_status(refresh=False) in (JobStatus.QUEUED, JobStatus.SCHEDULED):
-                job.delete(pipeline=pipe)
-                removed += 1
-        pipe.execute()
-    return removed
-
-
 def next_sweep_at(now: datetime) -> datetime:
     """The start of the next whole minute: every worker agrees on it, so one sweep per minute."""
     seconds = int(now.timestamp()) // 60 * 60 + 60

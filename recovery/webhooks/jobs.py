@@ -6,6 +6,8 @@ worker --with-scheduler` arms them with `schedule_periodic`).
 
 from __future__ import annotations
 
+import time
+from contextlib import suppress
 from datetime import timedelta
 from typing import Any
 
@@ -20,7 +22,7 @@ from recovery.jobs import app_job
 from recovery.logs import get_logger
 from recovery.models import utcnow
 from recovery.payments.gateway import StripeFailure, StripeGateway, StripeSettings
-from recovery.queue import get_queue
+from recovery.queue import discard_waiting, get_queue
 from recovery.webhooks import services
 
 log = get_logger("recovery.webhooks")
@@ -37,6 +39,8 @@ CLOSE_CALLS = 5
 RECONCILE_TIMEOUT_SECONDS = 30 * 60
 # RQ has no "repeat forever": a year of minutes, and every worker start re-arms it.
 _REPEAT_TIMES = 600_000
+# A processing job stops taking other pending events along after this long.
+TAKE_ALONG_SECONDS = 5
 _IN_FLIGHT = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
 
 
@@ -73,8 +77,9 @@ def enqueue_processing(stripe_event_id: str, queue: Queue | None = None) -> Job:
             retry=Retry(max=len(intervals), interval=intervals),
             result_ttl=3600,
             failure_ttl=7 * 24 * 3600,
-            # Handlers re-read at most one session from Stripe.
-            timeout=max(120, stripe_job_timeout(1)),
+            # Handlers re-read at most one session from Stripe; the job may start
+            # one more event (taken along) just before TAKE_ALONG_SECONDS.
+            timeout=max(120, stripe_job_timeout(2) + TAKE_ALONG_SECONDS),
             pipeline=pipe,
         )
         pipe.execute()
@@ -90,15 +95,32 @@ def _in_flight(queue: Queue, id_: str) -> bool:
 
 @app_job
 def process_webhook_event(stripe_event_id: str) -> str:
-    """Process one stored event. Safe to run twice or concurrently (see services.process_event)."""
+    """Process one stored event, then other pending ones (see `_take_along`).
+
+    Safe to run twice or concurrently (see services.process_event). A failure
+    of this job's own event is raised, so RQ retries it with backoff.
+    """
+    result = _apply(stripe_event_id)
+    if isinstance(result, services.ProcessingFailed):
+        raise result.error from None
+    _take_along(stripe_event_id)
+    return result.state
+
+
+def _apply(
+    stripe_event_id: str, *, skip_locked: bool = False
+) -> services.Outcome | services.ProcessingFailed:
+    """Process the event in its own database transaction, then queue what follows from it."""
     try:
-        outcome = services.process_event(db.session, stripe_event_id, gateway_or_none)
+        outcome = services.process_event(
+            db.session, stripe_event_id, gateway_or_none, skip_locked=skip_locked
+        )
         db.session.commit()
     except services.ProcessingFailed as failure:
         db.session.rollback()
         services.record_failure(db.session, failure)
         db.session.commit()
-        raise failure.error from None  # RQ retries it with backoff (Retry)
+        return failure
     if outcome.closed_transaction_id is not None:
         get_queue().enqueue(
             close_payment_options,
@@ -116,7 +138,36 @@ def process_webhook_event(stripe_event_id: str) -> str:
             job_id=f"auto-start-{outcome.imported_transaction_id}",
             retry=Retry(max=3, interval=[10, 60, 300]),
         )
-    return outcome.state
+    return outcome
+
+
+def _take_along(asked: str) -> int:
+    """Process up to STRIPE_WEBHOOK_BATCH_SIZE - 1 other pending events in this job; return how many.
+
+    RQ spends a few milliseconds and dozens of Redis commands on every job,
+    more than most events cost to apply: a burst drains far faster when a job
+    takes the waiting events along and removes their jobs. Each event keeps its
+    own transaction, and one that is locked elsewhere is skipped. One that
+    fails keeps its job, which retries it with backoff. The job stops taking
+    more after TAKE_ALONG_SECONDS, so its timeout still covers the last one.
+    """
+    size = int(current_app.config["STRIPE_WEBHOOK_BATCH_SIZE"]) - 1
+    if size <= 0:
+        return 0
+    began = time.monotonic()
+    waiting = services.pending_events(db.session, size, exclude=asked)
+    db.session.rollback()  # read only; end the transaction
+    done = []
+    for stripe_event_id in waiting:
+        if time.monotonic() - began > TAKE_ALONG_SECONDS:
+            break
+        result = _apply(stripe_event_id, skip_locked=True)
+        if isinstance(result, services.Outcome) and result.ran:
+            done.append(job_id(stripe_event_id))
+    if done:
+        with suppress(RedisError):  # best effort: a job left behind finds its event done
+            discard_waiting(get_queue().connection, done)
+    return len(done)
 
 
 @app_job

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 
 from recovery import audit
 from recovery.audit import Actor
@@ -84,18 +84,18 @@ def event_row(event: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def store_event(session: DbSession, event: dict[str, Any]) -> Received:
+def store_event(connection: Connection, event: dict[str, Any]) -> Received:
     """Insert the event unless its id is already stored: one INSERT .. ON CONFLICT DO NOTHING.
 
     Safe to run twice or concurrently: the unique stripe_event_id decides, so a
     redelivery (or two deliveries racing) stores one row and changes nothing.
     """
     statement = (
-        insert_ignoring_duplicates(session, WebhookEvent, ["stripe_event_id"])
+        insert_ignoring_duplicates(connection, WebhookEvent, ["stripe_event_id"])
         .values(**event_row(event))
         .returning(WebhookEvent.id)
     )
-    new_id = session.execute(statement).scalar()
+    new_id = connection.execute(statement).scalar()
     return Received(event["id"], event["type"], created=new_id is not None)
 
 
@@ -124,18 +124,24 @@ class ProcessingFailed(Exception):
         self.traceback = tb
 
 
-def process_event(session: DbSession, stripe_event_id: str, gateway_factory: GatewayFactory) -> Outcome:
+def process_event(
+    session: DbSession, stripe_event_id: str, gateway_factory: GatewayFactory, *, skip_locked: bool = False
+) -> Outcome:
     """Apply the stored event through its handler, in the caller's transaction.
 
     Safe to run twice or concurrently: the event row is locked (FOR UPDATE on
     PostgreSQL; SQLite serialises writers), so a second run waits and then finds
-    it processed. Raises ProcessingFailed; the caller rolls back and calls
-    record_failure.
+    it processed; with `skip_locked` it does not wait and answers "busy".
+    Raises ProcessingFailed; the caller rolls back and calls record_failure.
     """
     started = time.perf_counter()
     event = session.scalar(
-        select(WebhookEvent).where(WebhookEvent.stripe_event_id == stripe_event_id).with_for_update()
+        select(WebhookEvent)
+        .where(WebhookEvent.stripe_event_id == stripe_event_id)
+        .with_for_update(skip_locked=skip_locked)
     )
+    if event is None and skip_locked:
+        return Outcome(stripe_event_id, "busy", ran=False)
     if event is None:
         log.warning("stripe_webhook_missing", event_id=stripe_event_id)
         return Outcome(stripe_event_id, "missing", ran=False)
@@ -234,6 +240,18 @@ def replay(session: DbSession, event: WebhookEvent, actor: Actor) -> None:
         previous_state=previous,
     )
     log.info("stripe_webhook_replayed", event_id=event.stripe_event_id, type=event.type, by=actor.label)
+
+
+def pending_events(session: DbSession, limit: int, *, exclude: str) -> list[str]:
+    """Ids of pending events, oldest first: what a processing job can take along."""
+    return list(
+        session.scalars(
+            select(WebhookEvent.stripe_event_id)
+            .where(WebhookEvent.status == WebhookState.PENDING, WebhookEvent.stripe_event_id != exclude)
+            .order_by(WebhookEvent.received_at)
+            .limit(limit)
+        )
+    )
 
 
 def stale_pending(session: DbSession, older_than: timedelta, limit: int = 1000) -> list[str]:

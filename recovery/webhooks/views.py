@@ -44,6 +44,17 @@ def _secrets() -> list[str]:
     return [s.strip() for s in str(current_app.config["STRIPE_WEBHOOK_SECRET"]).split(",") if s.strip()]
 
 
+def _store(event: dict[str, Any]) -> services.Received:
+    """Store the event with one statement that commits itself, on a connection of its own.
+
+    Autocommit spares the BEGIN and COMMIT round trips around the INSERT, and
+    the row is still durable before the 200 tells Stripe to stop sending.
+    """
+    with db.engine.connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+        return services.store_event(connection, event)
+
+
 @receiver.post("/v1/payments/stripe/webhooks", strict_slashes=False)
 def receive() -> Any:
     """Verify, store, enqueue, answer: in that order, so a stored event is never lost."""
@@ -74,10 +85,8 @@ def receive() -> Any:
         log.warning(name, reason=rejected.reason, client=client, bytes=len(payload))
         return _answer(400, "invalid_request", rejected.message)
     try:
-        received = services.store_event(db.session, event)
-        db.session.commit()
+        received = _store(event)
     except SQLAlchemyError as error:
-        db.session.rollback()
         # 5xx: Stripe retries for three days; nothing was stored or enqueued.
         log.error("stripe_webhook_store_failed", event_id=event["id"], type=event["type"], error=str(error))
         return _answer(503, "unavailable", "could not store the event; retry later")
