@@ -12,6 +12,9 @@
    product's own setting; batching unchanged), for the reuse ratio.
 3. Unbatched: SEND_BATCH_SIZE=1 and MAIL_MESSAGES_PER_CONNECTION=1, a job and
    a connection per email (how sending worked before batching), for reference.
+   Runs 1 and 2 are made twice: over plain SMTP, and as a real relay is
+   reached (STARTTLS required, the certificate verified through
+   MAIL_SSL_CA_FILE, then AUTH LOGIN); `--transport` picks one or both.
 4. The due scan: `bench-due` gets 1,000,000 attempts (5% due, 15% scheduled
    later, 80% finished), VACUUM ANALYZE, then `due_attempts()`'s own SQL runs
    200 times through psycopg (p50/p99, client side) and once under
@@ -23,8 +26,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
+import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from datetime import UTC, datetime
@@ -32,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 from redis import Redis
 
 from bench.common import (
@@ -51,6 +58,7 @@ from bench.common import (
 )
 from recovery.sandbox.harness import free_port
 
+MESSAGE_ID = re.compile(rb"^Message-ID:\s*(\S+)", re.IGNORECASE | re.MULTILINE)
 SEND_ORG = ("bench-send", "Bench Sends", "owner@bench-send.example")
 DUE_ORG = ("bench-due", "Bench Due Scan", "owner@bench-due.example")
 SCAN_RUNS = 200
@@ -61,7 +69,7 @@ ATTEMPT_COLUMNS = (
 
 
 class Counter:
-    """aiosmtpd handler that counts what arrives: connections (EHLO/HELO) and emails (DATA)."""
+    """aiosmtpd handler that counts what arrives: connections (EHLO/HELO), emails (DATA), duplicates."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -69,33 +77,101 @@ class Counter:
         self.emails = 0
         self.first: float | None = None
         self.last: float | None = None
+        self.message_ids: set[bytes] = set()
+        self.duplicates = 0
 
     def reset(self) -> None:
         with self.lock:
-            self.connections = self.emails = 0
+            self.connections = self.emails = self.duplicates = 0
             self.first = self.last = None
+            self.message_ids = set()
 
     async def handle_EHLO(
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: Any
     ) -> Any:
         session.host_name = hostname
-        with self.lock:
-            self.connections += 1
+        self._count_connection(session)
         return responses
 
     async def handle_HELO(self, server: Any, session: Any, envelope: Any, hostname: str) -> str:
         session.host_name = hostname
-        with self.lock:
-            self.connections += 1
+        self._count_connection(session)
         return f"250 {server.hostname}"
+
+    def _count_connection(self, session: Any) -> None:
+        # After STARTTLS the client greets again, on a new aiosmtpd session with `ssl` set:
+        # only the greeting before it starts a connection.
+        if session.ssl is None:
+            with self.lock:
+                self.connections += 1
+
+    def authenticate(
+        self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        ok = isinstance(auth_data, LoginPassword) and auth_data.password == RELAY_PASSWORD.encode()
+        return AuthResult(success=ok)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         now = time.perf_counter()
+        found = MESSAGE_ID.search(envelope.original_content or envelope.content or b"")
+        message_id = found.group(1) if found else b""
         with self.lock:
+            if message_id in self.message_ids:
+                self.duplicates += 1  # the same email twice: a send-once bug
+            self.message_ids.add(message_id)
             self.emails += 1
             self.first = self.first or now
             self.last = now
         return "250 Message accepted for delivery"
+
+
+RELAY_USER, RELAY_PASSWORD = "bench", "bench-relay-password"
+
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (P-256), made with the openssl CLI; (cert, key)."""
+    cert, key = directory / "smtp.pem", directory / "smtp.key"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-nodes", "-days", "1",
+            "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-keyout", str(key), "-out", str(cert),
+            "-subj", "/CN=bench.smtp", "-addext", "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def smtp_server(counter: Counter, port: int, transport: str, certificate: tuple[Path, Path]) -> Controller:
+    """aiosmtpd on loopback: plain, or requiring STARTTLS and a login as a real relay does."""
+    if transport == "plain":
+        return Controller(counter, hostname="127.0.0.1", port=port, server_hostname="bench.smtp")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*certificate)
+    return Controller(
+        counter,
+        hostname="127.0.0.1",
+        port=port,
+        server_hostname="bench.smtp",
+        tls_context=context,
+        require_starttls=True,
+        authenticator=counter.authenticate,
+        auth_require_tls=True,
+        auth_required=True,
+    )
+
+
+def transport_settings(transport: str, certificate: tuple[Path, Path]) -> dict[str, str]:
+    if transport == "plain":
+        return {}
+    return {
+        "MAIL_USE_TLS": "true",
+        "MAIL_SSL_CA_FILE": str(certificate[0]),
+        "MAIL_USERNAME": RELAY_USER,
+        "MAIL_PASSWORD": RELAY_PASSWORD,
+    }
 
 
 # --- data ----------------------------------------------------------------------
@@ -184,9 +260,14 @@ def load_scan_rows(org_id: int, rows: int) -> None:
 
 
 def park_scan_rows(org_id: int, parked: bool) -> None:
-    """Move the due scan's due attempts a century ahead (or back), so that no send run picks them up."""
+    """Move the due scan's attempts due within a day a century ahead (or back): no send run picks them up.
+
+    A day, not now: the "later" ones of a small scan set fall due minutes after it is loaded.
+    """
     shift, where = (
-        ("+", "next_send_at <= now()") if parked else ("-", "next_send_at > now() + interval '50 years'")
+        ("+", "next_send_at <= now() + interval '1 day'")
+        if parked
+        else ("-", "next_send_at > now() + interval '50 years'")
     )
     with raw_connection() as conn:
         conn.execute(
@@ -278,6 +359,7 @@ def deliver(
         "enqueued": len(sends),
         "enqueue_s": round(enqueue_s, 2),
         "received": counter.emails,
+        "duplicates": counter.duplicates,
         "sent_rows": sent,
         "connections": counter.connections,
         "emails_per_connection": round(counter.emails / counter.connections, 1)
@@ -355,6 +437,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=50, help="SEND_BATCH_SIZE of the batched runs")
     parser.add_argument("--scan-rows", type=int, default=1_000_000)
     parser.add_argument("--skip-unbatched", action="store_true", help="leave out run 3 (a job per email)")
+    parser.add_argument(
+        "--transport", choices=["plain", "tls", "both"], default="both", help="SMTP as runs 1 and 2 use it"
+    )
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     ensure_database()
@@ -369,36 +454,44 @@ def main() -> None:
 
     counter = Counter()
     logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd logs every SMTP command at INFO
-    port = free_port()
-    controller = Controller(counter, hostname="127.0.0.1", port=port, server_hostname="bench.smtp")
-    controller.start()
+    certificate = self_signed_certificate(Path(tempfile.mkdtemp(prefix="bench-smtp-")))
+    transports = ["plain", "tls"] if args.transport == "both" else [args.transport]
     idle = idle_check()
-    runs = [
-        ("batched", {"SEND_BATCH_SIZE": str(args.batch), "MAIL_MESSAGES_PER_CONNECTION": "100"}),
-        ("conn-per-email", {"SEND_BATCH_SIZE": str(args.batch), "MAIL_MESSAGES_PER_CONNECTION": "1"}),
-    ]
-    if not args.skip_unbatched:
-        runs.append(("unbatched", {"SEND_BATCH_SIZE": "1", "MAIL_MESSAGES_PER_CONNECTION": "1"}))
     results = []
-    try:
-        for name, env in runs:
-            results.append(deliver(name, app, send_org, counter, port, args, env))
-            print(f"{name}: {results[-1]}")
-    finally:
-        controller.stop()
+    for transport in transports:
+        suffix = "" if transport == "plain" else "-tls"
+        batch = {"SEND_BATCH_SIZE": str(args.batch)}
+        runs = [
+            ("batched" + suffix, {**batch, "MAIL_MESSAGES_PER_CONNECTION": "100"}),
+            ("conn-per-email" + suffix, {**batch, "MAIL_MESSAGES_PER_CONNECTION": "1"}),
+        ]
+        if transport == "plain" and not args.skip_unbatched:
+            runs.append(("unbatched", {"SEND_BATCH_SIZE": "1", "MAIL_MESSAGES_PER_CONNECTION": "1"}))
+        port = free_port()
+        controller = smtp_server(counter, port, transport, certificate)
+        controller.start()
+        try:
+            for name, env in runs:
+                env = {**env, **transport_settings(transport, certificate)}
+                results.append(deliver(name, app, send_org, counter, port, args, env))
+                print(f"{name}: {results[-1]}")
+        finally:
+            controller.stop()
     load_scan_rows(due_org, args.scan_rows)
     park_scan_rows(due_org, parked=False)
     scan = due_scan(app)
     park_scan_rows(due_org, parked=True)
 
     by_name = {r["name"]: r for r in results}
-    ratio = None
-    if by_name["conn-per-email"]["emails_per_s"]:
-        ratio = round(by_name["batched"]["emails_per_s"] / by_name["conn-per-email"]["emails_per_s"], 2)
+    ratios = {}
+    for suffix in ("", "-tls"):
+        reused, fresh = by_name.get("batched" + suffix), by_name.get("conn-per-email" + suffix)
+        if reused and fresh and reused["emails_per_s"] and fresh["emails_per_s"]:
+            ratios[suffix or "-plain"] = round(reused["emails_per_s"] / fresh["emails_per_s"], 2)
     print()
     print(f"machine busy before the runs: {idle:.0f}% (2 cores, shared)")
     print(
-        f"{'run':<16} {'batch':>5} {'per conn':>8} {'emails':>7} {'conns':>6} {'e/conn':>7}"
+        f"{'run':<20} {'batch':>5} {'per conn':>8} {'emails':>7} {'conns':>6} {'e/conn':>7}"
         f" {'emails/s':>9} {'wall/s':>7} {'wall s':>7} {'cpu s':>6}"
     )
     for r in results:
@@ -407,11 +500,12 @@ def main() -> None:
             r["settings"]["MAIL_MESSAGES_PER_CONNECTION"],
         )
         print(
-            f"{r['name']:<16} {batch:>5} {per_connection:>8} {r['received']:>7} {r['connections']:>6}"
+            f"{r['name']:<20} {batch:>5} {per_connection:>8} {r['received']:>7} {r['connections']:>6}"
             f" {r['emails_per_connection'] or 0:>7} {r['emails_per_s'] or 0:>9} {r['emails_per_s_wall']:>7}"
             f" {r['wall_s']:>7} {r['workers_cpu_s']:>6}"
         )
-    print(f"reused connection / connection per email, emails/s: {ratio}")
+    for transport, ratio in ratios.items():
+        print(f"reused connection / connection per email, emails/s ({transport[1:]}): {ratio}")
     if "unbatched" in by_name and by_name["unbatched"]["emails_per_s"]:
         print(
             "batched / unbatched (a job and a connection per email), emails/s:"
@@ -424,7 +518,7 @@ def main() -> None:
     print("\n".join("  " + line for line in scan["plan"]))
     path = write_json(
         "send_messages",
-        {"idle_busy_pct": round(idle), "runs": results, "reuse_ratio": ratio, "due_scan": scan},
+        {"idle_busy_pct": round(idle), "runs": results, "reuse_ratios": ratios, "due_scan": scan},
     )
     print(f"written to {path}")
 

@@ -276,6 +276,22 @@ def test_sweeper_reenqueues_sends_lost_with_redis(db, org, make_transaction, smt
     assert scheduling.sweep_job_id(scheduling.next_sweep_at(utcnow())) in scheduled
 
 
+def test_due_and_later_sends_are_placed_together_once(db, org, make_transaction, app):
+    first = start(db, make_transaction(org, customer_phone=None))
+    second = start(db, make_transaction(org, customer_phone=None))
+    redis_connection(app).flushdb()
+    now = utcnow()
+    later, due = (second.id, 1, now + timedelta(days=1)), (first.id, 0, now - timedelta(seconds=1))
+
+    # A later send, then a due one, in one pipeline (RQ's enqueue wants MULTI first).
+    assert jobs.schedule_many([later, due], now) == 2
+    assert jobs.schedule_many([later, due], now) == 0  # both wait already
+
+    assert get_queue().job_ids == [scheduling.send_job_id(*due)]
+    scheduled = ScheduledJobRegistry("default", connection=redis_connection(app)).get_job_ids()
+    assert scheduled == [scheduling.send_job_id(*later)]
+
+
 def test_due_scan_uses_only_active_attempts(db, org, make_transaction):
     now = utcnow()
     due = start(db, make_transaction(org), now=now - timedelta(minutes=5))

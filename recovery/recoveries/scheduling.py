@@ -79,6 +79,7 @@ def place_many(
         to_place.append(item)
     placed = 0
     with queue.connection.pipeline() as pipe:
+        pipe.multi()  # from the start: RQ's enqueue_job asks for MULTI before its first command
         for job_id, at, args in to_place:
             new = queue.create_job(func, args=args, job_id=job_id)
             if at <= now:
