@@ -799,6 +799,11 @@ def test_a_handler_error_is_recorded_rolled_back_retried_then_replayed_from_the_
 # --- a job takes the other pending events along -------------------------------------------------
 
 
+def waiting_ids() -> list[str]:
+    """The queue's jobs that still exist: a discarded job's id stays in the list until a worker pops it."""
+    return [job.id for job in get_queue().jobs]
+
+
 def unknown_events(count: int) -> list[dict[str, Any]]:
     return [
         se.event("customer.created", {"id": se.new_id("cus"), "object": "customer"}) for _ in range(count)
@@ -815,7 +820,21 @@ def test_one_job_applies_the_waiting_events_and_removes_their_jobs(client):
 
     assert [row.status for row in events()] == [WebhookState.IGNORED] * 5
     # Only the job run here by hand is left (RQ takes a job off the queue as it starts it).
-    assert queued_ids() == [jobs.job_id(evts[0]["id"])]
+    assert waiting_ids() == [jobs.job_id(evts[0]["id"])]
+
+
+def test_a_real_worker_drains_a_burst_and_skips_the_removed_jobs(client, rq_worker):
+    evts = unknown_events(6)
+    for evt in evts:
+        assert se.post(client, evt).status_code == 200
+
+    rq_worker()
+
+    assert [row.status for row in events()] == [WebhookState.IGNORED] * 6
+    assert get_queue().count == 0
+    assert get_queue().failed_job_registry.count == 0
+    # One job ran and applied all six; the other five were removed before they ran.
+    assert get_queue().finished_job_registry.get_job_ids() == [jobs.job_id(evts[0]["id"])]
 
 
 @pytest.mark.parametrize("app_config", [{"STRIPE_WEBHOOK_SECRET": se.SECRET, "STRIPE_WEBHOOK_BATCH_SIZE": 1}])
@@ -851,7 +870,7 @@ def test_a_taken_along_event_that_fails_keeps_its_job_and_fails_nobody_else(clie
     row = stored(failing["id"])
     assert row.status == WebhookState.FAILED and row.last_error == "RuntimeError: this one is broken"
     # Its own job still waits, and retries it with backoff like any failed event.
-    assert queued_ids() == [jobs.job_id(first["id"]), jobs.job_id(failing["id"])]
+    assert waiting_ids() == [jobs.job_id(first["id"]), jobs.job_id(failing["id"])]
 
 
 def test_a_taken_along_event_locked_elsewhere_is_skipped(app, client, database_url):

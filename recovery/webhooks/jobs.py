@@ -107,20 +107,22 @@ def process_webhook_event(stripe_event_id: str) -> str:
     return result.state
 
 
-def _apply(
-    stripe_event_id: str, *, skip_locked: bool = False
-) -> services.Outcome | services.ProcessingFailed:
+def _apply(stripe_event_id: str) -> services.Outcome | services.ProcessingFailed:
     """Process the event in its own database transaction, then queue what follows from it."""
     try:
-        outcome = services.process_event(
-            db.session, stripe_event_id, gateway_or_none, skip_locked=skip_locked
-        )
+        outcome = services.process_event(db.session, stripe_event_id, gateway_or_none)
         db.session.commit()
     except services.ProcessingFailed as failure:
         db.session.rollback()
         services.record_failure(db.session, failure)
         db.session.commit()
         return failure
+    _follow_up(outcome)
+    return outcome
+
+
+def _follow_up(outcome: services.Outcome) -> None:
+    """Queue the jobs an applied event calls for; after the commit that applied it."""
     if outcome.closed_transaction_id is not None:
         get_queue().enqueue(
             close_payment_options,
@@ -131,24 +133,27 @@ def _apply(
             job_timeout=stripe_job_timeout(CLOSE_CALLS),
         )
     if outcome.imported_transaction_id is not None:
-        # After the commit that created it; a job of its own, so a refusal never fails the event.
+        # A job of its own, so a refusal never fails the event.
         get_queue().enqueue(
             start_imported_recovery,
             outcome.imported_transaction_id,
             job_id=f"auto-start-{outcome.imported_transaction_id}",
             retry=Retry(max=3, interval=[10, 60, 300]),
         )
-    return outcome
 
 
 def _take_along(asked: str) -> int:
-    """Process up to STRIPE_WEBHOOK_BATCH_SIZE - 1 other pending events in this job; return how many.
+    """Apply up to STRIPE_WEBHOOK_BATCH_SIZE - 1 other pending events in this job; return how many.
 
     RQ spends a few milliseconds and dozens of Redis commands on every job,
     more than most events cost to apply: a burst drains far faster when a job
-    takes the waiting events along and removes their jobs. Each event keeps its
-    own transaction, and one that is locked elsewhere is skipped. One that
-    fails keeps its job, which retries it with backoff. The job stops taking
+    takes the waiting events along and removes their jobs. Each event is
+    applied in a savepoint of one transaction, committed once for the batch
+    (a durable commit per event would cost more than most events): a handler
+    that fails rolls back its own changes only, and its failure is recorded
+    beside the others' work; its job is kept and retries it with backoff. An
+    event locked elsewhere is skipped. If the job dies before the commit, the
+    events are still pending and their jobs still queued. It stops taking
     more after TAKE_ALONG_SECONDS, so its timeout still covers the last one.
     """
     size = int(current_app.config["STRIPE_WEBHOOK_BATCH_SIZE"]) - 1
@@ -156,18 +161,27 @@ def _take_along(asked: str) -> int:
         return 0
     began = time.monotonic()
     waiting = services.pending_events(db.session, size, exclude=asked)
-    db.session.rollback()  # read only; end the transaction
-    done = []
+    applied: list[services.Outcome] = []
     for stripe_event_id in waiting:
         if time.monotonic() - began > TAKE_ALONG_SECONDS:
             break
-        result = _apply(stripe_event_id, skip_locked=True)
-        if isinstance(result, services.Outcome) and result.ran:
-            done.append(job_id(stripe_event_id))
-    if done:
+        try:
+            with db.session.begin_nested():
+                outcome = services.process_event(
+                    db.session, stripe_event_id, gateway_or_none, skip_locked=True
+                )
+        except services.ProcessingFailed as failure:
+            services.record_failure(db.session, failure)
+            continue
+        if outcome.ran:
+            applied.append(outcome)
+    db.session.commit()
+    for outcome in applied:
+        _follow_up(outcome)
+    if applied:
         with suppress(RedisError):  # best effort: a job left behind finds its event done
-            discard_waiting(get_queue().connection, done)
-    return len(done)
+            discard_waiting(get_queue().connection, [job_id(o.stripe_event_id) for o in applied])
+    return len(applied)
 
 
 @app_job

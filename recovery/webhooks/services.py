@@ -90,13 +90,19 @@ def store_event(connection: Connection, event: dict[str, Any]) -> Received:
     Safe to run twice or concurrently: the unique stripe_event_id decides, so a
     redelivery (or two deliveries racing) stores one row and changes nothing.
     """
-    statement = (
-        insert_ignoring_duplicates(connection, WebhookEvent, ["stripe_event_id"])
-        .values(**event_row(event))
-        .returning(WebhookEvent.id)
-    )
-    new_id = connection.execute(statement).scalar()
+    dialect = connection.dialect.name
+    statement = _STORE_STATEMENTS.get(dialect)
+    if statement is None:
+        # Built once: values go in as parameters, so each event costs a cached statement, not a new one.
+        statement = insert_ignoring_duplicates(connection, WebhookEvent, ["stripe_event_id"]).returning(
+            WebhookEvent.id
+        )
+        _STORE_STATEMENTS[dialect] = statement
+    new_id = connection.execute(statement, event_row(event)).scalar()
     return Received(event["id"], event["type"], created=new_id is not None)
+
+
+_STORE_STATEMENTS: dict[str, Any] = {}
 
 
 # --- processing --------------------------------------------------------------
@@ -243,13 +249,18 @@ def replay(session: DbSession, event: WebhookEvent, actor: Actor) -> None:
 
 
 def pending_events(session: DbSession, limit: int, *, exclude: str) -> list[str]:
-    """Ids of pending events, oldest first: what a processing job can take along."""
+    """Ids of pending events, oldest first, locked for the caller's transaction: what a job takes along.
+
+    SKIP LOCKED: two jobs taking events along at once take different ones,
+    instead of both queueing on the same rows.
+    """
     return list(
         session.scalars(
             select(WebhookEvent.stripe_event_id)
             .where(WebhookEvent.status == WebhookState.PENDING, WebhookEvent.stripe_event_id != exclude)
             .order_by(WebhookEvent.received_at)
             .limit(limit)
+            .with_for_update(skip_locked=True)
         )
     )
 
