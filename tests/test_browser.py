@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 from werkzeug.serving import make_server
 
 from recovery.demo import DEMO_PASSWORD, seed
+from recovery.models import Transaction
 from tests.conftest import missing
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -576,3 +578,61 @@ def test_kpi_tiles_and_bulk_start_from_the_list(
     tab.shot("bulk-start")
     tab.assert_fits_width()
     tab.assert_clean()
+
+
+class TestAllMatchingInTheBrowser:
+    """The bulk bar's script (recovery/static/js/app.js) in headless Chromium, on the demo data."""
+
+    @pytest.fixture
+    def app_config(self, live_port: int) -> dict[str, Any]:
+        return {"WTF_CSRF_ENABLED": True, "BASE_URL": f"http://127.0.0.1:{live_port}"}
+
+    def test_select_all_matching_appears_with_the_whole_page_and_sends_the_filter(
+        self, open_tab: Callable[..., Tab], demo: Any, db: Any
+    ) -> None:
+        from playwright.sync_api import expect
+
+        failed = db.session.scalar(
+            sa.select(sa.func.count())
+            .select_from(Transaction)
+            .where(Transaction.organization_id == demo.organization.id, Transaction.status == "failed")
+        )
+        assert failed > 50, "the demo needs more failed transactions than a page"
+        tab = open_tab()
+        page = tab.page
+        sign_in(tab, email="operator@demo.example")
+        page.goto("/transactions?status=failed")
+        whole_page = page.get_by_label("Select all on this page")
+        every_match = page.get_by_label(f"Select all {failed} matching this filter")
+        expect(every_match).to_be_hidden()
+
+        whole_page.check()
+        expect(every_match).to_be_visible()
+        every_match.check()
+        expect(page.get_by_role("button", name=f"Start recovery for all {failed} matching")).to_be_visible()
+        tab.shot("bulk-all-matching")
+        tab.assert_fits_width()
+        # Unticking one row is "not everything": the offer goes, and the count is the page's again.
+        first_row = page.locator('#results tbody input[name="ids"]').first
+        first_row.uncheck()
+        expect(every_match).to_be_hidden()
+        expect(every_match).not_to_be_checked()
+        expect(page.get_by_role("button", name="Start recovery for 49 selected")).to_be_visible()
+
+        first_row.check()
+        every_match.check()
+        dialogs: list[str] = []
+
+        def accept(dialog: Any) -> None:
+            dialogs.append(dialog.message)
+            dialog.accept()
+
+        page.on("dialog", accept)
+        page.get_by_role("button", name=f"Start recovery for all {failed} matching").click()
+        expect(page.get_by_role("heading", name=f"Starting {failed} recoveries")).to_be_visible()
+        expect(page.locator("#bulk-filter")).to_have_text("Every transaction that matched status failed.")
+        assert dialogs == [
+            f"Start recoveries for all {failed} transactions matching this filter? "
+            "Their customers are messaged now."
+        ]
+        tab.assert_clean()
