@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from rq import Worker
+from rq.job import Job
 from rq.registry import ScheduledJobRegistry
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -290,6 +291,19 @@ def test_due_and_later_sends_are_placed_together_once(db, org, make_transaction,
     assert get_queue().job_ids == [scheduling.send_job_id(*due)]
     scheduled = ScheduledJobRegistry("default", connection=redis_connection(app)).get_job_ids()
     assert scheduled == [scheduling.send_job_id(*later)]
+
+
+def test_a_half_written_job_record_does_not_stop_placement(db, org, make_transaction, app):
+    attempt = start(db, make_transaction(org, customer_phone=None))
+    redis = redis_connection(app)
+    redis.flushdb()
+    due = (attempt.id, 0, utcnow() - timedelta(seconds=1))
+    # What a worker leaves when its job's record was removed as it started and it then died.
+    redis.hset(Job.key_for(scheduling.send_job_id(*due)), mapping={"status": "finished", "ended_at": "x"})
+
+    assert jobs.schedule_many([due]) == 1
+    assert get_queue().job_ids == [scheduling.send_job_id(*due)]
+    assert Job.fetch(scheduling.send_job_id(*due), connection=redis).func_name.endswith("send_step")
 
 
 def test_due_scan_uses_only_active_attempts(db, org, make_transaction):

@@ -18,6 +18,7 @@ from rq.registry import FinishedJobRegistry
 from recovery.audit import Actor
 from recovery.models import (
     AttemptStatus,
+    Message,
     MessageStatus,
     Organization,
     RecoveryAttempt,
@@ -42,12 +43,26 @@ class _CountingHandler(_Handler):
         return responses
 
 
+class _HangUpAfterData(_CountingHandler):
+    """Takes the message, then drops the connection before answering: did it go out? Unknown."""
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        await super().handle_DATA(server, session, envelope)
+        server.transport.close()
+        return "250 never heard"
+
+
 @pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
+def handler_class() -> type[_Handler]:
+    return _CountingHandler
+
+
+@pytest.fixture
+def smtp(handler_class: type[_Handler]) -> Iterator[SmtpServer]:
     """The test SMTP server, also counting connections (one EHLO each)."""
     server = SmtpServer()
     server.connections = 0  # type: ignore[attr-defined]
-    server.controller.handler = _CountingHandler(server)  # read when the server starts
+    server.controller.handler = handler_class(server)  # read when the server starts
     server.controller.start()
     yield server
     server.controller.stop()
@@ -175,3 +190,75 @@ def test_a_transient_failure_in_a_batch_does_not_lose_the_others(db, org, make_t
     [sent] = messages(db, get(db, busy))
     assert (sent.status, sent.tries) == (M.SENT, 2)
     assert len(smtp.to("busy@example.com")) == 1 and len(smtp.received) == 4
+
+
+# --- failure modes ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("handler_class", [_HangUpAfterData])
+def test_a_connection_lost_after_the_message_was_handed_over_is_not_retried(
+    db, org, make_transaction, smtp, worker
+):
+    [attempt_id] = start_many(db, org, make_transaction, 1)
+
+    worker()
+
+    assert len(smtp.received) == 1  # the server has it
+    [message] = messages(db, get(db, attempt_id))
+    assert message.status == M.FAILED and message.tries == services.MAX_TRIES  # never sent again
+    assert "not sent again in case it was delivered" in (message.error or "")
+
+
+def test_a_batch_past_its_time_sends_nothing_more_and_retries_the_rest(
+    db, org, make_transaction, smtp, worker, monkeypatch
+):
+    monkeypatch.setattr(services, "BATCH_SENDING_SECONDS", -1)  # out of time from the start
+    attempts = start_many(db, org, make_transaction, 3)
+
+    worker()
+
+    assert smtp.received == []
+    for attempt_id in attempts:
+        attempt = get(db, attempt_id)
+        [message] = messages(db, attempt)
+        assert message.status == M.FAILED and "ran out of time" in (message.error or "")
+        assert attempt.step == 0 and attempt.next_send_at > utcnow()  # retried a minute later
+
+    monkeypatch.setattr(services, "BATCH_SENDING_SECONDS", 60)
+    for attempt_id in attempts:
+        travel(db, get(db, attempt_id), timedelta(minutes=2))
+    jobs.sweep_once(utcnow())
+    worker()
+    assert len(smtp.received) == 3
+
+
+def test_a_claim_another_run_stored_first_leaves_the_step_to_it(db, org, make_transaction, smtp, monkeypatch):
+    # SQLite has no row locks: two runs can both see no message and both claim it.
+    [attempt_id] = start_many(db, org, make_transaction, 1)
+    attempt = get(db, attempt_id)
+    other_run = Message(
+        organization_id=org.id,
+        attempt_id=attempt.id,
+        transaction_id=attempt.transaction_id,
+        step=0,
+        channel="email",
+        recipient=attempt.transaction.customer_email,
+        status=M.SENDING,
+        tries=1,
+    )
+    db.session.add(other_run)
+    db.session.commit()
+    real = services._messages_at_steps
+    monkeypatch.setattr(
+        services, "_messages_at_steps", lambda session, attempts: {a.id: [] for a in attempts}
+    )  # this run read before the other stored its claim
+
+    batch = services.send_batch(
+        db.session, jobs.postman(), [(attempt_id, 0)], base_url="https://recovery.example", now=utcnow()
+    )
+
+    monkeypatch.setattr(services, "_messages_at_steps", real)
+    [result] = batch.results
+    assert result.outcome == "in_progress"
+    assert smtp.received == []
+    assert get(db, attempt_id).step == 0  # the other run finishes the step

@@ -41,6 +41,23 @@ def test_a_server_that_never_greets_is_a_retry_after_the_timeout(app: Any) -> No
     assert 0.9 <= waited < 5
 
 
+def test_after_a_connection_failure_the_batch_stops_dialling(app: Any) -> None:
+    postman = Postman(MessagingSettings.from_config(app.config), mail)
+
+    with postman.session():
+        first = postman.send_email(outgoing_email(message_id=1))
+        began = time.monotonic()
+        second = postman.send_email(outgoing_email(message_id=2))
+        waited = time.monotonic() - began
+
+    assert first.outcome == second.outcome == Outcome.RETRY
+    assert second.error == f"{first.error} (not tried again in this batch)"
+    assert waited < 0.5  # not another timeout
+    # A new batch tries the server again.
+    with postman.session():
+        assert "not tried again" not in (postman.send_email(outgoing_email(message_id=3)).error or "")
+
+
 def test_the_timeout_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     from recovery.config import load
 

@@ -867,10 +867,38 @@ def test_a_taken_along_event_that_fails_keeps_its_job_and_fails_nobody_else(clie
 
     assert stored(first["id"]).status == WebhookState.IGNORED
     assert stored(second["id"]).status == WebhookState.IGNORED
+    # Rolled back and left pending, with its own job still waiting...
+    assert stored(failing["id"]).status == WebhookState.PENDING
+    assert waiting_ids() == [jobs.job_id(first["id"]), jobs.job_id(failing["id"])]
+    # ...which records the failure and raises, so RQ retries it with backoff.
+    with pytest.raises(RuntimeError, match="this one is broken"):
+        run_job(jobs.process_webhook_event, failing["id"])
     row = stored(failing["id"])
     assert row.status == WebhookState.FAILED and row.last_error == "RuntimeError: this one is broken"
-    # Its own job still waits, and retries it with backoff like any failed event.
-    assert waiting_ids() == [jobs.job_id(first["id"]), jobs.job_id(failing["id"])]
+
+
+def test_a_failing_event_without_a_job_is_left_for_the_sweeper(client, monkeypatch, app):
+    # Redis was down when it arrived: stored, no job. A take-along must not fail it for good.
+    def broken(ctx: handlers.Context, obj: dict[str, Any]) -> str:
+        raise RuntimeError("this one is broken")
+
+    monkeypatch.setitem(handlers.HANDLERS, "invoice.created", broken)
+    failing = se.event("invoice.created", {"id": se.new_id("in"), "object": "invoice"})
+    assert se.post(client, failing).status_code == 200
+    Redis.from_url(app.config["REDIS_URL"]).flushdb()
+    [mine] = unknown_events(1)
+    assert se.post(client, mine).status_code == 200
+
+    run_job(jobs.process_webhook_event, mine["id"])
+
+    assert stored(failing["id"]).status == WebhookState.PENDING
+    # A minute later the sweeper queues its job, which fails and retries it as usual.
+    _db.session.execute(
+        WebhookEvent.__table__.update().values(received_at=utcnow() - timedelta(minutes=5))  # type: ignore[attr-defined]
+    )
+    _db.session.commit()
+    assert run_job(jobs.sweep_webhook_events) == {"pending": 1, "enqueued": 1}
+    assert jobs.job_id(failing["id"]) in waiting_ids()
 
 
 def test_a_taken_along_event_locked_elsewhere_is_skipped(app, client, database_url):

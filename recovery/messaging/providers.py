@@ -171,6 +171,44 @@ def smtp_ssl_context(settings: MessagingSettings) -> ssl.SSLContext:
         raise OSError(f"MAIL_SSL_CA_FILE {settings.mail_ssl_ca_file!r}: {error}") from error
 
 
+# After the message's final dot a server may take long to answer (content
+# scanning); RFC 5321 4.5.3.2.6 asks clients to wait up to 10 minutes there.
+DATA_ANSWER_SECONDS = 300
+
+
+class OutcomeUnknown(smtplib.SMTPException):
+    """The connection failed after the message was handed over: the server may have taken it."""
+
+
+class _DataPhase(smtplib.SMTP):
+    """smtplib's `data()` with a longer wait for the final answer, and a failure there told apart.
+
+    A connection lost or timed out once DATA began may have delivered the
+    message: it must not be retried, or the customer could get it twice.
+    """
+
+    def data(self, msg: Any) -> tuple[int, bytes]:
+        if self.sock is not None:
+            self.sock.settimeout(max(float(self.timeout), DATA_ANSWER_SECONDS))
+        try:
+            return super().data(msg)
+        except smtplib.SMTPResponseException:
+            raise  # the server answered: classified by its code as before
+        except (smtplib.SMTPServerDisconnected, OSError) as error:
+            raise OutcomeUnknown(f"{type(error).__name__}: {error}") from error
+        finally:
+            if self.sock is not None:
+                self.sock.settimeout(float(self.timeout))
+
+
+class _SMTP(_DataPhase):
+    pass
+
+
+class _SMTPSSL(_DataPhase, smtplib.SMTP_SSL):
+    pass
+
+
 class VerifiedConnection(Connection):
     """Flask-Mail's connection, but TLS (MAIL_USE_SSL or MAIL_USE_TLS) verifies the server, within a timeout.
 
@@ -191,9 +229,9 @@ class VerifiedConnection(Connection):
         mail = self.mail
         host: smtplib.SMTP | smtplib.SMTP_SSL
         if mail.use_ssl:
-            host = smtplib.SMTP_SSL(mail.server, mail.port, context=self.ssl_context, timeout=self.timeout)
+            host = _SMTPSSL(mail.server, mail.port, context=self.ssl_context, timeout=self.timeout)
         else:
-            host = smtplib.SMTP(mail.server, mail.port, timeout=self.timeout)
+            host = _SMTP(mail.server, mail.port, timeout=self.timeout)
         try:
             host.set_debuglevel(int(mail.debug))
             if mail.use_tls:
@@ -222,6 +260,8 @@ class Postman:
         self._twilio: TwilioClient | None = None
         self._batching = False
         self._ssl_context: ssl.SSLContext | None = None
+        # Why the SMTP server could not be reached in this session, if it could not.
+        self._smtp_down: str | None = None
 
     @contextmanager
     def session(self) -> Iterator[Postman]:
@@ -232,6 +272,7 @@ class Postman:
         finally:
             self._batching = outer
             if not outer:
+                self._smtp_down = None
                 self._close()
 
     def _close(self) -> None:
@@ -260,11 +301,24 @@ class Postman:
         return self._send_email(email)
 
     def _send_email(self, email: OutgoingEmail) -> Delivery:
+        if self._smtp_down is not None:
+            # The server was unreachable a moment ago in this batch: each email would
+            # wait out the timeout again. Retried later with the rest.
+            text = f"{self._smtp_down} (not tried again in this batch)"
+            return Delivery(Outcome.RETRY, Provider.SMTP, error=text)
         message = build_email(email, self.settings)
         try:
             connection = self._smtp()
             self._sent_on_connection += 1
             connection.send(message)
+        except OutcomeUnknown as error:
+            self._drop_connection()
+            return Delivery(
+                Outcome.FAILED,
+                Provider.SMTP,
+                error=f"SMTP connection lost after the message was handed over ({error});"
+                " not sent again in case it was delivered",
+            )
         except smtplib.SMTPRecipientsRefused as error:
             self._drop_connection()
             code, reply = next(iter(error.recipients.values()), (0, b""))
@@ -282,9 +336,10 @@ class Postman:
             # Connection refused, dropped or timed out, or the server's certificate
             # not trusted: the server never took the message.
             self._drop_connection()
-            return Delivery(
-                Outcome.RETRY, Provider.SMTP, error=f"SMTP connection: {_connection_error(error)}"
-            )
+            text = f"SMTP connection: {_connection_error(error)}"
+            if self._batching:
+                self._smtp_down = text
+            return Delivery(Outcome.RETRY, Provider.SMTP, error=text)
         return Delivery(Outcome.SENT, Provider.SMTP, message.msgId)
 
     def _smtp(self) -> Connection:

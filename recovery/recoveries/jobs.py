@@ -10,12 +10,17 @@ from flask import current_app
 from recovery.extensions import db, mail
 from recovery.jobs import app_job
 from recovery.logs import get_logger
-from recovery.messaging.providers import MessagingSettings, Postman
+from recovery.messaging.providers import DATA_ANSWER_SECONDS, MessagingSettings, Postman
 from recovery.models import RecoveryAttempt, utcnow
 from recovery.queue import discard_waiting, get_queue, redis_connection
 from recovery.recoveries import scheduling, services
 
 log = get_logger("recovery.recoveries")
+
+# A send job's time: the batch starts no delivery after BATCH_SENDING_SECONDS, and the
+# last one may wait out an SMTP server's slow answer (DATA_ANSWER_SECONDS). Well under
+# SENDING_ABANDONED, so a running job's claims never look abandoned.
+SEND_JOB_TIMEOUT = services.BATCH_SENDING_SECONDS + DATA_ANSWER_SECONDS + 4 * 30
 
 
 def postman() -> Postman:
@@ -32,13 +37,16 @@ def schedule_send(attempt_id: int, step: int, due: datetime, now: datetime | Non
         now or utcnow(),
         attempt_id,
         step,
+        timeout=SEND_JOB_TIMEOUT,
     )
 
 
 def schedule_many(sends: Sequence[tuple[int, int, datetime]], now: datetime | None = None) -> int:
     """`schedule_send` for many (attempt id, step, due) at once, in two Redis round trips; how many placed."""
     jobs = [(scheduling.send_job_id(*send), send[2], send[:2]) for send in sends]
-    return scheduling.place_many(get_queue(), send_step, jobs, now or utcnow()) if jobs else 0
+    return (
+        scheduling.place_many(get_queue(), send_step, jobs, now or utcnow(), SEND_JOB_TIMEOUT) if jobs else 0
+    )
 
 
 def schedule_next(attempt: RecoveryAttempt) -> bool:

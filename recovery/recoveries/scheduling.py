@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from redis import Redis
+from redis.exceptions import RedisError
 from rq import Queue
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
@@ -39,7 +40,13 @@ def is_waiting(connection: Redis, job_id: str) -> bool:
 
 
 def place(
-    queue: Queue, func: Callable[..., Any], job_id: str, at: datetime, now: datetime, *args: Any
+    queue: Queue,
+    func: Callable[..., Any],
+    job_id: str,
+    at: datetime,
+    now: datetime,
+    *args: Any,
+    timeout: int | None = None,
 ) -> bool:
     """Enqueue `func(*args)` under `job_id` to run at `at` (now if due); False if it is waiting already."""
     if is_waiting(queue.connection, job_id):
@@ -48,9 +55,9 @@ def place(
         Job.fetch(job_id, connection=queue.connection).delete()  # a finished or failed run of the same id
     try:
         if at <= now:
-            queue.enqueue(func, *args, job_id=job_id, unique=True)
+            queue.enqueue(func, *args, job_id=job_id, unique=True, job_timeout=timeout)
         else:
-            queue.enqueue_at(at, func, *args, job_id=job_id, unique=True)
+            queue.enqueue_at(at, func, *args, job_id=job_id, unique=True, job_timeout=timeout)
     except DuplicateJobError:
         return False  # placed by someone else a moment ago
     return True
@@ -61,6 +68,7 @@ def place_many(
     func: Callable[..., Any],
     jobs: Sequence[tuple[str, datetime, tuple[Any, ...]]],
     now: datetime,
+    timeout: int | None = None,
 ) -> int:
     """`place` for many (job id, at, args): one read and one write round trip in all; how many it placed.
 
@@ -69,19 +77,23 @@ def place_many(
     again with the same id and arguments, and the send it carries happens
     once whatever runs it (the database decides).
     """
-    found = Job.fetch_many([job_id for job_id, _, _ in jobs], connection=queue.connection)
+    keys = [Job.key_for(job_id) for job_id, _, _ in jobs]
+    with queue.connection.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.hget(key, "status")
+        statuses = pipe.execute()
     to_place = []
-    for item, job in zip(jobs, found, strict=True):
-        if job is not None:
-            if job.get_status(refresh=False) in WAITING:
+    for item, key, status in zip(jobs, keys, statuses, strict=True):
+        if status is not None:
+            if status.decode() in WAITING:
                 continue
-            job.delete()  # a finished or failed run of the same id (rare; RQ's delete reads as it goes)
+            _forget(queue.connection, item[0], key)
         to_place.append(item)
     placed = 0
     with queue.connection.pipeline() as pipe:
         pipe.multi()  # from the start: RQ's enqueue_job asks for MULTI before its first command
         for job_id, at, args in to_place:
-            new = queue.create_job(func, args=args, job_id=job_id)
+            new = queue.create_job(func, args=args, job_id=job_id, timeout=timeout)
             if at <= now:
                 queue.enqueue_job(new, pipeline=pipe)
             else:
@@ -89,6 +101,21 @@ def place_many(
             placed += 1
         pipe.execute()
     return placed
+
+
+def _forget(connection: Redis, job_id: str, key: str) -> None:
+    """Delete an ended run of the same job id before placing it again (rare).
+
+    Only the status is read first, never the whole record: a record a worker
+    left half-written (its job hash removed as it started, then the worker
+    died) must not stop every later placement; RQ cannot read it, so it goes.
+    """
+    try:
+        Job.fetch(job_id, connection=connection).delete()
+    except RedisError:
+        raise
+    except Exception:  # NoSuchJobError, or a record RQ cannot restore
+        connection.delete(key)
 
 
 def remove(connection: Redis, job_id: str | None) -> bool:

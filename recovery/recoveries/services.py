@@ -10,6 +10,7 @@ so that a job that runs twice, or is retried after a crash, sends once.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -38,6 +39,7 @@ from recovery.models import (
     SuppressionReason,
     Transaction,
     TransactionStatus,
+    utcnow,
 )
 from recovery.models.base import DbSession, insert_ignoring_duplicates
 from recovery.models.message import DELIVERY_FAILED
@@ -57,6 +59,8 @@ RETRY_DELAYS = (timedelta(minutes=1), timedelta(minutes=5), timedelta(minutes=15
 MAX_STEPS = 10
 # A message still "sending" after this long lost its worker (jobs time out well before).
 SENDING_ABANDONED = timedelta(minutes=15)
+# A batch starts no new delivery after this long; the rest are retried a minute later.
+BATCH_SENDING_SECONDS = 60
 MAX_SCHEDULE_DAY = 60
 # What the due scan selects on: exactly the predicate of the partial index
 # ix_recovery_attempt_due, written out so that PostgreSQL can use the index.
@@ -781,7 +785,8 @@ def _new_message(
         status=M.QUEUED,
         tries=0,
         created_at=now,
-        updated_at=now,
+        # The claim's own time: SENDING_ABANDONED is measured from it, not from the batch's start.
+        updated_at=utcnow(),
     )
     facts = _facts(organization, transaction, attempt, base_url)
     if channel == Channel.EMAIL:
@@ -1017,6 +1022,34 @@ class BatchSent:
     taken: list[tuple[int, int, datetime]]
 
 
+def _lost_claims(
+    claims: dict[int, tuple[RecoveryAttempt, list[Message]]],
+    stored: dict[int, list[Outgoing]],
+    steps: dict[int, int],
+) -> dict[int, SendResult]:
+    """Attempts whose every claim another run stored first (SQLite, which has no row locks).
+
+    That run sends them and finishes the step; this one leaves it alone.
+    """
+    return {
+        attempt_id: SendResult("in_progress", attempt_id, steps[attempt_id], attempt.next_send_at)
+        for attempt_id, (attempt, _) in claims.items()
+        if attempt_id not in stored
+    }
+
+
+def _deliver_by(postman: Postman, item: Outgoing, deadline: float) -> Delivery:
+    """Deliver unless the batch's time is up: then the message is retried shortly, by a later job.
+
+    Keeps a batch well inside its job's timeout however slow the provider.
+    """
+    if time.monotonic() > deadline:
+        provider = Provider.SMTP if isinstance(item, OutgoingEmail) else Provider.TWILIO
+        late = "Not sent: the batch ran out of time; tried again shortly."
+        return Delivery(Outcome.RETRY, provider, error=late)
+    return _safe_deliver(postman, item)
+
+
 def _safe_deliver(postman: Postman, item: Outgoing) -> Delivery:
     """Deliver one message of a batch; an unexpected error fails that message, not the batch.
 
@@ -1091,13 +1124,15 @@ def send_batch(
         else:
             results[attempt.id] = _finish(session, attempt, step, now, at_step[attempt.id], suppressed)
     pending = _store_claims(session, claims, base_url)
+    results |= _lost_claims(claims, pending, steps)
     session.commit()
 
+    deadline = time.monotonic() + BATCH_SENDING_SECONDS
     with postman.session():
         while pending:
             # No database work while the providers talk: the claims are committed.
             answers = {
-                attempt_id: [(item.message_id, _safe_deliver(postman, item)) for item in items]
+                attempt_id: [(item.message_id, _deliver_by(postman, item, deadline)) for item in items]
                 for attempt_id, items in pending.items()
             }
             locked = _lock_many(session, sorted(answers))
@@ -1121,6 +1156,7 @@ def send_batch(
                 else:
                     results[attempt_id] = SendResult("inactive", attempt_id, steps[attempt_id], None)
             pending = _store_claims(session, claims, base_url)
+            results |= _lost_claims(claims, pending, steps)
             session.commit()
     ordered = missing + [results[attempt_id] for attempt_id in order]
     return BatchSent(ordered, taken)

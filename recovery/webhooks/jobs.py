@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 from rq import Queue, Repeat, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
+from sqlalchemy.exc import SQLAlchemyError
 
 from recovery.extensions import db
 from recovery.jobs import app_job
@@ -150,9 +151,10 @@ def _take_along(asked: str) -> int:
     takes the waiting events along and removes their jobs. Each event is
     applied in a savepoint of one transaction, committed once for the batch
     (a durable commit per event would cost more than most events): a handler
-    that fails rolls back its own changes only, and its failure is recorded
-    beside the others' work; its job is kept and retries it with backoff. An
-    event locked elsewhere is skipped. If the job dies before the commit, the
+    that fails rolls back its own changes only and leaves its event pending,
+    for its own job, or the sweeper, to fail and retry it with backoff (an
+    event whose job was never queued would otherwise stay failed without
+    one). An event locked elsewhere is skipped. If the job dies before the commit, the
     events are still pending and their jobs still queued. It stops taking
     more after TAKE_ALONG_SECONDS, so its timeout still covers the last one.
     """
@@ -170,8 +172,10 @@ def _take_along(asked: str) -> int:
                 outcome = services.process_event(
                     db.session, stripe_event_id, gateway_or_none, skip_locked=True
                 )
-        except services.ProcessingFailed as failure:
-            services.record_failure(db.session, failure)
+        except (services.ProcessingFailed, SQLAlchemyError) as error:
+            # Its savepoint is rolled back and it stays pending: its own job (or, if
+            # it has none, the sweeper's) records the failure and retries it with backoff.
+            log.warning("stripe_webhook_take_along_failed", event_id=stripe_event_id, error=str(error)[:300])
             continue
         if outcome.ran:
             applied.append(outcome)
