@@ -46,6 +46,7 @@ class _Handler:
         parsed = email.message_from_bytes(envelope.content, policy=policy.default)
         assert isinstance(parsed, EmailMessage)
         self.server.received.append(parsed)
+        self.server.raw.append(envelope.original_content or envelope.content)
         self.server.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
         return "250 Message accepted for delivery"
 
@@ -56,6 +57,7 @@ class SmtpServer:
     def __init__(self) -> None:
         self.port = free_port()
         self.received: list[EmailMessage] = []
+        self.raw: list[bytes] = []  # as it came over the wire
         self.envelopes: list[tuple[str, list[str]]] = []
         self.refusals: dict[str, str] = {}
         self.refusal_counts: dict[str, int] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -159,6 +160,24 @@ def outgoing_email(to: str = "customer@example.com", message_id: int = 7) -> Out
         reply_to="billing@acme.example",
         unsubscribe_url="https://recovery.example.com/pay/TOKEN/unsubscribe",
     )
+
+
+def test_headers_survive_the_wire_with_a_real_token_and_a_non_ascii_merchant(app, smtp_server) -> None:
+    token = "x" * 43  # what secrets.token_urlsafe(32) gives: the header is longer than a line
+    unsubscribe = f"https://pay.merchant-recovery.example.com/pay/{token}/unsubscribe"
+    email = replace(outgoing_email(), from_name="Café Zürich", unsubscribe_url=unsubscribe)
+
+    assert postman(app).send_email(email).outcome == Outcome.SENT
+
+    [raw] = smtp_server.raw
+    headers = raw.split(b"\r\n\r\n", 1)[0].decode("ascii")
+    unfolded = re.sub(r"\r\n(?=[ \t])", "", headers)  # RFC 5322 unfolding
+    # RFC 2369: the URL in angle brackets, never RFC 2047 encoded-words.
+    assert re.search(rf"^List-Unsubscribe:\s+<{re.escape(unsubscribe)}>\r?$", unfolded, re.MULTILINE)
+    [received] = smtp_server.received
+    # The name is encoded once: a mail client shows it as written.
+    assert received["From"].addresses[0].display_name == "Café Zürich"
+    assert received["From"].addresses[0].addr_spec == "payments@recovery.example"
 
 
 def test_email_arrives_with_both_parts_headers_and_link(app, smtp_server) -> None:

@@ -8,12 +8,14 @@ leaves the machine. No database access here: callers record the `Delivery`.
 
 from __future__ import annotations
 
+import email.policy
+import functools
 import smtplib
 import ssl
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from email.utils import formataddr, parseaddr
+from email.utils import parseaddr
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -129,16 +131,36 @@ class MessagingSettings:
         return parseaddr(self.default_sender)[1] or "no-reply@localhost"
 
 
+# How an email is written on the wire: Flask-Mail has already encoded each
+# header (RFC 2047 where needed); compat32 writes them as they are, with CRLF.
+_WIRE_POLICY = email.policy.compat32.clone(linesep="\r\n")
+
+
+class WireMessage(MailMessage):
+    """Flask-Mail's message, serialised with compat32 instead of `email.policy.SMTP`.
+
+    Flask-Mail 0.10 serialises with `email.policy.SMTP`, which re-parses and
+    refolds every header: a List-Unsubscribe longer than a line (any real
+    pay-link token makes it so) comes out as RFC 2047 encoded-words, which
+    RFC 2369 does not allow, so mail clients miss the one-click unsubscribe.
+    It also costs ~0.7 ms an email, more than anything else we do per email.
+    """
+
+    def as_bytes(self) -> bytes:
+        return self._message().as_bytes(policy=_WIRE_POLICY)
+
+
 def build_email(email: OutgoingEmail, settings: MessagingSettings) -> MailMessage:
     """The email exactly as it goes out (and as the outbox shows it)."""
-    sender = formataddr((email.from_name, settings.sender_address))
     domain = settings.sender_address.rpartition("@")[2] or "localhost"
-    message = MailMessage(
+    message = WireMessage(
         subject=email.subject,
         recipients=[email.to],
         body=email.text,
         html=email.html,
-        sender=sender,
+        # (name, address): Flask-Mail encodes a non-ASCII name once; a formatted
+        # string would arrive encoded twice ("=?utf-8?q?Caf=C3=A9?=" in the inbox).
+        sender=(email.from_name, settings.sender_address),
         reply_to=email.reply_to,
         extra_headers={
             # RFC 8058 one-click unsubscribe: mail clients POST to the https URL.
@@ -165,10 +187,17 @@ def smtp_ssl_context(settings: MessagingSettings) -> ssl.SSLContext:
 
     The system's CA store, or only the CAs in MAIL_SSL_CA_FILE (a private relay's).
     """
+    return _ssl_context(settings.mail_ssl_ca_file)
+
+
+@functools.lru_cache(maxsize=8)
+def _ssl_context(ca_file: str) -> ssl.SSLContext:
+    # Made once per process: loading the system's CA store takes ~15 ms, more than
+    # a whole batch of emails; a client context can be shared by connections.
     try:
-        return ssl.create_default_context(cafile=settings.mail_ssl_ca_file or None)
+        return ssl.create_default_context(cafile=ca_file or None)
     except OSError as error:  # missing or unreadable file, or not PEM (ssl.SSLError)
-        raise OSError(f"MAIL_SSL_CA_FILE {settings.mail_ssl_ca_file!r}: {error}") from error
+        raise OSError(f"MAIL_SSL_CA_FILE {ca_file!r}: {error}") from error
 
 
 # After the message's final dot a server may take long to answer (content
