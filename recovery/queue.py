@@ -41,16 +41,24 @@ def discard_waiting(connection: Redis, job_ids: Sequence[str]) -> int:
     each id). Best effort: a job that starts in the meantime re-checks the
     database and does nothing.
     """
-    keys = [Job.key_for(job_id) for job_id in job_ids]
-    with connection.pipeline(transaction=False) as pipe:
-        for key in keys:
-            pipe.hget(key, "status")
-        statuses = pipe.execute()
+    statuses = job_statuses(connection, job_ids)
     waiting = [
-        key
-        for key, status in zip(keys, statuses, strict=True)
-        if status in (JobStatus.QUEUED.value.encode(), JobStatus.SCHEDULED.value.encode())
+        Job.key_for(job_id)
+        for job_id, status in zip(job_ids, statuses, strict=True)
+        if status in (JobStatus.QUEUED, JobStatus.SCHEDULED)
     ]
     if waiting:
         connection.delete(*waiting)
     return len(waiting)
+
+
+def job_statuses(connection: Redis, job_ids: Sequence[str]) -> list[str | None]:
+    """Each job's status ("queued", "finished", …; None if there is no such job), in one round trip.
+
+    Reads only the status field: cheaper than RQ's fetch, and a record RQ could
+    not restore (half-written by a worker that died) does not raise.
+    """
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.hget(Job.key_for(job_id), "status")
+        return [status.decode() if status is not None else None for status in pipe.execute()]

@@ -209,7 +209,7 @@ class OutcomeUnknown(smtplib.SMTPException):
     """The connection failed after the message was handed over: the server may have taken it."""
 
 
-class _DataPhase(smtplib.SMTP):
+class _SMTP(smtplib.SMTP):
     """smtplib's `data()` with a longer wait for the final answer, and a failure there told apart.
 
     A connection lost or timed out once DATA began may have delivered the
@@ -230,12 +230,8 @@ class _DataPhase(smtplib.SMTP):
                 self.sock.settimeout(float(self.timeout))
 
 
-class _SMTP(_DataPhase):
-    pass
-
-
-class _SMTPSSL(_DataPhase, smtplib.SMTP_SSL):
-    pass
+class _SMTPSSL(_SMTP, smtplib.SMTP_SSL):
+    """The same over implicit TLS."""
 
 
 class VerifiedConnection(Connection):

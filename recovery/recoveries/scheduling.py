@@ -1,4 +1,4 @@
-"""RQ job ids and placement for recovery sends and the sweeper; no Flask, no database.
+"""RQ job ids and placement for recovery sends and the sweeper; no app context, no database.
 
 A send job carries only ids. Its job id names the attempt, the step and the
 due time, so the sweeper can tell whether the send the database expects is
@@ -17,6 +17,8 @@ from redis.exceptions import RedisError
 from rq import Queue
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
+
+from recovery.queue import job_statuses
 
 # A job in one of these states will still run; anything else (finished,
 # failed, stopped, canceled, or gone after a Redis flush) will not.
@@ -77,17 +79,13 @@ def place_many(
     again with the same id and arguments, and the send it carries happens
     once whatever runs it (the database decides).
     """
-    keys = [Job.key_for(job_id) for job_id, _, _ in jobs]
-    with queue.connection.pipeline(transaction=False) as pipe:
-        for key in keys:
-            pipe.hget(key, "status")
-        statuses = pipe.execute()
+    statuses = job_statuses(queue.connection, [job_id for job_id, _, _ in jobs])
     to_place = []
-    for item, key, status in zip(jobs, keys, statuses, strict=True):
+    for item, status in zip(jobs, statuses, strict=True):
         if status is not None:
-            if status.decode() in WAITING:
+            if status in WAITING:
                 continue
-            _forget(queue.connection, item[0], key)
+            _forget(queue.connection, item[0])
         to_place.append(item)
     placed = 0
     with queue.connection.pipeline() as pipe:
@@ -103,7 +101,7 @@ def place_many(
     return placed
 
 
-def _forget(connection: Redis, job_id: str, key: str) -> None:
+def _forget(connection: Redis, job_id: str) -> None:
     """Delete an ended run of the same job id before placing it again (rare).
 
     Only the status is read first, never the whole record: a record a worker
@@ -115,7 +113,7 @@ def _forget(connection: Redis, job_id: str, key: str) -> None:
     except RedisError:
         raise
     except Exception:  # NoSuchJobError, or a record RQ cannot restore
-        connection.delete(key)
+        connection.delete(Job.key_for(job_id))
 
 
 def remove(connection: Redis, job_id: str | None) -> bool:

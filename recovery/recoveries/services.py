@@ -124,22 +124,6 @@ def _other(channel: str) -> str:
     return Channel.SMS if channel == Channel.EMAIL else Channel.EMAIL
 
 
-def suppressed_channels(session: DbSession, transaction: Transaction) -> dict[str, str]:
-    """Channel → reason, for the customer's addresses this organization may no longer use."""
-    pairs = [(c, address_for(transaction, c)) for c in (Channel.EMAIL, Channel.SMS)]
-    addresses = [address for _, address in pairs if address]
-    if not addresses:
-        return {}
-    rows = session.execute(
-        select(ContactSuppression.channel, ContactSuppression.address, ContactSuppression.reason).where(
-            ContactSuppression.organization_id == transaction.organization_id,
-            ContactSuppression.address.in_(addresses),
-        )
-    )
-    found = {(channel, address): reason for channel, address, reason in rows}
-    return {c: found[(c, a)] for c, a in pairs if a and (c, a) in found}
-
-
 class BatchContacts:
     """Suppressed addresses of a batch's customers: read in one query, kept current as the batch adds some."""
 
@@ -177,6 +161,11 @@ class BatchContacts:
 
     def add(self, organization_id: int, channel: str, address: str, reason: str) -> None:
         self._reasons.setdefault((organization_id, channel, address), reason)
+
+
+def suppressed_channels(session: DbSession, transaction: Transaction) -> dict[str, str]:
+    """Channel → reason, for the customer's addresses this organization may no longer use."""
+    return BatchContacts(session, [transaction]).suppressed(transaction)
 
 
 def available_channels(
@@ -225,25 +214,23 @@ def suppress(
     detail: str | None = None,
     message_id: int | None = None,
 ) -> None:
-    """Never message this address again in this organization (idempotent)."""
-    exists = session.scalar(
-        select(ContactSuppression.id).where(
-            ContactSuppression.organization_id == organization_id,
-            ContactSuppression.channel == channel,
-            ContactSuppression.address == address,
+    """Never message this address again in this organization (idempotent).
+
+    One INSERT … ON CONFLICT DO NOTHING: a send batch and a Twilio callback
+    suppressing the same address at once both succeed, and the first reason stays.
+    """
+    session.execute(
+        insert_ignoring_duplicates(
+            session, ContactSuppression, ("organization_id", "channel", "address")
+        ).values(
+            organization_id=organization_id,
+            channel=channel,
+            address=address,
+            reason=reason,
+            detail=(detail or "")[:500] or None,
+            message_id=message_id,
         )
     )
-    if exists is None:
-        session.add(
-            ContactSuppression(
-                organization_id=organization_id,
-                channel=channel,
-                address=address,
-                reason=reason,
-                detail=(detail or "")[:500] or None,
-                message_id=message_id,
-            )
-        )
 
 
 # --- schedule -----------------------------------------------------------------
@@ -1044,9 +1031,8 @@ def _deliver_by(postman: Postman, item: Outgoing, deadline: float) -> Delivery:
     Keeps a batch well inside its job's timeout however slow the provider.
     """
     if time.monotonic() > deadline:
-        provider = Provider.SMTP if isinstance(item, OutgoingEmail) else Provider.TWILIO
         late = "Not sent: the batch ran out of time; tried again shortly."
-        return Delivery(Outcome.RETRY, provider, error=late)
+        return Delivery(Outcome.RETRY, _provider_of(item), error=late)
     return _safe_deliver(postman, item)
 
 
@@ -1061,8 +1047,11 @@ def _safe_deliver(postman: Postman, item: Outgoing) -> Delivery:
         return _deliver(postman, item)
     except Exception as error:  # recorded on the message and logged with its traceback
         log.exception("recovery_message_error", message_id=item.message_id)
-        provider = Provider.SMTP if isinstance(item, OutgoingEmail) else Provider.TWILIO
-        return Delivery(Outcome.FAILED, provider, error=f"{type(error).__name__}: {error}"[:300])
+        return Delivery(Outcome.FAILED, _provider_of(item), error=f"{type(error).__name__}: {error}"[:300])
+
+
+def _provider_of(item: Outgoing) -> str:
+    return Provider.SMTP if isinstance(item, OutgoingEmail) else Provider.TWILIO
 
 
 def send_batch(
