@@ -463,6 +463,67 @@ def test_the_same_event_processed_twice_applies_once(client, recovering):
     assert timeline_actions(recovering["txn_id"]) == ["stripe.payment_recovered"]
 
 
+def _queued_calls() -> list[tuple[str, tuple[Any, ...]]]:
+    return [(job.func_name.rsplit(".", 1)[-1], tuple(job.args)) for job in get_queue().jobs]
+
+
+def test_a_job_run_again_queues_the_follow_ups_the_queue_lost(client, recovering):
+    """Redis failing (or the worker dying) after the commit loses the follow-ups; RQ's retry restores them."""
+    evt = se.event(
+        "checkout.session.completed", se.checkout_session(txn_of(recovering), id=recovering["session_id"])
+    )
+    deliver(client, evt)
+    get_queue().empty()  # what the queue holds when the enqueue after the commit never happened
+
+    assert run_job(jobs.process_webhook_event, evt["id"]) == WebhookState.PROCESSED
+
+    assert _queued_calls() == [("close_payment_options", (recovering["txn_id"], recovering["session_id"]))]
+    assert timeline_actions(recovering["txn_id"]) == ["stripe.payment_recovered"]  # applied once
+    assert stored(evt["id"]).attempts == 1
+
+
+def test_a_job_run_again_for_an_import_queues_its_auto_start_again(client, make_org):
+    org_id = make_org(import_stripe_failures=True).id
+    intent = se.payment_intent(
+        None,
+        status="requires_payment_method",
+        meta={"organization_id": str(org_id)},
+        failure=("card_declined", "insufficient_funds", "Your card has insufficient funds."),
+        receipt_email="buyer@example.com",
+    )
+    evt = se.event("payment_intent.payment_failed", intent)
+    deliver(client, evt)
+    txn_id = _db.session.scalar(select(Transaction.id).where(Transaction.organization_id == org_id))
+    get_queue().empty()
+
+    run_job(jobs.process_webhook_event, evt["id"])
+
+    assert _queued_calls() == [("start_imported_recovery", (txn_id,))]
+    # A later failure of the same PaymentIntent made nothing: its job, run again, queues nothing.
+    later = se.event("payment_intent.payment_failed", intent)
+    deliver(client, later)
+    get_queue().empty()
+    run_job(jobs.process_webhook_event, later["id"])
+    assert _queued_calls() == []
+
+
+def test_a_job_run_again_for_an_event_that_only_noted_queues_nothing(client, recovering):
+    evt = se.event(
+        "payment_intent.payment_failed",
+        se.payment_intent(
+            txn_of(recovering),
+            status="requires_payment_method",
+            failure=("card_declined", "generic_decline", "Declined."),
+        ),
+    )
+    deliver(client, evt)
+    get_queue().empty()
+
+    run_job(jobs.process_webhook_event, evt["id"])
+
+    assert _queued_calls() == []
+
+
 def test_two_event_ids_for_one_session_fulfil_it_once(client, recovering):
     session = se.checkout_session(txn_of(recovering), id=recovering["session_id"], payment_intent="pi_once")
     first = se.event("checkout.session.completed", session)

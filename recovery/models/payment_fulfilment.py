@@ -32,5 +32,6 @@ class PaymentFulfilment(Base):
     currency: Mapped[str] = mapped_column(String(3))
     # What proved the payment: a webhook event type, or "reconciliation".
     source: Mapped[str] = mapped_column(String(64))
-    webhook_event_id: Mapped[int | None] = mapped_column(ForeignKey("webhook_event.id"))
+    # Indexed: a job that runs again for an applied event reads its follow-ups back by it.
+    webhook_event_id: Mapped[int | None] = mapped_column(ForeignKey("webhook_event.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

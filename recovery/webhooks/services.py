@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,6 +26,7 @@ from recovery.models import (
     PaymentFulfilment,
     RecoveryAttempt,
     Transaction,
+    TransactionSource,
     WebhookEvent,
     WebhookState,
     utcnow,
@@ -152,7 +153,7 @@ def process_event(
         log.warning("stripe_webhook_missing", event_id=stripe_event_id)
         return Outcome(stripe_event_id, "missing", ran=False)
     if event.status in DONE or event.status == WebhookState.UNMATCHED:
-        return Outcome(stripe_event_id, event.status, ran=False, organization_id=event.organization_id)
+        return _already_applied(session, event)
     ctx = Context(session, event, gateway_factory)
     handler = HANDLERS.get(event.type)
     error: str | None = None
@@ -196,6 +197,42 @@ def process_event(
         closed_transaction_id=ctx.closed_transaction_id,
         paid_session_id=ctx.paid_session_id,
         imported_transaction_id=ctx.imported_transaction_id,
+    )
+
+
+def _already_applied(session: DbSession, event: WebhookEvent) -> Outcome:
+    """The outcome of an event applied earlier, with the follow-ups it called for.
+
+    A job runs again for an applied event when the queue lost the follow-ups
+    after the commit that applied it (Redis failed, or the worker died, in
+    between): RQ retries the job, and its follow-ups are read back from what
+    the event left, so a recovered transaction's other ways to pay still get
+    closed. Both follow-up jobs are safe to run twice.
+    """
+    outcome = Outcome(event.stripe_event_id, event.status, ran=False, organization_id=event.organization_id)
+    if event.status != WebhookState.PROCESSED:
+        return outcome
+    fulfilled = session.execute(
+        select(PaymentFulfilment.transaction_id, PaymentFulfilment.stripe_checkout_session_id).where(
+            PaymentFulfilment.webhook_event_id == event.id
+        )
+    ).first()
+    imported = None
+    if event.type == "payment_intent.payment_failed" and event.organization_id and event.object_id:
+        # Made from this event: a Stripe transaction under the PaymentIntent's id, created after it arrived.
+        imported = session.scalar(
+            select(Transaction.id).where(
+                Transaction.organization_id == event.organization_id,
+                Transaction.transaction_ref == event.object_id,
+                Transaction.source == TransactionSource.STRIPE,
+                Transaction.created_at >= event.received_at,
+            )
+        )
+    return replace(
+        outcome,
+        closed_transaction_id=fulfilled.transaction_id if fulfilled else None,
+        paid_session_id=fulfilled.stripe_checkout_session_id if fulfilled else None,
+        imported_transaction_id=imported,
     )
 
 
