@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
 import time
 from datetime import timedelta
 from typing import Any
@@ -981,6 +982,29 @@ def test_a_taken_along_event_locked_elsewhere_is_skipped(app, client, database_u
     assert stored(mine["id"]).status == WebhookState.IGNORED
     assert stored(busy["id"]).status == WebhookState.PENDING
     assert jobs.job_id(busy["id"]) in queued_ids()  # left to whoever holds it, or its own job
+
+
+def test_a_job_whose_event_is_held_elsewhere_works_on_others_first(app, client, database_url):
+    """Workers must not queue behind each other's batches: that drained no faster with two than one."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("row locks are PostgreSQL's; SQLite serialises writers anyway")
+    mine, waiting = unknown_events(2)
+    for evt in (mine, waiting):
+        assert se.post(client, evt).status_code == 200
+    other = _db.engine.connect()  # another worker's batch holds `mine`, then gives it up unapplied
+    other.execute(select(WebhookEvent).where(WebhookEvent.stripe_event_id == mine["id"]).with_for_update())
+    release = threading.Timer(1.0, other.rollback)
+    release.start()
+    try:
+        assert run_job(jobs.process_webhook_event, mine["id"]) == WebhookState.IGNORED
+    finally:
+        release.join()
+        other.close()
+
+    # It applied the waiting event first, then its own once the other batch let go of it.
+    assert stored(waiting["id"]).status == stored(mine["id"]).status == WebhookState.IGNORED
+    assert stored(waiting["id"]).processed_at < stored(mine["id"]).processed_at
+    assert stored(mine["id"]).attempts == 1
 
 
 # --- the admin pages ----------------------------------------------------------------------------

@@ -101,17 +101,25 @@ def process_webhook_event(stripe_event_id: str) -> str:
     Safe to run twice or concurrently (see services.process_event). A failure
     of this job's own event is raised, so RQ retries it with backoff.
     """
-    result = _apply(stripe_event_id)
+    # Not waiting for a lock: the event may sit in another job's batch, which
+    # holds it until that batch commits. Two workers waiting on each other's
+    # batches in turn drained no faster than one.
+    result = _apply(stripe_event_id, wait=False)
     if isinstance(result, services.ProcessingFailed):
         raise result.error from None
     _take_along(stripe_event_id)
+    if result.state == "busy":
+        # That batch has usually applied it by now; otherwise wait for it and apply it here.
+        result = _apply(stripe_event_id)
+        if isinstance(result, services.ProcessingFailed):
+            raise result.error from None
     return result.state
 
 
-def _apply(stripe_event_id: str) -> services.Outcome | services.ProcessingFailed:
+def _apply(stripe_event_id: str, *, wait: bool = True) -> services.Outcome | services.ProcessingFailed:
     """Process the event in its own database transaction, then queue what follows from it."""
     try:
-        outcome = services.process_event(db.session, stripe_event_id, gateway_or_none)
+        outcome = services.process_event(db.session, stripe_event_id, gateway_or_none, skip_locked=not wait)
         db.session.commit()
     except services.ProcessingFailed as failure:
         db.session.rollback()
