@@ -537,6 +537,43 @@ def test_two_event_ids_for_one_session_fulfil_it_once(client, recovering):
     assert timeline_actions(recovering["txn_id"]) == ["stripe.payment_recovered"]
 
 
+def test_stored_ids_find_the_best_row_first(db, recovering, make_transaction):
+    """One query ranks every row that holds one of the object's ids; the order is the matching rule."""
+    record = db.session.get(CheckoutSession, recovering["record_id"])
+    record.stripe_payment_intent_id = "pi_both"
+    db.session.commit()
+    stale = make_transaction(
+        recovering["org"],
+        stripe_checkout_session_id=recovering["session_id"],
+        stripe_payment_intent_id="pi_both",
+        stripe_payment_link_id="plink_stale",
+    )
+    paid_elsewhere = make_transaction(recovering["org"])
+    db.session.add(
+        PaymentFulfilment(
+            organization_id=recovering["org_id"],
+            transaction_id=paid_elsewhere.id,
+            stripe_payment_intent_id="pi_fulfilled",
+            amount=5000,
+            currency="usd",
+            source="payment_intent.succeeded",
+        )
+    )
+    db.session.commit()
+
+    def best(session_id=None, payment_intent_id=None, link_id=None):
+        found = handlers._by_stored_ids(db.session, session_id, payment_intent_id, link_id)
+        return found and (found.transaction.id, found.attempt_id, found.by)
+
+    ours = (recovering["txn_id"], recovering["attempt_id"])
+    assert best(recovering["session_id"], "pi_both", "plink_stale") == (*ours, "session")
+    assert best(None, "pi_both", "plink_stale") == (*ours, "payment_intent")
+    assert best("cs_unknown", "pi_fulfilled") == (paid_elsewhere.id, None, "payment_intent")
+    assert best(link_id="plink_stale") == (stale.id, None, "payment_link")
+    assert best("cs_unknown", "pi_unknown", "plink_unknown") is None
+    assert best() is None
+
+
 def test_the_fulfilment_row_is_a_unique_constraint_not_a_check(db, recovering):
     row = {
         "organization_id": recovering["org_id"],
