@@ -172,14 +172,13 @@ def _take_along(asked: str) -> int:
     began = time.monotonic()
     waiting = services.pending_events(db.session, size, exclude=asked)
     applied: list[services.Outcome] = []
-    for stripe_event_id in waiting:
+    for event in waiting:
         if time.monotonic() - began > TAKE_ALONG_SECONDS:
             break
+        stripe_event_id = event.stripe_event_id
         try:
             with db.session.begin_nested():
-                outcome = services.process_event(
-                    db.session, stripe_event_id, gateway_or_none, skip_locked=True
-                )
+                outcome = services.apply_event(db.session, event, gateway_or_none)
         except (services.ProcessingFailed, SQLAlchemyError) as error:
             # Its savepoint is rolled back and it stays pending: its own job (or, if
             # it has none, the sweeper's) records the failure and retries it with backoff.

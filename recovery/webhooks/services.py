@@ -141,7 +141,6 @@ def process_event(
     it processed; with `skip_locked` it does not wait and answers "busy".
     Raises ProcessingFailed; the caller rolls back and calls record_failure.
     """
-    started = time.perf_counter()
     event = session.scalar(
         select(WebhookEvent)
         .where(WebhookEvent.stripe_event_id == stripe_event_id)
@@ -154,6 +153,13 @@ def process_event(
         return Outcome(stripe_event_id, "missing", ran=False)
     if event.status in DONE or event.status == WebhookState.UNMATCHED:
         return _already_applied(session, event)
+    return apply_event(session, event, gateway_factory)
+
+
+def apply_event(session: DbSession, event: WebhookEvent, gateway_factory: GatewayFactory) -> Outcome:
+    """Apply a pending event that the caller has locked (process_event, or pending_events for a batch)."""
+    started = time.perf_counter()
+    stripe_event_id = event.stripe_event_id
     ctx = Context(session, event, gateway_factory)
     handler = HANDLERS.get(event.type)
     error: str | None = None
@@ -285,15 +291,15 @@ def replay(session: DbSession, event: WebhookEvent, actor: Actor) -> None:
     log.info("stripe_webhook_replayed", event_id=event.stripe_event_id, type=event.type, by=actor.label)
 
 
-def pending_events(session: DbSession, limit: int, *, exclude: str) -> list[str]:
-    """Ids of pending events, oldest first, locked for the caller's transaction: what a job takes along.
+def pending_events(session: DbSession, limit: int, *, exclude: str) -> list[WebhookEvent]:
+    """Pending events, oldest first, locked for the caller's transaction: what a job takes along.
 
     SKIP LOCKED: two jobs taking events along at once take different ones,
     instead of both queueing on the same rows.
     """
     return list(
         session.scalars(
-            select(WebhookEvent.stripe_event_id)
+            select(WebhookEvent)
             .where(WebhookEvent.status == WebhookState.PENDING, WebhookEvent.stripe_event_id != exclude)
             .order_by(WebhookEvent.received_at)
             .limit(limit)
