@@ -13,13 +13,14 @@ row whose unique constraints let exactly one event win.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import cast, literal, null, select, text, union_all
+from sqlalchemy import CompoundSelect, bindparam, cast, literal, null, select, text, union_all
 from sqlalchemy.exc import IntegrityError
 
 from recovery import audit, money
@@ -184,6 +185,25 @@ _STORED_IDS: tuple[tuple[str, Any, Any, Any], ...] = (
 )
 
 
+@functools.cache
+def _stored_ids_query(kinds: frozenset[str]) -> CompoundSelect[Any]:
+    """The ranked lookup for the kinds of ids an object has; built once per combination (seven at most)."""
+    no_attempt = cast(null(), CheckoutSession.attempt_id.type)
+    return (
+        union_all(
+            *(
+                select(
+                    transaction, no_attempt if attempt is None else attempt, literal(rank).label("priority")
+                ).where(column == bindparam(by))
+                for rank, (by, column, transaction, attempt) in enumerate(_STORED_IDS)
+                if by in kinds
+            )
+        )
+        .order_by(text("priority"))
+        .limit(1)
+    )
+
+
 def _by_stored_ids(
     session: DbSession, session_id: str | None, payment_intent_id: str | None, link_id: str | None
 ) -> Match | None:
@@ -192,17 +212,10 @@ def _by_stored_ids(
     One round trip instead of up to six separate lookups, which every event paid.
     """
     ids = {"session": session_id, "payment_intent": payment_intent_id, "payment_link": link_id}
-    no_attempt = cast(null(), CheckoutSession.attempt_id.type)
-    branches = [
-        select(
-            transaction, no_attempt if attempt is None else attempt, literal(rank).label("priority")
-        ).where(column == ids[by])
-        for rank, (by, column, transaction, attempt) in enumerate(_STORED_IDS)
-        if ids[by]
-    ]
-    if not branches:
+    present = {by: value for by, value in ids.items() if value}
+    if not present:
         return None
-    best = session.execute(union_all(*branches).order_by(text("priority")).limit(1)).first()
+    best = session.execute(_stored_ids_query(frozenset(present)), present).first()
     if best is None:
         return None
     transaction_id, attempt_id, rank = best
