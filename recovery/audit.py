@@ -40,9 +40,13 @@ def record(
     transaction_id: int | None = None,
     target_type: str | None = None,
     target_id: int | str | None = None,
+    webhook_event_id: int | None = None,
     **details: Any,
 ) -> AuditEvent:
-    """Add an AuditEvent to the session; the caller's commit makes it true."""
+    """Add an AuditEvent to the session; the caller's commit makes it true.
+
+    `webhook_event_id`: the stored Stripe event that caused it, if any.
+    """
     event = AuditEvent(
         organization_id=actor.organization_id,
         actor_user_id=actor.user_id,
@@ -54,6 +58,7 @@ def record(
         target_id=None if target_id is None else str(target_id),
         details=details,
         ip_address=actor.ip_address,
+        webhook_event_id=webhook_event_id,
     )
     session.add(event)
     return event

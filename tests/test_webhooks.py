@@ -492,20 +492,36 @@ def test_a_job_run_again_for_an_import_queues_its_auto_start_again(client, make_
         failure=("card_declined", "insufficient_funds", "Your card has insufficient funds."),
         receipt_email="buyer@example.com",
     )
-    evt = se.event("payment_intent.payment_failed", intent)
-    deliver(client, evt)
+    # Two failures of one PaymentIntent, both stored before either is applied.
+    first, second = (se.event("payment_intent.payment_failed", intent) for _ in range(2))
+    for evt in (first, second):
+        assert se.post(client, evt).status_code == 200
+    run_job(jobs.process_webhook_event, first["id"])  # the second is taken along
     txn_id = _db.session.scalar(select(Transaction.id).where(Transaction.organization_id == org_id))
+    assert stored(second["id"]).status == WebhookState.PROCESSED
+
     get_queue().empty()
+    run_job(jobs.process_webhook_event, first["id"])
+    assert _queued_calls() == [("start_imported_recovery", (txn_id,))]
+
+    # The second only noted a failure on what the first imported: run again, it queues nothing.
+    get_queue().empty()
+    run_job(jobs.process_webhook_event, second["id"])
+    assert _queued_calls() == []
+
+
+def test_a_job_run_again_after_its_follow_ups_were_queued_adds_none(client, recovering):
+    """Another worker's batch applied the event and queued its follow-ups: no second close job."""
+    evt = se.event(
+        "checkout.session.completed", se.checkout_session(txn_of(recovering), id=recovering["session_id"])
+    )
+    deliver(client, evt)
+    closing = [("close_payment_options", (recovering["txn_id"], recovering["session_id"]))]
+    assert [call for call in _queued_calls() if call[0] == "close_payment_options"] == closing
 
     run_job(jobs.process_webhook_event, evt["id"])
 
-    assert _queued_calls() == [("start_imported_recovery", (txn_id,))]
-    # A later failure of the same PaymentIntent made nothing: its job, run again, queues nothing.
-    later = se.event("payment_intent.payment_failed", intent)
-    deliver(client, later)
-    get_queue().empty()
-    run_job(jobs.process_webhook_event, later["id"])
-    assert _queued_calls() == []
+    assert [call for call in _queued_calls() if call[0] == "close_payment_options"] == closing
 
 
 def test_a_job_run_again_for_an_event_that_only_noted_queues_nothing(client, recovering):
@@ -538,38 +554,61 @@ def test_two_event_ids_for_one_session_fulfil_it_once(client, recovering):
 
 
 def test_stored_ids_find_the_best_row_first(db, recovering, make_transaction):
-    """One query ranks every row that holds one of the object's ids; the order is the matching rule."""
+    """One query ranks every row that holds one of the object's ids; the order is the matching rule.
+
+    Best first: our session record by session id (0), a transaction by session id (1),
+    our session record by PaymentIntent (2), a transaction by PaymentIntent (3),
+    a fulfilment by PaymentIntent (4), a transaction by Payment Link (5).
+    """
+    org = recovering["org"]
     record = db.session.get(CheckoutSession, recovering["record_id"])
-    record.stripe_payment_intent_id = "pi_both"
+    record.stripe_payment_intent_id = "pi_record"
     db.session.commit()
-    stale = make_transaction(
-        recovering["org"],
-        stripe_checkout_session_id=recovering["session_id"],
-        stripe_payment_intent_id="pi_both",
-        stripe_payment_link_id="plink_stale",
+    ours = (recovering["txn_id"], recovering["attempt_id"])
+    by_session = make_transaction(
+        org,
+        stripe_checkout_session_id="cs_only_on_a_transaction",
+        stripe_payment_intent_id="pi_record",
+        stripe_payment_link_id="plink_a",
     )
-    paid_elsewhere = make_transaction(recovering["org"])
-    db.session.add(
+    by_intent = make_transaction(org, stripe_payment_intent_id="pi_txn_and_fulfilment")
+    fulfilled, fulfilled_too = make_transaction(org), make_transaction(org)
+    db.session.add_all(
         PaymentFulfilment(
-            organization_id=recovering["org_id"],
-            transaction_id=paid_elsewhere.id,
-            stripe_payment_intent_id="pi_fulfilled",
+            organization_id=org.id,
+            transaction_id=txn.id,
+            stripe_payment_intent_id=intent,
             amount=5000,
             currency="usd",
             source="payment_intent.succeeded",
         )
+        for txn, intent in ((fulfilled_too, "pi_txn_and_fulfilment"), (fulfilled, "pi_fulfilment_only"))
     )
+    by_link = make_transaction(org, stripe_payment_link_id="plink_b")
     db.session.commit()
 
     def best(session_id=None, payment_intent_id=None, link_id=None):
         found = handlers._by_stored_ids(db.session, session_id, payment_intent_id, link_id)
         return found and (found.transaction.id, found.attempt_id, found.by)
 
-    ours = (recovering["txn_id"], recovering["attempt_id"])
-    assert best(recovering["session_id"], "pi_both", "plink_stale") == (*ours, "session")
-    assert best(None, "pi_both", "plink_stale") == (*ours, "payment_intent")
-    assert best("cs_unknown", "pi_fulfilled") == (paid_elsewhere.id, None, "payment_intent")
-    assert best(link_id="plink_stale") == (stale.id, None, "payment_link")
+    assert best(recovering["session_id"], "pi_record", "plink_a") == (*ours, "session")  # 0 over 1-5
+    assert best("cs_only_on_a_transaction", "pi_record", "plink_b") == (
+        by_session.id,
+        None,
+        "session",
+    )  # 1 over 2
+    assert best(None, "pi_record", "plink_a") == (*ours, "payment_intent")  # 2 over 3 and 5
+    assert best(None, "pi_txn_and_fulfilment", "plink_b") == (
+        by_intent.id,
+        None,
+        "payment_intent",
+    )  # 3 over 4
+    assert best("cs_unknown", "pi_fulfilment_only", "plink_b") == (
+        fulfilled.id,
+        None,
+        "payment_intent",
+    )  # 4 over 5
+    assert best(link_id="plink_b") == (by_link.id, None, "payment_link")
     assert best("cs_unknown", "pi_unknown", "plink_unknown") is None
     assert best() is None
 

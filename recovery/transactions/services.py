@@ -67,8 +67,12 @@ def create_transaction(
     *,
     source: str = TransactionSource.FORM,
     major_units: bool = False,
+    webhook_event_id: int | None = None,
 ) -> Transaction:
-    """Validate and add one transaction; raise InvalidTransaction or DuplicateRef."""
+    """Validate and add one transaction; raise InvalidTransaction or DuplicateRef.
+
+    `webhook_event_id`: the Stripe event it is imported from, linked on its "created" entry.
+    """
     cleaned = clean_transaction(raw, major_units=major_units)
     if not cleaned.ok:
         raise InvalidTransaction(cleaned.errors)
@@ -88,6 +92,7 @@ def create_transaction(
         transaction_id=transaction.id,
         target_type="transaction",
         target_id=transaction.transaction_ref,
+        webhook_event_id=webhook_event_id,
         source=source,
     )
     return transaction

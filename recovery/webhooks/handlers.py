@@ -87,20 +87,18 @@ class Context:
 
     def note(self, transaction: Transaction, action: str, summary: str, **details: Any) -> AuditEvent:
         """Add a timeline entry for the transaction, linked to the event that caused it."""
-        entry = audit.record(
+        return audit.record(
             self.session,
             Actor.system(transaction.organization_id, self.label),
             action,
             transaction_id=transaction.id,
             target_type="transaction",
             target_id=transaction.transaction_ref,
+            webhook_event_id=self.event.id if self.event else None,
             summary=summary,
             stripe_event_id=self.event.stripe_event_id if self.event else None,
             **details,
         )
-        if self.event is not None:
-            entry.webhook_event_id = self.event.id
-        return entry
 
 
 Handler = Callable[[Context, dict[str, Any]], str]
@@ -677,7 +675,13 @@ def _import_failure(
         raw["failed_at"] = datetime.fromtimestamp(created, UTC).isoformat()
     actor = Actor.system(organization.id, ctx.label)
     try:
-        txn = create_transaction(ctx.session, actor, raw, source=TransactionSource.STRIPE)
+        txn = create_transaction(
+            ctx.session,
+            actor,
+            raw,
+            source=TransactionSource.STRIPE,
+            webhook_event_id=ctx.event.id if ctx.event else None,
+        )
     except DuplicateRef:
         return get_by_ref(ctx.session, organization.id, intent_id)
     except InvalidTransaction as invalid:

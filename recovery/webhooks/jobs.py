@@ -14,7 +14,7 @@ from typing import Any
 from flask import current_app
 from redis.exceptions import RedisError
 from rq import Queue, Repeat, Retry
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -133,22 +133,43 @@ def _apply(stripe_event_id: str, *, wait: bool = True) -> services.Outcome | ser
 def _follow_up(outcome: services.Outcome) -> None:
     """Queue the jobs an applied event calls for; after the commit that applied it."""
     if outcome.closed_transaction_id is not None:
-        get_queue().enqueue(
-            close_payment_options,
+        queue_close_payment_options(
             outcome.closed_transaction_id,
             outcome.paid_session_id,
             retry=Retry(max=5, interval=[10, 60, 300, 1800, 3600]),
-            # Deactivate the link and expire the other open sessions: a few calls.
-            job_timeout=stripe_job_timeout(CLOSE_CALLS),
         )
     if outcome.imported_transaction_id is not None:
         # A job of its own, so a refusal never fails the event.
-        get_queue().enqueue(
+        _enqueue_once(
             start_imported_recovery,
             outcome.imported_transaction_id,
             job_id=f"auto-start-{outcome.imported_transaction_id}",
             retry=Retry(max=3, interval=[10, 60, 300]),
         )
+
+
+def queue_close_payment_options(transaction_id: int, paid_session_id: str | None, *, retry: Retry) -> None:
+    """Queue the closing of a recovered transaction's other ways to pay, once per transaction.
+
+    The event's job, a job run again for it (see services._already_applied)
+    and the reconciliation may each ask; one job id per transaction makes it
+    one job, not several racing through the same Stripe calls.
+    """
+    _enqueue_once(
+        close_payment_options,
+        transaction_id,
+        paid_session_id,
+        job_id=f"close-payment-options-{transaction_id}",
+        retry=retry,
+        # Deactivate the link and expire the other open sessions: a few calls.
+        job_timeout=stripe_job_timeout(CLOSE_CALLS),
+    )
+
+
+def _enqueue_once(func: Any, *args: Any, job_id: str, **options: Any) -> None:
+    """Enqueue unless a job of that id is already queued, running or kept after its run."""
+    with suppress(DuplicateJobError):
+        get_queue().enqueue(func, *args, job_id=job_id, unique=True, **options)
 
 
 def _take_along(asked: str) -> int:
@@ -256,13 +277,7 @@ def reconcile_checkout_sessions(organization_id: int | None = None) -> dict[str,
             result.errors += 1
             log.warning("stripe_reconcile_failed", checkout_session_id=record_id, error=str(error))
     for transaction_id, session_id in result.closed_transaction_ids or []:
-        get_queue().enqueue(
-            close_payment_options,
-            transaction_id,
-            session_id,
-            retry=Retry(max=5, interval=60),
-            job_timeout=stripe_job_timeout(CLOSE_CALLS),
-        )
+        queue_close_payment_options(transaction_id, session_id, retry=Retry(max=5, interval=60))
     summary = {"checked": result.checked, "recovered": result.recovered, "expired": result.expired}
     log.info("stripe_reconciled", organization_id=organization_id, errors=result.errors, **summary)
     return {**summary, "errors": result.errors}

@@ -26,7 +26,6 @@ from recovery.models import (
     PaymentFulfilment,
     RecoveryAttempt,
     Transaction,
-    TransactionSource,
     WebhookEvent,
     WebhookState,
     utcnow,
@@ -223,17 +222,12 @@ def _already_applied(session: DbSession, event: WebhookEvent) -> Outcome:
             PaymentFulfilment.webhook_event_id == event.id
         )
     ).first()
-    imported = None
-    if event.type == "payment_intent.payment_failed" and event.organization_id and event.object_id:
-        # Made from this event: a Stripe transaction under the PaymentIntent's id, created after it arrived.
-        imported = session.scalar(
-            select(Transaction.id).where(
-                Transaction.organization_id == event.organization_id,
-                Transaction.transaction_ref == event.object_id,
-                Transaction.source == TransactionSource.STRIPE,
-                Transaction.created_at >= event.received_at,
-            )
+    # An import links its "created" timeline entry to the event that made it.
+    imported = session.scalar(
+        select(AuditEvent.transaction_id).where(
+            AuditEvent.webhook_event_id == event.id, AuditEvent.action == "transaction.created"
         )
+    )
     return replace(
         outcome,
         closed_transaction_id=fulfilled.transaction_id if fulfilled else None,
