@@ -9,6 +9,11 @@
 2. The drain: two `flask worker --burst` processes work the queue; events/s.
 3. The floor: the same load against `bench.bare_webhook` (verify + insert only),
    and the ratio of the two accepted rates.
+
+.venv/bin/python -m bench.webhooks --drain-only 6000
+
+   Only step 2: stores 6,000 events through the app in this process (Flask's
+   test client, nothing timed), then times the two workers draining them.
 """
 
 from __future__ import annotations
@@ -210,6 +215,19 @@ def drain(workers: int, queued: int) -> dict[str, Any]:
     }
 
 
+def drain_only(org_id: int, transactions: list[tuple[int, str]], count: int, run: str) -> dict[str, Any]:
+    """Store `count` events through the app in this process, then time two workers draining them."""
+    from recovery import create_app
+
+    app = create_app({**app_config(), "STRIPE_WEBHOOK_SECRET": SECRET, "LOG_LEVEL": "WARNING"})
+    client = app.test_client()
+    for payload, signature in make_events(org_id, transactions, count, run + "d"):
+        response = client.post(PATH, data=payload, headers={"Stripe-Signature": signature})
+        if response.status_code != 200:
+            raise RuntimeError(f"HTTP {response.status_code}: {response.data[:300]!r}")
+    return drain(2, int(Redis.from_url(REDIS_URL).llen("rq:queue:default")))
+
+
 @contextmanager
 def bare_server(workers: int, port: int) -> Iterator[None]:
     if not port_is_free(port):
@@ -245,6 +263,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--senders", type=int, default=8)
     parser.add_argument("--max-events", type=int, default=60_000)
+    parser.add_argument("--drain-only", type=int, metavar="EVENTS", help="store EVENTS, time only the drain")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     ensure_database()
@@ -261,6 +280,11 @@ def main() -> None:
     redis.flushdb()
     idle = idle_check()
 
+    if args.drain_only:
+        print(
+            f"draining (2 RQ workers): {json.dumps(drain_only(org_id, transactions, args.drain_only, run))}"
+        )
+        return
     warm = make_events(org_id, transactions, 400, run + "w")
     main_events = make_events(org_id, transactions, args.max_events, run)
     with gunicorn(
