@@ -187,6 +187,28 @@ def test_an_already_paid_link_says_so_with_a_receipt(
     assert stripe_sandbox.requests() == []
 
 
+def test_a_link_paid_at_stripe_offers_no_second_session_before_the_webhook(
+    client: FlaskClient, db, org, make_transaction, attempt_for, stripe_sandbox
+) -> None:
+    attempt = attempt_for(make_transaction(org, transaction_ref="TXN-TWICE"))
+    client.post(f"/pay/{attempt.token}")
+    session_id = db.session.scalar(select(CheckoutSession.stripe_session_id))
+    stripe_sandbox.pay(session_id, "4242424242424242")
+    client.get(f"/pay/success?session_id={session_id}&t={attempt.token}")  # sees it complete
+    creates = len(stripe_creates(stripe_sandbox))
+
+    # The webhook has not recovered the transaction yet; the customer opens the link again.
+    for response in (client.get(f"/pay/{attempt.token}"), client.post(f"/pay/{attempt.token}")):
+        assert response.status_code == 200
+        page = text(response)
+        assert "being confirmed" in page and "Please do not pay again" in page and "TXN-TWICE" in page
+        assert "Pay now" not in page
+    assert len(stripe_creates(stripe_sandbox)) == creates
+    assert db.session.query(CheckoutSession).count() == 1
+    db.session.expire_all()
+    assert db.session.get(RecoveryAttempt, attempt.id).transaction.status == TransactionStatus.RECOVERING
+
+
 @pytest.mark.parametrize("how", ["time ran out", "exhausted", "cancelled"])
 def test_an_ended_link_explains_how_to_reach_the_merchant(
     client: FlaskClient, db, org, make_transaction, attempt_for, stripe_sandbox, how

@@ -129,6 +129,16 @@ def _render_state(
             **_brand(organization),
         )
         return Response(body, 200)
+    paid = services.paid_session(db.session, transaction.id)
+    if paid is not None:
+        # Paid at Stripe, not yet confirmed by its webhook: never a second session.
+        receipt = Receipt(
+            organization.name, paid.amount, paid.currency, transaction.transaction_ref, paid.completed_at
+        )
+        body = render_template(
+            "customer/already_paid.html", receipt=receipt, confirming=True, **_brand(organization)
+        )
+        return Response(body, 200)
     if _closed(attempt, now):
         status = attempt.status if not attempt.is_active else AttemptStatus.EXPIRED
         body = render_template(
@@ -177,6 +187,9 @@ def checkout(token: str) -> Any:
     except (StripeFailure, payments.PaymentRefused) as error:
         db.session.commit()  # keep a closed reservation
         log.warning("customer_checkout_failed", attempt_id=attempt.id, error=error.message)
+        ended = _render_state(attempt, transaction, organization, now)  # paid meanwhile, in another tab
+        if ended is not None:
+            return ended
         page = render_template(
             "customer/pay.html",
             attempt=attempt,

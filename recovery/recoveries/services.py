@@ -536,6 +536,25 @@ CHECKOUT_MIN = timedelta(minutes=30)
 CHECKOUT_MARGIN = timedelta(minutes=5)
 
 
+def paid_session(session: DbSession, transaction_id: int) -> CheckoutSession | None:
+    """The transaction's Checkout Session the customer has completed, if any, newest first.
+
+    Stripe's webhook may not have recovered the transaction yet (it is queued,
+    or Stripe is slow to send it), but the success page already saw the session
+    complete: the customer has paid, and must not be offered a second session.
+    A completed session awaiting a delayed payment method counts too.
+    """
+    return session.scalar(
+        select(CheckoutSession)
+        .where(
+            CheckoutSession.transaction_id == transaction_id,
+            (CheckoutSession.status == CheckoutStatus.COMPLETE) | (CheckoutSession.payment_status == "paid"),
+        )
+        .order_by(CheckoutSession.id.desc())
+        .limit(1)
+    )
+
+
 def checkout_for_attempt(
     session: DbSession,
     gateway: StripeGateway,
@@ -549,8 +568,11 @@ def checkout_for_attempt(
 
     Safe to press twice: the n-th session of an attempt has the action key
     attempt:<id>:checkout:<n>, so a double submit gets the same session, and a
-    new one is made only once the last is paid, expired or about to expire.
+    new one is made only once the last has expired or is about to, and never
+    once a session of the transaction is paid.
     """
+    if paid_session(session, attempt.transaction_id) is not None:
+        raise payments.PaymentRefused("This payment has been received; it is being confirmed.", status=409)
     sessions = list(
         session.scalars(
             select(CheckoutSession)
