@@ -10,9 +10,12 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Flask, abort, current_app, redirect, request, url_for
 from flask_login import current_user
 from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.routing import IntegerConverter
 from werkzeug.wrappers import Response
 
 from recovery.models import Role
+
+FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
 
 # Endpoints anyone may reach with no credentials at all. Everything else needs
 # a signed-in user, or a Bearer token on the API's blueprints.
@@ -76,7 +79,16 @@ def require_role(role: Role | str) -> Callable[[F], F]:
     return decorator
 
 
+class DatabaseId(IntegerConverter):
+    """`<int:…>` in every route: an id past BIGINT is no row of ours (404), not a database error (500)."""
+
+    def __init__(self, map: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("max", 2**63 - 1)
+        super().__init__(map, *args, **kwargs)
+
+
 def init_app(app: Flask) -> None:
+    app.url_map.converters["int"] = DatabaseId  # before any blueprint adds its routes
     if app.config["PROXY_FIX"]:
         hops = int(app.config["PROXY_FIX"])
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
@@ -89,6 +101,15 @@ def init_app(app: Flask) -> None:
         # Reading request.host validates it against TRUSTED_HOSTS (400 if not allowed).
         if app.config["TRUSTED_HOSTS"]:
             request.host  # noqa: B018
+
+    @app.before_request
+    def refuse_nul() -> None:
+        # PostgreSQL text cannot hold NUL: a lookup or save with one would be a 500.
+        values = [request.path, *request.args.keys(), *request.args.values()]
+        if request.method in ("POST", "PUT", "PATCH") and request.mimetype in FORM_TYPES:
+            values += [*request.form.keys(), *request.form.values()]
+        if any("\x00" in value for value in values):
+            abort(400, description="The request contains a NUL character (%00), which no field can hold.")
 
     @app.before_request
     def require_login() -> Any:

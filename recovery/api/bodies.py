@@ -52,7 +52,20 @@ def json_object() -> dict[str, Any]:
             "invalid_json",
             f"The body must be a JSON object ({{...}}), not {_json_kind(body)}.",
         )
+    if _holds_nul(body):
+        # Valid JSON, but PostgreSQL text cannot hold it: a lookup or save would fail.
+        raise ApiError(422, "validation_error", "Text in the body must not contain NUL (\\u0000).")
     return body
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(key) or _holds_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(item) for item in value)
+    return False
 
 
 def _json_kind(value: Any) -> str:

@@ -10,7 +10,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, time
+from datetime import UTC, datetime, time, timedelta
 from functools import cache, lru_cache
 from typing import Any
 
@@ -32,10 +32,13 @@ MAX_LENGTHS = {
 }
 _REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:#-]*$")
 _CODE = re.compile(r"^[a-z0-9_]+$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1 (e.g. \x9b, a terminal CSI)
-_CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # free text may have lines and tabs
+# C0, DEL and C1 (e.g. \x9b, a terminal CSI), and lone surrogates (JSON's "\ud800"),
+# which no database encoding can store.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")  # free text: lines, tabs
 MULTILINE_FIELDS = frozenset({"failure_message"})
 METADATA_MAX_BYTES = 4096
+DATE_ONLY_AHEAD = timedelta(hours=14)  # UTC+14 (Kiribati) is the furthest ahead
 # An everyday address that email-validator always accepts, and whose normalized
 # form lower-cased is the address lower-cased: ASCII atoms joined by single
 # . _ + - before the @; after it, ASCII labels that neither start nor end with
@@ -84,8 +87,11 @@ def clean_text(raw: Any, name: str, *, required: bool = False) -> str | None:
         if required:
             raise ValueError("This field is required.")
         return None
-    control = _CONTROL_BUT_LINES if name in MULTILINE_FIELDS else _CONTROL
-    if control.search(text):
+    multiline = name in MULTILINE_FIELDS
+    if multiline:
+        # Browsers send a textarea's line breaks as CRLF, and spreadsheets write them so too.
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if (_CONTROL_BUT_LINES if multiline else _CONTROL).search(text):
         raise ValueError("Must not contain control characters.")
     limit = MAX_LENGTHS[name]
     if len(text) > limit:
@@ -206,15 +212,19 @@ def clean_datetime(raw: Any) -> datetime | None:
         raise ValueError(
             f"{text!r} is not a date; use ISO 8601 (2025-01-19 or 2025-01-19T10:00:00Z)."
         ) from None
-    if len(text) == 10:
+    if value.year < 2000:  # before converting: an offset at year 1 or 9999 overflows
+        raise ValueError("The failure date is implausibly old.")
+    if value.year > utcnow().year + 1:
+        raise ValueError("The failure date cannot be in the future.")
+    date_only = len(text) == 10
+    if date_only:
         value = datetime.combine(value.date(), time(), tzinfo=UTC)
     elif value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     value = value.astimezone(UTC)
-    if value > utcnow():
+    # A date alone is the merchant's own day, which east of UTC starts up to 14 hours early.
+    if value > utcnow() + (DATE_ONLY_AHEAD if date_only else timedelta()):
         raise ValueError("The failure date cannot be in the future.")
-    if value.year < 2000:
-        raise ValueError("The failure date is implausibly old.")
     return value
 
 
@@ -230,6 +240,8 @@ def clean_metadata(raw: Any) -> dict[str, Any]:
         raise ValueError('Metadata must be a JSON object, e.g. {"order_id": "ORD-123"}.')
     if any(not isinstance(v, str | int | float | bool | type(None)) for v in raw.values()):
         raise ValueError("Metadata values must be strings, numbers or booleans.")
+    if any(_CONTROL.search(str(text)) for pair in raw.items() for text in pair if isinstance(text, str)):
+        raise ValueError("Metadata keys and values must not contain control characters.")
     if any(isinstance(v, float) and not math.isfinite(v) for v in raw.values()):
         # PostgreSQL's json type refuses NaN and Infinity: the insert would fail.
         raise ValueError("Metadata numbers must be finite (no NaN or Infinity).")
