@@ -750,6 +750,44 @@ def test_a_full_refund_of_a_recovered_transaction_and_a_partial_one(client, reco
     assert timeline_actions(recovering["txn_id"])[-2:] == ["stripe.partially_refunded", "stripe.refunded"]
 
 
+def test_refunding_a_second_payment_leaves_the_recovery_standing(client, db, recovering):
+    """The customer paid twice (the app says "consider a refund"); the merchant refunds the second."""
+    other = reload(CheckoutSession, recovering["record_id"])
+    db.session.add(
+        CheckoutSession(
+            organization_id=other.organization_id,
+            transaction_id=other.transaction_id,
+            idempotency_key=se.new_id("key"),
+            request_fingerprint="x",
+            stripe_session_id="cs_second",
+            status=CheckoutStatus.OPEN,
+            amount=other.amount,
+            currency=other.currency,
+            expires_at=other.expires_at,
+        )
+    )
+    db.session.commit()
+    first = se.checkout_session(txn_of(recovering), id=recovering["session_id"], payment_intent="pi_first")
+    second = se.checkout_session(txn_of(recovering), id="cs_second", payment_intent="pi_second")
+    deliver(client, se.event("checkout.session.completed", first))
+    deliver(client, se.event("checkout.session.completed", second))
+    assert timeline_actions(recovering["txn_id"])[-1] == "stripe.duplicate_payment"
+
+    refund = se.charge(txn_of(recovering), payment_intent="pi_second", refunded=5000)
+    assert deliver(client, se.event("charge.refunded", refund)) == WebhookState.PROCESSED
+
+    txn = reload(Transaction, recovering["txn_id"])
+    assert txn.status == TransactionStatus.RECOVERED and txn.recovered_amount == 5000
+    assert timeline_actions(recovering["txn_id"])[-2:] == [
+        "stripe.duplicate_payment",
+        "stripe.other_payment_refunded",
+    ]
+    # The first payment's own refund still ends it refunded.
+    own = se.charge(txn_of(recovering), payment_intent="pi_first", refunded=5000)
+    assert deliver(client, se.event("charge.refunded", own)) == WebhookState.PROCESSED
+    assert reload(Transaction, recovering["txn_id"]).status == TransactionStatus.REFUNDED
+
+
 # --- payment intents ---------------------------------------------------------------------------
 
 

@@ -716,6 +716,21 @@ def charge_refunded(ctx: Context, obj: dict[str, Any]) -> str:
     currency = str(obj.get("currency") or txn.currency).lower()
     if not isinstance(amount, int) or not isinstance(refunded, int):
         raise ValueError("charge without amount or amount_refunded")
+    paid_by = ctx.session.scalar(
+        select(PaymentFulfilment.stripe_payment_intent_id).where(PaymentFulfilment.transaction_id == txn.id)
+    )
+    if paid_by and intent_id and intent_id != paid_by:
+        # A refund of another payment, e.g. the second one a customer made ("Paid
+        # again"): the money that recovered the transaction is still kept.
+        ctx.note(
+            txn,
+            "stripe.other_payment_refunded",
+            f"{_amount(refunded, currency)} of another payment refunded ({obj.get('id')}, {intent_id}); "
+            f"the recovery by {paid_by} stands",
+            amount_refunded=refunded,
+            payment_intent_id=intent_id,
+        )
+        return WebhookState.PROCESSED
     if not obj.get("refunded"):
         ctx.note(
             txn,
