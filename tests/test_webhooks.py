@@ -846,6 +846,39 @@ def test_an_unknown_failed_payment_becomes_a_transaction_when_import_is_on(clien
     assert _db.session.scalar(select(func.count()).select_from(Transaction)) == 1
 
 
+def test_a_connected_accounts_event_never_touches_another_organization(client, make_org, make_transaction):
+    """Metadata is the merchant's to write; the connected account is Stripe's word for whose event it is."""
+    account_org = make_org(import_stripe_failures=True, stripe_account_id="acct_1Owner")
+    other = make_org(import_stripe_failures=True)
+    other_id, account_org_id = other.id, account_org.id
+    target = make_transaction(other, status=TransactionStatus.RECOVERING)
+    target_id = target.id
+
+    paid = se.event("payment_intent.succeeded", se.payment_intent(target))  # metadata names `other`
+    paid["account"] = "acct_1Owner"
+    assert deliver(client, paid) == WebhookState.UNMATCHED
+    assert stored(paid["id"]).last_error.startswith("Refused: the event comes from connected account")
+    assert reload(Transaction, target_id).status == TransactionStatus.RECOVERING
+
+    failed = se.event(
+        "payment_intent.payment_failed",
+        se.payment_intent(
+            None,
+            status="requires_payment_method",
+            meta={"organization_id": str(other_id)},
+            failure=("card_declined", "generic_decline", "Declined."),
+            receipt_email="someone@example.com",
+        ),
+    )
+    failed["account"] = "acct_1Owner"
+    assert deliver(client, failed) == WebhookState.UNMATCHED
+    assert "connected account acct_1Owner is linked to organization" in stored(failed["id"]).last_error
+    imported = _db.session.scalars(
+        select(Transaction.organization_id).where(Transaction.source == "stripe")
+    ).all()
+    assert imported == [] and account_org_id != other_id
+
+
 def test_an_unknown_failed_payment_is_unmatched_when_import_is_off(client, make_org):
     org = make_org()
     intent = se.payment_intent(

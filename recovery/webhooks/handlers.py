@@ -268,9 +268,22 @@ def match(
             found = stored
         elif found.attempt_id is None and stored.attempt_id is not None:
             found = Match(found.transaction, stored.attempt_id, found.by)
+    if found is not None and ctx.event is not None and ctx.event.account:
+        # A connected account's event may only touch the organization linked to that account,
+        # whatever its metadata says.
+        owner = _account_organization(ctx, ctx.event.account)
+        if owner is None or owner.id != found.transaction.organization_id:
+            raise Refused(
+                f"the event comes from connected account {ctx.event.account}, which is not linked to "
+                f"organization {found.transaction.organization_id}"
+            )
     if found is not None:
         ctx.organization_id = found.transaction.organization_id
     return found
+
+
+def _account_organization(ctx: Context, account: str) -> Organization | None:
+    return ctx.session.scalar(select(Organization).where(Organization.stripe_account_id == account))
 
 
 # --- fulfilment --------------------------------------------------------------
@@ -632,14 +645,21 @@ def intent_failed(ctx: Context, obj: dict[str, Any]) -> str:
 
 
 def _import_organization(ctx: Context, obj: dict[str, Any]) -> Organization | None:
-    """The organization an unknown failed PaymentIntent belongs to: its metadata, or the connected account."""
+    """Whose unknown failed PaymentIntent this is: the connected account's organization, else the metadata's.
+
+    A connected account's event belongs to the organization linked to that
+    account; metadata naming another one is refused, never followed.
+    """
     claimed = claims_of(obj).organization_id
-    organization = ctx.session.get(Organization, claimed) if claimed else None
-    if organization is None and ctx.event is not None and ctx.event.account:
-        organization = ctx.session.scalar(
-            select(Organization).where(Organization.stripe_account_id == ctx.event.account)
-        )
-    return organization
+    if ctx.event is not None and ctx.event.account:
+        organization = _account_organization(ctx, ctx.event.account)
+        if organization is not None and claimed is not None and claimed != organization.id:
+            raise Refused(
+                f"metadata names organization {claimed} but connected account {ctx.event.account} "
+                f"is linked to organization {organization.id}"
+            )
+        return organization
+    return ctx.session.get(Organization, claimed) if claimed else None
 
 
 def _import_failure(
