@@ -8,7 +8,7 @@ from werkzeug.exceptions import HTTPException, SecurityError
 from werkzeug.wrappers import Response
 
 from recovery.api.errors import ApiError, api_error_response
-from recovery.logs import get_logger
+from recovery.logs import get_logger, loggable_path
 
 log = get_logger("recovery.errors")
 
@@ -53,7 +53,7 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unhandled(error: Exception) -> tuple[Response | str, int]:
-        log.exception("unhandled_error", path=request.path)
+        log.exception("unhandled_error", path=loggable_path())
         if wants_json():
             body = {"error": {"type": "internal_error", "message": "Something went wrong on our side."}}
             return jsonify(body), 500

@@ -52,6 +52,18 @@ def get_logger(name: str = "recovery") -> structlog.stdlib.BoundLogger:
     return logger
 
 
+# URL parts that are credentials: a customer's link token opens their pay and
+# unsubscribe pages, so it must not reach log files.
+SECRET_VIEW_ARGS = frozenset({"token"})
+
+
+def loggable_path() -> str:
+    """The request's path, with the route's pattern in place of any secret part."""
+    if request.url_rule is not None and SECRET_VIEW_ARGS & set(request.view_args or ()):
+        return request.url_rule.rule
+    return request.path
+
+
 def init_app(app: Flask) -> None:
     configure(app.config["LOG_LEVEL"])
     log = get_logger("recovery.request")
@@ -72,7 +84,7 @@ def init_app(app: Flask) -> None:
             log.info(
                 "request_finished",
                 method=request.method,
-                path=request.path,
+                path=loggable_path(),
                 status=response.status_code,
                 duration_ms=round((time.perf_counter() - started) * 1000, 2),
             )

@@ -57,3 +57,26 @@ def test_failed_sign_in_is_logged_without_the_password(client, make_user, log_li
     failed = [line for line in lines if line["event"] == "login_failed"]
     assert failed and failed[0]["email"] == user.email
     assert "wrong-password-123" not in json.dumps(lines)
+
+
+def test_a_customers_link_token_never_reaches_the_log(client, db, make_transaction, log_lines) -> None:
+    """The token is the customer's only credential for their pay and unsubscribe pages."""
+    from recovery.audit import Actor
+    from recovery.models import utcnow
+    from recovery.recoveries import services
+
+    transaction = make_transaction()
+    attempt = services.start_recovery(
+        db.session, transaction, Actor.system(transaction.organization_id), now=utcnow()
+    ).attempt
+    db.session.commit()
+    token = attempt.token
+
+    client.get(f"/pay/{token}")
+    client.get(f"/pay/{token}/unsubscribe")
+    client.get(f"/pay/cancel?t={token}")
+
+    lines = log_lines()
+    paths = [line["path"] for line in lines if line["event"] == "request_finished"]
+    assert paths == ["/pay/<token>", "/pay/<token>/unsubscribe", "/pay/cancel"]
+    assert token not in json.dumps(lines)
