@@ -22,6 +22,7 @@ from recovery.models import (
     StripeCustomer,
     Transaction,
     TransactionStatus,
+    utcnow,
 )
 from recovery.payments import services
 from recovery.payments.gateway import StripeGateway, StripeSettings, checkout_locale
@@ -387,6 +388,56 @@ def test_idempotency_key_header_replays(
     headers["Idempotency-Key"] = "client-key-2"
     third = client.post(CHECKOUT, json={"transaction_ref": transaction.transaction_ref}, headers=headers)
     assert third.json["session_id"] != first.json["session_id"]
+
+
+def test_an_idempotency_key_reused_with_other_details_is_refused(
+    client: FlaskClient, org: Organization, make_transaction: Any, token_for: Any, stripe_sandbox: Any
+) -> None:
+    """As Stripe does: a repeat must be the same request, or the client would wrongly believe it applied."""
+    transaction, other = make_transaction(org), make_transaction(org)
+    headers = token_for(org, **{"Idempotency-Key": "order-9"})
+    body = {"transaction_ref": transaction.transaction_ref, "customer_email": "a@example.com"}
+    assert client.post(CHECKOUT, json=body, headers=headers).status_code == 201
+
+    for changed in (
+        {**body, "customer_email": "b@example.com"},
+        {**body, "metadata": {"order_id": "ORD-9"}},
+        {"transaction_ref": other.transaction_ref},
+    ):
+        response = client.post(CHECKOUT, json=changed, headers=headers)
+        assert response.status_code == 409, changed
+        assert "idempotency key was already used" in response.json["error"]["message"]
+    assert len(creates(stripe_sandbox)) == 1
+
+
+def test_a_client_key_cannot_take_over_a_customers_session(
+    client: FlaskClient,
+    db: Any,
+    org: Organization,
+    make_transaction: Any,
+    token_for: Any,
+    stripe_sandbox: Any,
+) -> None:
+    """Pay now keys its sessions attempt:<id>:checkout:<n>; an API key of that text is another key."""
+    from recovery.recoveries import services as recoveries
+
+    transaction = make_transaction(org)
+    attempt = recoveries.start_recovery(db.session, transaction, Actor.system(org.id), now=utcnow()).attempt
+    db.session.commit()
+    headers = token_for(org, **{"Idempotency-Key": f"attempt:{attempt.id}:checkout:0"})
+    taken = client.post(
+        CHECKOUT,
+        json={"transaction_ref": transaction.transaction_ref, "customer_email": "evil@example.com"},
+        headers=headers,
+    )
+    assert taken.status_code == 201
+
+    pay_now = client.post(f"/pay/{attempt.token}")
+
+    assert pay_now.status_code == 303
+    mine = db.session.scalar(select(CheckoutSession).where(CheckoutSession.attempt_id == attempt.id))
+    assert mine is not None and mine.stripe_session_id != taken.json["session_id"]
+    assert mine.customer_email != "evil@example.com"
 
 
 def test_rerun_after_a_lost_commit_gets_the_same_stripe_session(

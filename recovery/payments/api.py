@@ -144,7 +144,8 @@ def create_checkout_session() -> tuple[Response, int]:
             transaction,
             token_actor(),
             services.CheckoutRequest(
-                action=_idempotency_key(),
+                action=f"api:{key}" if (key := _idempotency_key()) else None,
+                action_from_client=True,
                 customer_email=email,
                 metadata=metadata,
                 amount=amount,

@@ -82,11 +82,14 @@ class CheckoutRequest:
     """What the caller asks for. `action` identifies the logical action, if the caller has one.
 
     The dashboard passes its form's one-time nonce, API clients their
-    Idempotency-Key header, the recovery engine the attempt: a repeat of the
-    same action returns the same session.
+    Idempotency-Key header, the recovery engine the attempt, each under its
+    own prefix so that one can never name another's: a repeat of the same
+    action returns the same session. Like Stripe, a client's key reused with
+    other details is refused rather than answered with the first session.
     """
 
     action: str | None = None
+    action_from_client: bool = False
     customer_email: str | None = None
     metadata: dict[str, str] | None = None
     amount: int | None = None
@@ -266,7 +269,8 @@ def _reserve(
     org_id = transaction.organization_id
     now = utcnow()
     if request.action is not None:
-        key = idempotency_key(org_id, f"txn{transaction.id}-checkout", request.action)
+        # One key space per organization, so a key reused for another transaction is caught.
+        key = idempotency_key(org_id, "checkout", request.action)
         found = session.scalar(
             select(CheckoutSession).where(
                 CheckoutSession.organization_id == org_id, CheckoutSession.idempotency_key == key
@@ -276,6 +280,12 @@ def _reserve(
             if found.transaction_id != transaction.id:
                 raise PaymentRefused(
                     "This idempotency key was already used for another transaction.", status=409
+                )
+            if request.action_from_client and found.request_fingerprint != _fingerprint(email, metadata):
+                raise PaymentRefused(
+                    "This idempotency key was already used with a different customer_email or "
+                    "metadata; send a new key for a new request.",
+                    status=409,
                 )
             return found
     else:

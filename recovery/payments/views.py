@@ -80,7 +80,7 @@ def create_checkout_session(transaction_id: int) -> Response:
             gateway(),
             transaction,
             _actor(),
-            services.CheckoutRequest(action=form.action.data or None),
+            services.CheckoutRequest(action=f"dashboard:{form.action.data}" if form.action.data else None),
             pages=pages(),
             expires_in=checkout_expiry(),
         )
