@@ -750,6 +750,40 @@ def test_a_full_refund_of_a_recovered_transaction_and_a_partial_one(client, reco
     assert timeline_actions(recovering["txn_id"])[-2:] == ["stripe.partially_refunded", "stripe.refunded"]
 
 
+def test_an_adaptive_pricing_session_counts_in_the_merchants_currency(client, recovering):
+    session = se.checkout_session(txn_of(recovering), id=recovering["session_id"], payment_intent="pi_fx")
+    session.update(amount_total=4620, currency="eur")  # what the customer paid, in their currency
+    session["currency_conversion"] = {"amount_total": 5000, "amount_subtotal": 5000, "source_currency": "usd"}
+
+    assert deliver(client, se.event("checkout.session.completed", session)) == WebhookState.PROCESSED
+
+    txn = reload(Transaction, recovering["txn_id"])
+    assert (txn.status, txn.recovered_amount, txn.currency) == (TransactionStatus.RECOVERED, 5000, "usd")
+    assert "stripe.payment_amount_differs" not in timeline_actions(recovering["txn_id"])
+
+
+def test_a_partial_capture_recovers_with_what_arrived_and_says_so(client, recovering):
+    intent = se.payment_intent(txn_of(recovering), id="pi_part")
+    intent["amount_received"] = 1000  # of 5000 asked
+
+    assert deliver(client, se.event("payment_intent.succeeded", intent)) == WebhookState.PROCESSED
+
+    txn = reload(Transaction, recovering["txn_id"])
+    assert (txn.status, txn.recovered_amount) == (TransactionStatus.RECOVERED, 1000)
+    entry = _db.session.scalar(select(AuditEvent).where(AuditEvent.action == "stripe.payment_amount_differs"))
+    assert entry.details["summary"] == "Paid $10.00, owed $50.00"
+
+
+def test_a_succeeded_intent_with_nothing_received_recovers_nothing(client, recovering):
+    intent = se.payment_intent(txn_of(recovering), id="pi_empty")
+    intent["amount_received"] = 0
+
+    assert deliver(client, se.event("payment_intent.succeeded", intent)) == WebhookState.PROCESSED
+
+    assert reload(Transaction, recovering["txn_id"]).status == TransactionStatus.RECOVERING
+    assert timeline_actions(recovering["txn_id"]) == ["stripe.payment_succeeded_empty"]
+
+
 def test_refunding_a_second_payment_leaves_the_recovery_standing(client, db, recovering):
     """The customer paid twice (the app says "consider a refund"); the merchant refunds the second."""
     other = reload(CheckoutSession, recovering["record_id"])

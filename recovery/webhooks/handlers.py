@@ -358,6 +358,25 @@ def fulfil(ctx: Context, found: Match, payment: Payment) -> bool:
         checkout_session_id=payment.session_id,
         messages_cancelled=cancelled,
     )
+    if (payment.amount, payment.currency) != (txn.amount, txn.currency):
+        # Money arrived, so the transaction is recovered, but not what was owed: staff must see it.
+        ctx.note(
+            txn,
+            "stripe.payment_amount_differs",
+            f"Paid {_amount(payment.amount, payment.currency)}, owed {_amount(txn.amount, txn.currency)}",
+            amount=payment.amount,
+            currency=payment.currency,
+            owed_amount=txn.amount,
+            owed_currency=txn.currency,
+        )
+        log.warning(
+            "stripe_payment_amount_differs",
+            transaction_id=txn.id,
+            paid=payment.amount,
+            paid_currency=payment.currency,
+            owed=txn.amount,
+            owed_currency=txn.currency,
+        )
     ctx.closed_transaction_id = txn.id
     ctx.paid_session_id = payment.session_id
     log.info(
@@ -483,8 +502,17 @@ def _session_match(ctx: Context, obj: dict[str, Any]) -> Match | None:
 
 
 def session_payment(obj: dict[str, Any], source: str) -> Payment | None:
-    amount = obj.get("amount_total")
-    currency = obj.get("currency")
+    """What the session paid, in the merchant's currency.
+
+    With Adaptive Pricing the customer pays in their own currency:
+    `amount_total` and `currency` are then theirs, and `currency_conversion`
+    holds the amount in the currency the session was made in (ours).
+    """
+    conversion = _dict(obj.get("currency_conversion"))
+    if isinstance(conversion.get("amount_total"), int) and isinstance(conversion.get("source_currency"), str):
+        amount, currency = conversion["amount_total"], conversion["source_currency"]
+    else:
+        amount, currency = obj.get("amount_total"), obj.get("currency")
     if not isinstance(amount, int) or not isinstance(currency, str):
         return None
     return Payment(amount, currency.lower(), _id(obj.get("id")), _id(obj.get("payment_intent")), source)
@@ -595,10 +623,18 @@ def intent_succeeded(ctx: Context, obj: dict[str, Any]) -> str:
     found = match(ctx, obj, payment_intent_id=intent_id)
     if found is None:
         return WebhookState.UNMATCHED
-    amount = obj.get("amount_received") or obj.get("amount")
+    amount = obj.get("amount_received")  # what was captured; `amount` is only what was asked
     currency = obj.get("currency")
     if not isinstance(amount, int) or not isinstance(currency, str):
-        raise ValueError("payment intent without amount or currency")
+        raise ValueError("payment intent without amount_received or currency")
+    if amount <= 0:
+        ctx.note(
+            found.transaction,
+            "stripe.payment_succeeded_empty",
+            f"PaymentIntent {intent_id} succeeded with nothing received; not counted as a payment",
+            payment_intent_id=intent_id,
+        )
+        return WebhookState.PROCESSED
     ctx.note(
         found.transaction,
         "stripe.payment_succeeded",
