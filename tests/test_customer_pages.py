@@ -209,6 +209,46 @@ def test_a_link_paid_at_stripe_offers_no_second_session_before_the_webhook(
     assert db.session.get(RecoveryAttempt, attempt.id).transaction.status == TransactionStatus.RECOVERING
 
 
+def test_cancelling_a_recovery_closes_the_session_the_customer_opened(
+    client: FlaskClient, db, org, make_transaction, attempt_for, stripe_sandbox
+) -> None:
+    from recovery.queue import get_queue
+    from recovery.recoveries import jobs as recovery_jobs
+    from recovery.webhooks import jobs as webhook_jobs
+
+    attempt = attempt_for(make_transaction(org, transaction_ref="TXN-STOP"))
+    client.post(f"/pay/{attempt.token}")  # the customer has the Stripe page open
+    session_id = db.session.scalar(select(CheckoutSession.stripe_session_id))
+    cancelled = services.cancel_recovery(db.session, attempt, Actor.system(org.id), now=utcnow())
+    db.session.commit()
+
+    recovery_jobs.after_cancel(cancelled)
+    [job] = [j for j in get_queue().jobs if j.func_name.endswith("close_payment_options")]
+    assert webhook_jobs.close_payment_options.__wrapped__(*job.args) == [session_id]
+
+    assert stripe_sandbox_session(stripe_sandbox, session_id)["status"] == "expired"
+    db.session.expire_all()
+    assert db.session.scalar(select(CheckoutSession.status)) == "expired"
+    entry = db.session.scalar(select(AuditEvent).where(AuditEvent.action == "stripe.checkout_session_closed"))
+    assert entry.details["summary"] == f"Checkout session {session_id} expired: the transaction is cancelled"
+
+
+def test_a_close_that_finds_the_transaction_recovering_again_leaves_it_alone(
+    client: FlaskClient, db, org, make_transaction, attempt_for, stripe_sandbox
+) -> None:
+    from recovery.webhooks import jobs as webhook_jobs
+
+    attempt = attempt_for(make_transaction(org))
+    client.post(f"/pay/{attempt.token}")
+    services.cancel_recovery(db.session, attempt, Actor.system(org.id), now=utcnow())
+    db.session.commit()
+    again = attempt_for(db.session.get(Transaction, attempt.transaction_id))  # restarted before the job ran
+    assert again.transaction.status == TransactionStatus.RECOVERING
+
+    assert webhook_jobs.close_payment_options.__wrapped__(attempt.transaction_id, None) == []
+    assert db.session.scalar(select(CheckoutSession.status)) == "open"
+
+
 @pytest.mark.parametrize("how", ["time ran out", "exhausted", "cancelled"])
 def test_an_ended_link_explains_how_to_reach_the_merchant(
     client: FlaskClient, db, org, make_transaction, attempt_for, stripe_sandbox, how

@@ -93,7 +93,8 @@ def test_operator_starts_and_cancels_a_recovery(client, db, signed_in, org, make
     attempt = attempt_of(db, transaction)
     assert attempt.status == AttemptStatus.CANCELLED
     assert db.session.get(Transaction, transaction.id).status == TransactionStatus.CANCELLED
-    assert get_queue().count == 0  # the waiting send was taken off the queue
+    # The waiting send was taken off the queue; closing the ways to pay it left open is queued.
+    assert [job.func_name.rsplit(".", 1)[-1] for job in get_queue().jobs] == ["close_payment_options"]
     actions = {
         a for (a,) in db.session.execute(select(AuditEvent.action).where(AuditEvent.actor_user_id == user.id))
     }
@@ -231,7 +232,7 @@ def test_api_starts_reads_and_cancels(client, db, org, make_transaction, make_to
     cancelled = client.post(f"/v1/recoveries/{attempt.id}/cancel", headers=bearer(raw))
     assert cancelled.status_code == 200 and cancelled.json["status"] == "cancelled"
     assert cancelled.json["next_send_at"] is None
-    assert get_queue().count == 0
+    assert [job.func_name.rsplit(".", 1)[-1] for job in get_queue().jobs] == ["close_payment_options"]
     again = client.post(f"/v1/recoveries/{attempt.id}/cancel", headers=bearer(raw))
     assert again.status_code == 409
     events = db.session.scalars(select(AuditEvent).where(AuditEvent.action.like("recovery.%"))).all()

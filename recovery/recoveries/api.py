@@ -160,5 +160,5 @@ def cancel(attempt_id: int) -> Any:
         db.session.rollback()
         raise _refused(error) from None
     db.session.commit()
-    jobs.unschedule(cancelled.pending_job_id)
+    jobs.after_cancel(cancelled)
     return jsonify(recovery_json(attempt))

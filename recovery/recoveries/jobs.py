@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from flask import current_app
+from rq import Retry
 
 from recovery.extensions import db, mail
 from recovery.jobs import app_job
@@ -58,6 +59,20 @@ def schedule_next(attempt: RecoveryAttempt) -> bool:
 
 def unschedule(job_id: str | None) -> bool:
     return scheduling.remove(redis_connection(), job_id)
+
+
+def after_cancel(cancelled: services.RecoveryCancelled) -> None:
+    """After the commit of a cancel: drop its waiting send, and close the ways to pay it left open.
+
+    The customer's Checkout Session (up to a day) and the Payment Link (no end)
+    would otherwise still take money for a recovery the merchant stopped.
+    """
+    from recovery.webhooks.jobs import queue_close_payment_options
+
+    unschedule(cancelled.pending_job_id)
+    queue_close_payment_options(
+        cancelled.attempt.transaction_id, None, retry=Retry(max=5, interval=[10, 60, 300, 1800, 3600])
+    )
 
 
 @app_job

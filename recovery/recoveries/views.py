@@ -112,7 +112,7 @@ def cancel(attempt_id: int) -> Response:
         flash(error.message, "error")
         return _back(attempt.transaction_id)
     db.session.commit()
-    jobs.unschedule(cancelled.pending_job_id)
+    jobs.after_cancel(cancelled)
     flash("Recovery cancelled: no more messages will be sent.", "success")
     return _back(attempt.transaction_id)
 

@@ -26,6 +26,7 @@ from recovery.models import (
     PaymentFulfilment,
     RecoveryAttempt,
     Transaction,
+    TransactionStatus,
     WebhookEvent,
     WebhookState,
     utcnow,
@@ -323,14 +324,19 @@ def close_payment_options(
 ) -> list[str]:
     """Deactivate the transaction's Payment Link and expire its other open sessions.
 
+    For a transaction recovered (by a webhook or the reconciliation), or whose
+    recovery staff cancelled: then nothing may be paid for it any more. One
+    that is being recovered again by the time this runs is left alone.
     Safe to run twice: an inactive link is left alone, a session that is no
-    longer open is only re-read. Runs after the commit that recovered the
-    transaction, so that a Stripe outage never holds back the recovery itself.
+    longer open is only re-read. Runs after the commit that recovered or
+    cancelled, so that a Stripe outage never holds either back.
     """
     txn = session.get(Transaction, transaction_id)
-    if txn is None:
+    if txn is None or txn.status not in CLOSED_STATUSES:
         return []
-    actor = Actor.system(txn.organization_id, "Stripe webhook")
+    paid = txn.status in (TransactionStatus.RECOVERED, TransactionStatus.REFUNDED)
+    actor = Actor.system(txn.organization_id, "Stripe webhook" if paid else "Recovery cancelled")
+    why = "the transaction is paid" if paid else f"the transaction is {txn.status}"
     done: list[str] = []
     if txn.stripe_payment_link_id and gateway.retrieve_payment_link(txn.stripe_payment_link_id).active:
         payments.deactivate_payment_link(session, gateway, txn, actor)
@@ -361,7 +367,7 @@ def close_payment_options(
                 transaction_id=txn.id,
                 target_type="checkout_session",
                 target_id=session_id,
-                summary=f"Checkout session {session_id} expired: the transaction is paid",
+                summary=f"Checkout session {session_id} expired: {why}",
             )
             done.append(session_id)
     log.info("stripe_payment_options_closed", transaction_id=txn.id, closed=done)
