@@ -913,6 +913,26 @@ def test_a_connected_accounts_event_never_touches_another_organization(client, m
     assert imported == [] and account_org_id != other_id
 
 
+def test_a_failure_processed_after_its_success_imports_no_debt(client, make_org):
+    """Stripe does not promise order: the success can be applied first, while nothing matches it yet."""
+    org_id = make_org(import_stripe_failures=True).id
+    meta = {"organization_id": str(org_id)}
+    paid = se.payment_intent(None, id="pi_paid_later", meta=meta)
+    failed = se.payment_intent(
+        None,
+        id="pi_paid_later",
+        status="requires_payment_method",
+        meta=meta,
+        failure=("card_declined", "insufficient_funds", "Your card has insufficient funds."),
+        receipt_email="buyer@example.com",
+    )
+
+    assert deliver(client, se.event("payment_intent.succeeded", paid)) == WebhookState.UNMATCHED
+    assert deliver(client, se.event("payment_intent.payment_failed", failed)) == WebhookState.UNMATCHED
+
+    assert _db.session.scalar(select(func.count()).select_from(Transaction)) == 0
+
+
 def test_an_unknown_failed_payment_is_unmatched_when_import_is_off(client, make_org):
     org = make_org()
     intent = se.payment_intent(

@@ -698,6 +698,18 @@ def _import_organization(ctx: Context, obj: dict[str, Any]) -> Organization | No
     return ctx.session.get(Organization, claimed) if claimed else None
 
 
+def _succeeded_since(ctx: Context, intent_id: str) -> bool:
+    """Whether we hold a payment_intent.succeeded for the PaymentIntent (it can arrive before the failure)."""
+    return (
+        ctx.session.scalar(
+            select(WebhookEvent.id)
+            .where(WebhookEvent.object_id == intent_id, WebhookEvent.type == "payment_intent.succeeded")
+            .limit(1)
+        )
+        is not None
+    )
+
+
 def _import_failure(
     ctx: Context, obj: dict[str, Any], code: str | None, decline_code: str | None, message: str | None
 ) -> Transaction | None:
@@ -713,6 +725,10 @@ def _import_failure(
         return None
     ctx.organization_id = organization.id
     intent_id = _id(obj.get("id")) or ""
+    if _succeeded_since(ctx, intent_id):
+        # Stripe's events come in any order: the customer paid, so there is nothing to chase.
+        log.info("stripe_failure_import_skipped", payment_intent_id=intent_id, reason="succeeded since")
+        return None
     error = _dict(obj.get("last_payment_error"))
     billing = _dict(_dict(error.get("payment_method")).get("billing_details"))
     shipping = _dict(obj.get("shipping"))
