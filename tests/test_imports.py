@@ -619,3 +619,23 @@ def test_resume_does_not_drop_a_valid_row_whose_ref_was_invalid_earlier(
     assert csv_import.status == "done"
     assert imported_refs(db) == ["CSV-000001", "CSV-000002", "CSV-000003"]
     assert (csv_import.imported_rows, csv_import.invalid_rows, csv_import.duplicate_rows) == (3, 1, 0)
+
+
+def test_row_numbers_count_records_as_a_spreadsheet_shows_them(
+    client: FlaskClient, signed_in: Callable[..., User], db: Any
+) -> None:
+    signed_in("owner")
+    lines = [
+        "transaction_ref,amount,currency,failure_message",
+        'MULTI,5000,usd,"Declined.\r\nCall your bank.\r\nThen retry."',  # row 2, three lines in the file
+        "BAD-CURRENCY,5000,xyz,",  # row 3
+    ]
+
+    response = upload(client, ("\r\n".join(lines) + "\r\n").encode())
+
+    page = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert [(n, ref) for n, ref, _ in problems(page)] == [(3, "BAD-CURRENCY")]
+    message = db.session.scalar(
+        select(Transaction.failure_message).where(Transaction.transaction_ref == "MULTI")
+    )
+    assert message == "Declined.\nCall your bank.\nThen retry."

@@ -146,10 +146,11 @@ def iter_rows(text: str) -> Iterator[tuple[int, dict[str, str]]]:
     reader = csv.reader(io.StringIO(text, newline=""))
     header = [name.strip().lower() for name in next(reader)]
     width = len(header)
-    for row in reader:
+    # Records, not physical lines: a quoted cell with line breaks is still one row of the
+    # sheet, and a blank line is one too (the header is row 1).
+    for line, row in enumerate(reader, start=2):
         if not any(cell.strip() for cell in row):
             continue
-        line = reader.line_num
         if len(row) != width:
             yield line, {"__error__": f"has {len(row)} cells; the header has {width}"}
             continue
