@@ -962,6 +962,31 @@ def test_intent_succeeded_recovers_the_transaction_its_metadata_names(client, ma
 # --- unknown, unmatched, refused ------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("app_config", "livemode"),
+    [
+        ({"STRIPE_WEBHOOK_SECRET": se.SECRET, "STRIPE_SECRET_KEY": "sk_live_configured"}, False),
+        ({"STRIPE_WEBHOOK_SECRET": se.SECRET, "STRIPE_SECRET_KEY": "sk_test_configured"}, True),
+    ],
+)
+def test_an_event_of_the_other_mode_than_our_key_is_kept_and_ignored(client, recovering, livemode):
+    """Stripe sends connected accounts' test-mode events to live endpoints too."""
+    evt = se.event(
+        "payment_intent.payment_failed",
+        se.payment_intent(
+            txn_of(recovering),
+            status="requires_payment_method",
+            failure=("card_declined", "generic_decline", "Declined."),
+        ),
+    )
+    evt["livemode"] = livemode
+
+    assert deliver(client, evt) == WebhookState.IGNORED
+
+    assert stored(evt["id"]).last_error.startswith(f"Ignored: a {'live' if livemode else 'test'}-mode event")
+    assert timeline_actions(recovering["txn_id"]) == []
+
+
 def test_an_unknown_type_is_stored_and_ignored(client):
     evt = se.event("customer.subscription.created", {"id": "sub_1", "object": "subscription"})
 

@@ -113,6 +113,19 @@ class StripeSettings:
         )
 
     @property
+    def livemode(self) -> bool | None:
+        """True for a live key, False for a test key, None when there is none (or it is not Stripe's)."""
+        for prefix, live in (
+            ("sk_live_", True),
+            ("rk_live_", True),
+            ("sk_test_", False),
+            ("rk_test_", False),
+        ):
+            if self.secret_key.startswith(prefix):
+                return live
+        return None
+
+    @property
     def worst_case_seconds(self) -> float:
         """How long one call can take with every retry timing out (for job timeouts)."""
         # stripe-python sleeps at most 2 s between retries (MAX_RETRY_DELAY).

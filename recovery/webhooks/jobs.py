@@ -55,6 +55,10 @@ def job_id(stripe_event_id: str) -> str:
     return f"stripe-event-{stripe_event_id}"
 
 
+def _livemode() -> bool | None:
+    return StripeSettings.from_config(current_app.config).livemode
+
+
 def gateway_or_none() -> StripeGateway | None:
     try:
         return StripeGateway(StripeSettings.from_config(current_app.config))
@@ -119,7 +123,9 @@ def process_webhook_event(stripe_event_id: str) -> str:
 def _apply(stripe_event_id: str, *, wait: bool = True) -> services.Outcome | services.ProcessingFailed:
     """Process the event in its own database transaction, then queue what follows from it."""
     try:
-        outcome = services.process_event(db.session, stripe_event_id, gateway_or_none, skip_locked=not wait)
+        outcome = services.process_event(
+            db.session, stripe_event_id, gateway_or_none, skip_locked=not wait, livemode=_livemode()
+        )
         db.session.commit()
     except services.ProcessingFailed as failure:
         db.session.rollback()
@@ -192,6 +198,7 @@ def _take_along(asked: str) -> int:
         return 0
     began = time.monotonic()
     waiting = services.pending_events(db.session, size, exclude=asked)
+    livemode = _livemode()
     applied: list[services.Outcome] = []
     for event in waiting:
         if time.monotonic() - began > TAKE_ALONG_SECONDS:
@@ -199,7 +206,7 @@ def _take_along(asked: str) -> int:
         stripe_event_id = event.stripe_event_id
         try:
             with db.session.begin_nested():
-                outcome = services.apply_event(db.session, event, gateway_or_none)
+                outcome = services.apply_event(db.session, event, gateway_or_none, livemode=livemode)
         except (services.ProcessingFailed, SQLAlchemyError) as error:
             # Its savepoint is rolled back and it stays pending: its own job (or, if
             # it has none, the sweeper's) records the failure and retries it with backoff.

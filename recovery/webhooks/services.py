@@ -132,13 +132,19 @@ class ProcessingFailed(Exception):
 
 
 def process_event(
-    session: DbSession, stripe_event_id: str, gateway_factory: GatewayFactory, *, skip_locked: bool = False
+    session: DbSession,
+    stripe_event_id: str,
+    gateway_factory: GatewayFactory,
+    *,
+    skip_locked: bool = False,
+    livemode: bool | None = None,
 ) -> Outcome:
     """Apply the stored event through its handler, in the caller's transaction.
 
     Safe to run twice or concurrently: the event row is locked (FOR UPDATE on
     PostgreSQL; SQLite serialises writers), so a second run waits and then finds
     it processed; with `skip_locked` it does not wait and answers "busy".
+    `livemode`: the mode of our Stripe key, if known (see apply_event).
     Raises ProcessingFailed; the caller rolls back and calls record_failure.
     """
     event = session.scalar(
@@ -153,16 +159,26 @@ def process_event(
         return Outcome(stripe_event_id, "missing", ran=False)
     if event.status in DONE or event.status == WebhookState.UNMATCHED:
         return _already_applied(session, event)
-    return apply_event(session, event, gateway_factory)
+    return apply_event(session, event, gateway_factory, livemode=livemode)
 
 
-def apply_event(session: DbSession, event: WebhookEvent, gateway_factory: GatewayFactory) -> Outcome:
-    """Apply a pending event that the caller has locked (process_event, or pending_events for a batch)."""
+def apply_event(
+    session: DbSession, event: WebhookEvent, gateway_factory: GatewayFactory, *, livemode: bool | None = None
+) -> Outcome:
+    """Apply a pending event that the caller has locked (process_event, or pending_events for a batch).
+
+    An event of the other mode than our key's (`livemode`) is kept and ignored:
+    Stripe sends connected accounts' test-mode events to a live endpoint too,
+    and a merchant's test card must not become a customer to chase.
+    """
     started = time.perf_counter()
     stripe_event_id = event.stripe_event_id
     ctx = Context(session, event, gateway_factory)
     handler = HANDLERS.get(event.type)
     error: str | None = None
+    if livemode is not None and event.livemode != livemode:
+        handler = None
+        error = f"Ignored: a {'live' if event.livemode else 'test'}-mode event, and our Stripe key is not"
     try:
         # Unknown types are kept (the page shows them) and marked ignored.
         state = WebhookState.IGNORED if handler is None else handler(ctx, event.payload["data"]["object"])
