@@ -209,6 +209,34 @@ def test_a_link_paid_at_stripe_offers_no_second_session_before_the_webhook(
     assert db.session.get(RecoveryAttempt, attempt.id).transaction.status == TransactionStatus.RECOVERING
 
 
+def test_a_delayed_payment_waits_and_one_that_failed_may_be_paid_again(
+    client: FlaskClient, db, org, make_transaction, attempt_for, stripe_sandbox
+) -> None:
+    from recovery.models import WebhookEvent
+
+    attempt = attempt_for(make_transaction(org, transaction_ref="TXN-SEPA"))
+    client.post(f"/pay/{attempt.token}")
+    record = db.session.scalar(select(CheckoutSession))
+    record.status, record.payment_status = "complete", "unpaid"  # a debit that settles in days
+    db.session.commit()
+    assert "being confirmed" in text(client.get(f"/pay/{attempt.token}"))
+
+    # Stripe reports the delayed payment failed (what processing its event leaves behind).
+    db.session.add(
+        WebhookEvent(
+            stripe_event_id="evt_async_failed",
+            type="checkout.session.async_payment_failed",
+            object_id=record.stripe_session_id,
+            payload={},
+        )
+    )
+    db.session.commit()
+
+    assert ">Pay now</button>" in text(client.get(f"/pay/{attempt.token}"))
+    assert client.post(f"/pay/{attempt.token}").status_code == 303
+    assert db.session.query(CheckoutSession).filter_by(attempt_id=attempt.id).count() == 2
+
+
 def test_cancelling_a_recovery_closes_the_session_the_customer_opened(
     client: FlaskClient, db, org, make_transaction, attempt_for, stripe_sandbox
 ) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import pairwise
 
-from sqlalchemy import select, text, tuple_
+from sqlalchemy import exists, select, text, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import object_session, selectinload
 
@@ -39,6 +39,7 @@ from recovery.models import (
     SuppressionReason,
     Transaction,
     TransactionStatus,
+    WebhookEvent,
     utcnow,
 )
 from recovery.models.base import DbSession, insert_ignoring_duplicates
@@ -542,13 +543,19 @@ def paid_session(session: DbSession, transaction_id: int) -> CheckoutSession | N
     Stripe's webhook may not have recovered the transaction yet (it is queued,
     or Stripe is slow to send it), but the success page already saw the session
     complete: the customer has paid, and must not be offered a second session.
-    A completed session awaiting a delayed payment method counts too.
+    A completed session awaiting a delayed payment method counts too, until
+    Stripe reports that payment failed: then the customer may pay again.
     """
+    async_failed = exists().where(
+        WebhookEvent.object_id == CheckoutSession.stripe_session_id,
+        WebhookEvent.type == "checkout.session.async_payment_failed",
+    )
     return session.scalar(
         select(CheckoutSession)
         .where(
             CheckoutSession.transaction_id == transaction_id,
-            (CheckoutSession.status == CheckoutStatus.COMPLETE) | (CheckoutSession.payment_status == "paid"),
+            (CheckoutSession.payment_status == "paid")
+            | ((CheckoutSession.status == CheckoutStatus.COMPLETE) & ~async_failed),
         )
         .order_by(CheckoutSession.id.desc())
         .limit(1)
