@@ -7,6 +7,7 @@ environment wins so that a Procfile deployment needs no file on disk.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -145,12 +146,37 @@ def load(instance_path: str, overrides: dict[str, Any] | None = None) -> dict[st
     return derive(config)
 
 
+# The `flask` command's own options that take a value (`flask --app wsgi db check`).
+_FLASK_VALUE_OPTIONS = frozenset({"-A", "--app", "-e", "--env-file"})
+
+
+def _schema_command(argv: list[str] | None = None) -> bool:
+    """Whether this process is `flask … db …` (upgrade, check, migrate), which reads no secret.
+
+    The SECRET_KEY refusal guards the processes that serve requests; the
+    release phase's upgrade and a models-against-migrations check need only
+    the database. Flask loads the app before it resolves the command, so the
+    command line is the only place that says which one runs.
+    """
+    argv = sys.argv if argv is None else argv
+    program = Path(argv[0]) if argv else Path()
+    if program.name != "flask" and not (program.name == "__main__.py" and program.parent.name == "flask"):
+        return False
+    args = iter(argv[1:])
+    for arg in args:
+        if arg in _FLASK_VALUE_OPTIONS:
+            next(args, None)
+        elif not arg.startswith("-"):
+            return arg == "db"
+    return False
+
+
 def derive(config: dict[str, Any]) -> dict[str, Any]:
     """Fill in the Flask and extension settings that follow from ours, and validate."""
     env = config["APP_ENV"]
     if env not in ENVIRONMENTS:
         raise ConfigError(f"APP_ENV must be one of {', '.join(ENVIRONMENTS)}; got {env!r}.")
-    if env == "production" and config["SECRET_KEY"] in ("", DEFAULT_SECRET_KEY):
+    if env == "production" and config["SECRET_KEY"] in ("", DEFAULT_SECRET_KEY) and not _schema_command():
         raise ConfigError(
             "Refusing to start: SECRET_KEY is unset or the built-in development default. "
             "Set SECRET_KEY to a long random value (python -c 'import secrets; "

@@ -58,6 +58,48 @@ def test_create_app_refuses_too(monkeypatch):
         create_app()
 
 
+@pytest.mark.parametrize(
+    ("argv", "schema"),
+    [
+        (["/venv/bin/flask", "db", "upgrade"], True),
+        (["/venv/bin/flask", "--app", "wsgi", "db", "check"], True),
+        (["/venv/bin/flask", "-A", "wsgi", "--env-file", ".env", "--no-debug", "db", "migrate"], True),
+        (["/usr/lib/python3/site-packages/flask/__main__.py", "--app=wsgi", "db", "check"], True),
+        (["/venv/bin/flask", "--app", "db", "worker"], False),  # an app named db is not the command
+        (["/venv/bin/flask", "worker", "db"], False),
+        (["/venv/bin/flask", "run"], False),
+        (["/venv/bin/gunicorn", "wsgi:app"], False),
+        (["/venv/bin/pytest", "db"], False),
+        ([], False),
+    ],
+)
+def test_only_flask_db_commands_count_as_schema_commands(argv, schema):
+    assert config._schema_command(argv) is schema
+
+
+def test_flask_db_check_runs_without_a_secret_and_serving_does_not(tmp_path: Path) -> None:
+    """The release phase's upgrade and a models check read no secret; everything else is refused."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    flask = str(Path(sys.executable).parent / "flask")
+    env = {k: v for k, v in os.environ.items() if k not in config.defaults("instance")}
+    env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'schema.sqlite3'}"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [flask, "--app", "wsgi", *args], cwd=root, env=env, capture_output=True, text=True, timeout=120
+        )
+
+    assert run("db", "upgrade").returncode == 0
+    check = run("db", "check")
+    assert check.returncode == 0 and "No new upgrade operations detected" in check.stdout + check.stderr
+    refused = run("routes")
+    assert refused.returncode != 0 and "Refusing to start: SECRET_KEY" in refused.stderr
+
+
 @pytest.mark.parametrize("env", ["development", "testing"])
 def test_other_environments_accept_the_development_secret(instance, env):
     assert load(instance, APP_ENV=env)["SECRET_KEY"] == DEFAULT_SECRET_KEY
