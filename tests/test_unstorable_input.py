@@ -89,8 +89,12 @@ def test_text_no_database_can_store_is_refused_with_the_field(api, db, body):
     assert db.session.scalar(select(Transaction.id)) is None
 
 
-def test_a_nul_in_a_json_body_is_refused(api, db):
-    response = api("POST", "/v1/transactions", json={**VALID, "customer_name": "a\u0000b"})
+@pytest.mark.parametrize("depth", [0, 700])
+def test_a_nul_in_a_json_body_is_refused(api, db, depth):
+    nested: Any = "a\u0000b"
+    for _ in range(depth):  # deeper than a recursive walk of the body could go
+        nested = [nested]
+    response = api("POST", "/v1/transactions", json={**VALID, "metadata": {"deep": nested}})
 
     assert response.status_code == 422
     assert "NUL" in response.get_json()["error"]["message"]

@@ -15,6 +15,7 @@ from recovery.messaging.providers import DATA_ANSWER_SECONDS, MessagingSettings,
 from recovery.models import RecoveryAttempt, utcnow
 from recovery.queue import discard_waiting, get_queue, redis_connection
 from recovery.recoveries import scheduling, services
+from recovery.webhooks.jobs import queue_close_payment_options
 
 log = get_logger("recovery.recoveries")
 
@@ -67,8 +68,6 @@ def after_cancel(cancelled: services.RecoveryCancelled) -> None:
     The customer's Checkout Session (up to a day) and the Payment Link (no end)
     would otherwise still take money for a recovery the merchant stopped.
     """
-    from recovery.webhooks.jobs import queue_close_payment_options
-
     unschedule(cancelled.pending_job_id)
     queue_close_payment_options(
         cancelled.attempt.transaction_id, None, retry=Retry(max=5, interval=[10, 60, 300, 1800, 3600])
