@@ -125,6 +125,12 @@ def charge(txn: Transaction, *, payment_intent: str, refunded: int, id: str | No
     }
 
 
+def declined(txn: Transaction | None, **fields: Any) -> dict[str, Any]:
+    """A PaymentIntent whose card was declined: what payment_intent.payment_failed carries."""
+    fields.setdefault("failure", ("card_declined", "generic_decline", "Declined."))
+    return payment_intent(txn, status="requires_payment_method", **fields)
+
+
 def body(evt: dict[str, Any]) -> str:
     return json.dumps(evt, indent=2)
 

@@ -527,11 +527,7 @@ def test_a_job_run_again_after_its_follow_ups_were_queued_adds_none(client, reco
 def test_a_job_run_again_for_an_event_that_only_noted_queues_nothing(client, recovering):
     evt = se.event(
         "payment_intent.payment_failed",
-        se.payment_intent(
-            txn_of(recovering),
-            status="requires_payment_method",
-            failure=("card_declined", "generic_decline", "Declined."),
-        ),
+        se.declined(txn_of(recovering)),
     )
     deliver(client, evt)
     get_queue().empty()
@@ -973,11 +969,7 @@ def test_an_event_of_the_other_mode_than_our_key_is_kept_and_ignored(client, rec
     """Stripe sends connected accounts' test-mode events to live endpoints too."""
     evt = se.event(
         "payment_intent.payment_failed",
-        se.payment_intent(
-            txn_of(recovering),
-            status="requires_payment_method",
-            failure=("card_declined", "generic_decline", "Declined."),
-        ),
+        se.declined(txn_of(recovering)),
     )
     evt["livemode"] = livemode
 
