@@ -14,6 +14,11 @@ app spent on the request and the part of it spent waiting on Stripe calls.
 request in to response out over loopback HTTP, gunicorn and Flask included.
 "app" is the server's own view (app minus stripe). Results go to
 bench/out/checkout_create-*.json.
+
+`--floor` sends the same requests to `bench.bare_checkout` as well: the
+create's own SQL on raw psycopg, with no Flask, ORM or Stripe call, i.e. the
+least any crash-safe implementation of this endpoint costs on this machine
+("floor"), then to the same SQL in a bare Flask view ("flask").
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ import time
 from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
+
+import sqlalchemy as sa
 
 from bench import common
 
@@ -109,6 +116,11 @@ def prepare(count: int) -> tuple[str, list[str]]:
             actor=Actor.system(organization.id, "bench"),
         )
         db.session.commit()
+        # As autovacuum would have by now in a running database: without statistics
+        # for the rows just added, the planner scans the organization's transactions
+        # instead of using the (organization, reference) key.
+        db.session.execute(sa.text("ANALYZE transaction, checkout_session, stripe_customer, api_token"))
+        db.session.commit()
     return raw, refs
 
 
@@ -166,35 +178,52 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000, help="creates per client setting")
     parser.add_argument("--clients", type=int, action="append", help="concurrent clients (repeatable)")
     parser.add_argument("--warmup", type=int, default=50)
+    parser.add_argument("--floor", action="store_true", help="also measure bench.bare_checkout")
     args = parser.parse_args()
     client_counts = args.clients or [1, 4]
     common.ensure_database()
     busy = common.idle_check()
-    total = args.warmup + args.requests * len(client_counts)
+    total = (args.warmup + args.requests * len(client_counts)) * (3 if args.floor else 1)
     token, refs = prepare(total)
     report: dict[str, Any] = {"requests": args.requests, "busy_before_percent": round(busy, 1), "runs": {}}
+    print(f"{'server':<6} {'clients':>7} {'n':>6} {'measure':<8}" + "".join(f"{h:>8}" for h in COLUMNS))
     with tempfile.TemporaryDirectory() as state:
         sandbox = start_sandbox(state)
         try:
             with common.gunicorn(workers=2, extra_env=stripe_env(), log_name="gunicorn-checkout.log"):
-                run(token, refs[: args.warmup], 1)
-                offset = args.warmup
-                print(f"{'clients':>7} {'n':>6} {'measure':<8}" + "".join(f"{h:>8}" for h in COLUMNS))
-                for clients in client_counts:
-                    chunk = refs[offset : offset + args.requests]
-                    offset += args.requests
-                    samples = run(token, chunk, clients)
-                    report["runs"][str(clients)] = {
-                        k: summary(samples, k) for k in ("ours", "app", "stripe", "wall")
-                    }
-                    for key in ("ours", "app", "stripe", "wall"):
-                        s = report["runs"][str(clients)][key]
-                        row = "".join(f"{s[c.split()[0]]:>8}" for c in COLUMNS)
-                        print(f"{clients:>7} {len(samples):>6} {key:<8}{row}")
+                refs = measure("app", token, refs, client_counts, args, report)
         finally:
             sandbox.terminate()
             sandbox.wait(timeout=10)
+    if args.floor:
+        for server, app in (("floor", "bench.bare_checkout:app"), ("flask", "bench.bare_checkout:flask_app")):
+            with common.gunicorn(
+                workers=2, log_name=f"gunicorn-{server}-checkout.log", app=app, ready_path="/"
+            ):
+                refs = measure(server, token, refs, client_counts, args, report)
     print(f"written to {common.write_json('checkout_create', report)}")
+
+
+def measure(
+    server: str,
+    token: str,
+    refs: list[str],
+    client_counts: list[int],
+    args: argparse.Namespace,
+    report: dict[str, Any],
+) -> list[str]:
+    """Warm up, then one run per client count; return the references not used."""
+    run(token, refs[: args.warmup], 1)
+    refs = refs[args.warmup :]
+    keys = ("ours", "app", "stripe", "wall") if server == "app" else ("wall",)
+    for clients in client_counts:
+        samples = run(token, refs[: args.requests], clients)
+        refs = refs[args.requests :]
+        result = report["runs"].setdefault(server, {})[str(clients)] = {k: summary(samples, k) for k in keys}
+        for key in keys:
+            row = "".join(f"{result[key][c.split()[0]]:>8}" for c in COLUMNS)
+            print(f"{server:<6} {clients:>7} {len(samples):>6} {key:<8}{row}")
+    return refs
 
 
 if __name__ == "__main__":

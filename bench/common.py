@@ -142,15 +142,17 @@ def gunicorn(
     port: int = PORT,
     log_name: str = "gunicorn.log",
     extra_env: dict[str, str] | None = None,
+    app: str = "wsgi:app",
+    ready_path: str = "/login",
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run `gunicorn wsgi:app -w N` (sync workers) on loopback; stop it afterwards."""
+    """Run `gunicorn <app> -w N` (sync workers) on loopback; stop it afterwards."""
     if not port_is_free(port):
         sys.exit(f"Port {port} is taken; set BENCH_PORT to a free one.")
     OUT.mkdir(exist_ok=True)
     log = (OUT / log_name).open("wb")
     command = [
         str(Path(sys.executable).parent / "gunicorn"),
-        "wsgi:app",
+        app,
         "-w",
         str(workers),
         "-b",
@@ -164,7 +166,7 @@ def gunicorn(
         stderr=subprocess.STDOUT,
     )
     try:
-        wait_for_http(port, "/login", timeout=60)
+        wait_for_http(port, ready_path, timeout=60)
         yield process
     finally:
         process.send_signal(signal.SIGTERM)

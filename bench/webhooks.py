@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -50,9 +49,7 @@ from bench.common import (
     idle_check,
     make_app,
     percentile,
-    port_is_free,
     raw_connection,
-    wait_for_http,
     write_json,
 )
 
@@ -230,30 +227,15 @@ def drain_only(org_id: int, transactions: list[tuple[int, str]], count: int, run
 
 @contextmanager
 def bare_server(workers: int, port: int) -> Iterator[None]:
-    if not port_is_free(port):
-        sys.exit(f"Port {port} is taken.")
-    log = (OUT / "gunicorn-bare-webhook.log").open("wb")
-    process = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "gunicorn"),
-            "bench.bare_webhook:app",
-            "-w",
-            str(workers),
-            "-b",
-            f"{HOST}:{port}",
-        ],
-        cwd=ROOT,
-        env={**os.environ, "BARE_WEBHOOK_SECRET": SECRET},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_for_http(port, "/", timeout=60)
+    with gunicorn(
+        workers=workers,
+        port=port,
+        log_name="gunicorn-bare-webhook.log",
+        extra_env={"BARE_WEBHOOK_SECRET": SECRET},
+        app="bench.bare_webhook:app",
+        ready_path="/",
+    ):
         yield
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
-        log.close()
 
 
 def main() -> None:
