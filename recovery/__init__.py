@@ -34,10 +34,13 @@ def register_logging(app: Flask) -> None:
 
 
 def register_extensions(app: Flask) -> None:
-    from recovery import queue
+    from recovery import database, queue
     from recovery.extensions import csrf, db, limiter, login_manager, mail, migrate
 
     db.init_app(app)
+    with app.app_context():
+        for engine in db.engines.values():
+            database.ping_when_idle(engine)  # instead of pool_pre_ping
     migrate.init_app(app, db, directory=str(app.root_path + "/../migrations"))
     csrf.init_app(app)
     mail.init_app(app)
@@ -48,7 +51,10 @@ def register_extensions(app: Flask) -> None:
 
 def register_security(app: Flask) -> None:
     from recovery import security
+    from recovery.webhooks import receiver
 
+    # Inside ProxyFix, which security adds, so that it sees the client's own address.
+    receiver.install(app)
     security.init_app(app)
 
 
@@ -69,7 +75,6 @@ def register_blueprints(app: Flask) -> None:
     from recovery.transactions.views import bp as transactions_bp
     from recovery.users.views import bp as users_bp
     from recovery.webhooks.views import bp as webhooks_bp
-    from recovery.webhooks.views import receiver as stripe_webhooks_bp
 
     for bp in (
         auth_bp,
@@ -85,7 +90,6 @@ def register_blueprints(app: Flask) -> None:
         api_bp,
         payments_api_bp,
         webhooks_bp,
-        stripe_webhooks_bp,
         recoveries_api_bp,
         twilio_bp,
         organizations_bp,

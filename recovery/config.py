@@ -190,7 +190,6 @@ def derive(config: dict[str, Any]) -> dict[str, Any]:
     if database_url.startswith("postgresql://"):
         database_url = "postgresql+psycopg://" + database_url[len("postgresql://") :]
     config["SQLALCHEMY_DATABASE_URI"] = database_url
-    config["SQLALCHEMY_ENGINE_OPTIONS"] = {"pool_pre_ping": True}
     config["TESTING"] = env == "testing"
     config["DEBUG"] = False
     config["SESSION_COOKIE_HTTPONLY"] = True

@@ -64,17 +64,26 @@ def loggable_path() -> str:
     return request.path
 
 
+def bind_request_id(incoming: str) -> str:
+    """The request's id (the caller's X-Request-ID if it looks like one), bound to every log line."""
+    request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    return request_id
+
+
+def unbind_request_id() -> None:
+    structlog.contextvars.clear_contextvars()
+
+
 def init_app(app: Flask) -> None:
     configure(app.config["LOG_LEVEL"])
     log = get_logger("recovery.request")
 
     @app.before_request
-    def bind_request_id() -> None:
-        incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+    def start_request() -> None:
+        g.request_id = bind_request_id(request.headers.get("X-Request-ID", ""))
         g.request_started = time.perf_counter()
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=g.request_id)
 
     @app.after_request
     def log_request(response: Response) -> Response:
@@ -92,4 +101,4 @@ def init_app(app: Flask) -> None:
 
     @app.teardown_request
     def unbind(_exc: BaseException | None) -> None:
-        structlog.contextvars.clear_contextvars()
+        unbind_request_id()

@@ -26,8 +26,6 @@ PUBLIC_ENDPOINTS = frozenset(
         "static",
         "customer.success",
         "customer.cancel",
-        # Stripe authenticates by signing the body (recovery/webhooks/views.py).
-        "stripe_webhooks.receive",
         # The customer's link from an email or SMS: the token is the credential.
         "customer.pay",
         "customer.checkout",

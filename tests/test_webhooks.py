@@ -197,6 +197,48 @@ def test_a_trailing_slash_is_served_not_redirected(client):
     assert len(events()) == 1
 
 
+def test_the_endpoint_answers_only_post(client):
+    response = client.get(se.URL)
+
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "POST"
+    assert response.json["error"]["type"] == "method_not_allowed"
+    assert events() == []
+
+
+def test_paths_below_the_endpoint_are_flasks_not_the_receivers(client):
+    evt = se.event("customer.created", {"id": "cus_1", "object": "customer"})
+
+    response = se.post(client, evt, path=se.URL + "/extra")
+
+    assert response.status_code == 404
+    assert events() == []
+
+
+def test_the_answer_and_the_log_lines_carry_the_request_id(client, log_lines):
+    evt = se.event("customer.created", {"id": "cus_1", "object": "customer"})
+
+    response = se.post(client, evt, **{"X-Request-ID": "stripe-delivery-0001"})
+    fresh = se.post(client, se.event("customer.created", {"id": "cus_2", "object": "customer"}))
+
+    assert response.headers["X-Request-ID"] == "stripe-delivery-0001"
+    assert response.headers["Cache-Control"] == "no-store"
+    [line, _] = [e for e in log_lines() if e["event"] == "stripe_webhook_received"]
+    assert line["request_id"] == "stripe-delivery-0001"
+    assert len(fresh.headers["X-Request-ID"]) == 32  # ours, when the caller sends none
+
+
+@pytest.mark.parametrize("app_config", [{"STRIPE_WEBHOOK_SECRET": se.SECRET, "PROXY_FIX": 1}])
+def test_behind_a_proxy_the_log_names_the_forwarded_client(client, log_lines):
+    evt = se.event("customer.created", {"id": "cus_1", "object": "customer"})
+
+    response = se.post(client, evt, **{"X-Forwarded-For": "203.0.113.9"})
+
+    assert response.status_code == 200
+    [line] = [e for e in log_lines() if e["event"] == "stripe_webhook_received"]
+    assert line["client"] == "203.0.113.9"
+
+
 def _flip_one_byte(payload: str) -> str:
     index = payload.index('"type"') + 3
     return payload[:index] + chr(ord(payload[index]) ^ 1) + payload[index + 1 :]

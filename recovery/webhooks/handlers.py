@@ -161,6 +161,17 @@ def claims_of(obj: dict[str, Any]) -> Claims:
     return Claims(org, txn, attempt, ref)
 
 
+def load_claimed_transactions(session: DbSession, objects: list[dict[str, Any]]) -> None:
+    """Load, in one query, the transactions that these objects' metadata names.
+
+    For a batch of events: `match` then finds each in the session instead of
+    selecting it on its own (one round trip, and one row load, fewer an event).
+    """
+    ids = {claims.transaction_id for claims in map(claims_of, objects) if claims.transaction_id is not None}
+    if ids:
+        session.scalars(select(Transaction).where(Transaction.id.in_(sorted(ids)))).all()
+
+
 # Where our rows keep a Stripe id, best match first: what the id is, the
 # column holding it, the transaction the row ties it to, and its attempt if known.
 _STORED_IDS: tuple[tuple[str, Any, Any, Any], ...] = (

@@ -24,7 +24,7 @@ from recovery.logs import get_logger
 from recovery.models import utcnow
 from recovery.payments.gateway import StripeFailure, StripeGateway, StripeSettings
 from recovery.queue import discard_waiting, get_queue
-from recovery.webhooks import services
+from recovery.webhooks import handlers, services
 
 log = get_logger("recovery.webhooks")
 
@@ -183,37 +183,27 @@ def _take_along(asked: str) -> int:
 
     RQ spends a few milliseconds and dozens of Redis commands on every job,
     more than most events cost to apply: a burst drains far faster when a job
-    takes the waiting events along and removes their jobs. Each event is
-    applied in a savepoint of one transaction, committed once for the batch
-    (a durable commit per event would cost more than most events): a handler
-    that fails rolls back its own changes only and leaves its event pending,
-    for its own job, or the sweeper, to fail and retry it with backoff (an
-    event whose job was never queued would otherwise stay failed without
-    one). An event locked elsewhere is skipped. If the job dies before the commit, the
+    takes the waiting events along and removes their jobs. The batch is one
+    transaction, committed once (a durable commit per event would cost more
+    than most events). It is first applied straight through; only if an event
+    fails is it rolled back and applied again with each event in a savepoint
+    (two more round trips an event, which the usual batch does not pay), so
+    that the failing one rolls back its own changes only and stays pending,
+    for its own job, or the sweeper, to fail and retry with backoff (an event
+    whose job was never queued would otherwise stay failed without one). An
+    event locked elsewhere is skipped. If the job dies before the commit, the
     events are still pending and their jobs still queued. It stops taking
     more after TAKE_ALONG_SECONDS, so its timeout still covers the last one.
     """
     size = int(current_app.config["STRIPE_WEBHOOK_BATCH_SIZE"]) - 1
     if size <= 0:
         return 0
-    began = time.monotonic()
-    waiting = services.pending_events(db.session, size, exclude=asked)
-    livemode = _livemode()
-    applied: list[services.Outcome] = []
-    for event in waiting:
-        if time.monotonic() - began > TAKE_ALONG_SECONDS:
-            break
-        stripe_event_id = event.stripe_event_id
-        try:
-            with db.session.begin_nested():
-                outcome = services.apply_event(db.session, event, gateway_or_none, livemode=livemode)
-        except (services.ProcessingFailed, SQLAlchemyError) as error:
-            # Its savepoint is rolled back and it stays pending: its own job (or, if
-            # it has none, the sweeper's) records the failure and retries it with backoff.
-            log.warning("stripe_webhook_take_along_failed", event_id=stripe_event_id, error=str(error)[:300])
-            continue
-        if outcome.ran:
-            applied.append(outcome)
+    try:
+        applied = _apply_batch(asked, size, isolate=False)
+    except (services.ProcessingFailed, SQLAlchemyError) as error:
+        db.session.rollback()
+        log.warning("stripe_webhook_take_along_isolating", event_id=asked, error=str(error)[:300])
+        applied = _apply_batch(asked, size, isolate=True)
     db.session.commit()
     for outcome in applied:
         _follow_up(outcome)
@@ -221,6 +211,35 @@ def _take_along(asked: str) -> int:
         with suppress(RedisError):  # best effort: a job left behind finds its event done
             discard_waiting(get_queue().connection, [job_id(o.stripe_event_id) for o in applied])
     return len(applied)
+
+
+def _apply_batch(asked: str, size: int, *, isolate: bool) -> list[services.Outcome]:
+    """Lock up to `size` pending events and apply them; `isolate`: each in a savepoint, failures skipped."""
+    began = time.monotonic()
+    waiting = services.pending_events(db.session, size, exclude=asked)
+    handlers.load_claimed_transactions(db.session, [event.payload["data"]["object"] for event in waiting])
+    livemode = _livemode()
+    applied: list[services.Outcome] = []
+    for event in waiting:
+        if time.monotonic() - began > TAKE_ALONG_SECONDS:
+            break
+        if not isolate:
+            outcome = services.apply_event(db.session, event, gateway_or_none, livemode=livemode)
+        else:
+            stripe_event_id = event.stripe_event_id
+            try:
+                with db.session.begin_nested():
+                    outcome = services.apply_event(db.session, event, gateway_or_none, livemode=livemode)
+            except (services.ProcessingFailed, SQLAlchemyError) as error:
+                # Its savepoint is rolled back and it stays pending: its own job (or, if
+                # it has none, the sweeper's) records the failure and retries it with backoff.
+                log.warning(
+                    "stripe_webhook_take_along_failed", event_id=stripe_event_id, error=str(error)[:300]
+                )
+                continue
+        if outcome.ran:
+            applied.append(outcome)
+    return applied
 
 
 @app_job

@@ -1,7 +1,7 @@
-"""The Stripe webhook endpoint, and the admin pages that show and replay its events.
+"""The admin pages that show and replay Stripe's webhook events (admins and owners).
 
-`POST /v1/payments/stripe/webhooks` is public (Stripe signs it, no login, no
-CSRF); everything under /webhooks is for admins and owners.
+Stripe's own endpoint, `POST /v1/payments/stripe/webhooks`, is answered below
+Flask by recovery/webhooks/receiver.py.
 """
 
 from __future__ import annotations
@@ -9,18 +9,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from redis.exceptions import RedisError
-from sqlalchemy.exc import SQLAlchemyError
-from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Response
 
 from recovery.audit import Actor
-from recovery.extensions import csrf, db, limiter
+from recovery.extensions import db
 from recovery.logs import get_logger
 from recovery.models import Organization, Role, WebhookState
-from recovery.payments.gateway import WebhookRejected, verify_webhook
 from recovery.queue import get_queue
 from recovery.security import require_role
 from recovery.webhooks import jobs, services
@@ -28,86 +25,7 @@ from recovery.webhooks.forms import ImportSettingsForm, ProcessAgainForm, Reconc
 
 log = get_logger("recovery.webhooks")
 
-receiver = Blueprint("stripe_webhooks", __name__)
-csrf.exempt(receiver)  # Stripe cannot send a CSRF token; the signature is the check
-# No rate limit: Stripe's retries are the backpressure, and a refused event is a lost one.
-limiter.exempt(receiver)
-
 bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
-
-
-def _answer(status: int, kind: str, message: str) -> tuple[Response, int]:
-    return jsonify(error={"type": kind, "message": message}), status
-
-
-def _secrets() -> list[str]:
-    return [s.strip() for s in str(current_app.config["STRIPE_WEBHOOK_SECRET"]).split(",") if s.strip()]
-
-
-def _store(event: dict[str, Any]) -> services.Received:
-    """Store the event with one statement that commits itself, on a connection of its own.
-
-    Autocommit spares the BEGIN and COMMIT round trips around the INSERT, and
-    the row is still durable before the 200 tells Stripe to stop sending.
-    """
-    with db.engine.connect() as connection:
-        connection.execution_options(isolation_level="AUTOCOMMIT")
-        return services.store_event(connection, event)
-
-
-@receiver.post("/v1/payments/stripe/webhooks", strict_slashes=False)
-def receive() -> Any:
-    """Verify, store, enqueue, answer: in that order, so a stored event is never lost."""
-    config = current_app.config
-    request.max_content_length = config["STRIPE_WEBHOOK_MAX_BYTES"]
-    client = request.remote_addr
-    try:
-        payload = request.get_data(cache=False)
-    except RequestEntityTooLarge:
-        log.warning("stripe_webhook_too_large", client=client, content_length=request.content_length)
-        return _answer(413, "payload_too_large", "body over the size limit")
-    try:
-        event = verify_webhook(
-            payload,
-            request.headers.get("Stripe-Signature"),
-            _secrets(),
-            config["STRIPE_WEBHOOK_TOLERANCE_SECONDS"],
-        )
-    except WebhookRejected as rejected:
-        if rejected.reason == "not_configured":
-            log.error("stripe_webhook_not_configured", client=client)
-            return _answer(503, "not_configured", "STRIPE_WEBHOOK_SECRET is not configured")
-        name = (
-            "stripe_webhook_invalid_body"
-            if rejected.reason.startswith("not_")
-            else "stripe_webhook_signature_invalid"
-        )
-        log.warning(name, reason=rejected.reason, client=client, bytes=len(payload))
-        return _answer(400, "invalid_request", rejected.message)
-    try:
-        received = _store(event)
-    except SQLAlchemyError as error:
-        # 5xx: Stripe retries for three days; nothing was stored or enqueued.
-        log.error("stripe_webhook_store_failed", event_id=event["id"], type=event["type"], error=str(error))
-        return _answer(503, "unavailable", "could not store the event; retry later")
-    queued = False
-    if received.created:
-        try:
-            jobs.enqueue_processing(received.stripe_event_id)
-            queued = True
-        except RedisError as error:
-            # Stored is what matters: the sweeper enqueues it once Redis is back.
-            log.warning("stripe_webhook_enqueue_failed", event_id=received.stripe_event_id, error=str(error))
-    log.info(
-        "stripe_webhook_received",
-        event_id=received.stripe_event_id,
-        type=received.type,
-        duplicate=not received.created,
-        queued=queued,
-        livemode=bool(event.get("livemode")),
-        client=client,
-    )
-    return jsonify(received=True, duplicate=not received.created), 200
 
 
 # --- admin pages ---------------------------------------------------------------
