@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from redis import Redis
+from sqlalchemy import event as sa_event
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
@@ -1130,6 +1131,33 @@ def unknown_events(count: int) -> list[dict[str, Any]]:
     return [
         se.event("customer.created", {"id": se.new_id("cus"), "object": "customer"}) for _ in range(count)
     ]
+
+
+def test_a_batch_loads_the_transactions_its_events_name_in_one_query(client, make_org, make_transaction):
+    org = make_org()
+    txns = [make_transaction(org) for _ in range(4)]
+    _db.session.commit()
+    evts = [se.event("payment_intent.payment_failed", se.declined(txn)) for txn in txns]
+    for evt in evts:
+        assert se.post(client, evt).status_code == 200
+    _db.session.remove()  # the job starts with nothing loaded, as a worker does
+    statements: list[str] = []
+    listen = sa_event.listens_for(_db.engine, "before_cursor_execute")
+
+    @listen
+    def note(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(" ".join(statement.replace('"', "").split()))
+
+    try:
+        run_job(jobs.process_webhook_event, evts[0]["id"])
+    finally:
+        sa_event.remove(_db.engine, "before_cursor_execute", note)
+
+    assert {stored(evt["id"]).status for evt in evts} == {WebhookState.PROCESSED}
+    by_id = [s for s in statements if s.startswith("SELECT transaction.") and "WHERE transaction.id =" in s]
+    by_ids = [s for s in statements if s.startswith("SELECT transaction.") and "transaction.id IN" in s]
+    assert len(by_ids) == 1  # the three taken along, at once
+    assert len(by_id) == 1  # the job's own event, before it took the others along
 
 
 def test_one_job_applies_the_waiting_events_and_removes_their_jobs(client):

@@ -217,7 +217,7 @@ def _apply_batch(asked: str, size: int, *, isolate: bool) -> list[services.Outco
     """Lock up to `size` pending events and apply them; `isolate`: each in a savepoint, failures skipped."""
     began = time.monotonic()
     waiting = services.pending_events(db.session, size, exclude=asked)
-    handlers.load_claimed_transactions(db.session, [event.payload["data"]["object"] for event in waiting])
+    claimed = handlers.load_claimed_transactions(db.session, [e.payload["data"]["object"] for e in waiting])
     livemode = _livemode()
     applied: list[services.Outcome] = []
     for event in waiting:
@@ -239,6 +239,7 @@ def _apply_batch(asked: str, size: int, *, isolate: bool) -> list[services.Outco
                 continue
         if outcome.ran:
             applied.append(outcome)
+    del claimed  # held until here, so that `match` found them in the session
     return applied
 
 
