@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -183,6 +184,48 @@ def send(port: int, events: list[tuple[bytes, str]], senders: int, seconds: floa
     }
 
 
+def send_wrk(port: int, events: list[tuple[bytes, str]], senders: int, seconds: float) -> dict[str, Any]:
+    """The same closed loop from wrk (C, one thread, `senders` connections): less of the two cores."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        sys.exit("--client wrk needs wrk (Debian: apt-get install wrk).")
+    path = OUT / "wrk-events.bin"
+    with path.open("wb") as out:
+        for body, signature in events:
+            out.write(f"{signature} {len(body)}\n".encode() + body)
+    busy_before, total_before = cpu_times()
+    finished = subprocess.run(
+        [
+            wrk,
+            "-t1",
+            f"-c{senders}",
+            f"-d{seconds:.0f}s",
+            "--latency",
+            "-s",
+            str(ROOT / "bench" / "wrk_events.lua"),
+            f"http://{HOST}:{port}",
+            "--",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    busy_after, total_after = cpu_times()
+    result = json.loads(finished.stdout.strip().splitlines()[-1])
+    elapsed = result["duration_us"] / 1e6
+    errors = result["status_errors"] + result["socket_errors"]
+    return {
+        "events": result["requests"],
+        "errors": errors,
+        "seconds": round(elapsed, 2),
+        "accepted_per_s": round((result["requests"] - errors) / elapsed, 1),
+        **{f"{q}_ms": round(result[f"{q}_us"] / 1000, 2) for q in ("p50", "p95", "p99", "max")},
+        "machine_cpu_pct": round(100 * (busy_after - busy_before) / max(1, total_after - total_before)),
+        "duplicates_possible": result["requests"] > len(events),
+    }
+
+
 def drain(workers: int, queued: int) -> dict[str, Any]:
     """Run `flask worker --burst` processes until the queue is empty; events/s processed.
 
@@ -259,6 +302,12 @@ def main() -> None:
     parser.add_argument("--senders", type=int, default=8)
     parser.add_argument("--max-events", type=int, default=60_000)
     parser.add_argument("--drain-only", type=int, metavar="EVENTS", help="store EVENTS, time only the drain")
+    parser.add_argument(
+        "--client",
+        choices=("python", "wrk"),
+        default="python",
+        help="the load generator: Python threads (default), or wrk, which leaves the server more CPU",
+    )
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     ensure_database()
@@ -275,6 +324,7 @@ def main() -> None:
         # whatever it has or has not got to yet (it ran during runs and halved them).
         conn.execute("VACUUM ANALYZE webhook_event, bench_bare_event")
     run = time.strftime("%H%M%S")
+    load = send_wrk if args.client == "wrk" else send
     redis = Redis.from_url(REDIS_URL)
     redis.flushdb()
     idle = idle_check()
@@ -292,7 +342,7 @@ def main() -> None:
         extra_env={"STRIPE_WEBHOOK_SECRET": SECRET, "LOG_LEVEL": "WARNING"},
     ):
         send(PORT, warm, args.senders, 10)  # warm-up: connections, imports, caches
-        app_result = send(PORT, main_events, args.senders, args.seconds)
+        app_result = load(PORT, main_events, args.senders, args.seconds)
     queued = int(redis.llen("rq:queue:default"))
     drained = drain(2, queued)
 
@@ -300,19 +350,20 @@ def main() -> None:
     bare_port = PORT + 1
     with bare_server(2, bare_port):
         send(bare_port, make_events(org_id, transactions, 400, run + "bw"), args.senders, 10)
-        bare = send(bare_port, bare_events, args.senders, args.seconds)
+        bare = load(bare_port, bare_events, args.senders, args.seconds)
 
     ratio = (
         round(app_result["accepted_per_s"] / bare["accepted_per_s"], 2) if bare["accepted_per_s"] else None
     )
     result = {
+        "client": args.client,
         "idle_busy_pct": round(idle),
         "app": app_result,
         "queue": {"queued": queued, **drained},
         "bare": bare,
         "app_to_bare": ratio,
     }
-    print(f"receiving (gunicorn -w 2, {args.senders} senders): {json.dumps(app_result)}")
+    print(f"receiving (gunicorn -w 2, {args.senders} senders, {args.client}): {json.dumps(app_result)}")
     print(f"draining (2 RQ workers): {json.dumps(drained)}")
     print(f"bare verify+insert (gunicorn -w 2): {json.dumps(bare)}")
     print(f"app / bare accepted rate: {ratio}")
