@@ -229,6 +229,23 @@ def test_the_answer_and_the_log_lines_carry_the_request_id(client, log_lines):
     assert len(fresh.headers["X-Request-ID"]) == 32  # ours, when the caller sends none
 
 
+def test_an_unexpected_error_answers_500_as_json_and_is_logged(client, log_lines, monkeypatch):
+    def broken(stripe_event_id: str) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(jobs, "enqueue_processing", broken)
+    evt = se.event("customer.created", {"id": "cus_1", "object": "customer"})
+
+    response = se.post(client, evt)
+
+    assert response.status_code == 500  # Stripe sends it again
+    assert response.json["error"]["type"] == "internal_error"
+    [line] = [e for e in log_lines() if e["event"] == "stripe_webhook_error"]
+    assert "RuntimeError: a bug" in line["exception"] and line["client"] == "127.0.0.1"
+    assert len(events()) == 1  # stored before the error: the redelivery is a duplicate, the sweeper queues it
+    assert se.post(client, evt).json == {"received": True, "duplicate": True}
+
+
 @pytest.mark.parametrize("app_config", [{"STRIPE_WEBHOOK_SECRET": se.SECRET, "PROXY_FIX": 1}])
 def test_behind_a_proxy_the_log_names_the_forwarded_client(client, log_lines):
     evt = se.event("customer.created", {"id": "cus_1", "object": "customer"})

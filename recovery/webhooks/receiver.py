@@ -52,14 +52,23 @@ class StripeWebhookReceiver:
                 response = _answer(405, "method_not_allowed", "POST a signed Stripe event here")
                 response.headers["Allow"] = "POST"
             else:
-                with self.app.app_context():
-                    response = self.receive(request)
+                response = self.receive_or_500(request)
         finally:
             logs.unbind_request_id()
         response.headers["X-Request-ID"] = request_id
         response.headers["Cache-Control"] = "no-store"
         response.headers["X-Content-Type-Options"] = "nosniff"
         return response(environ, start_response)
+
+    def receive_or_500(self, request: Request) -> Response:
+        try:
+            with self.app.app_context():
+                return self.receive(request)
+        except Exception:
+            # Flask's error handling is not in front of this path, so say it here. A 5xx makes
+            # Stripe send the event again; if it was stored, that is answered as a duplicate.
+            log.exception("stripe_webhook_error", client=request.remote_addr)
+            return _answer(500, "internal_error", "the event could not be taken; retry later")
 
     def receive(self, request: Request) -> Response:
         """Verify, store, enqueue, answer: in that order, so a stored event is never lost."""
