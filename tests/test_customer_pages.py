@@ -187,6 +187,37 @@ def test_an_already_paid_link_says_so_with_a_receipt(
     assert stripe_sandbox.requests() == []
 
 
+def test_stripe_down_asks_the_customer_to_try_again_shortly(
+    client: FlaskClient, org, make_transaction, attempt_for, stripe_sandbox
+) -> None:
+    attempt = attempt_for(make_transaction(org, transaction_ref="TXN-DOWN"))
+    stripe_sandbox.fault(status=500, count=3)  # the first try and both retries
+
+    response = client.post(f"/pay/{attempt.token}")
+
+    assert response.status_code == 503
+    page = text(response)
+    assert "Please try again in a minute" in page and "Pay now" in page
+    assert "cannot be taken online" not in page
+
+
+def test_a_refusal_that_will_not_pass_says_whom_to_contact_not_to_retry(
+    client: FlaskClient, db, org, make_transaction, attempt_for, stripe_sandbox
+) -> None:
+    org.reply_to_email = "billing@merchant.example"
+    attempt = attempt_for(make_transaction(org, transaction_ref="TXN-REFUSED"))
+    db.session.commit()
+    stripe_sandbox.fault(status=400, count=1)  # an invalid request: the same request fails the same way
+
+    response = client.post(f"/pay/{attempt.token}")
+
+    assert response.status_code == 502
+    page = text(response)
+    assert "This payment cannot be taken online at the moment. Nothing was charged." in page
+    assert "billing@merchant.example" in page and "TXN-REFUSED" in page
+    assert "try again" not in page
+
+
 def test_a_link_paid_at_stripe_offers_no_second_session_before_the_webhook(
     client: FlaskClient, db, org, make_transaction, attempt_for, stripe_sandbox
 ) -> None:

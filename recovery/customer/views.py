@@ -186,7 +186,12 @@ def checkout(token: str) -> Any:
         )
     except (StripeFailure, payments.PaymentRefused) as error:
         db.session.commit()  # keep a closed reservation
-        log.warning("customer_checkout_failed", attempt_id=attempt.id, error=error.message)
+        # Only an outage or a rate limit passes; anything else Stripe refused will be
+        # refused again, and telling the customer to retry would have them retry forever.
+        passing = isinstance(error, StripeFailure) and error.retryable
+        (log.warning if passing else log.error)(
+            "customer_checkout_failed", attempt_id=attempt.id, error=error.message, retryable=passing
+        )
         ended = _render_state(attempt, transaction, organization, now)  # paid meanwhile, in another tab
         if ended is not None:
             return ended
@@ -194,10 +199,15 @@ def checkout(token: str) -> Any:
             "customer/pay.html",
             attempt=attempt,
             transaction=transaction,
-            error="We could not open the payment page just now. Please try again in a minute.",
+            error=(
+                "We could not open the payment page just now. Please try again in a minute."
+                if passing
+                else "This payment cannot be taken online at the moment. Nothing was charged."
+            ),
+            error_contact=not passing,
             **_brand(organization),
         )
-        return page, 503
+        return page, 503 if passing else 502
     db.session.commit()
     if not record.url:
         abort(503)
