@@ -293,6 +293,24 @@ def test_wrong_key_is_a_clear_500(
         }
 
 
+def test_a_request_refused_for_our_key_goes_through_once_the_key_is_fixed(
+    app: Flask, client: FlaskClient, org: Organization, make_transaction: Any, token_for: Any
+) -> None:
+    """Stripe runs nothing for a rejected key, so a repeat with the same Idempotency-Key is a new try."""
+    good_key = app.config["STRIPE_SECRET_KEY"]
+    app.config["STRIPE_SECRET_KEY"] = "sk_test_wrong_key_123456"
+    transaction = make_transaction(org, customer_email=None)  # the session create is the first call
+    headers = token_for(org, **{"Idempotency-Key": "order-88"})
+    body = {"transaction_ref": transaction.transaction_ref}
+    assert client.post(CHECKOUT, json=body, headers=headers).status_code == 500
+
+    app.config["STRIPE_SECRET_KEY"] = good_key
+    response = client.post(CHECKOUT, json=body, headers=headers)
+
+    assert response.status_code == 201, response.json
+    assert response.json["session_id"].startswith("cs_test_")
+
+
 def test_retries_on_500_then_succeeds_with_one_key(
     client: FlaskClient, org: Organization, make_transaction: Any, token_for: Any, stripe_sandbox: Any
 ) -> None:

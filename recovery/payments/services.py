@@ -39,6 +39,9 @@ METADATA_KEY_MAX = 40
 METADATA_VALUE_MAX = 500
 # Keys we set ourselves; a client's metadata may not overwrite them.
 RESERVED_METADATA = frozenset({"organization_id", "transaction_id", "transaction_ref", "attempt_id"})
+# Refusals of our key itself: Stripe ran nothing and saved nothing under the idempotency
+# key, so once the key is fixed the same request must be sent again, not answered as failed.
+NOT_EXECUTED = frozenset({"authentication", "permission"})
 # Nothing can be collected for these any more.
 CLOSED_STATUSES = frozenset(
     {TransactionStatus.RECOVERED, TransactionStatus.CANCELLED, TransactionStatus.REFUNDED}
@@ -373,7 +376,7 @@ def create_checkout_session(
             key=reservation.idempotency_key,
         )
     except StripeFailure as failure:
-        if not failure.retryable:
+        if not failure.retryable and failure.kind not in NOT_EXECUTED:
             # Stripe saved this answer under the key; a repeat would only get it again.
             reservation.transition(CheckoutStatus.FAILED)
             reservation.error = failure.message[:500]
