@@ -1220,7 +1220,7 @@ def test_a_batch_of_one_applies_only_its_own_event(client):
     assert len(queued_ids()) == 3  # RQ removes a job from the queue as it starts it; run_job does not
 
 
-def test_a_taken_along_event_that_fails_keeps_its_job_and_fails_nobody_else(client, monkeypatch):
+def test_a_taken_along_event_that_fails_keeps_its_job_and_fails_nobody_else(client, monkeypatch, log_lines):
     def broken(ctx: handlers.Context, obj: dict[str, Any]) -> str:
         raise RuntimeError("this one is broken")
 
@@ -1234,6 +1234,9 @@ def test_a_taken_along_event_that_fails_keeps_its_job_and_fails_nobody_else(clie
 
     assert stored(first["id"]).status == WebhookState.IGNORED
     assert stored(second["id"]).status == WebhookState.IGNORED
+    # The batch ran straight through, hit the failure, and was applied again event by event.
+    [isolating] = [e for e in log_lines() if e["event"] == "stripe_webhook_take_along_isolating"]
+    assert isolating["failed_event_id"] == failing["id"]
     # Rolled back and left pending, with its own job still waiting...
     assert stored(failing["id"]).status == WebhookState.PENDING
     assert waiting_ids() == [jobs.job_id(first["id"]), jobs.job_id(failing["id"])]

@@ -202,7 +202,13 @@ def _take_along(asked: str) -> int:
         applied = _apply_batch(asked, size, isolate=False)
     except (services.ProcessingFailed, SQLAlchemyError) as error:
         db.session.rollback()
-        log.warning("stripe_webhook_take_along_isolating", event_id=asked, error=str(error)[:300])
+        failed = error.stripe_event_id if isinstance(error, services.ProcessingFailed) else None
+        log.warning(
+            "stripe_webhook_take_along_isolating",
+            event_id=asked,
+            failed_event_id=failed,
+            error=str(error)[:300],
+        )
         applied = _apply_batch(asked, size, isolate=True)
     db.session.commit()
     for outcome in applied:
