@@ -18,7 +18,8 @@ bench/out/checkout_create-*.json.
 `--floor` sends the same requests to `bench.bare_checkout` as well: the
 create's own SQL on raw psycopg, with no Flask, ORM or Stripe call, i.e. the
 least any crash-safe implementation of this endpoint costs on this machine
-("floor"), then to the same SQL in a bare Flask view ("flask").
+("floor"), then to the same SQL in a bare Flask view ("flask"), then to the
+same SQL in three round trips instead of twelve ("pipe").
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ SANDBOX_PORT = int(os.environ.get("BENCH_SANDBOX_PORT", "18111"))
 SANDBOX_KEY = "sk_test_bench"
 ORG_SLUG = "bench-checkout"
 COLUMNS = ("p50 ms", "p95 ms", "p99 ms", "max ms")
+FLOORS = (
+    ("floor", "bench.bare_checkout:app"),
+    ("flask", "bench.bare_checkout:flask_app"),
+    ("pipe", "bench.bare_checkout:pipelined_app"),
+)
 
 
 def stripe_env() -> dict[str, str]:
@@ -183,7 +189,7 @@ def main() -> None:
     client_counts = args.clients or [1, 4]
     common.ensure_database()
     busy = common.idle_check()
-    total = (args.warmup + args.requests * len(client_counts)) * (3 if args.floor else 1)
+    total = (args.warmup + args.requests * len(client_counts)) * (1 + len(FLOORS) if args.floor else 1)
     token, refs = prepare(total)
     report: dict[str, Any] = {"requests": args.requests, "busy_before_percent": round(busy, 1), "runs": {}}
     print(f"{'server':<6} {'clients':>7} {'n':>6} {'measure':<8}" + "".join(f"{h:>8}" for h in COLUMNS))
@@ -196,7 +202,7 @@ def main() -> None:
             sandbox.terminate()
             sandbox.wait(timeout=10)
     if args.floor:
-        for server, app in (("floor", "bench.bare_checkout:app"), ("flask", "bench.bare_checkout:flask_app")):
+        for server, app in FLOORS:
             with common.gunicorn(
                 workers=2, log_name=f"gunicorn-{server}-checkout.log", app=app, ready_path="/"
             ):

@@ -113,6 +113,22 @@ def parse_amount(raw: str | int | None, currency: str, *, major: bool = False) -
     return minor
 
 
+def card_charge_problem(amount: int, currency: str) -> str | None:
+    """Why Stripe would refuse to charge `amount` by card, or None if it would not.
+
+    Stripe takes three-decimal currencies in thousandths but charges them only in
+    whole tens (5.124 KWD must become 5.120 or 5.130). We never round a
+    customer's debt ourselves, so such an amount cannot be collected as it is.
+    """
+    code = currency.lower()
+    if code in THREE_DECIMAL and amount % 10:
+        return (
+            f"Stripe charges {code.upper()} only in steps of 0.010, so "
+            f"{format_amount(amount, code)} cannot be collected as it is."
+        )
+    return None
+
+
 def to_major(amount: int, currency: str) -> Decimal:
     return Decimal(amount).scaleb(-exponent(currency))
 

@@ -6,6 +6,7 @@ import pytest
 
 from recovery.money import (
     AmountError,
+    card_charge_problem,
     exponent,
     format_amount,
     format_major,
@@ -53,6 +54,23 @@ def test_format_amount_with_an_unknown_locale_still_shows_the_amount() -> None:
 )
 def test_format_major_for_forms(amount: int, currency: str, expected: str) -> None:
     assert format_major(amount, currency) == expected
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency", "problem"),
+    [
+        (5124, "kwd", "Stripe charges KWD only in steps of 0.010, so KWD5.124 cannot be collected as it is."),
+        (1, "BHD", "Stripe charges BHD only in steps of 0.010, so BHD0.001 cannot be collected as it is."),
+        (5120, "kwd", None),
+        (10, "tnd", None),
+        (5124, "usd", None),
+        (5125, "jpy", None),
+    ],
+)
+def test_card_charge_problem_follows_stripes_three_decimal_rule(
+    amount: int, currency: str, problem: str | None
+) -> None:
+    assert card_charge_problem(amount, currency) == problem
 
 
 @pytest.mark.parametrize(

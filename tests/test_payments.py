@@ -10,7 +10,7 @@ import pytest
 import stripe
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from recovery.audit import Actor
 from recovery.models import (
@@ -210,6 +210,34 @@ def test_closed_transaction_offers_no_payment(
         )
         assert response.status_code == 409
         assert status in response.json["error"]["message"]
+
+
+def test_an_amount_stripe_cannot_charge_is_refused_before_asking_stripe(
+    client: FlaskClient,
+    db: Any,
+    org: Organization,
+    make_transaction: Any,
+    token_for: Any,
+    stripe_sandbox: Any,
+) -> None:
+    # 5.124 KWD: Stripe takes three-decimal currencies only in whole tens of fils.
+    make_transaction(org, transaction_ref="KWD-1", amount=5124, currency="kwd")
+    headers = token_for(org)
+    for path in (CHECKOUT, LINKS):
+        response = client.post(path, json={"transaction_ref": "KWD-1"}, headers=headers)
+        assert response.status_code == 422, response.json
+        error = response.json["error"]
+        assert (
+            error["message"]
+            == "Stripe charges KWD only in steps of 0.010, so KWD5.124 cannot be collected as it is."
+        )
+        assert set(error["fields"]) == {"amount"}
+    assert stripe_sandbox.requests() == []
+    assert db.session.scalar(select(func.count()).select_from(CheckoutSession)) == 0
+
+    make_transaction(org, transaction_ref="KWD-2", amount=5120, currency="kwd")
+    response = client.post(CHECKOUT, json={"transaction_ref": "KWD-2"}, headers=headers)
+    assert response.status_code == 201, response.json
 
 
 def test_viewer_token_cannot_create(

@@ -173,6 +173,8 @@ def test_one_active_attempt_per_transaction(db, org, make_transaction):
         ({}, {"schedule": [0, 7]}, 422, "before the link expires"),
         ({}, {"schedule": ""}, 422, "at least one day"),
         ({"failure_code": "fraudulent"}, {}, 422, "excluded from recovery"),
+        # Stripe charges KWD only in tens of fils: every link sent would be refused there.
+        ({"amount": 5124, "currency": "kwd"}, {}, 422, "KWD only in steps of 0.010"),
     ],
 )
 def test_start_refusals(db, make_org, make_transaction, transaction_values, options, status, message):

@@ -291,6 +291,8 @@ def _line(**price_data: Any) -> list[dict[str, Any]]:
             "parameter_missing",
         ),
         ({"customer": "cus_missing", "customer_email": None}, "customer", "resource_missing"),
+        # Stripe charges three-decimal currencies only in whole tens of their minor unit.
+        ({"line_items": _line(currency="kwd", unit_amount=5124)}, "line_items[0]", None),
         ({"expires_at": "soon"}, "expires_at", "parameter_invalid_integer"),
         ({"colour": "blue"}, "colour", "parameter_unknown"),
     ],
@@ -310,6 +312,13 @@ def test_expires_at_must_be_30_minutes_to_24_hours_away(stripe_client: Any, offs
     with pytest.raises(stripe.InvalidRequestError) as raised:
         stripe_client.v1.checkout.sessions.create(params=session_params(expires_at=int(time.time()) + offset))
     assert raised.value.param == "expires_at"
+
+
+def test_a_three_decimal_amount_ending_in_0_is_charged(stripe_client: Any) -> None:
+    session = stripe_client.v1.checkout.sessions.create(
+        params=session_params(line_items=_line(currency="bhd", unit_amount=5120))
+    )
+    assert (session.amount_total, session.currency) == (5120, "bhd")
 
 
 def test_expires_at_within_the_window_is_kept(stripe_client: Any) -> None:

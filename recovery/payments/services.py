@@ -29,6 +29,7 @@ from recovery.models import (
     utcnow,
 )
 from recovery.models.base import DbSession, commit_keeping_state, insert_ignoring_duplicates
+from recovery.money import card_charge_problem
 from recovery.payments.gateway import CheckoutSessionInfo, StripeFailure, StripeGateway
 
 log = get_logger("recovery.payments")
@@ -177,6 +178,10 @@ def _check_collectable(transaction: Transaction) -> None:
 
 
 def _check_amount(transaction: Transaction, request: CheckoutRequest) -> None:
+    problem = card_charge_problem(transaction.amount, transaction.currency)
+    if problem:
+        # Stripe would refuse it; asking it would only record a failed attempt.
+        raise PaymentRefused(problem, field="amount")
     if request.amount is not None and request.amount != transaction.amount:
         raise PaymentRefused(
             f"amount {request.amount} does not match the transaction's amount {transaction.amount}.",

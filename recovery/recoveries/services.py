@@ -44,6 +44,7 @@ from recovery.models import (
 )
 from recovery.models.base import DbSession, insert_ignoring_duplicates
 from recovery.models.message import DELIVERY_FAILED
+from recovery.money import card_charge_problem
 from recovery.payments import services as payments
 from recovery.payments.gateway import StripeGateway
 from recovery.recoveries.quiet_hours import allowed_at
@@ -339,6 +340,10 @@ def start_recovery(
             f"Failure code {transaction.failure_code} is excluded from recovery in the settings.",
             status=422,
         )
+    problem = card_charge_problem(transaction.amount, transaction.currency)
+    if problem:
+        # Every link we sent would end on a refusal at Stripe.
+        raise RecoveryRefused(problem, field="amount")
     running = active_attempt(session, transaction.id)
     if running is not None:
         raise AlreadyActive(running.id)

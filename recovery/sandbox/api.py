@@ -29,7 +29,7 @@ from recovery.sandbox.forms import (
     decode_form,
     metadata,
 )
-from recovery.sandbox.objects import CURRENCIES, PRIVATE, fixture_keys, public
+from recovery.sandbox.objects import CURRENCIES, PRIVATE, THREE_DECIMAL, fixture_keys, public
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
 
@@ -449,6 +449,15 @@ def line_items(sandbox: Sandbox, raw: Any) -> list[dict[str, Any]]:
         items.append(objects.line_item(price_obj=price, description=description, quantity=quantity))
     if len({item["currency"] for item in items}) > 1:
         raise invalid("line_items", "All line items must use the same currency.")
+    for index, item in enumerate(items):
+        code = item["currency"]
+        if code in THREE_DECIMAL and item["price"]["unit_amount"] % 10:
+            # Stripe's rule for card payments in three-decimal currencies.
+            raise invalid(
+                f"line_items[{index}]",
+                f"Amounts in {code.upper()} must be a multiple of 10 (the last digit must be 0) "
+                f"to be charged; got {item['price']['unit_amount']}.",
+            )
     return items
 
 

@@ -32,6 +32,14 @@ pyg qar ron rsd rub rwf sar sbd scr sek sgd shp sle sos srd std szl thb tjs tnd 
 uah ugx uyu uzs vnd vuv wst xaf xcd xof xpf yer zar zmw
 """
 CURRENCIES = frozenset(_CURRENCY_LIST.split())
+# fmt: off
+ZERO_DECIMAL = frozenset({
+    "bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga",
+    "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf",
+})
+# fmt: on
+# Stripe takes these in thousandths, but charges only whole tens of them.
+THREE_DECIMAL = frozenset({"bhd", "jod", "kwd", "omr", "tnd"})
 
 
 @cache

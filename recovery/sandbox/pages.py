@@ -16,17 +16,10 @@ from werkzeug.wrappers import Response
 from recovery.sandbox import payments
 from recovery.sandbox.context import current
 from recovery.sandbox.errors import StripeError
-from recovery.sandbox.objects import PRIVATE
+from recovery.sandbox.objects import PRIVATE, THREE_DECIMAL, ZERO_DECIMAL
 
 bp = Blueprint("pages", __name__)
 
-# fmt: off
-ZERO_DECIMAL = frozenset({
-    "bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga",
-    "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf",
-})
-# fmt: on
-THREE_DECIMAL = frozenset({"bhd", "jod", "kwd", "omr", "tnd"})
 SYMBOLS = {"usd": "$", "eur": "€", "gbp": "£", "jpy": "¥", "inr": "₹", "krw": "₩", "cny": "¥", "brl": "R$"}
 _EXPIRY = re.compile(r"^\s*(\d{1,2})\s*/\s*(\d{2}|\d{4})\s*$")
 
