@@ -15,7 +15,7 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from recovery.models import Organization, Transaction, User
+from recovery.models import CheckoutSession, Organization, Transaction, User
 from tests.conftest import bearer, csrf_token
 from tests.csvdata import csv_bytes, row
 from tests.test_imports import problems, the_import, upload
@@ -87,6 +87,34 @@ def test_text_no_database_can_store_is_refused_with_the_field(api, db, body):
     [field] = response.get_json()["error"]["fields"]
     assert field in body and field != "transaction_ref"
     assert db.session.scalar(select(Transaction.id)) is None
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/payments/stripe/checkout-sessions", "/v1/payments/stripe/payment-links", "/v1/recoveries"]
+)
+def test_a_reference_no_transaction_can_have_is_not_found(api, path):
+    payload = json.dumps({"transaction_ref": "TXN-\ud800"})
+
+    response = api("POST", path, data=payload, content_type="application/json")
+
+    assert response.status_code == 404
+    assert response.get_json()["error"]["message"] == "Transaction not found"
+
+
+@pytest.mark.parametrize("metadata", [{"order_id": "\ud800"}, {"\ud800": "x"}, {"note": "a\u001bb"}])
+def test_checkout_metadata_stripe_cannot_be_sent_is_refused_before_anything_is_saved(
+    api, db, org, make_transaction, metadata
+):
+    make_transaction(org, transaction_ref="TXN-META")
+    payload = json.dumps({"transaction_ref": "TXN-META", "metadata": metadata})
+
+    response = api(
+        "POST", "/v1/payments/stripe/checkout-sessions", data=payload, content_type="application/json"
+    )
+
+    assert response.status_code == 422
+    assert list(response.get_json()["error"]["fields"]) == ["metadata"]
+    assert db.session.scalar(select(CheckoutSession.id)) is None
 
 
 @pytest.mark.parametrize("depth", [0, 700])

@@ -31,6 +31,7 @@ from recovery.models import (
 from recovery.models.base import DbSession, commit_keeping_state, insert_ignoring_duplicates
 from recovery.money import card_charge_problem
 from recovery.payments.gateway import CheckoutSessionInfo, StripeFailure, StripeGateway
+from recovery.transactions.validation import has_control_characters
 
 log = get_logger("recovery.payments")
 
@@ -142,6 +143,11 @@ def clean_metadata(raw: Any) -> dict[str, str]:
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise PaymentRefused(f"metadata value for {key!r} must be a string or number.", field="metadata")
         text = str(value)
+        if has_control_characters(key) or has_control_characters(text):
+            # Stripe's form encoding would fail on a lone surrogate, after our reservation.
+            raise PaymentRefused(
+                "metadata keys and values must not contain control characters.", field="metadata"
+            )
         if len(text) > METADATA_VALUE_MAX:
             raise PaymentRefused(
                 f"metadata value for {key!r} is longer than {METADATA_VALUE_MAX} characters.",

@@ -36,6 +36,7 @@ from recovery.transactions.validation import (
     clean_email,
     clean_phone,
     clean_transaction,
+    has_control_characters,
 )
 
 PAGE_SIZE = 50
@@ -136,6 +137,8 @@ def get_for_org(session: DbSession, organization_id: int, transaction_id: int) -
 
 
 def get_by_ref(session: DbSession, organization_id: int, ref: str) -> Transaction | None:
+    if has_control_characters(ref):
+        return None  # no transaction has such a reference (clean_ref refuses it)
     return session.scalar(
         select(Transaction).where(
             Transaction.organization_id == organization_id, Transaction.transaction_ref == ref

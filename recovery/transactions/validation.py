@@ -81,6 +81,14 @@ def _territories() -> frozenset[str]:
     )
 
 
+def has_control_characters(text: str) -> bool:
+    """Whether `text` holds characters we refuse everywhere, lone surrogates among them.
+
+    A database cannot even be asked about such text: the driver fails to encode it.
+    """
+    return _CONTROL.search(text) is not None
+
+
 def clean_text(raw: Any, name: str, *, required: bool = False) -> str | None:
     text = "" if raw is None else str(raw).strip()
     if not text:
