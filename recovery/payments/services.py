@@ -44,6 +44,12 @@ RESERVED_METADATA = frozenset({"organization_id", "transaction_id", "transaction
 # Refusals of our key itself: Stripe ran nothing and saved nothing under the idempotency
 # key, so once the key is fixed the same request must be sent again, not answered as failed.
 NOT_EXECUTED = frozenset({"authentication", "permission"})
+# Stripe's shortest Checkout Session life, counted from when Stripe creates it.
+CHECKOUT_MIN_LIFETIME = timedelta(minutes=30)
+# We count from our reservation, before the Customer is made and the create is
+# sent (and perhaps retried): ask for this much more, so that Stripe never sees
+# less than its minimum and refuses the create for good.
+CHECKOUT_LIFETIME_MARGIN = timedelta(minutes=2)
 # Nothing can be collected for these any more.
 CLOSED_STATUSES = frozenset(
     {TransactionStatus.RECOVERED, TransactionStatus.CANCELLED, TransactionStatus.REFUNDED}
@@ -316,7 +322,7 @@ def _reserve(
         amount=transaction.amount,
         currency=transaction.currency,
         customer_email=email,
-        expires_at=now + expires_in,
+        expires_at=now + max(expires_in, CHECKOUT_MIN_LIFETIME + CHECKOUT_LIFETIME_MARGIN),
         request_fingerprint=_fingerprint(email, metadata),
     )
     session.add(reservation)

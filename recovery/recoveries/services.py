@@ -536,8 +536,6 @@ def due_attempts(session: DbSession, now: datetime, limit: int = 500) -> list[tu
 
 # --- paying ---------------------------------------------------------------------------
 
-# Stripe's bounds on a Checkout Session's life.
-CHECKOUT_MIN = timedelta(minutes=30)
 # A session about to lapse is no use to a customer who is about to pay.
 CHECKOUT_MARGIN = timedelta(minutes=5)
 
@@ -604,7 +602,7 @@ def checkout_for_attempt(
     index = (
         len(sessions) - 1 if latest is not None and latest.status == CheckoutStatus.PENDING else len(sessions)
     )
-    life = max(CHECKOUT_MIN, min(expires_in, attempt.expires_at - now))
+    life = max(payments.CHECKOUT_MIN_LIFETIME, min(expires_in, attempt.expires_at - now))
     return payments.create_checkout_session(
         session,
         gateway,

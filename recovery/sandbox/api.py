@@ -60,10 +60,10 @@ _EXTRA_PARAMS = {
 _LINE_ITEM_KEYS = {"price", "price_data", "quantity", "adjustable_quantity", "dynamic_tax_rates", "tax_rates"}
 _PRICE_DATA_KEYS = {"currency", "product", "product_data", "unit_amount", "tax_behavior", "recurring"}
 _PRODUCT_DATA_KEYS = {"name", "description", "images", "metadata", "tax_code", "unit_label", "tax_details"}
-# Checkout's window for `expires_at`; a few seconds of slack absorb the trip from the caller's clock.
+# Checkout's window for `expires_at`, counted like Stripe from the session's creation,
+# with no slack: a caller who counts from an earlier moment must leave a margin.
 MIN_EXPIRY = 30 * 60
 MAX_EXPIRY = 24 * 3600
-CLOCK_SLACK = 10
 
 
 def params() -> dict[str, Any]:
@@ -507,12 +507,12 @@ def create_session() -> dict[str, Any]:
     expires_at = now + MAX_EXPIRY
     if values.get("expires_at") not in (None, ""):
         expires_at = as_int(values["expires_at"], "expires_at")
-        if expires_at < now + MIN_EXPIRY - CLOCK_SLACK:
+        if expires_at < now + MIN_EXPIRY:
             raise invalid(
                 "expires_at",
                 "The `expires_at` timestamp must be at least 30 minutes from Checkout Session creation.",
             )
-        if expires_at > now + MAX_EXPIRY + CLOCK_SLACK:
+        if expires_at > now + MAX_EXPIRY:
             raise invalid(
                 "expires_at",
                 "The `expires_at` timestamp must be less than 24 hours from Checkout Session creation.",
