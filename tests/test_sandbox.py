@@ -513,6 +513,99 @@ def test_payment_link_with_limit_one_deactivates_after_one_payment(
     assert "This link has been deactivated" in requests.get(link.url, timeout=5).text
 
 
+def _link(v1: Any, **params: Any) -> Any:
+    product = v1.products.create(params={"name": "x"})
+    price = v1.prices.create(params={"product": product.id, "unit_amount": 500, "currency": "usd"})
+    return v1.payment_links.create(params={"line_items": [{"price": price.id, "quantity": 1}], **params})
+
+
+def _open(link: Any) -> str:
+    opened = requests.get(link.url, allow_redirects=False, timeout=5)
+    assert opened.status_code == 302
+    return str(opened.headers["Location"].rsplit("/", 1)[1])
+
+
+def test_a_used_up_link_takes_no_second_payment_from_a_page_opened_before(
+    stripe_client: Any, stripe_sandbox: Any
+) -> None:
+    # Two tabs on a single-use link: once one pays, the other must not charge again.
+    v1 = stripe_client.v1
+    link = _link(v1, restrictions={"completed_sessions": {"limit": 1}})
+    first, second = _open(link), _open(link)
+    assert stripe_sandbox.pay(first)["status"] == "complete"
+
+    refused = stripe_sandbox.pay(second)["error"]
+    assert (refused["code"], refused["message"]) == (
+        "checkout_session_not_open",
+        "This Checkout Session's Payment Link is no longer active.",
+    )
+    assert (
+        "This link has been deactivated"
+        in _pay_page(stripe_sandbox.base_url, second, "4242424242424242").text
+    )
+    assert (
+        "This link has been deactivated"
+        in requests.get(f"{stripe_sandbox.base_url}/c/pay/{second}", timeout=5).text
+    )
+    assert v1.checkout.sessions.retrieve(second).payment_intent is None  # nothing charged
+    assert v1.payment_links.retrieve(link.id).restrictions.completed_sessions.count == 1
+
+
+def test_a_deactivated_link_takes_no_payment_from_a_page_opened_before(
+    stripe_client: Any, stripe_sandbox: Any
+) -> None:
+    v1 = stripe_client.v1
+    link = _link(v1)
+    session_id = _open(link)
+    v1.payment_links.update(link.id, params={"active": False})
+    assert stripe_sandbox.pay(session_id)["error"]["code"] == "checkout_session_not_open"
+    v1.payment_links.update(link.id, params={"active": True})
+    assert stripe_sandbox.pay(session_id)["status"] == "complete"
+
+
+def test_the_test_helper_refuses_an_expired_card_like_stripe(stripe_client: Any, stripe_sandbox: Any) -> None:
+    session = stripe_client.v1.checkout.sessions.create(params=session_params())
+    error = stripe_sandbox.pay(session.id, exp_month="1", exp_year="2001")["error"]
+    assert (error["type"], error["code"], error["param"]) == ("card_error", "invalid_expiry_year", "exp_year")
+    assert stripe_client.v1.checkout.sessions.retrieve(session.id).status == "open"
+
+
+def test_a_declines_payment_method_carries_the_billing_details(
+    stripe_client: Any, stripe_sandbox: Any
+) -> None:
+    # The app imports a failed payment's customer from here, as Stripe sends it.
+    session = stripe_client.v1.checkout.sessions.create(params=session_params(customer_email=None))
+    stripe_sandbox.pay(session.id, "4000000000000002", email="ada@example.com", name="Ada Lovelace")
+    [event] = stripe_client.v1.events.list(params={"type": "payment_intent.payment_failed"}).data
+    method = event.data.object.last_payment_error.payment_method
+    assert set(method.to_dict()) >= set(FIXTURES["payment_method"])
+    assert (method.billing_details.email, method.billing_details.name) == ("ada@example.com", "Ada Lovelace")
+    assert (method.card.last4, method.type) == ("0002", "card")
+
+
+@pytest.mark.parametrize(
+    ("query", "param"),
+    [
+        ("/v1/customers?starting_after[x]=1", "starting_after"),
+        ("/v1/events?type[0]=checkout.session.completed", "type"),
+        ("/v1/checkout/sessions?customer_details[email][x]=a", "customer_details[email]"),
+    ],
+)
+def test_a_list_filter_that_is_not_a_string_is_a_400(stripe_sandbox: Any, query: str, param: str) -> None:
+    response = requests.get(
+        stripe_sandbox.base_url + query,
+        headers={"Authorization": f"Bearer {stripe_sandbox.api_key}"},
+        timeout=5,
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == (
+        "invalid_request_error",
+        "parameter_invalid_string",
+        param,
+    )
+
+
 def test_payment_link_can_be_deactivated_and_reactivated(stripe_client: Any) -> None:
     v1 = stripe_client.v1
     product = v1.products.create(params={"name": "x"})

@@ -229,17 +229,27 @@ def item_list(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _param_name(field: str) -> str:
+    """`customer_details.email` as a request names it: `customer_details[email]`."""
+    head, *rest = field.split(".")
+    return head + "".join(f"[{part}]" for part in rest)
+
+
 def listing(kind: str, url: str, filters: dict[str, Any]) -> dict[str, Any]:
     """Answer a list request: newest first, `limit` (1-100), `starting_after` / `ending_before` cursors."""
     sandbox = current()
     values = params()
     limit = as_int(values["limit"], "limit", minimum=1, maximum=100) if values.get("limit") else 10
+    # A nested or listed value (`type[0]=…`) is a 400, as at Stripe, not a query on a dict.
+    cursors = {
+        name: as_str(values[name], name) if values.get(name) not in (None, "") else None
+        for name in ("starting_after", "ending_before")
+    }
     found, has_more = sandbox.store.find(
         kind,
-        {k: v for k, v in filters.items() if v not in (None, "")},
+        {k: as_str(v, _param_name(k)) for k, v in filters.items() if v not in (None, "")},
         limit=limit,
-        starting_after=values.get("starting_after") or None,
-        ending_before=values.get("ending_before") or None,
+        **cursors,
     )
     expand = [p.removeprefix("data.") for p in as_list(values.get("expand"), "expand")]
     return {
@@ -571,11 +581,12 @@ def pay_session(object_id: str) -> dict[str, Any]:
     except LookupError:
         raise no_such("checkout.session", object_id) from None
     except payments.NotPayable as refusal:
-        raise StripeError(
-            400,
-            f"This Checkout Session is no longer open (status: {refusal.status}).",
-            code="checkout_session_not_open",
-        ) from None
+        message = (
+            "This Checkout Session's Payment Link is no longer active."
+            if refusal.status == "link_deactivated"
+            else f"This Checkout Session is no longer open (status: {refusal.status})."
+        )
+        raise StripeError(400, message, code="checkout_session_not_open") from None
     if attempt.error:
         raise attempt.error
     return answer(attempt.session, values)

@@ -353,6 +353,35 @@ def payment_intent(
     return obj
 
 
+def _card_fields(card: dict[str, Any]) -> dict[str, Any]:
+    """What a PaymentMethod and a charge's payment details both say of the card."""
+    fields = {key: card[key] for key in ("brand", "last4", "exp_month", "exp_year", "country", "funding")}
+    return {**fields, "fingerprint": new_id("", 16)}
+
+
+def payment_method(
+    *, id: str, now: int, card: dict[str, Any], email: str | None, name: str | None
+) -> dict[str, Any]:
+    """The card the customer typed, as a PaymentMethod (what a decline's error carries)."""
+    obj = fixture("payment_method")
+    obj["card"].update(
+        **_card_fields(card),
+        display_brand=card["brand"],
+        generated_from=None,
+        networks={"available": [card["brand"]], "preferred": None},
+        wallet=None,
+    )
+    obj.update(
+        id=id,
+        created=now,
+        customer=None,
+        metadata={},
+        allow_redisplay="unspecified",
+        billing_details={"address": _address(), "email": email, "name": name, "phone": None, "tax_id": None},
+    )
+    return obj
+
+
 def charge(
     *,
     now: int,
@@ -369,14 +398,8 @@ def charge(
     succeeded = failure is None
     details = obj["payment_method_details"]["card"]
     details.update(
-        brand=card["brand"],
+        **_card_fields(card),
         network=card["brand"],
-        last4=card["last4"],
-        exp_month=card["exp_month"],
-        exp_year=card["exp_year"],
-        country=card["country"],
-        funding=card["funding"],
-        fingerprint=new_id("", 16),
         amount_authorized=intent["amount"] if succeeded else None,
         installments=None,
         mandate=None,

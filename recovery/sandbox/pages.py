@@ -57,7 +57,16 @@ def _render_pay(session: dict[str, Any], form: dict[str, str], error: str | None
     return Response(html, status=status, mimetype="text/html")
 
 
+def _deactivated() -> Response:
+    return _message(
+        "This link has been deactivated",
+        "This payment link is no longer active. Contact the merchant for another way to pay.",
+    )
+
+
 def _closed(session: dict[str, Any]) -> Response:
+    if session["status"] == "open":  # open, but its Payment Link was switched off or used up
+        return _deactivated()
     if session["status"] == "complete":
         return _message(
             "You've already paid",
@@ -94,7 +103,9 @@ def pay(session_id: str) -> Response:
     session = payments.open_session(sandbox, session_id)
     if session is None:
         return _message("Something went wrong", "The page you were looking for could not be found.", 404)
-    if session["status"] != "open":
+    if session["status"] != "open" or (
+        session["payment_link"] and not payments.link_active(sandbox, session["payment_link"])
+    ):
         return _closed(session)
     if request.method == "GET":
         return _render_pay(session, {}, None, 200)
@@ -146,10 +157,7 @@ def payment_link(link_id: str) -> Response:
         if link is None:
             return _message("Something went wrong", "The page you were looking for could not be found.", 404)
         if not link["active"]:
-            return _message(
-                "This link has been deactivated",
-                "This payment link is no longer active. Contact the merchant for another way to pay.",
-            )
+            return _deactivated()
         session = payments.session_for_link(sandbox, link)
     return redirect(session["url"], 302)  # type: ignore[return-value]
 

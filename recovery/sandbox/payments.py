@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 from recovery.sandbox import objects
@@ -175,6 +176,13 @@ def pay(
             raise LookupError(session_id)
         if session["status"] != "open":
             raise NotPayable(session["status"])
+        if session["payment_link"] and not link_active(sandbox, session["payment_link"]):
+            # Its limit was reached or it was switched off while this page was open.
+            raise NotPayable("link_deactivated")
+        if (exp_year, exp_month) < (date.today().year, date.today().month):
+            raise card_error(
+                "Your card's expiration year is invalid.", "invalid_expiry_year", param="exp_year"
+            )
         now = store.now()
         email = email or customer_email(sandbox, session) or "customer@example.com"
         intent = store.get(session["payment_intent"], "payment_intent") if session["payment_intent"] else None
@@ -229,7 +237,10 @@ def pay(
                     "decline_code": card.decline.decline_code,
                     "message": card.decline.message,
                     "doc_url": f"https://stripe.com/docs/error-codes/{card.decline.code.replace('_', '-')}",
-                    "payment_method": {"id": payment_method, "object": "payment_method", "type": "card"},
+                    # Stripe sends the whole PaymentMethod here, billing details included.
+                    "payment_method": objects.payment_method(
+                        id=payment_method, now=now, card=card_fields, email=email, name=name
+                    ),
                 },
             )
             store.put(intent)
@@ -267,6 +278,11 @@ def pay(
         emit(sandbox, "payment_intent.succeeded", intent, **request)
         emit(sandbox, "checkout.session.completed", session, **request)
         return Attempt(session=session, intent=intent, error=None)
+
+
+def link_active(sandbox: Sandbox, link_id: str) -> bool:
+    link = sandbox.store.get(link_id, "payment_link")
+    return link is not None and bool(link["active"])
 
 
 def _count_completion(sandbox: Sandbox, link_id: str) -> None:
