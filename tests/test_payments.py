@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import requests
 import stripe
 from flask import Flask
 from flask.testing import FlaskClient
@@ -615,6 +616,43 @@ def test_session_status_not_found_and_other_org(
         assert response.json["error"]["type"] == "not_found"
 
 
+def test_status_of_a_session_opened_from_our_payment_link(
+    client: FlaskClient,
+    org: Organization,
+    make_org: Any,
+    make_transaction: Any,
+    token_for: Any,
+    stripe_sandbox: Any,
+) -> None:
+    # Stripe makes these sessions when the customer opens the link: we hold no record of them.
+    transaction = make_transaction(org, customer_email="payer@example.com", amount=1250, currency="eur")
+    link = client.post(
+        LINKS, json={"transaction_ref": transaction.transaction_ref}, headers=token_for(org)
+    ).json
+    opened = requests.get(link["url"], allow_redirects=False, timeout=5)
+    session_id = opened.headers["Location"].rsplit("/", 1)[1]
+    stripe_sandbox.pay(session_id, "4242424242424242", email="payer@example.com")
+    url = f"/v1/payments/stripe/sessions/{session_id}/status"
+
+    response = client.get(url, headers=token_for(org, Role.VIEWER))
+
+    assert response.status_code == 200, response.json
+    body = response.json
+    assert (body["session_id"], body["status"], body["payment_status"]) == (session_id, "complete", "paid")
+    assert (body["amount_total"], body["currency"], body["customer_email"]) == (
+        1250,
+        "eur",
+        "payer@example.com",
+    )
+    assert body["payment_intent_id"].startswith("pi_")
+    # Another organization's token learns nothing of it; an id that is not Stripe's is not even asked about.
+    assert client.get(url, headers=token_for(make_org())).status_code == 404
+    stripe_sandbox.reset()
+    response = client.get("/v1/payments/stripe/sessions/not-a-session/status", headers=token_for(org))
+    assert response.status_code == 404
+    assert stripe_sandbox.requests() == []
+
+
 # --- POST /v1/payments/stripe/payment-links ----------------------------------
 
 
@@ -664,6 +702,33 @@ def test_create_payment_link(
     assert (fresh["product_id"], fresh["price_id"]) == (body["product_id"], body["price_id"])
     assert len(creates(stripe_sandbox, "/v1/products")) == 1
     assert len(creates(stripe_sandbox, "/v1/prices")) == 1
+
+
+def test_a_link_stripe_no_longer_knows_is_replaced(
+    client: FlaskClient,
+    db: Any,
+    org: Organization,
+    make_transaction: Any,
+    token_for: Any,
+    stripe_sandbox: Any,
+) -> None:
+    # Made under a test key before going live, say: Stripe answers resource_missing for all three.
+    transaction = make_transaction(org, transaction_ref="TXN-GONE", amount=700, currency="usd")
+    transaction.stripe_payment_link_id = "plink_madeelsewhere"
+    transaction.stripe_product_id = "prod_madeelsewhere"
+    transaction.stripe_price_id = "price_madeelsewhere"
+    db.session.commit()
+
+    response = client.post(LINKS, json={"transaction_ref": "TXN-GONE"}, headers=token_for(org))
+
+    assert response.status_code == 201, response.json
+    body = response.json
+    assert body["payment_link_id"] != "plink_madeelsewhere"
+    assert body["product_id"] != "prod_madeelsewhere" and body["price_id"] != "price_madeelsewhere"
+    price = sandbox_client(stripe_sandbox).v1.prices.retrieve(body["price_id"])
+    assert (price.unit_amount, price.currency) == (700, "usd")
+    db.session.refresh(transaction)
+    assert transaction.stripe_payment_link_id == body["payment_link_id"]
 
 
 def test_payment_link_stripe_error_is_502(

@@ -206,11 +206,17 @@ def create_payment_link() -> tuple[Response, int]:
 @require_token_role(Role.VIEWER)
 def session_status(session_id: str) -> Response:
     """The live status of one of this organization's Checkout Sessions."""
-    record = services.find_checkout_session(db.session, current_token().organization_id, session_id)
-    if record is None:
-        raise ApiError(404, "not_found", "Checkout session not found")
+    organization_id = current_token().organization_id
+    record = services.find_checkout_session(db.session, organization_id, session_id)
+    gateway = _gateway()
     try:
-        info = services.refresh_checkout_session(db.session, _gateway(), record)
+        if record is not None:
+            info = services.refresh_checkout_session(db.session, gateway, record)
+        else:  # opened from one of our Payment Links, say
+            found = services.unrecorded_checkout_session(db.session, gateway, organization_id, session_id)
+            if found is None:
+                raise ApiError(404, "not_found", "Checkout session not found")
+            info = found
     except StripeFailure as failure:
         raise _stripe_error(failure) from None
     db.session.commit()
@@ -220,6 +226,6 @@ def session_status(session_id: str) -> Response:
         payment_status=info.payment_status,
         amount_total=info.amount_total,
         currency=info.currency,
-        customer_email=info.customer_email or record.customer_email,
+        customer_email=info.customer_email or (record.customer_email if record else None),
         payment_intent_id=info.payment_intent_id,
     )

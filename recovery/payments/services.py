@@ -8,6 +8,7 @@ so a retried request or a re-run job gets the object the first try created.
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -50,6 +51,8 @@ CHECKOUT_MIN_LIFETIME = timedelta(minutes=30)
 # sent (and perhaps retried): ask for this much more, so that Stripe never sees
 # less than its minimum and refuses the create for good.
 CHECKOUT_LIFETIME_MARGIN = timedelta(minutes=2)
+# What Stripe's Checkout Session ids look like; anything else is not worth asking Stripe about.
+STRIPE_SESSION_ID = re.compile(r"cs_(test|live)_[A-Za-z0-9]{1,250}")
 # Nothing can be collected for these any more.
 CLOSED_STATUSES = frozenset(
     {TransactionStatus.RECOVERED, TransactionStatus.CANCELLED, TransactionStatus.REFUNDED}
@@ -471,6 +474,35 @@ def find_checkout_session(
     )
 
 
+def unrecorded_checkout_session(
+    session: DbSession, gateway: StripeGateway, organization_id: int, session_id: str
+) -> CheckoutSessionInfo | None:
+    """Stripe's copy of a session we hold no record of, if it is this organization's.
+
+    Sessions opened from our Payment Links are made by Stripe, not by us; a
+    session whose final commit was lost has no id on its record. Our own
+    metadata on it (copied from the link) says whose it is; None for anyone
+    else's and for a session Stripe does not know.
+    """
+    if not STRIPE_SESSION_ID.fullmatch(session_id):
+        return None
+    try:
+        info = gateway.retrieve_checkout_session(session_id)
+    except StripeFailure as failure:
+        if failure.code == "resource_missing":
+            return None
+        raise
+    transaction_id = info.metadata.get("transaction_id", "")
+    if info.metadata.get("organization_id") != str(organization_id) or not transaction_id.isdigit():
+        return None
+    found = session.scalar(
+        select(Transaction.id).where(
+            Transaction.id == int(transaction_id), Transaction.organization_id == organization_id
+        )
+    )
+    return info if found is not None else None
+
+
 def refresh_checkout_session(
     session: DbSession, gateway: StripeGateway, record: CheckoutSession
 ) -> CheckoutSessionInfo:
@@ -521,11 +553,22 @@ def create_payment_link(
     org_id = transaction.organization_id
     previous = transaction.stripe_payment_link_id
     if previous and transaction.stripe_product_id and transaction.stripe_price_id:
-        current = gateway.retrieve_payment_link(previous)
-        if current.active:
-            return PaymentLinkResult(
-                current.id, current.url, transaction.stripe_product_id, transaction.stripe_price_id, False
+        try:
+            current = gateway.retrieve_payment_link(previous)
+        except StripeFailure as failure:
+            if failure.code != "resource_missing":
+                raise
+            # Made under another Stripe account or mode (a test key before going
+            # live): its Product and Price are not there either, so start afresh.
+            log.warning(
+                "stripe_payment_link_missing", payment_link_id=previous, transaction_id=transaction.id
             )
+            transaction.stripe_product_id = transaction.stripe_price_id = None
+        else:
+            if current.active:
+                return PaymentLinkResult(
+                    current.id, current.url, transaction.stripe_product_id, transaction.stripe_price_id, False
+                )
     subject = f"txn{transaction.id}"
     metadata = _our_metadata(transaction, None)
     if not transaction.stripe_product_id:
