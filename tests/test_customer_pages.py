@@ -5,8 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import requests
+import stripe
+from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
@@ -21,6 +25,8 @@ from recovery.models import (
     TransactionStatus,
     utcnow,
 )
+from recovery.payments import services as payments
+from recovery.payments.gateway import StripeGateway, StripeSettings
 from recovery.recoveries import services
 from tests.conftest import csrf_token
 
@@ -378,6 +384,75 @@ def test_a_forged_or_foreign_session_id_shows_nothing(
         assert "We could not find the details of this payment" in page
         assert "Their Merchant" not in page and "THEIR-SECRET-REF" not in page
     assert stripe_sandbox.requests() == []
+
+
+def _payment_link(app: Flask, db: Any, transaction: Transaction) -> payments.PaymentLinkResult:
+    result = payments.create_payment_link(
+        db.session,
+        StripeGateway(StripeSettings.from_config(app.config)),
+        transaction,
+        Actor.system(transaction.organization_id),
+        pages=payments.link_pages(app.config["BASE_URL"], app.config["SECRET_KEY"], transaction.id),
+    )
+    db.session.commit()
+    return result
+
+
+def _success_path(stripe_sandbox: Any, link_id: str, session_id: str) -> str:
+    """Where Stripe sends the customer after paying through the link, on our host."""
+    stripe_client = stripe.StripeClient(
+        stripe_sandbox.api_key, base_addresses={"api": stripe_sandbox.base_url}
+    )
+    redirect = stripe_client.v1.payment_links.retrieve(link_id).after_completion.redirect
+    assert redirect is not None
+    url = urlsplit(redirect.url.replace("{CHECKOUT_SESSION_ID}", session_id))
+    return f"{url.path}?{url.query}"
+
+
+def test_a_payment_links_success_page_shows_the_receipt(
+    app: Flask, client: FlaskClient, db, org, make_transaction, stripe_sandbox
+) -> None:
+    # Stripe makes a link's sessions, so we hold no record of them: only Stripe's copy.
+    transaction = make_transaction(org, transaction_ref="TXN-LINK", amount=5000)
+    link = _payment_link(app, db, transaction)
+    opened = requests.get(link.url, allow_redirects=False, timeout=5)
+    session_id = opened.headers["Location"].rsplit("/", 1)[1]
+    path = _success_path(stripe_sandbox, link.payment_link_id, session_id)
+
+    waiting = text(client.get(path))
+    assert "Confirming your payment" in waiting and "TXN-LINK" in waiting
+
+    stripe_sandbox.pay(session_id, "4242424242424242")
+    paid = text(client.get(path))
+    assert "Payment received" in paid
+    for fact in ("Acme Shop", "$50.00", "TXN-LINK", "ending in 4242"):
+        assert fact in paid
+
+
+def test_a_forged_or_foreign_link_success_address_shows_nothing(
+    app: Flask, client: FlaskClient, db, org, make_org, make_transaction, stripe_sandbox
+) -> None:
+    theirs = make_transaction(make_org(name="Their Merchant"), transaction_ref="THEIR-SECRET-REF")
+    their_link = _payment_link(app, db, theirs)
+    opened = requests.get(their_link.url, allow_redirects=False, timeout=5)
+    their_session = opened.headers["Location"].rsplit("/", 1)[1]
+    mine = make_transaction(org, transaction_ref="MINE-1")
+    my_link = _payment_link(app, db, mine)
+    my_l = parse_qs(urlsplit(_success_path(stripe_sandbox, my_link.payment_link_id, "x")).query)["l"][0]
+    forged = payments.link_pages("http://localhost", "not-our-secret", theirs.id).link
+
+    for url, asks_stripe in (
+        (f"/pay/success?session_id={their_session}&l={forged}", False),
+        (f"/pay/success?session_id={their_session}&l=garbage", False),
+        (f"/pay/success?session_id=not-a-session&l={my_l}", False),
+        (f"/pay/success?session_id={their_session}&l={my_l}", True),  # signed, but not my link's session
+        (f"/pay/success?session_id=cs_test_forged&l={my_l}", True),
+    ):
+        before = len(stripe_sandbox.requests())
+        page = text(client.get(url))
+        assert "We could not find the details of this payment" in page, url
+        assert "Their Merchant" not in page and "THEIR-SECRET-REF" not in page
+        assert (len(stripe_sandbox.requests()) > before) == asks_stripe, url
 
 
 def test_cancel_page_offers_to_try_again_when_the_link_is_known(

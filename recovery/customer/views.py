@@ -31,7 +31,7 @@ from recovery.models import (
     utcnow,
 )
 from recovery.payments import services as payments
-from recovery.payments.gateway import StripeFailure, StripeGateway, StripeSettings
+from recovery.payments.gateway import CheckoutSessionInfo, StripeFailure, StripeGateway, StripeSettings
 from recovery.recoveries import services
 
 bp = Blueprint("customer", __name__, url_prefix="/pay")
@@ -228,7 +228,8 @@ def success() -> Any:
     if record is not None and token and (attempt is None or record.attempt_id != attempt.id):
         record = None  # a session that is not this link's: show nothing of it
     if record is None:
-        return render_template("customer/success.html", state="unknown", receipt=None, **_brand(None))
+        signed = request.args.get("l", "")[:200]
+        return _link_success(session_id, signed) if signed and not token else _unknown()
     organization = db.session.get(Organization, record.organization_id)
     transaction = db.session.get(Transaction, record.transaction_id)
     assert organization is not None and transaction is not None
@@ -238,30 +239,78 @@ def success() -> Any:
         info = payments.refresh_checkout_session(db.session, gateway, record)
         # Belt and braces: Stripe's own copy must name this organization and transaction.
         if info.id != session_id or info.metadata.get("transaction_id") != str(transaction.id):
-            return render_template("customer/success.html", state="unknown", receipt=None, **_brand(None))
-        if info.payment_status in ("paid", "no_payment_required"):
-            state = "paid"
-            receipt = Receipt(
-                organization.name,
-                info.amount_total if info.amount_total is not None else record.amount,
-                info.currency or record.currency,
-                transaction.transaction_ref,
-                None,
-            )
-            if info.payment_intent_id:
-                receipt = _with_card(gateway, info.payment_intent_id, receipt)
+            return _unknown()
+        state, receipt = _confirmation(gateway, info, organization, transaction)
         db.session.commit()
     except (StripeFailure, payments.PaymentRefused) as error:
         db.session.rollback()
         log.warning("customer_success_check_failed", session_id=session_id, error=error.message)
+    return _success_page(state, receipt, transaction, organization, token if attempt is not None else None)
+
+
+def _link_success(session_id: str, signed: str) -> Any:
+    """A session opened from one of our Payment Links: Stripe made it, so its copy is all there is.
+
+    Stripe is asked only when the URL carries our signature of the transaction
+    (the link's success URL does), so a made-up address costs no Stripe call.
+    """
+    transaction_id = payments.transaction_of_link(current_app.config["SECRET_KEY"], signed)
+    transaction = db.session.get(Transaction, transaction_id) if transaction_id is not None else None
+    if transaction is None or not payments.STRIPE_SESSION_ID.fullmatch(session_id):
+        return _unknown()
+    organization = db.session.get(Organization, transaction.organization_id)
+    assert organization is not None
+    state, receipt = "processing", None
+    try:
+        gateway = _gateway()
+        info = gateway.retrieve_checkout_session(session_id)
+        if info.payment_link_id is None or info.metadata.get("transaction_id") != str(transaction.id):
+            return _unknown()
+        state, receipt = _confirmation(gateway, info, organization, transaction)
+    except StripeFailure as error:
+        if error.code == "resource_missing":
+            return _unknown()
+        log.warning("customer_success_check_failed", session_id=session_id, error=error.message)
+    return _success_page(state, receipt, transaction, organization, None)
+
+
+def _success_page(
+    state: str,
+    receipt: Receipt | None,
+    transaction: Transaction,
+    organization: Organization,
+    token: str | None,
+) -> str:
     return render_template(
         "customer/success.html",
         state=state,
         receipt=receipt,
         transaction=transaction,
-        token=token if attempt is not None else None,
+        token=token,
         **_brand(organization),
     )
+
+
+def _unknown() -> str:
+    return render_template("customer/success.html", state="unknown", receipt=None, **_brand(None))
+
+
+def _confirmation(
+    gateway: StripeGateway, info: CheckoutSessionInfo, organization: Organization, transaction: Transaction
+) -> tuple[str, Receipt | None]:
+    """ "paid" with a receipt once Stripe says so; until then "processing"."""
+    if info.payment_status not in ("paid", "no_payment_required"):
+        return "processing", None
+    receipt = Receipt(
+        organization.name,
+        info.amount_total if info.amount_total is not None else transaction.amount,
+        info.currency or transaction.currency,
+        transaction.transaction_ref,
+        None,
+    )
+    if info.payment_intent_id:
+        receipt = _with_card(gateway, info.payment_intent_id, receipt)
+    return "paid", receipt
 
 
 def _with_card(gateway: StripeGateway, payment_intent_id: str, receipt: Receipt) -> Receipt:

@@ -184,7 +184,9 @@ def create_payment_link() -> tuple[Response, int]:
             _gateway(),
             transaction,
             token_actor(),
-            pages=services.PaymentPages(current_app.config["BASE_URL"]),
+            pages=services.link_pages(
+                current_app.config["BASE_URL"], current_app.config["SECRET_KEY"], transaction.id
+            ),
             amount=amount,
             currency=currency,
         )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
@@ -51,6 +52,7 @@ CHECKOUT_MIN_LIFETIME = timedelta(minutes=30)
 # sent (and perhaps retried): ask for this much more, so that Stripe never sees
 # less than its minimum and refuses the create for good.
 CHECKOUT_LIFETIME_MARGIN = timedelta(minutes=2)
+LINK_SALT = "recovery.payment-link-success"
 # What Stripe's Checkout Session ids look like; anything else is not worth asking Stripe about.
 STRIPE_SESSION_ID = re.compile(r"cs_(test|live)_[A-Za-z0-9]{1,250}")
 # Nothing can be collected for these any more.
@@ -78,17 +80,37 @@ class PaymentPages:
     # pay page: the success page then shows only that attempt's session, and the
     # cancel page can offer to try again.
     token: str | None = None
+    # For a Payment Link, its transaction signed (see link_pages): Stripe makes the
+    # link's sessions, so we hold no record of them, and the success page asks
+    # Stripe only about sessions that a link of ours sent back.
+    link: str | None = None
 
     @property
     def success_url(self) -> str:
         # Stripe fills in {CHECKOUT_SESSION_ID}; the page only shows it, fulfilment is the webhook's.
         url = f"{self.base_url.rstrip('/')}/pay/success?session_id={{CHECKOUT_SESSION_ID}}"
-        return f"{url}&t={self.token}" if self.token else url
+        if self.token:
+            return f"{url}&t={self.token}"
+        return f"{url}&l={self.link}" if self.link else url
 
     @property
     def cancel_url(self) -> str:
         url = f"{self.base_url.rstrip('/')}/pay/cancel"
         return f"{url}?t={self.token}" if self.token else url
+
+
+def link_pages(base_url: str, secret_key: str, transaction_id: int) -> PaymentPages:
+    """The pages for a transaction's Payment Link, its success page able to tell whose it is."""
+    return PaymentPages(base_url, link=URLSafeSerializer(secret_key, salt=LINK_SALT).dumps(transaction_id))
+
+
+def transaction_of_link(secret_key: str, signed: str) -> int | None:
+    """The transaction a Payment Link's success URL names, if we signed it."""
+    try:
+        value = URLSafeSerializer(secret_key, salt=LINK_SALT).loads(signed)
+    except BadSignature:
+        return None
+    return value if type(value) is int else None
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,15 @@ def create_payment_link(transaction_id: int) -> Response:
         flash("This form has expired; reload the page and try again.", "error")
         return _back(transaction)
     try:
-        result = services.create_payment_link(db.session, gateway(), transaction, _actor(), pages=pages())
+        result = services.create_payment_link(
+            db.session,
+            gateway(),
+            transaction,
+            _actor(),
+            pages=services.link_pages(
+                current_app.config["BASE_URL"], current_app.config["SECRET_KEY"], transaction.id
+            ),
+        )
     except (StripeFailure, services.PaymentRefused) as error:
         _fail(error)
         return _back(transaction)
