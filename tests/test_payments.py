@@ -340,6 +340,35 @@ def test_a_request_refused_for_our_key_goes_through_once_the_key_is_fixed(
     assert response.json["session_id"].startswith("cs_test_")
 
 
+@pytest.mark.parametrize(
+    ("fault", "status", "kind"), [(400, 422, "stripe_invalid_request"), (402, 402, "stripe_card_error")]
+)
+def test_a_repeat_of_a_refused_request_gets_the_same_answer(
+    client: FlaskClient,
+    org: Organization,
+    make_transaction: Any,
+    token_for: Any,
+    stripe_sandbox: Any,
+    fault: int,
+    status: int,
+    kind: str,
+) -> None:
+    # Stripe keeps a refusal under the key; so do we, with its status, as Stripe replays it.
+    transaction = make_transaction(org, customer_email=None)
+    headers = token_for(org, **{"Idempotency-Key": "order-77"})
+    body = {"transaction_ref": transaction.transaction_ref}
+    stripe_sandbox.fault(status=fault)
+    first = client.post(CHECKOUT, json=body, headers=headers)
+    assert first.status_code == status, first.json
+    sent = len(stripe_sandbox.requests())
+
+    again = client.post(CHECKOUT, json=body, headers=headers)
+
+    assert (again.status_code, again.json) == (first.status_code, first.json)
+    assert again.json["error"]["type"] == kind
+    assert len(stripe_sandbox.requests()) == sent  # answered from our record, Stripe not asked
+
+
 def test_retries_on_500_then_succeeds_with_one_key(
     client: FlaskClient, org: Organization, make_transaction: Any, token_for: Any, stripe_sandbox: Any
 ) -> None:

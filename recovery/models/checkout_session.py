@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from recovery.models.base import Base, BigId, HasStatus, UTCDateTime, utcnow
@@ -67,6 +67,10 @@ class CheckoutSession(HasStatus, Base):
     customer_email: Mapped[str | None] = mapped_column(String(254))
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
     error: Mapped[str | None] = mapped_column(String(500))
+    # Stripe's refusal as first answered (kind and HTTP status), so that a repeat of
+    # the same request is answered the same, as Stripe replays a key's first answer.
+    error_kind: Mapped[str | None] = mapped_column(String(32))
+    error_status: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -398,7 +398,12 @@ def create_checkout_session(
     reservation = _reserve(session, transaction, request, email, metadata, expires_in)
     if reservation.status != CheckoutStatus.PENDING:
         if reservation.status == CheckoutStatus.FAILED:
-            raise PaymentRefused(f"This request already failed at Stripe: {reservation.error}", status=502)
+            # As Stripe replays a key's first answer: the same refusal, not a new status.
+            raise StripeFailure(
+                reservation.error_kind or "api_error",
+                reservation.error or "Stripe refused this request.",
+                reservation.error_status or 502,
+            )
         return reservation
     customer_id = get_or_create_customer(session, gateway, transaction, email) if email else None
     organization = session.get(Organization, transaction.organization_id)
@@ -422,6 +427,7 @@ def create_checkout_session(
             # Stripe saved this answer under the key; a repeat would only get it again.
             reservation.transition(CheckoutStatus.FAILED)
             reservation.error = failure.message[:500]
+            reservation.error_kind, reservation.error_status = failure.kind, failure.http_status
         raise
     _record_session(session, transaction, reservation, info, customer_id)
     audit.record(
