@@ -294,6 +294,8 @@ def _line(**price_data: Any) -> list[dict[str, Any]]:
         # Stripe charges three-decimal currencies only in whole tens of their minor unit.
         ({"line_items": _line(currency="kwd", unit_amount=5124)}, "line_items[0]", None),
         ({"expires_at": "soon"}, "expires_at", "parameter_invalid_integer"),
+        ({"success_url": "not a url"}, "success_url", "url_invalid"),
+        ({"cancel_url": "javascript:alert(1)"}, "cancel_url", "url_invalid"),
         ({"colour": "blue"}, "colour", "parameter_unknown"),
     ],
 )
@@ -604,6 +606,12 @@ def test_a_list_filter_that_is_not_a_string_is_a_400(stripe_sandbox: Any, query:
         "parameter_invalid_string",
         param,
     )
+
+
+def test_a_payment_link_redirect_must_be_a_web_address(stripe_client: Any) -> None:
+    with pytest.raises(stripe.InvalidRequestError) as raised:
+        _link(stripe_client.v1, after_completion={"type": "redirect", "redirect": {"url": "nope"}})
+    assert (raised.value.param, raised.value.code) == ("after_completion[redirect][url]", "url_invalid")
 
 
 def test_payment_link_can_be_deactivated_and_reactivated(stripe_client: Any) -> None:

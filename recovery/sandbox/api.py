@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, g, request
 
@@ -79,6 +80,19 @@ def allowed(kind: str) -> set[str]:
 def optional_str(values: dict[str, Any], name: str, max_length: int = 5000) -> str | None:
     value = values.get(name)
     return None if value in (None, "") else as_str(value, name, max_length=max_length)
+
+
+def web_url(value: str, param: str) -> str:
+    """A URL a browser can be sent to, or Stripe's url_invalid (no javascript:, no bare words)."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise invalid(param, "Not a valid URL", code="url_invalid")
+    return value
+
+
+def optional_url(values: dict[str, Any], name: str) -> str | None:
+    value = optional_str(values, name, max_length=5000)
+    return None if value is None else web_url(value, name)
 
 
 def currency(value: Any, param: str) -> str:
@@ -535,8 +549,8 @@ def create_session() -> dict[str, Any]:
         customer_email=customer_email,
         client_reference_id=optional_str(values, "client_reference_id", 200),
         metadata=metadata(values.get("metadata")),
-        success_url=optional_str(values, "success_url"),
-        cancel_url=optional_str(values, "cancel_url"),
+        success_url=optional_url(values, "success_url"),
+        cancel_url=optional_url(values, "cancel_url"),
         expires_at=expires_at,
         locale=optional_str(values, "locale", 10),
         payment_link=None,
@@ -635,7 +649,9 @@ def _redirect(raw: Any) -> str | None:
     url = as_mapping(after.get("redirect"), "after_completion[redirect]").get("url")
     if url in (None, ""):
         raise missing("after_completion[redirect][url]")
-    return as_str(url, "after_completion[redirect][url]", max_length=2048)
+    return web_url(
+        as_str(url, "after_completion[redirect][url]", max_length=2048), "after_completion[redirect][url]"
+    )
 
 
 @bp.post("/payment_links/<object_id>")
