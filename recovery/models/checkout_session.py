@@ -81,5 +81,14 @@ class CheckoutSession(HasStatus, Base):
     def is_open(self) -> bool:
         return self.status == C.OPEN
 
+    @property
+    def stripe_idempotency_key(self) -> str:
+        """The key Stripe sees: ours plus the expiry asked for.
+
+        A retry of this reservation sends the same and gets Stripe's first
+        answer; a reservation renewed with a later expiry is a new request.
+        """
+        return f"{self.idempotency_key}-exp{int(self.expires_at.timestamp())}"
+
     def __repr__(self) -> str:
         return f"<CheckoutSession {self.stripe_session_id or self.idempotency_key} {self.status}>"

@@ -46,12 +46,15 @@ RESERVED_METADATA = frozenset({"organization_id", "transaction_id", "transaction
 # Refusals of our key itself: Stripe ran nothing and saved nothing under the idempotency
 # key, so once the key is fixed the same request must be sent again, not answered as failed.
 NOT_EXECUTED = frozenset({"authentication", "permission"})
-# Stripe's shortest Checkout Session life, counted from when Stripe creates it.
+# Stripe's bounds on a Checkout Session's life, counted from when Stripe creates it.
 CHECKOUT_MIN_LIFETIME = timedelta(minutes=30)
+CHECKOUT_MAX_LIFETIME = timedelta(hours=24)
 # We count from our reservation, before the Customer is made and the create is
-# sent (and perhaps retried): ask for this much more, so that Stripe never sees
-# less than its minimum and refuses the create for good.
+# sent (and perhaps retried), on a clock that may differ from Stripe's: keep this
+# far inside both bounds, so that Stripe never refuses the create for good.
 CHECKOUT_LIFETIME_MARGIN = timedelta(minutes=2)
+# A pending reservation sent with less life left than this is renewed first.
+CHECKOUT_SEND_MARGIN = timedelta(minutes=1)
 LINK_SALT = "recovery.payment-link-success"
 # What Stripe's Checkout Session ids look like; anything else is not worth asking Stripe about.
 STRIPE_SESSION_ID = re.compile(r"cs_(test|live)_[A-Za-z0-9]{1,250}")
@@ -347,19 +350,12 @@ def _reserve(
         amount=transaction.amount,
         currency=transaction.currency,
         customer_email=email,
-        expires_at=now + max(expires_in, CHECKOUT_MIN_LIFETIME + CHECKOUT_LIFETIME_MARGIN),
+        expires_at=now + _lifetime(expires_in),
         request_fingerprint=_fingerprint(email, metadata),
     )
     session.add(reservation)
-    if session.get_bind().dialect.name == "postgresql":
-        # The reservation must survive our process dying mid-request, which an
-        # asynchronous commit does; only a PostgreSQL crash in the next ~0.6 s could
-        # lose it, and then the retry merely makes a second, unpaid session. It
-        # saves a WAL flush (1-5 ms) per create; the final commit stays synchronous.
-        session.execute(text("SET LOCAL synchronous_commit = off"))
     try:
-        # The transaction and reservation in memory are what we just wrote: keep them.
-        commit_keeping_state(session)
+        _commit_reservation(session)
     except IntegrityError:
         # The same action raced us to the reservation; use theirs.
         session.rollback()
@@ -372,6 +368,39 @@ def _reserve(
             raise
         return found
     return reservation
+
+
+def _lifetime(expires_in: timedelta) -> timedelta:
+    return min(
+        max(expires_in, CHECKOUT_MIN_LIFETIME + CHECKOUT_LIFETIME_MARGIN),
+        CHECKOUT_MAX_LIFETIME - CHECKOUT_LIFETIME_MARGIN,
+    )
+
+
+def _commit_reservation(session: DbSession) -> None:
+    """Commit what must be on disk before Stripe is called, keeping the objects' state."""
+    if session.get_bind().dialect.name == "postgresql":
+        # The reservation must survive our process dying mid-request, which an
+        # asynchronous commit does; only a PostgreSQL crash in the next ~0.6 s could
+        # lose it, and then the retry merely makes a second, unpaid session. It
+        # saves a WAL flush (1-5 ms) per create; the final commit stays synchronous.
+        session.execute(text("SET LOCAL synchronous_commit = off"))
+    commit_keeping_state(session)
+
+
+def _renew_if_stale(session: DbSession, reservation: CheckoutSession, expires_in: timedelta) -> None:
+    """Give a pending reservation sent long after it was made a new expiry (and so a new Stripe key).
+
+    Its first try may have been refused for our key, or never answered: sent
+    as it is, Stripe would count less than its 30 minutes and refuse it for
+    good. Had Stripe made a session under the old key after all, that one is
+    never shown to anyone, stays unpaid and lapses.
+    """
+    now = utcnow()
+    if reservation.expires_at >= now + CHECKOUT_MIN_LIFETIME + CHECKOUT_SEND_MARGIN:
+        return
+    reservation.expires_at = now + _lifetime(expires_in)
+    _commit_reservation(session)
 
 
 def create_checkout_session(
@@ -405,6 +434,7 @@ def create_checkout_session(
                 reservation.error_status or 502,
             )
         return reservation
+    _renew_if_stale(session, reservation, expires_in)
     customer_id = get_or_create_customer(session, gateway, transaction, email) if email else None
     organization = session.get(Organization, transaction.organization_id)
     try:
@@ -420,7 +450,7 @@ def create_checkout_session(
             cancel_url=pages.cancel_url,
             expires_at=reservation.expires_at,
             locale=transaction.customer_locale,
-            key=reservation.idempotency_key,
+            key=reservation.stripe_idempotency_key,
         )
     except StripeFailure as failure:
         if not failure.retryable and failure.kind not in NOT_EXECUTED:
