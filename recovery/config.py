@@ -47,6 +47,9 @@ def defaults(instance_path: str) -> dict[str, Any]:
     return {
         "APP_ENV": "production",
         "SECRET_KEY": DEFAULT_SECRET_KEY,
+        # Earlier keys, comma-separated, still accepted after a rotation (Flask 3.1's
+        # sessions, and the signed success addresses of Payment Links at Stripe).
+        "SECRET_KEY_FALLBACKS": "",
         "DATABASE_URL": f"sqlite:///{sqlite_path}",
         "REDIS_URL": "redis://127.0.0.1:6379/0",
         "BASE_URL": "http://127.0.0.1:5000",
@@ -93,6 +96,8 @@ def defaults(instance_path: str) -> dict[str, Any]:
         "TWILIO_VALIDITY_SECONDS": 4 * 3600,
         "TWILIO_TIMEOUT_SECONDS": 10,
         "LOGIN_FAILURES_PER_MINUTE": 5,
+        # Success pages of Payment Links read the session from Stripe: per client address.
+        "SUCCESS_LOOKUPS_PER_MINUTE": 20,
         "CSV_MAX_BYTES": 20 * 1024 * 1024,
         "CSV_INLINE_MAX_ROWS": 2000,
         "CSV_CHUNK_ROWS": 5000,
@@ -109,6 +114,7 @@ _INT_KEYS = {
     "STRIPE_WEBHOOK_BATCH_SIZE",
     "PROXY_FIX",
     "LOGIN_FAILURES_PER_MINUTE",
+    "SUCCESS_LOOKUPS_PER_MINUTE",
     "CSV_MAX_BYTES",
     "CSV_INLINE_MAX_ROWS",
     "CSV_CHUNK_ROWS",
@@ -183,6 +189,9 @@ def derive(config: dict[str, Any]) -> dict[str, Any]:
             "print(secrets.token_hex(32))') or run with APP_ENV=development."
         )
     _check_stripe(config)
+    fallbacks = config["SECRET_KEY_FALLBACKS"]
+    words = fallbacks if isinstance(fallbacks, list | tuple) else str(fallbacks).split(",")
+    config["SECRET_KEY_FALLBACKS"] = [str(w).strip() for w in words if str(w).strip()]
     secure = env == "production"
     database_url = config["DATABASE_URL"]
     if database_url.startswith("postgres://"):  # Heroku-style URLs

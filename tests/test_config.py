@@ -138,6 +138,7 @@ def test_environment_overrides_defaults_with_types(instance, monkeypatch):
     monkeypatch.setenv("MAIL_USE_TLS", "True")
     monkeypatch.setenv("LOGIN_FAILURES_PER_MINUTE", " 10 ")
     monkeypatch.setenv("STRIPE_SECRET_KEY", "sk_test_123")
+    monkeypatch.setenv("SECRET_KEY_FALLBACKS", " old-key-1, old-key-2 ,")
 
     settings = load(instance)
 
@@ -147,6 +148,7 @@ def test_environment_overrides_defaults_with_types(instance, monkeypatch):
     assert settings["MAIL_USE_TLS"] is True
     assert settings["LOGIN_FAILURES_PER_MINUTE"] == 10
     assert settings["STRIPE_SECRET_KEY"] == "sk_test_123"
+    assert settings["SECRET_KEY_FALLBACKS"] == ["old-key-1", "old-key-2"]
 
 
 @pytest.mark.parametrize(

@@ -429,6 +429,45 @@ def test_a_payment_links_success_page_shows_the_receipt(
         assert fact in paid
 
 
+def test_a_payment_links_success_page_asks_stripe_only_so_often(
+    app: Flask, client: FlaskClient, db, org, make_transaction, stripe_sandbox
+) -> None:
+    # The signed address is in every paying customer's browser; Stripe's rate limit is everyone's.
+    app.config["SUCCESS_LOOKUPS_PER_MINUTE"] = 2
+    link = _payment_link(app, db, make_transaction(org, transaction_ref="TXN-BUSY"))
+    session_id = (
+        requests.get(link.url, allow_redirects=False, timeout=5).headers["Location"].rsplit("/", 1)[1]
+    )
+    stripe_sandbox.pay(session_id, "4242424242424242")
+    path = _success_path(stripe_sandbox, link.payment_link_id, session_id)
+
+    pages = []
+    for _ in range(3):
+        before = len(stripe_sandbox.requests())
+        pages.append((text(client.get(path)), len(stripe_sandbox.requests()) - before))
+
+    assert all("Payment received" in page and asked > 0 for page, asked in pages[:2])
+    page, asked = pages[2]
+    assert asked == 0 and "Confirming your payment" in page and "TXN-BUSY" in page
+
+
+def test_a_payment_links_success_page_survives_a_secret_key_rotation(
+    app: Flask, client: FlaskClient, db, org, make_transaction, stripe_sandbox
+) -> None:
+    link = _payment_link(app, db, make_transaction(org, transaction_ref="TXN-ROTATE"))
+    session_id = (
+        requests.get(link.url, allow_redirects=False, timeout=5).headers["Location"].rsplit("/", 1)[1]
+    )
+    stripe_sandbox.pay(session_id, "4242424242424242")
+    path = _success_path(stripe_sandbox, link.payment_link_id, session_id)
+    old_key = app.config["SECRET_KEY"]
+
+    app.config["SECRET_KEY"] = "a-new-secret-key-after-rotation"
+    assert "We could not find the details" in text(client.get(path))
+    app.config["SECRET_KEY_FALLBACKS"] = [old_key]
+    assert "Payment received" in text(client.get(path))
+
+
 def test_a_forged_or_foreign_link_success_address_shows_nothing(
     app: Flask, client: FlaskClient, db, org, make_org, make_transaction, stripe_sandbox
 ) -> None:

@@ -16,10 +16,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint, abort, current_app, g, redirect, render_template, request, url_for
+from flask_limiter import RateLimitExceeded
 from sqlalchemy import select
 from werkzeug.wrappers import Response
 
-from recovery.extensions import csrf, db
+from recovery.extensions import csrf, db, limiter
 from recovery.logs import get_logger
 from recovery.models import (
     AttemptStatus,
@@ -254,7 +255,8 @@ def _link_success(session_id: str, signed: str) -> Any:
     Stripe is asked only when the URL carries our signature of the transaction
     (the link's success URL does), so a made-up address costs no Stripe call.
     """
-    transaction_id = payments.transaction_of_link(current_app.config["SECRET_KEY"], signed)
+    keys = [*current_app.config["SECRET_KEY_FALLBACKS"], current_app.config["SECRET_KEY"]]
+    transaction_id = payments.transaction_of_link(keys, signed)
     transaction = db.session.get(Transaction, transaction_id) if transaction_id is not None else None
     if transaction is None or not payments.STRIPE_SESSION_ID.fullmatch(session_id):
         return _unknown()
@@ -263,10 +265,15 @@ def _link_success(session_id: str, signed: str) -> Any:
     state, receipt = "processing", None
     try:
         gateway = _gateway()
-        info = gateway.retrieve_checkout_session(session_id)
+        # One signed address is in every paying customer's browser: it must not
+        # let anyone spend our Stripe rate limit, which all merchants share.
+        with limiter.limit(f"{current_app.config['SUCCESS_LOOKUPS_PER_MINUTE']}/minute"):
+            info = gateway.retrieve_checkout_session(session_id)
         if info.payment_link_id is None or info.metadata.get("transaction_id") != str(transaction.id):
             return _unknown()
         state, receipt = _confirmation(gateway, info, organization, transaction)
+    except RateLimitExceeded:
+        log.warning("customer_success_lookups_limited", session_id=session_id)
     except StripeFailure as error:
         if error.code == "resource_missing":
             return _unknown()

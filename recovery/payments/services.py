@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -107,10 +108,14 @@ def link_pages(base_url: str, secret_key: str, transaction_id: int) -> PaymentPa
     return PaymentPages(base_url, link=URLSafeSerializer(secret_key, salt=LINK_SALT).dumps(transaction_id))
 
 
-def transaction_of_link(secret_key: str, signed: str) -> int | None:
-    """The transaction a Payment Link's success URL names, if we signed it."""
+def transaction_of_link(secret_keys: Sequence[str], signed: str) -> int | None:
+    """The transaction a Payment Link's success URL names, if we signed it with one of the keys.
+
+    Links live at Stripe for good: `secret_keys` is the current key with the
+    ones it replaced (oldest first), so a rotation leaves their pages working.
+    """
     try:
-        value = URLSafeSerializer(secret_key, salt=LINK_SALT).loads(signed)
+        value = URLSafeSerializer(list(secret_keys), salt=LINK_SALT).loads(signed)
     except BadSignature:
         return None
     return value if type(value) is int else None
