@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import wraps
 from typing import Any
 from urllib.parse import urlsplit
@@ -578,7 +579,9 @@ def pay_session(object_id: str) -> dict[str, Any]:
     check_known(values, {"card", "email", "name", "exp_month", "exp_year", "cvc", "expand"})
     if values.get("card") in (None, ""):
         raise missing("card")
-    year = as_int(values["exp_year"], "exp_year") if values.get("exp_year") else 2034
+    # By default a card that expires in five years on the sandbox's clock, as the hosted page's would.
+    default_year = datetime.fromtimestamp(sandbox.store.now(), UTC).year + 5
+    year = as_int(values["exp_year"], "exp_year") if values.get("exp_year") else default_year
     month = as_int(values["exp_month"], "exp_month", minimum=1, maximum=12) if values.get("exp_month") else 12
     try:
         attempt = payments.pay(

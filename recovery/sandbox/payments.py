@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, datetime
 from typing import Any
 
 from recovery.sandbox import objects
@@ -179,11 +179,16 @@ def pay(
         if session["payment_link"] and not link_active(sandbox, session["payment_link"]):
             # Its limit was reached or it was switched off while this page was open.
             raise NotPayable("link_deactivated")
-        if (exp_year, exp_month) < (date.today().year, date.today().month):
+        now = store.now()
+        today = datetime.fromtimestamp(now, UTC)  # the sandbox's clock, which tests can move
+        if exp_year < today.year:
             raise card_error(
                 "Your card's expiration year is invalid.", "invalid_expiry_year", param="exp_year"
             )
-        now = store.now()
+        if (exp_year, exp_month) < (today.year, today.month):
+            raise card_error(
+                "Your card's expiration month is invalid.", "invalid_expiry_month", param="exp_month"
+            )
         email = email or customer_email(sandbox, session) or "customer@example.com"
         intent = store.get(session["payment_intent"], "payment_intent") if session["payment_intent"] else None
         if intent is None:
