@@ -266,5 +266,7 @@ def _check_webhooks(config: dict[str, Any]) -> None:
             f"e.g. 30,120,600; got {raw!r}."
         )
     config["STRIPE_WEBHOOK_RETRY_INTERVALS"] = intervals
-    if int(config["STRIPE_RECONCILE_AFTER_MINUTES"]) < 1:
-        raise ConfigError("STRIPE_RECONCILE_AFTER_MINUTES must be at least 1.")
+    for key in ("STRIPE_RECONCILE_AFTER_MINUTES", "LOGIN_FAILURES_PER_MINUTE", "SUCCESS_LOOKUPS_PER_MINUTE"):
+        # A rate limit of 0 would refuse every request it guards.
+        if int(config[key]) < 1:
+            raise ConfigError(f"{key} must be at least 1.")

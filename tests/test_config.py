@@ -112,6 +112,16 @@ def test_unknown_app_env_is_refused(instance, env):
 
 
 @pytest.mark.parametrize(
+    "key", ["LOGIN_FAILURES_PER_MINUTE", "SUCCESS_LOOKUPS_PER_MINUTE", "STRIPE_RECONCILE_AFTER_MINUTES"]
+)
+def test_a_limit_of_zero_is_refused_by_name(instance, monkeypatch, key):
+    monkeypatch.setenv(key, "0")
+
+    with pytest.raises(ConfigError, match=f"{key} must be at least 1."):
+        load(instance, APP_ENV="development")
+
+
+@pytest.mark.parametrize(
     ("key", "value", "message"),
     [
         ("PROXY_FIX", "yes", "PROXY_FIX must be a whole number; got 'yes'."),

@@ -305,7 +305,7 @@ def _unknown() -> str:
 def _confirmation(
     gateway: StripeGateway, info: CheckoutSessionInfo, organization: Organization, transaction: Transaction
 ) -> tuple[str, Receipt | None]:
-    """ "paid" with a receipt once Stripe says so; until then "processing"."""
+    """The page's state: paid, with a receipt, once Stripe says so; until then processing."""
     if info.payment_status not in ("paid", "no_payment_required"):
         return "processing", None
     receipt = Receipt(

@@ -248,7 +248,7 @@ def clean_metadata(raw: Any) -> dict[str, Any]:
         raise ValueError('Metadata must be a JSON object, e.g. {"order_id": "ORD-123"}.')
     if any(not isinstance(v, str | int | float | bool | type(None)) for v in raw.values()):
         raise ValueError("Metadata values must be strings, numbers or booleans.")
-    if any(_CONTROL.search(str(text)) for pair in raw.items() for text in pair if isinstance(text, str)):
+    if any(has_control_characters(text) for pair in raw.items() for text in pair if isinstance(text, str)):
         raise ValueError("Metadata keys and values must not contain control characters.")
     if any(isinstance(v, float) and not math.isfinite(v) for v in raw.values()):
         # PostgreSQL's json type refuses NaN and Infinity: the insert would fail.
