@@ -18,6 +18,8 @@ what Flask's own request handling adds to the floor. `pipelined_app` is the
 same SQL in three round trips instead of twelve (psycopg's pipeline mode: the
 four reads, then the reservation with its commit, then the four writes with
 theirs): the least any implementation of this SQL can wait on the database.
+`http_app` answers the same requests with no SQL at all: what loopback HTTP,
+gunicorn and the benchmark's own client cost before any work is done.
 """
 
 from __future__ import annotations
@@ -203,8 +205,20 @@ def _wsgi(create: Callable[..., dict[str, Any]]) -> Callable[..., Iterable[bytes
     return app
 
 
+def _canned(conn: psycopg.Connection[Any], raw_token: str, body: dict[str, Any]) -> dict[str, Any]:
+    """No SQL at all: an answer of the same shape, for what HTTP and gunicorn alone cost."""
+    session_id = f"cs_test_{uuid.uuid4().hex}"
+    return {
+        "session_id": session_id,
+        "payment_intent_id": None,
+        "checkout_url": f"http://127.0.0.1:18111/c/pay/{session_id}",
+        "expires_at": (datetime.now(UTC) + timedelta(hours=24)).isoformat(),
+    }
+
+
 app = _wsgi(_create)
 pipelined_app = _wsgi(_create_pipelined)
+http_app = _wsgi(_canned)
 flask_app = Flask(__name__)
 
 
