@@ -1,4 +1,5 @@
-"""Command-line entry points: `flask create-org`, `create-user`, `create-api-token`, `seed-demo`, `worker`."""
+"""Command-line entry points: `flask create-org`, `create-user`, `create-api-token`,
+`link-stripe-account`, `seed-demo`, `worker`."""
 
 from __future__ import annotations
 
@@ -14,7 +15,14 @@ from recovery.users.services import UserRefused, create_user
 
 
 def init_app(app: Flask) -> None:
-    for command in (create_org, create_user_command, create_api_token, seed_demo, worker):
+    for command in (
+        create_org,
+        create_user_command,
+        create_api_token,
+        link_stripe_account,
+        seed_demo,
+        worker,
+    ):
         app.cli.add_command(command)
 
 
@@ -86,6 +94,40 @@ def create_api_token(org_slug: str, role: str, name: str, expires_days: int | No
     click.echo(f"Created {token.role} API token {token.name!r} for {organization.slug}{expiry}:", err=True)
     click.echo(raw)
     click.echo("Copy it now: it is not stored and will not be shown again.", err=True)
+
+
+@click.command("link-stripe-account")
+@click.option("--org", "org_slug", required=True, help="The organization's slug.")
+@click.argument("account_id", required=False)
+@click.option(
+    "--unlink", is_flag=True, help="Stop treating the linked account's events as the organization's."
+)
+def link_stripe_account(org_slug: str, account_id: str | None, unlink: bool) -> None:
+    """Treat a Stripe Connect account's events (acct_...) as an organization's.
+
+    For the platform's operator, once Stripe shows the account connected to the
+    platform: the organization then receives that account's failed payments and
+    its customers' details, so merchants cannot link accounts themselves.
+    """
+    from recovery.webhooks.services import SettingsRefused
+    from recovery.webhooks.services import link_stripe_account as link
+
+    if unlink == bool(account_id):
+        raise click.UsageError("Give an account id (acct_...) to link, or --unlink, not both.")
+    organization = get_by_slug(db.session, org_slug.strip().lower())
+    if organization is None:
+        raise click.UsageError(f"No organization with slug {org_slug!r}; create it with `flask create-org`.")
+    try:
+        changed = link(db.session, organization, Actor.system(organization.id, "command line"), account_id)
+    except SettingsRefused as error:
+        raise click.UsageError(str(error)) from None
+    db.session.commit()
+    if not changed:
+        click.echo(f"Nothing changed: {organization.slug} already has {account_id or 'no linked account'}.")
+    elif account_id:
+        click.echo(f"Linked Stripe account {account_id} to {organization.slug}.")
+    else:
+        click.echo(f"{organization.slug} has no linked Stripe account now.")
 
 
 @click.command("seed-demo")

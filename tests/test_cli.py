@@ -1,4 +1,4 @@
-"""The command line: `flask create-org`, `flask create-user`, `flask seed-demo`."""
+"""The command line: `flask create-org`, `create-user`, `link-stripe-account`, `seed-demo`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from recovery.models import Organization, Transaction, User
+from recovery.models import AuditEvent, Organization, Transaction, User
 from tests.conftest import login
 
 GOOD_PASSWORD = "a long enough password"
@@ -112,6 +112,56 @@ def create_user(
     run: Any, *extra: str, email: str = "ops@acme.example", role: str = "operator", **kwargs: Any
 ) -> Any:
     return run("create-user", "--org", "acme", "--email", email, "--role", role, *extra, **kwargs)
+
+
+# --- link-stripe-account ----------------------------------------------------------
+
+
+def test_link_stripe_account_links_and_unlinks_with_an_audit_trail(run, db, acme):
+    result = run("link-stripe-account", "--org", "acme", "acct_1Acme")
+
+    assert result.exit_code == 0, result.output
+    assert "Linked Stripe account acct_1Acme to acme." in result.output
+    assert organizations(db)[0].stripe_account_id == "acct_1Acme"
+    again = run("link-stripe-account", "--org", "acme", "acct_1Acme")
+    assert again.exit_code == 0 and "Nothing changed" in again.output
+
+    result = run("link-stripe-account", "--org", "acme", "--unlink")
+
+    assert result.exit_code == 0, result.output
+    assert organizations(db)[0].stripe_account_id is None
+    actions = db.session.scalars(select(AuditEvent.action).order_by(AuditEvent.id)).all()
+    assert actions[-2:] == ["organization.stripe_account_linked", "organization.stripe_account_unlinked"]
+
+
+def test_link_stripe_account_refuses_an_account_linked_elsewhere(run, db, acme):
+    assert run("create-org", "--slug", "other", "--name", "Other").exit_code == 0
+    assert run("link-stripe-account", "--org", "other", "acct_1Shared").exit_code == 0
+
+    result = run("link-stripe-account", "--org", "acme", "acct_1Shared")
+
+    assert result.exit_code == 2
+    assert "already linked to the organization 'other'; unlink it there first" in result.output
+    assert organizations(db)[0].stripe_account_id is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--org", "acme", "cus_1Abc"], "is not a Stripe account id"),
+        (["--org", "acme", "acct_1 Abc"], "is not a Stripe account id"),
+        (["--org", "acme"], "Give an account id (acct_...) to link, or --unlink, not both."),
+        (["--org", "acme", "acct_1Abc", "--unlink"], "Give an account id (acct_...) to link, or --unlink"),
+        (["--org", "nobody", "acct_1Abc"], "No organization with slug 'nobody'"),
+    ],
+)
+def test_link_stripe_account_refuses_bad_input(run, db, acme, args, message):
+    result = run("link-stripe-account", *args)
+
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert organizations(db)[0].stripe_account_id is None
 
 
 def test_create_user_with_password_option(run, db, acme, client):

@@ -1388,20 +1388,39 @@ def test_owners_switch_on_the_import_of_stripe_failures(client, signed_in):
     user = signed_in("owner")
     org_id = user.organization_id
 
-    response = client.post(
-        "/webhooks/settings", data={"import_stripe_failures": "y", "stripe_account_id": "acct_1Abc"}
-    )
+    response = client.post("/webhooks/settings", data={"import_stripe_failures": "y"})
 
     assert response.status_code == 302
-    org = reload(Organization, org_id)
-    assert org.import_stripe_failures is True and org.stripe_account_id == "acct_1Abc"
+    assert reload(Organization, org_id).import_stripe_failures is True
     entry = _db.session.scalar(
         select(AuditEvent).where(AuditEvent.action == "organization.stripe_settings_changed")
     )
-    assert entry.details["changes"]["import_stripe_failures"] == [False, True]
+    assert entry.details["changes"] == {"import_stripe_failures": [False, True]}
 
-    client.post("/webhooks/settings", data={"stripe_account_id": "not-an-account"})
-    assert reload(Organization, org_id).stripe_account_id == "acct_1Abc"
+
+@pytest.mark.parametrize("role", ["admin", "owner"])
+def test_the_dashboard_cannot_link_a_stripe_account(client, signed_in, role):
+    # The account's failed payments, with its customers' details, would become
+    # this organization's: typing someone else's acct_ id must not claim it.
+    org_id = signed_in(role).organization_id
+
+    client.post(
+        "/webhooks/settings", data={"import_stripe_failures": "y", "stripe_account_id": "acct_1Theirs"}
+    )
+
+    assert reload(Organization, org_id).stripe_account_id is None
+    page = client.get("/webhooks").get_data(as_text=True)
+    assert 'name="stripe_account_id"' not in page
+    assert "flask link-stripe-account" in page
+
+
+def test_the_events_page_shows_the_linked_account(client, signed_in):
+    org_id = signed_in("admin").organization_id
+    org = reload(Organization, org_id)
+    org.stripe_account_id = "acct_1Linked"
+    _db.session.commit()
+
+    assert "<code>acct_1Linked</code>" in client.get("/webhooks").get_data(as_text=True)
 
 
 def test_a_transaction_created_from_stripe_is_marked_so(client, make_org):

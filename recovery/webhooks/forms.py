@@ -1,8 +1,7 @@
 from __future__ import annotations
 
 from flask_wtf import FlaskForm
-from wtforms import BooleanField, StringField
-from wtforms.validators import Length, Optional
+from wtforms import BooleanField
 
 
 class ProcessAgainForm(FlaskForm):
@@ -15,8 +14,3 @@ class ReconcileForm(FlaskForm):
 
 class ImportSettingsForm(FlaskForm):
     import_stripe_failures = BooleanField("Import failed payments from Stripe")
-    stripe_account_id = StringField(
-        "Connected Stripe account",
-        [Optional(), Length(max=255)],
-        description="Only with Stripe Connect: events of this account (acct_...) are this organization's.",
-    )

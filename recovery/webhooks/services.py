@@ -6,6 +6,7 @@ RQ jobs, the admin views) commit. Nothing here reads Flask's request globals.
 
 from __future__ import annotations
 
+import re
 import time
 import traceback
 from collections.abc import Callable
@@ -543,44 +544,68 @@ class SettingsRefused(Exception):
     pass
 
 
+STRIPE_ACCOUNT_ID = re.compile(r"acct_[A-Za-z0-9]{1,250}")
+
+
 def update_import_settings(
-    session: DbSession, organization: Any, actor: Actor, *, import_failures: bool, account_id: str | None
-) -> list[str]:
-    """Switch "import failed payments from Stripe" and the connected account id; return what changed."""
+    session: DbSession, organization: Any, actor: Actor, *, import_failures: bool
+) -> bool:
+    """Switch "import failed payments from Stripe"; return whether it changed."""
+    if organization.import_stripe_failures == import_failures:
+        return False
+    audit.record(
+        session,
+        actor,
+        "organization.stripe_settings_changed",
+        target_type="organization",
+        target_id=organization.id,
+        changes={"import_stripe_failures": [organization.import_stripe_failures, import_failures]},
+    )
+    organization.import_stripe_failures = import_failures
+    return True
+
+
+def link_stripe_account(session: DbSession, organization: Any, actor: Actor, account_id: str | None) -> bool:
+    """Make a Stripe Connect account's events this organization's (None unlinks); return whether it changed.
+
+    Whoever links an account receives its customers' failed payments, so only
+    the platform's operator does it (`flask link-stripe-account`), never a
+    merchant's admin: the id alone proves nothing about who owns the account.
+    """
     from sqlalchemy.exc import IntegrityError
 
     from recovery.models import Organization
 
     account_id = (account_id or "").strip() or None
-    if account_id is not None and not (account_id.startswith("acct_") and account_id[5:].isalnum()):
-        raise SettingsRefused("A Stripe account id looks like acct_1Nv0FGQ9RKHgCVdK.")
+    if account_id is not None and not STRIPE_ACCOUNT_ID.fullmatch(account_id):
+        raise SettingsRefused(
+            f"{account_id[:60]!r} is not a Stripe account id (they look like acct_1Nv0FGQ9RKHgCVdK)."
+        )
+    if organization.stripe_account_id == account_id:
+        return False
     if account_id is not None:
         taken = session.scalar(
-            select(Organization.id).where(
+            select(Organization.slug).where(
                 Organization.stripe_account_id == account_id, Organization.id != organization.id
             )
         )
         if taken is not None:
-            raise SettingsRefused("That Stripe account is already linked to another organization.")
-    changes: dict[str, list[Any]] = {}
-    if organization.import_stripe_failures != import_failures:
-        changes["import_stripe_failures"] = [organization.import_stripe_failures, import_failures]
-        organization.import_stripe_failures = import_failures
-    if organization.stripe_account_id != account_id:
-        changes["stripe_account_id"] = [organization.stripe_account_id, account_id]
-        organization.stripe_account_id = account_id
-    if changes:
-        try:
-            with session.begin_nested():
-                session.flush()
-        except IntegrityError:
-            raise SettingsRefused("That Stripe account is already linked to another organization.") from None
-        audit.record(
-            session,
-            actor,
-            "organization.stripe_settings_changed",
-            target_type="organization",
-            target_id=organization.id,
-            changes=changes,
-        )
-    return list(changes)
+            raise SettingsRefused(
+                f"{account_id} is already linked to the organization {taken!r}; unlink it there first."
+            )
+    previous = organization.stripe_account_id
+    organization.stripe_account_id = account_id
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError:
+        raise SettingsRefused(f"{account_id} was just linked to another organization.") from None
+    audit.record(
+        session,
+        actor,
+        "organization.stripe_account_linked" if account_id else "organization.stripe_account_unlinked",
+        target_type="organization",
+        target_id=organization.id,
+        changes={"stripe_account_id": [previous, account_id]},
+    )
+    return True

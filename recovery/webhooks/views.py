@@ -64,8 +64,7 @@ def index() -> Any:
     )
     organization = db.session.get(Organization, org_id)
     settings_form = ImportSettingsForm(
-        import_stripe_failures=organization.import_stripe_failures if organization else False,
-        stripe_account_id=organization.stripe_account_id if organization else "",
+        import_stripe_failures=organization.import_stripe_failures if organization else False
     )
     return render_template(
         "webhooks/index.html",
@@ -77,6 +76,7 @@ def index() -> Any:
         q=q or "",
         reconcile_form=ReconcileForm(),
         settings_form=settings_form,
+        stripe_account_id=organization.stripe_account_id if organization else None,
     )
 
 
@@ -152,18 +152,9 @@ def settings() -> Response:
         flash(" ".join(e for errors in form.errors.values() for e in errors) or "Invalid form.", "error")
         return redirect(url_for("webhooks.index"))
     organization = db.session.get(Organization, current_user.organization_id)
-    try:
-        changed = services.update_import_settings(
-            db.session,
-            organization,
-            _actor(),
-            import_failures=bool(form.import_stripe_failures.data),
-            account_id=form.stripe_account_id.data,
-        )
-    except services.SettingsRefused as refused:
-        db.session.rollback()
-        flash(str(refused), "error")
-        return redirect(url_for("webhooks.index"))
+    changed = services.update_import_settings(
+        db.session, organization, _actor(), import_failures=bool(form.import_stripe_failures.data)
+    )
     db.session.commit()
     flash("Stripe settings saved." if changed else "Nothing changed.", "success")
     return redirect(url_for("webhooks.index"))
