@@ -362,6 +362,28 @@ def test_success_shows_a_receipt_only_once_stripe_says_paid(
     assert db.session.get(RecoveryAttempt, attempt.id).transaction.status == TransactionStatus.RECOVERING
 
 
+def test_success_asks_stripe_only_so_often(
+    app: Flask, client: FlaskClient, db, org, make_transaction, attempt_for, stripe_sandbox
+) -> None:
+    # The address is in the customer's browser; reloading it must not spend the
+    # Stripe rate limit that every merchant shares.
+    app.config["SUCCESS_LOOKUPS_PER_MINUTE"] = 2
+    attempt = attempt_for(make_transaction(org, transaction_ref="TXN-RELOAD"))
+    client.post(f"/pay/{attempt.token}")
+    session_id = db.session.scalar(select(CheckoutSession.stripe_session_id))
+    stripe_sandbox.pay(session_id, "4242424242424242")
+    url = f"/pay/success?session_id={session_id}&t={attempt.token}"
+
+    pages = []
+    for _ in range(3):
+        before = len(stripe_sandbox.requests())
+        pages.append((text(client.get(url)), len(stripe_sandbox.requests()) - before))
+
+    assert all("Payment received" in page and asked > 0 for page, asked in pages[:2])
+    page, asked = pages[2]
+    assert asked == 0 and "Confirming your payment" in page and "TXN-RELOAD" in page
+
+
 def test_a_forged_or_foreign_session_id_shows_nothing(
     client: FlaskClient, db, org, make_org, make_transaction, attempt_for, stripe_sandbox
 ) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Blueprint, abort, current_app, g, redirect, render_template, request, url_for
-from flask_limiter import RateLimitExceeded
+from flask_limiter import RateLimitExceeded, RouteLimit
 from sqlalchemy import select
 from werkzeug.wrappers import Response
 
@@ -237,12 +237,16 @@ def success() -> Any:
     state, receipt = "processing", None
     try:
         gateway = _gateway()
-        info = payments.refresh_checkout_session(db.session, gateway, record)
-        # Belt and braces: Stripe's own copy must name this organization and transaction.
-        if info.id != session_id or info.metadata.get("transaction_id") != str(transaction.id):
-            return _unknown()
-        state, receipt = _confirmation(gateway, info, organization, transaction)
+        with _stripe_lookups():
+            info = payments.refresh_checkout_session(db.session, gateway, record)
+            # Belt and braces: Stripe's own copy must name this organization and transaction.
+            if info.id != session_id or info.metadata.get("transaction_id") != str(transaction.id):
+                return _unknown()
+            state, receipt = _confirmation(gateway, info, organization, transaction)
         db.session.commit()
+    except RateLimitExceeded:
+        db.session.rollback()
+        log.warning("customer_success_lookups_limited", session_id=session_id)
     except (StripeFailure, payments.PaymentRefused) as error:
         db.session.rollback()
         log.warning("customer_success_check_failed", session_id=session_id, error=error.message)
@@ -265,9 +269,7 @@ def _link_success(session_id: str, signed: str) -> Any:
     state, receipt = "processing", None
     try:
         gateway = _gateway()
-        # One signed address is in every paying customer's browser: it must not
-        # let anyone spend our Stripe rate limit, which all merchants share.
-        with limiter.limit(f"{current_app.config['SUCCESS_LOOKUPS_PER_MINUTE']}/minute"):
+        with _stripe_lookups():
             info = gateway.retrieve_checkout_session(session_id)
         if info.payment_link_id is None or info.metadata.get("transaction_id") != str(transaction.id):
             return _unknown()
@@ -279,6 +281,16 @@ def _link_success(session_id: str, signed: str) -> Any:
             return _unknown()
         log.warning("customer_success_check_failed", session_id=session_id, error=error.message)
     return _success_page(state, receipt, transaction, organization, None)
+
+
+def _stripe_lookups() -> RouteLimit:
+    """Count a success page's Stripe lookups against the client's per-minute allowance.
+
+    The page is public and its address sits in every paying customer's
+    browser: reloading it must not let anyone spend our Stripe rate limit,
+    which all merchants share. Over the limit the page says "confirming".
+    """
+    return limiter.limit(f"{current_app.config['SUCCESS_LOOKUPS_PER_MINUTE']}/minute")
 
 
 def _success_page(
