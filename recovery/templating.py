@@ -31,6 +31,12 @@ def url_with(**changes: Any) -> str:
     return url_for(request.endpoint, **values)
 
 
+def row_id_arg(name: str) -> int | None:
+    """A page's row-id query argument ("before=123"); None unless it fits a bigint column."""
+    raw = request.args.get(name, "")
+    return int(raw) if raw.isdigit() and len(raw) < 19 else None
+
+
 def status_badge(status: str) -> Markup:
     """A status as a badge; a filter because the list shows fifty and a macro call costs twice as much."""
     text = escape(status)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -294,6 +295,7 @@ def test_list_filters(api, db, make_transaction, org):
         ("order=up", "order"),
         ("after=not-a-cursor", "after"),
         ("before=bm9wZQ", "before"),
+        ("after=" + base64.urlsafe_b64encode(b"[" * 1000).decode(), "after"),
         ("limit=0", "limit"),
         ("limit=101", "limit"),
         ("limit=ten", "limit"),

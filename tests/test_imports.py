@@ -365,6 +365,28 @@ def test_amounts_in_the_file_are_minor_units_or_exact_decimals(
     }
 
 
+def test_a_row_with_metadata_nested_too_deeply_is_listed_and_its_neighbours_imported(
+    client: FlaskClient, signed_in: Callable[..., User], db: Any
+) -> None:
+    # json.loads gives up on "[" * 3000 with a RecursionError, not a JSONDecodeError:
+    # it once failed the whole chunk, losing every valid row in it.
+    signed_in("operator")
+    lines = [
+        "transaction_ref,amount,currency,metadata",
+        'GOOD-1,5000,usd,"{""order_id"": ""ORD-1""}"',
+        "DEEP,5000,usd," + "[" * 3000,
+        "GOOD-2,5000,usd,",
+    ]
+
+    response = upload(client, ("\r\n".join(lines) + "\r\n").encode())
+
+    assert imported_refs(db) == ["GOOD-1", "GOOD-2"]
+    csv_import = the_import(db)
+    assert (csv_import.status, csv_import.imported_rows, csv_import.invalid_rows) == ("done", 2, 1)
+    [(line, ref, reason)] = problems(client.get(response.headers["Location"]).get_data(as_text=True))
+    assert (line, ref) == (3, "DEEP") and "nested too deeply" in reason
+
+
 def test_imported_rows_are_normalised_and_show_imported_on_the_timeline(
     client: FlaskClient, signed_in: Callable[..., User], db: Any
 ) -> None:

@@ -154,6 +154,20 @@ def test_recoveries_page_lists_and_filters(client, db, signed_in, org, make_tran
     assert running.token not in everything
 
 
+@pytest.mark.parametrize("before", [str(2**64), "-5", "1e3", "99999999999999999999999"])
+def test_recoveries_page_shows_the_first_page_for_a_made_up_position(
+    client, db, signed_in, org, make_transaction, before
+):
+    # SQLite refuses integers past 64 bits outright: the page answered 500.
+    signed_in("viewer", org=org)
+    start_directly(db, make_transaction(org, transaction_ref="RUN-1"))
+
+    response = client.get(f"/recoveries?before={before}")
+
+    assert response.status_code == 200
+    assert "RUN-1" in response.get_data(as_text=True)
+
+
 def test_outbox_shows_messages_as_they_would_be_sent(
     client, db, signed_in, org, make_transaction, run_worker
 ):

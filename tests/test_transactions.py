@@ -307,6 +307,8 @@ def test_pagination_keeps_the_filters(client: FlaskClient, signed_in: Callable[.
         {"after": cursor([1000, 10**30]), "sort": "amount"},
         {"before": cursor(["2025-01-15T12:00:00+00:00", -(10**30)])},
         {"after": base64.urlsafe_b64encode(b"\xff\xfe").decode()},
+        {"after": base64.urlsafe_b64encode(b"[" * 1000).decode()},  # exhausts json's recursion
+        {"before": cursor(["x" * 300, 5])},
     ],
 )
 def test_forged_cursor_shows_the_first_page_with_a_message(

@@ -300,6 +300,9 @@ def test_metadata_good(raw: Any, expected: dict[str, Any]) -> None:
         ('{"a": -Infinity}', "finite"),
         ('{"a": 1e999}', "finite"),
         ('{"a": "' + "x" * METADATA_MAX_BYTES + '"}', f"larger than {METADATA_MAX_BYTES} bytes"),
+        # Deep enough to exhaust json's recursion, short enough for a CSV cell or a form.
+        ("[" * 3000, "nested too deeply"),
+        ('{"a": ' * 3000, "nested too deeply"),
     ],
 )
 def test_metadata_refused(raw: str, message: str) -> None:

@@ -24,6 +24,7 @@ from recovery.recoveries.forms import (
     StartRecoveryForm,
 )
 from recovery.security import is_safe_next, require_role
+from recovery.templating import row_id_arg
 from recovery.transactions import live
 from recovery.transactions.services import get_for_org
 
@@ -165,7 +166,7 @@ def index() -> Any:
     status = request.args.get("status") or None
     if status not in (None, *AttemptStatus.ALL):
         status = None
-    before = request.args.get("before", type=int)
+    before = row_id_arg("before")
     stmt = (
         select(RecoveryAttempt, Transaction)
         .join(Transaction, Transaction.id == RecoveryAttempt.transaction_id)

@@ -256,6 +256,11 @@ class Page:
     count_capped: bool
 
 
+# Ours are 20-60 characters (an ISO date or a bigint, and a row id); anything
+# much longer is made up, and a deeply nested one would exhaust json's recursion.
+CURSOR_MAX_LENGTH = 200
+
+
 def encode_cursor(transaction: Transaction | ListedTransaction, sort: str) -> str:
     value: Any = transaction.failed_at.isoformat() if sort == "date" else transaction.amount
     raw = json.dumps([value, transaction.id], separators=(",", ":")).encode()
@@ -263,6 +268,8 @@ def encode_cursor(transaction: Transaction | ListedTransaction, sort: str) -> st
 
 
 def decode_cursor(raw: str, sort: str) -> tuple[Any, int] | None:
+    if len(raw) > CURSOR_MAX_LENGTH:
+        return None
     try:
         padded = raw + "=" * (-len(raw) % 4)
         value, row_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
@@ -274,7 +281,7 @@ def decode_cursor(raw: str, sort: str) -> tuple[Any, int] | None:
             return (moment, row_id) if moment.tzinfo is not None else None
         if _is_bigint(value):
             return value, row_id
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError, RecursionError):
         return None
     return None
 

@@ -244,6 +244,9 @@ def clean_metadata(raw: Any) -> dict[str, Any]:
             raw = json.loads(raw)
         except json.JSONDecodeError:
             raise ValueError('Metadata must be a JSON object, e.g. {"order_id": "ORD-123"}.') from None
+        except RecursionError:
+            # json.loads accepts nesting until Python's stack runs out; "[" * 3000 does.
+            raise ValueError("Metadata is nested too deeply: use a flat JSON object.") from None
     if not isinstance(raw, dict):
         raise ValueError('Metadata must be a JSON object, e.g. {"order_id": "ORD-123"}.')
     if any(not isinstance(v, str | int | float | bool | type(None)) for v in raw.values()):

@@ -20,6 +20,7 @@ from recovery.logs import get_logger
 from recovery.models import Organization, Role, WebhookState
 from recovery.queue import get_queue
 from recovery.security import require_role
+from recovery.templating import row_id_arg
 from recovery.webhooks import jobs, services
 from recovery.webhooks.forms import ImportSettingsForm, ProcessAgainForm, ReconcileForm
 
@@ -42,11 +43,6 @@ def _org_event(event_id: int) -> Any:
     return event
 
 
-def _int_arg(name: str) -> int | None:
-    raw = request.args.get(name, "")
-    return int(raw) if raw.isdigit() and len(raw) < 19 else None
-
-
 @bp.get("")
 @require_role(Role.ADMIN)
 def index() -> Any:
@@ -60,7 +56,7 @@ def index() -> Any:
         type_ = None
     q = (request.args.get("q") or "").strip()[:255] or None
     page = services.list_events(
-        db.session, org_id, state=state, type=type_, object_id=q, before=_int_arg("before")
+        db.session, org_id, state=state, type=type_, object_id=q, before=row_id_arg("before")
     )
     organization = db.session.get(Organization, org_id)
     settings_form = ImportSettingsForm(
