@@ -29,6 +29,19 @@ ZERO_DECIMAL = frozenset({
 })
 # fmt: on
 THREE_DECIMAL = frozenset({"bhd", "jod", "kwd", "omr", "tnd"})
+# The currencies Stripe charges cards in (its "presentment currencies"). ISO 4217
+# and CLDR know ~300 codes, withdrawn ones (dem, vef) and non-money ones (xxx,
+# xau) included: a transaction in one of those could never be collected, and
+# Stripe would only say so at the first checkout, long after the import.
+# (The sandbox keeps its own copy: it plays Stripe, and must not share our beliefs.)
+STRIPE_CURRENCIES = frozenset("""
+usd aed afn all amd ang aoa ars aud awg azn bam bbd bdt bgn bhd bif bmd bnd bob brl bsd bwp byn bzd
+cad cdf chf clp cny cop crc cve czk djf dkk dop dzd egp etb eur fjd fkp gbp gel gip gmd gnf gtq gyd
+hkd hnl htg huf idr ils inr isk jmd jod jpy kes kgs khr kmf krw kwd kyd kzt lak lbp lkr lrd lsl mad
+mdl mga mkd mmk mnt mop mur mvr mwk mxn myr mzn nad ngn nio nok npr nzd omr pab pen pgk php pkr pln
+pyg qar ron rsd rub rwf sar sbd scr sek sgd shp sle sos srd std szl thb tjs tnd top try ttd twd tzs
+uah ugx uyu uzs vnd vuv wst xaf xcd xof xpf yer zar zmw
+""".split())
 
 # Stripe's largest amount is 99,999,999 in most currencies' minor units; we keep
 # a roomier bound that still catches a misplaced decimal separator.
@@ -60,12 +73,14 @@ def exponent(currency: str) -> int:
 
 
 def normalize_currency(raw: str | None) -> str:
-    """Return a known ISO 4217 code in lower case, or raise AmountError."""
+    """Return an ISO 4217 code that Stripe charges in, in lower case, or raise AmountError."""
     code = (raw or "").strip().lower()
     if not code:
         raise AmountError("Currency is required (an ISO 4217 code such as usd).")
     if len(code) != 3 or not code.isalpha() or code not in known_currencies():
         raise AmountError(f"{raw!r} is not a known ISO 4217 currency code.")
+    if code not in STRIPE_CURRENCIES:
+        raise AmountError(f"{code.upper()} is not a currency Stripe can charge cards in.")
     return code
 
 

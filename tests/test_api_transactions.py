@@ -129,6 +129,7 @@ INVALID = [
     ({"amount": None, "amount_decimal": 50.5}, "amount_decimal", "Must be a string in major units"),
     ({"amount": None, "amount_decimal": "fifty"}, "amount_decimal", "is not a number"),
     ({"currency": "xyz"}, "currency", "not a known ISO 4217 currency code"),
+    ({"currency": "dem"}, "currency", "DEM is not a currency Stripe can charge cards in."),
     ({"currency": None}, "currency", "Currency is required"),
     ({"currency": 840}, "currency", "Must be a string."),
     ({"transaction_ref": ""}, "transaction_ref", "This field is required."),

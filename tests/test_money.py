@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from recovery.money import (
+    STRIPE_CURRENCIES,
     AmountError,
     card_charge_problem,
     exponent,
@@ -174,6 +175,14 @@ def test_normalize_currency_good(raw: str, expected: str) -> None:
     assert normalize_currency(raw) == expected
 
 
+def test_every_currency_stripe_charges_is_accepted() -> None:
+    from recovery.sandbox.objects import CURRENCIES as SANDBOX_CURRENCIES
+
+    assert STRIPE_CURRENCIES == SANDBOX_CURRENCIES
+    for code in STRIPE_CURRENCIES:
+        assert normalize_currency(code.upper()) == code
+
+
 @pytest.mark.parametrize(
     ("raw", "message"),
     [
@@ -185,6 +194,12 @@ def test_normalize_currency_good(raw: str, expected: str) -> None:
         ("12345", "not a known ISO 4217"),
         ("123", "not a known ISO 4217"),
         ("u$d", "not a known ISO 4217"),
+        # ISO codes no card can be charged in: withdrawn, testing, precious metals.
+        ("dem", "DEM is not a currency Stripe can charge cards in."),
+        ("vef", "not a currency Stripe can charge"),
+        ("XXX", "not a currency Stripe can charge"),
+        ("xts", "not a currency Stripe can charge"),
+        ("xau", "not a currency Stripe can charge"),
     ],
 )
 def test_normalize_currency_refused(raw: str | None, message: str) -> None:
