@@ -25,6 +25,7 @@ from flask_mail import Message as MailMessage
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client as TwilioClient
+from urllib3.exceptions import NewConnectionError
 
 from recovery.logs import get_logger
 from recovery.models import Provider
@@ -41,13 +42,15 @@ TWILIO_UNDELIVERABLE = frozenset({TWILIO_INVALID_NUMBER, TWILIO_NOT_MOBILE})
 
 class Outcome:
     SENT = "sent"
-    # Worth another try later: connection trouble, 4xx SMTP, Twilio 5xx or 20429.
+    # Worth another try later: connection trouble before the message went out,
+    # 4xx SMTP, Twilio 5xx or 20429.
     RETRY = "retry"
     # The address or number is refused for good: never use it again, fall back.
     UNDELIVERABLE = "undeliverable"
     # The customer unsubscribed at the provider (Twilio 21610).
     OPTED_OUT = "opted_out"
-    # Refused for another reason that another try will not fix.
+    # Refused for another reason that another try will not fix, or perhaps
+    # delivered already (the connection failed after the message went out).
     FAILED = "failed"
 
 
@@ -431,8 +434,15 @@ class Postman:
                 return Delivery(Outcome.RETRY, Provider.TWILIO, error=text)
             return Delivery(Outcome.FAILED, Provider.TWILIO, error=text)
         except requests.RequestException as error:
+            if _never_reached_twilio(error):
+                return Delivery(
+                    Outcome.RETRY, Provider.TWILIO, error=f"Twilio connection: {type(error).__name__}"
+                )
             return Delivery(
-                Outcome.RETRY, Provider.TWILIO, error=f"Twilio connection: {type(error).__name__}"
+                Outcome.FAILED,
+                Provider.TWILIO,
+                error=f"Twilio connection failed once the request may have been sent"
+                f" ({type(error).__name__}); not sent again in case it was delivered",
             )
         return Delivery(Outcome.SENT, Provider.TWILIO, str(created.sid))
 
@@ -459,6 +469,21 @@ class BaseUrlHttpClient(TwilioHttpClient):  # type: ignore[misc]  # twilio ships
             base = urlsplit(self.api_base)
             url = urlunsplit(urlsplit(url)._replace(scheme=base.scheme, netloc=base.netloc))
         return super().request(method, url, *args, **kwargs)
+
+
+def _never_reached_twilio(error: requests.RequestException) -> bool:
+    """Whether the request failed before it could reach Twilio, so sending it again is safe.
+
+    Only a connection never opened qualifies: refused, name not resolved, or
+    timed out while connecting. Anything later (a read timeout, a reset, a TLS
+    or protocol error) may have come after Twilio queued the SMS: a second
+    request would be a second SMS to the customer.
+    """
+    if isinstance(error, requests.ConnectTimeout):
+        return True
+    # requests wraps urllib3's MaxRetryError, whose reason says how the connection failed.
+    cause = error.args[0] if error.args else None
+    return isinstance(getattr(cause, "reason", None), NewConnectionError)
 
 
 def _connection_error(error: OSError) -> str:

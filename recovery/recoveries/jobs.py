@@ -131,10 +131,15 @@ def sweep() -> int:
     """The database is the source of truth: find due attempts without a waiting job and enqueue them.
 
     Re-enqueues itself for the next whole minute; the job id is the minute, so
-    however many workers run, there is one sweep per minute.
+    however many workers run, there is one sweep per minute. The next run is
+    placed before this one works: only worker start arms the chain, so an
+    error, a timeout or a killed worker here must not end it.
     """
     now = utcnow()
-    placed = sweep_once(now)
     at = scheduling.next_sweep_at(now)
     scheduling.place(get_queue(), sweep, scheduling.sweep_job_id(at), at, now)
-    return placed
+    try:
+        return sweep_once(now)
+    except Exception as error:
+        log.exception("recovery_sweep_failed", error=str(error))
+        raise  # RQ records the failed run with its traceback; the next one is already placed
