@@ -163,19 +163,15 @@ def worker(queues: tuple[str, ...], with_scheduler: bool, burst: bool, fork: boo
     jobs are short, keep no state between runs and have RQ's timeouts; a crash
     takes the worker down and the process manager starts it again.
     """
-    from rq import SimpleWorker, Worker
-
     from recovery.queue import redis_connection
     from recovery.recoveries.jobs import start_sweeper
+    from recovery.worker import arm_periodic_jobs, worker_class
 
     names = list(queues) or current_app.config["RQ_QUEUES"].split(",")
-    worker_class = Worker if fork else SimpleWorker
-    rq_worker = worker_class(names, connection=redis_connection())
+    # Workers with the scheduler also keep the periodic jobs placed (see recovery/worker.py).
+    rq_worker = worker_class(fork=fork, arming=with_scheduler)(names, connection=redis_connection())
     if with_scheduler:
-        from recovery.queue import get_queue
-        from recovery.webhooks.jobs import schedule_periodic
-
-        schedule_periodic(get_queue(names[0]))  # the webhook sweeper and the reconciliation
-        # Idempotent: one sweep a minute however many workers start it.
+        arm_periodic_jobs(names[0])
+        # A sweep now, not at the next minute: a restart is when sends are likeliest overdue.
         start_sweeper()
     rq_worker.work(with_scheduler=with_scheduler, burst=burst)

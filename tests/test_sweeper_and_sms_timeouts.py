@@ -71,6 +71,28 @@ def test_a_failed_sweep_still_places_the_next_one(app, worker, monkeypatch, modu
     assert expected & set(scheduled)
 
 
+def test_a_workers_maintenance_round_rearms_what_redis_lost(app):
+    # A flush (or a failover to an empty replica) takes every waiting job with it;
+    # the chains only re-place themselves from a run, so nothing would run again.
+    from recovery.webhooks.jobs import RECONCILER_JOB_ID, SWEEPER_JOB_ID
+    from recovery.worker import ArmingSimpleWorker
+
+    redis = redis_connection(app)
+    assert jobs.start_sweeper() is True
+    redis.flushdb()
+    before = utcnow()
+
+    # RQ runs its maintenance when a worker starts and every 10 minutes after.
+    ArmingSimpleWorker(["default"], connection=redis).work(burst=True, with_scheduler=True)
+
+    after = utcnow()
+    scheduled = set(ScheduledJobRegistry("default", connection=redis).get_job_ids())
+    assert {SWEEPER_JOB_ID, RECONCILER_JOB_ID} <= scheduled
+    # The re-armed sweep ran in the burst and placed the next minute's.
+    assert {scheduling.sweep_job_id(scheduling.next_sweep_at(t)) for t in (before, after)} & scheduled
+    assert jobs.keep_sweeper_armed() is False  # armed: a second round adds nothing
+
+
 # --- SMS whose request may have reached Twilio ---------------------------------------------
 
 

@@ -126,6 +126,23 @@ def start_sweeper(now: datetime | None = None) -> bool:
     )
 
 
+def keep_sweeper_armed(now: datetime | None = None) -> bool:
+    """Start the sweep chain again if Redis has lost it (a flush, a failover); True if it had.
+
+    The chain re-places itself each minute, but only from a run: once its
+    waiting job is gone, nothing else would start it before a worker restarts,
+    and a send job lost with it would never be retried.
+    """
+    now = now or utcnow()
+    connection = get_queue().connection
+    at = scheduling.next_sweep_at(now)
+    for minute in (at - scheduling.SWEEP_EVERY, at):
+        if scheduling.is_waiting(connection, scheduling.sweep_job_id(minute)):
+            return False
+    log.warning("recovery_sweeper_rearmed")
+    return start_sweeper(now)
+
+
 @app_job
 def sweep() -> int:
     """The database is the source of truth: find due attempts without a waiting job and enqueue them.
