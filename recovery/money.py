@@ -34,14 +34,15 @@ THREE_DECIMAL = frozenset({"bhd", "jod", "kwd", "omr", "tnd"})
 # xau) included: a transaction in one of those could never be collected, and
 # Stripe would only say so at the first checkout, long after the import.
 # (The sandbox keeps its own copy: it plays Stripe, and must not share our beliefs.)
-STRIPE_CURRENCIES = frozenset("""
+_STRIPE_CURRENCY_LIST = """
 usd aed afn all amd ang aoa ars aud awg azn bam bbd bdt bgn bhd bif bmd bnd bob brl bsd bwp byn bzd
 cad cdf chf clp cny cop crc cve czk djf dkk dop dzd egp etb eur fjd fkp gbp gel gip gmd gnf gtq gyd
 hkd hnl htg huf idr ils inr isk jmd jod jpy kes kgs khr kmf krw kwd kyd kzt lak lbp lkr lrd lsl mad
 mdl mga mkd mmk mnt mop mur mvr mwk mxn myr mzn nad ngn nio nok npr nzd omr pab pen pgk php pkr pln
 pyg qar ron rsd rub rwf sar sbd scr sek sgd shp sle sos srd std szl thb tjs tnd top try ttd twd tzs
 uah ugx uyu uzs vnd vuv wst xaf xcd xof xpf yer zar zmw
-""".split())
+"""
+STRIPE_CURRENCIES = frozenset(_STRIPE_CURRENCY_LIST.split())
 
 # Stripe's largest amount is 99,999,999 in most currencies' minor units; we keep
 # a roomier bound that still catches a misplaced decimal separator.

@@ -110,6 +110,71 @@ def test_amounts_and_dates_follow_the_customer_locale(
     assert expected_date in email.text
 
 
+# The link dies at 20:00 UTC on 15 January: 15:00 in New York, 12:00 in San Francisco,
+# but already 05:00 on the 16th in Tokyo, where the organization is.
+DIES = datetime(2026, 1, 15, 20, tzinfo=UTC)
+SHORT_LINK = "https://p.example/" + "T" * 43  # leaves the SMS room for its expiry
+
+
+@pytest.mark.parametrize(
+    ("customer", "email_says", "sms_says"),
+    [
+        ({"country": "US"}, "January 15, 2026, 3:00 PM ET", "Jan 15, 3 PM ET"),
+        ({"country": "US", "phone": "+14155550123"}, "January 15, 2026, 12:00 PM PT", "Jan 15, 12 PM PT"),
+        ({"phone": "+12125550123"}, "January 15, 2026, 3:00 PM ET", "Jan 15, 3 PM ET"),
+    ],
+)
+def test_the_expiry_is_told_in_the_customers_zone_not_the_organizations(
+    customer: dict[str, str], email_says: str, sms_says: str
+) -> None:
+    details = facts(expires_at=DIES, timezone="Asia/Tokyo", link=SHORT_LINK, **customer)
+
+    email = render_email(details)
+    sms = render_sms(details)
+
+    for part in (email.text, email.html):
+        assert f"This link works until {email_says}." in part
+        assert "16" not in part.split("works until", 1)[1].split(".", 1)[0]
+    assert f"Pay securely by {sms_says}: {SHORT_LINK}" in sms
+    assert "Jan 16" not in sms
+
+
+def test_a_customer_of_unknown_zone_reads_the_organizations_zone_by_name() -> None:
+    email = render_email(facts(expires_at=DIES, timezone="Asia/Tokyo"))
+
+    # The date is Tokyo's, and says so: true wherever the customer reads it.
+    assert "This link works until January 16, 2026, 5:00 AM Japan Time." in email.text
+
+
+@pytest.mark.parametrize(
+    ("expires_at", "customer", "says"),
+    [
+        # The hour is rounded down: a promise the link keeps.
+        (datetime(2026, 1, 15, 20, 37, tzinfo=UTC), {"country": "US"}, "January 15, 2026, 3:00 PM ET"),
+        # India is UTC+5:30: 02:07 there, rounded down to 02:00, not to the UTC hour.
+        (
+            datetime(2026, 1, 15, 20, 37, tzinfo=UTC),
+            {"country": "IN"},
+            "January 16, 2026, 2:00 AM India Time",
+        ),
+        # Alaska's area code spans two zones: the earliest date, then the eastern clock.
+        (DIES, {"phone": "+19075550123"}, "January 15, 2026, 11:00 AM AKT"),
+        # Babel has no name for UTC of its own.
+        (DIES, {}, "January 15, 2026, 8:00 PM UTC"),
+        # In July New York keeps daylight time: still "ET", one hour later.
+        (datetime(2026, 7, 15, 20, tzinfo=UTC), {"country": "US"}, "July 15, 2026, 4:00 PM ET"),
+    ],
+)
+def test_the_expiry_time_is_rounded_down_and_named(
+    expires_at: datetime, customer: dict[str, str], says: str
+) -> None:
+    email = render_email(
+        facts(expires_at=expires_at, timezone="Asia/Tokyo" if customer else "UTC", **customer)
+    )
+
+    assert f"This link works until {says}." in email.text
+
+
 def test_sms_is_one_gsm7_segment_with_merchant_amount_and_link() -> None:
     text = render_sms(facts(merchant="Café “Zoë” — Shop"))
 

@@ -11,17 +11,18 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from functools import cache
 from pathlib import Path
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 from babel import Locale, UnknownLocaleError
-from babel.dates import format_date
+from babel.dates import format_date, format_skeleton
 from babel.support import Translations
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from recovery import money
+from recovery.recoveries.quiet_hours import country_zone, customer_zones
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates" / "messages"
 TRANSLATIONS = Path(__file__).resolve().parents[1] / "translations"
@@ -78,10 +79,13 @@ class MessageFacts:
     link: str
     unsubscribe_url: str
     expires_at: datetime
-    timezone: str
+    timezone: str  # the organization's: the customer's zone when nothing else tells it
     locale: str | None
     step: int
     contact_email: str | None
+    # Where the customer may be, as quiet hours judge it (ISO 3166 alpha-2, E.164).
+    country: str | None = None
+    phone: str | None = None
 
 
 @dataclass(frozen=True)
@@ -117,12 +121,57 @@ def _environment(locale: str) -> Environment:
     return env
 
 
+def expiry_zone(facts: MessageFacts) -> ZoneInfo:
+    """The zone in which to tell the customer when their link expires.
+
+    One of the zones quiet hours think the customer may be in: the country's
+    main zone if it is one (the clock most of its people read), else the one
+    where the link expires on the earliest date, the most eastern on a tie.
+    Any of them tells the truth, since the time is shown with its zone.
+    """
+    zones = customer_zones(facts.country, facts.phone, facts.timezone)
+    main = country_zone(facts.country)
+    if main in zones:
+        return main
+
+    def earliest_date_then_east(zone: ZoneInfo) -> tuple[date, timedelta, str]:
+        local = facts.expires_at.astimezone(zone)
+        return (local.date(), -(local.utcoffset() or timedelta()), zone.key)
+
+    return min(zones, key=earliest_date_then_east)
+
+
+def format_expiry(facts: MessageFacts, locale: str, *, short: bool) -> str:
+    """When the link stops working: "January 15, 2026, 3:00 PM ET"; "Jan 15, 3 PM ET" in an SMS.
+
+    Not a date alone: the link dies at the time of day the recovery started,
+    so its last date is only partly usable, and the day before may already be
+    past when a reminder held back by quiet hours arrives. The time, rounded
+    down to the hour, goes with its zone, which keeps it true even where the
+    customer's zone is a guess. The SMS drops the year and the minutes.
+    """
+    zone = expiry_zone(facts)
+    local = facts.expires_at.astimezone(zone).replace(minute=0, second=0, microsecond=0)
+    parsed = Locale.parse(locale)
+    hour = "H" if "H" in parsed.time_formats["short"].pattern else "h"
+    day = (
+        format_skeleton("MMMd", local, tzinfo=zone, locale=locale)
+        if short
+        else format_date(local, "long", locale=locale)
+    )
+    if zone.key in ("UTC", "Etc/UTC"):
+        # CLDR names no region for UTC: Babel would write "Unknown Region (UTC) Time".
+        clock = format_skeleton(hour if short else hour + "m", local, tzinfo=zone, locale=locale) + " UTC"
+    else:
+        # The locale's clock (3 PM, 15:00) and its everyday name for the zone (ET, Japan Time).
+        clock = format_skeleton(hour + "v" if short else hour + "mv", local, tzinfo=zone, locale=locale)
+    # CLDR's "{1}, {0}": date, then time; quotes only mark literal text.
+    pattern: str = parsed.datetime_formats["short" if short else "long"]
+    return pattern.replace("'", "").replace("{1}", day).replace("{0}", clock)
+
+
 def _context(facts: MessageFacts) -> dict[str, object]:
     locale = babel_locale(facts.locale)
-    try:
-        zone = ZoneInfo(facts.timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        zone = ZoneInfo("UTC")
     return {
         "merchant": facts.merchant,
         "brand_color": facts.brand_color,
@@ -131,8 +180,8 @@ def _context(facts: MessageFacts) -> dict[str, object]:
         "ref": facts.transaction_ref,
         "link": facts.link,
         "unsubscribe_url": facts.unsubscribe_url,
-        "expiry": format_date(facts.expires_at.astimezone(zone).date(), format="long", locale=locale),
-        "short_expiry": format_date(facts.expires_at.astimezone(zone).date(), format="medium", locale=locale),
+        "expiry": format_expiry(facts, locale, short=False),
+        "short_expiry": format_expiry(facts, locale, short=True),
         "reminder": facts.step > 0,
         "new_card": (facts.failure_code or "") in NEW_CARD_CODES,
         "contact_email": facts.contact_email,

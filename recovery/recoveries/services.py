@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import pairwise
 
-from sqlalchemy import exists, select, text, tuple_
+from sqlalchemy import ColumnElement, exists, select, text, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import object_session, selectinload
 
@@ -59,6 +59,12 @@ M = MessageStatus
 MAX_TRIES = 5
 RETRY_DELAYS = (timedelta(minutes=1), timedelta(minutes=5), timedelta(minutes=15), timedelta(hours=1))
 MAX_STEPS = 10
+# How often a step held back by a payment still settling at Stripe (SEPA, ACH) looks
+# again: a failed debit takes days to be known, so a few hours more before the
+# reminders resume costs little, and spares the queue a job every few minutes.
+PAYMENT_PENDING_RECHECK = timedelta(hours=6)
+# The most a step overdue after a backlog waits after the previous send (`_next_send_time`).
+MAX_CATCH_UP_GAP = timedelta(days=1)
 # A message still "sending" after this long lost its worker (jobs time out well before).
 SENDING_ABANDONED = timedelta(minutes=15)
 # A batch starts no new delivery after this long; the rest are retried a minute later.
@@ -188,8 +194,14 @@ def effective_channels(
     """The channels the attempt sends on now: those asked for, a dead one replaced by the other if allowed.
 
     Allowed: the attempt allows fallback and the organization lets that channel fall back.
+    An email address the customer unsubscribed is dropped, never replaced: the link
+    they clicked says "Stop these reminders", not "text me instead". A number that
+    replied STOP (Twilio 21610) falls back to email, as issue 5 asks: STOP is the
+    carrier's keyword for texts, and says nothing about email.
     `suppressed` (channel → reason) saves the query when the caller knows it.
     """
+    if suppressed is None:
+        suppressed = suppressed_channels(session, transaction)
     usable = available_channels(session, transaction, suppressed)
     organization = session.get(Organization, attempt.organization_id)
     may_fall_back = organization.fallback_set if organization is not None else frozenset()
@@ -197,7 +209,12 @@ def effective_channels(
     for channel in attempt.channels:
         if channel in usable:
             chosen: str | None = channel
-        elif attempt.allow_fallback and channel in may_fall_back and _other(channel) in usable:
+        elif (
+            attempt.allow_fallback
+            and channel in may_fall_back
+            and not (channel == Channel.EMAIL and suppressed.get(channel) == SuppressionReason.OPTED_OUT)
+            and _other(channel) in usable
+        ):
             chosen = _other(channel)
         else:
             chosen = None
@@ -474,8 +491,11 @@ def record_click(session: DbSession, attempt: RecoveryAttempt, *, now: datetime)
 def unsubscribe_email(session: DbSession, attempt: RecoveryAttempt, *, now: datetime) -> bool:
     """Opt the customer's email address out of the organization's messages; True if it was new.
 
-    Later sends of any attempt skip the address (SMS takes over if allowed);
-    an attempt left with no channel fails at its next send.
+    Later sends of any attempt skip the address, and SMS does not take over
+    (`effective_channels`): the customer asked to stop the reminders. An attempt
+    left with no channel sends nothing more, but its link keeps working until it
+    expires: the unsubscribe page tells the customer they can still pay with it
+    (`_finish`).
     """
     transaction = attempt.transaction
     address = transaction.customer_email
@@ -549,19 +569,35 @@ def paid_session(session: DbSession, transaction_id: int) -> CheckoutSession | N
     A completed session awaiting a delayed payment method counts too, until
     Stripe reports that payment failed: then the customer may pay again.
     """
+    return session.scalar(
+        select(CheckoutSession)
+        .where(CheckoutSession.transaction_id == transaction_id, _is_paid_session())
+        .order_by(CheckoutSession.id.desc())
+        .limit(1)
+    )
+
+
+def paid_at_stripe(session: DbSession, transaction_ids: Sequence[int]) -> set[int]:
+    """Which of the transactions have a `paid_session`: one query for a whole send batch."""
+    if not transaction_ids:
+        return set()
+    return set(
+        session.scalars(
+            select(CheckoutSession.transaction_id)
+            .where(CheckoutSession.transaction_id.in_(set(transaction_ids)), _is_paid_session())
+            .distinct()
+        )
+    )
+
+
+def _is_paid_session() -> ColumnElement[bool]:
+    """The condition of `paid_session`, shared so the send path and the pay page agree."""
     async_failed = exists().where(
         WebhookEvent.object_id == CheckoutSession.stripe_session_id,
         WebhookEvent.type == "checkout.session.async_payment_failed",
     )
-    return session.scalar(
-        select(CheckoutSession)
-        .where(
-            CheckoutSession.transaction_id == transaction_id,
-            (CheckoutSession.payment_status == "paid")
-            | ((CheckoutSession.status == CheckoutStatus.COMPLETE) & ~async_failed),
-        )
-        .order_by(CheckoutSession.id.desc())
-        .limit(1)
+    return (CheckoutSession.payment_status == "paid") | (
+        (CheckoutSession.status == CheckoutStatus.COMPLETE) & ~async_failed
     )
 
 
@@ -640,6 +676,8 @@ def _facts(
         unsubscribe_url=unsubscribe_url(base_url, attempt.token),
         expires_at=attempt.expires_at,
         timezone=organization.timezone,
+        country=transaction.customer_country,
+        phone=transaction.customer_phone,
         locale=transaction.customer_locale,
         step=attempt.step,
         contact_email=organization.reply_to_email,
@@ -717,13 +755,20 @@ def send_time(organization: Organization, transaction: Transaction, at: datetime
     return allowed_at(
         at,
         country=transaction.customer_country,
+        phone=transaction.customer_phone,
         organization_zone=organization.timezone,
         quiet_hours=organization.quiet_hours,
     )
 
 
-def _stop_reason(attempt: RecoveryAttempt, step: int, now: datetime) -> str | None:
-    """Why nothing may be sent now, ending the attempt where its time is up or it was paid."""
+def _stop_reason(
+    attempt: RecoveryAttempt, step: int, now: datetime, *, is_paid_at_stripe: bool
+) -> str | None:
+    """Why nothing may be sent now, ending the attempt where its time is up or it was paid.
+
+    `is_paid_at_stripe`: the transaction has a `paid_session` that Stripe's webhook
+    has not turned into a recovery yet.
+    """
     if not attempt.is_active:
         return "inactive"
     if attempt.step != step:
@@ -740,6 +785,12 @@ def _stop_reason(attempt: RecoveryAttempt, step: int, now: datetime) -> str | No
     if now >= attempt.expires_at:
         _close(attempt, A.EXHAUSTED if attempt.step >= len(attempt.schedule_days) else A.EXPIRED, now)
         return "ended"
+    if is_paid_at_stripe:
+        # The pay page already tells this customer "paid, confirming": a reminder that the
+        # payment is still open would contradict it. Not closed: a delayed debit may still
+        # fail, and then the reminders resume at a later check.
+        attempt.next_send_at = min(now + PAYMENT_PENDING_RECHECK, attempt.expires_at)
+        return "payment_pending"
     # The due time may have been set days ago, before a change of settings or of the
     # customer's country: the hour is checked again now. Deferred, not skipped.
     organization = object_session(attempt).get(Organization, attempt.organization_id)  # type: ignore[union-attr]
@@ -970,26 +1021,87 @@ def _finish(
         attempt.next_send_at = now + RETRY_DELAYS[min(tries, len(RETRY_DELAYS)) - 1]
         return SendResult("retry", attempt.id, step, attempt.next_send_at)
     sent = sum(1 for m in messages if m.status in (M.SENT, M.DELIVERED))
-    if not effective_channels(session, attempt, attempt.transaction, suppressed):
-        _close(attempt, A.FAILED, now)
-        return SendResult("no_channel", attempt.id, step, None, sent)
     if sent and attempt.status == A.SCHEDULED:
         attempt.transition(A.NOTIFIED)
+    if not effective_channels(session, attempt, attempt.transaction, suppressed):
+        if not attempt.messages_sent:
+            # No message ever reached the customer: nobody holds the link, so the
+            # attempt has failed, and staff may fix the contact details and start again.
+            _close(attempt, A.FAILED, now)
+            return SendResult("no_channel", attempt.id, step, None, sent)
+        # The customer has a link from an earlier message, and may still pay with it
+        # (the unsubscribe page says so): stop messaging, keep the link.
+        _send_no_more(attempt)
+        _record_sending_stopped(session, attempt, suppressed)
+        return SendResult("no_channel", attempt.id, attempt.step, attempt.next_send_at, sent)
     days = attempt.schedule_days
     attempt.step = step + 1
     if attempt.step < len(days):
         organization = session.get(Organization, attempt.organization_id)
         assert organization is not None
-        due = send_time(
-            organization, attempt.transaction, attempt.created_at + timedelta(days=days[attempt.step])
-        )
+        due = _next_send_time(organization, attempt, sent_at=now)
         if due < attempt.expires_at:
             attempt.next_send_at = due
             return SendResult("sent", attempt.id, attempt.step, due, sent)
-        attempt.step = len(days)
-    # Every message is out: the link stays valid until it expires, then the attempt is exhausted.
-    attempt.next_send_at = attempt.expires_at
+        # A step that would come after the link expires does not happen.
+    _send_no_more(attempt)
     return SendResult("sent", attempt.id, attempt.step, attempt.next_send_at, sent)
+
+
+def _send_no_more(attempt: RecoveryAttempt) -> None:
+    """End the attempt's schedule: the link stays valid until it expires, then the attempt is exhausted.
+
+    `_stop_reason` does the closing, at the send due at the expiry.
+    """
+    attempt.step = len(attempt.schedule_days)
+    attempt.next_send_at = attempt.expires_at
+
+
+def _next_send_time(organization: Organization, attempt: RecoveryAttempt, *, sent_at: datetime) -> datetime:
+    """When the attempt's (new) step goes out: its day in the schedule, but not too soon after `sent_at`.
+
+    After a backlog (workers down, a Redis flush) several steps are overdue at
+    once, and would otherwise reach the customer seconds apart. Each step waits
+    at least half its planned gap after the previous send, and at most a day:
+    half, so that ordinary lateness (quiet hours, a queue minutes behind) leaves
+    the merchant's timetable exactly as planned; at most a day, so that a late
+    schedule still fits before the link expires, at no more than one message a
+    day (the densest the default schedule sends).
+    """
+    days = attempt.schedule_days
+    planned = attempt.created_at + timedelta(days=days[attempt.step])
+    gap = timedelta(days=days[attempt.step] - days[attempt.step - 1])
+    earliest = sent_at + min(gap / 2, MAX_CATCH_UP_GAP)
+    return send_time(organization, attempt.transaction, max(planned, earliest))
+
+
+def _record_sending_stopped(session: DbSession, attempt: RecoveryAttempt, suppressed: dict[str, str]) -> None:
+    """Put on the transaction's timeline why no more messages go out, though the link still works."""
+    transaction = attempt.transaction
+    reasons = []
+    for channel in attempt.channels:
+        name = "email" if channel == Channel.EMAIL else "text messages"
+        if suppressed.get(channel) == SuppressionReason.OPTED_OUT:
+            reasons.append(f"the customer opted out of {name}")
+        elif not address_for(transaction, channel):
+            reasons.append(f"no address for {name}")
+        else:
+            reasons.append(f"{name} undeliverable")
+    audit.record(
+        session,
+        Actor.system(attempt.organization_id),
+        "recovery.sending_stopped",
+        transaction_id=attempt.transaction_id,
+        target_type="recovery_attempt",
+        target_id=attempt.id,
+        summary=f"No more messages: {'; '.join(reasons)}. The payment link works until it expires.",
+    )
+    log.info(
+        "recovery_sending_stopped",
+        attempt_id=attempt.id,
+        organization_id=attempt.organization_id,
+        reasons=reasons,
+    )
 
 
 def _ended(attempt: RecoveryAttempt, outcome: str) -> SendResult:
@@ -1130,11 +1242,12 @@ def send_batch(
     )
     steps = {attempt.id: step for attempt, step in batch}
     contacts = BatchContacts(session, [attempt.transaction for attempt, _ in batch])
+    paid = paid_at_stripe(session, [attempt.transaction_id for attempt, _ in batch])
     at_step = _messages_at_steps(session, [attempt for attempt, _ in batch])
     results: dict[int, SendResult] = {}
     claims: dict[int, tuple[RecoveryAttempt, list[Message]]] = {}
     for attempt, step in batch:
-        stop = _stop_reason(attempt, step, now)
+        stop = _stop_reason(attempt, step, now, is_paid_at_stripe=attempt.transaction_id in paid)
         if stop is not None:
             results[attempt.id] = _ended(attempt, stop)
             continue

@@ -425,6 +425,7 @@ AUDIT_TITLES = {
     "recovery.cancelled": "Recovery cancelled",
     "recovery.link_opened": "Customer opened the payment link",
     "recovery.unsubscribed": "Customer unsubscribed from emails",
+    "recovery.sending_stopped": "No more messages; the payment link still works",
     "recovery.sms_opted_out": "Customer replied STOP: no more text messages",
     "recovery.sms_opted_in": "Customer replied START: text messages allowed again",
     "recovery.sms_undelivered": "Text message not delivered",
