@@ -279,6 +279,23 @@ def test_api_start_refuses_bad_input(client, db, org, make_transaction, make_tok
     assert db.session.query(RecoveryAttempt).count() == 0
 
 
+@pytest.mark.parametrize("day", ["1e999", "-1e999"])
+def test_api_start_refuses_an_infinite_schedule_day(client, db, org, make_transaction, make_token, day):
+    # JSON's 1e999 parses to infinity, which int() refuses with OverflowError (it answered 500).
+    make_transaction(org, transaction_ref="API-INF", customer_phone=None)
+    _token, raw = make_token(org, role="operator")
+
+    response = client.post(
+        "/v1/recoveries",
+        data=f'{{"transaction_ref": "API-INF", "schedule": [0, {day}]}}',
+        headers={**bearer(raw), "Content-Type": "application/json"},
+    )
+
+    assert response.status_code == 422, response.json
+    assert "whole numbers of days" in response.json["error"]["fields"]["schedule"]
+    assert db.session.query(RecoveryAttempt).count() == 0
+
+
 def test_api_roles(client, db, org, make_transaction, make_token):
     make_transaction(org, transaction_ref="API-3")
     _viewer, viewer = make_token(org, role="viewer")

@@ -266,7 +266,7 @@ def parse_schedule(raw: str | Sequence[object] | None) -> list[int]:
             raise RecoveryRefused("The schedule must be whole numbers of days.", field="schedule")
         try:
             day = int(part.strip()) if isinstance(part, str) else int(part)  # type: ignore[call-overload]
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: JSON's 1e999 is infinity
             raise RecoveryRefused(
                 f"The schedule must be whole numbers of days, like 0,1,3,6; got {part!r}.", field="schedule"
             ) from None
