@@ -34,7 +34,7 @@ def url_with(**changes: Any) -> str:
 def row_id_arg(name: str) -> int | None:
     """A page's row-id query argument ("before=123"); None unless it fits a bigint column."""
     raw = request.args.get(name, "")
-    return int(raw) if raw.isdigit() and len(raw) < 19 else None
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 19 else None
 
 
 def status_badge(status: str) -> Markup:

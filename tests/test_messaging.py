@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from recovery.demo import CUSTOMERS as DEMO_CUSTOMERS
 from recovery.extensions import mail
 from recovery.messaging.content import (
     MessageFacts,
@@ -113,21 +114,20 @@ def test_amounts_and_dates_follow_the_customer_locale(
 # The link dies at 20:00 UTC on 15 January: 15:00 in New York, 12:00 in San Francisco,
 # but already 05:00 on the 16th in Tokyo, where the organization is.
 DIES = datetime(2026, 1, 15, 20, tzinfo=UTC)
-SHORT_LINK = "https://p.example/" + "T" * 43  # leaves the SMS room for its expiry
 
 
 @pytest.mark.parametrize(
     ("customer", "email_says", "sms_says"),
     [
-        ({"country": "US"}, "January 15, 2026, 3:00 PM ET", "Jan 15, 3 PM ET"),
-        ({"country": "US", "phone": "+14155550123"}, "January 15, 2026, 12:00 PM PT", "Jan 15, 12 PM PT"),
-        ({"phone": "+12125550123"}, "January 15, 2026, 3:00 PM ET", "Jan 15, 3 PM ET"),
+        ({"country": "US"}, "January 15, 2026, 3:00 PM (UTC-5)", "Jan 15"),
+        ({"country": "US", "phone": "+14155550123"}, "January 15, 2026, 12:00 PM (UTC-8)", "Jan 15"),
+        ({"phone": "+12125550123"}, "January 15, 2026, 3:00 PM (UTC-5)", "Jan 15"),
     ],
 )
 def test_the_expiry_is_told_in_the_customers_zone_not_the_organizations(
     customer: dict[str, str], email_says: str, sms_says: str
 ) -> None:
-    details = facts(expires_at=DIES, timezone="Asia/Tokyo", link=SHORT_LINK, **customer)
+    details = facts(expires_at=DIES, timezone="Asia/Tokyo", **customer)
 
     email = render_email(details)
     sms = render_sms(details)
@@ -135,44 +135,87 @@ def test_the_expiry_is_told_in_the_customers_zone_not_the_organizations(
     for part in (email.text, email.html):
         assert f"This link works until {email_says}." in part
         assert "16" not in part.split("works until", 1)[1].split(".", 1)[0]
-    assert f"Pay securely by {sms_says}: {SHORT_LINK}" in sms
-    assert "Jan 16" not in sms
+    assert f"Pay securely by {sms_says}: {LINK}" in sms
 
 
-def test_a_customer_of_unknown_zone_reads_the_organizations_zone_by_name() -> None:
+def test_a_customer_of_unknown_zone_reads_the_organizations_zone_with_its_offset() -> None:
     email = render_email(facts(expires_at=DIES, timezone="Asia/Tokyo"))
 
     # The date is Tokyo's, and says so: true wherever the customer reads it.
-    assert "This link works until January 16, 2026, 5:00 AM Japan Time." in email.text
+    assert "This link works until January 16, 2026, 5:00 AM (UTC+9)." in email.text
 
 
 @pytest.mark.parametrize(
-    ("expires_at", "customer", "says"),
+    ("expires_at", "customer", "locale", "says"),
     [
         # The hour is rounded down: a promise the link keeps.
-        (datetime(2026, 1, 15, 20, 37, tzinfo=UTC), {"country": "US"}, "January 15, 2026, 3:00 PM ET"),
+        (
+            datetime(2026, 1, 15, 20, 37, tzinfo=UTC),
+            {"country": "US"},
+            "en-US",
+            "January 15, 2026, 3:00 PM (UTC-5)",
+        ),
         # India is UTC+5:30: 02:07 there, rounded down to 02:00, not to the UTC hour.
         (
             datetime(2026, 1, 15, 20, 37, tzinfo=UTC),
             {"country": "IN"},
-            "January 16, 2026, 2:00 AM India Time",
+            "en-IN",
+            "16 January 2026, 2:00 AM (UTC+5:30)",
         ),
         # Alaska's area code spans two zones: the earliest date, then the eastern clock.
-        (DIES, {"phone": "+19075550123"}, "January 15, 2026, 11:00 AM AKT"),
-        # Babel has no name for UTC of its own.
-        (DIES, {}, "January 15, 2026, 8:00 PM UTC"),
-        # In July New York keeps daylight time: still "ET", one hour later.
-        (datetime(2026, 7, 15, 20, tzinfo=UTC), {"country": "US"}, "July 15, 2026, 4:00 PM ET"),
+        (DIES, {"phone": "+19075550123"}, "en-US", "January 15, 2026, 11:00 AM (UTC-9)"),
+        (DIES, {}, "en-US", "January 15, 2026, 8:00 PM (UTC)"),
+        # In July New York keeps daylight time.
+        (datetime(2026, 7, 15, 20, tzinfo=UTC), {"country": "US"}, "en-US", "July 15, 2026, 4:00 PM (UTC-4)"),
+        # Moscow keeps no summer time, whatever CLDR's Russian zone names say; 24-hour clock.
+        (DIES, {"country": "RU", "phone": "+74951234567"}, "ru-RU", "(UTC+3)"),
+        (DIES, {"country": "GB"}, "en-GB", "15 January 2026, 20:00 (UTC)"),
     ],
 )
-def test_the_expiry_time_is_rounded_down_and_named(
-    expires_at: datetime, customer: dict[str, str], says: str
+def test_the_expiry_time_is_rounded_down_and_carries_its_offset(
+    expires_at: datetime, customer: dict[str, str], locale: str, says: str
 ) -> None:
     email = render_email(
-        facts(expires_at=expires_at, timezone="Asia/Tokyo" if customer else "UTC", **customer)
+        facts(expires_at=expires_at, timezone="Asia/Tokyo" if customer else "UTC", locale=locale, **customer)
     )
 
-    assert f"This link works until {says}." in email.text
+    assert f"{says}." in email.text
+
+
+@pytest.mark.parametrize("zone", ["Etc/GMT+5", "Etc/GMT-14", "GMT", "Zulu", "Etc/UCT"])
+def test_a_fixed_offset_organization_zone_is_written_as_its_offset(zone: str) -> None:
+    # Etc/GMT+5 is five hours *behind* UTC; Babel would call it "Unknown Region (GMT+5)".
+    email = render_email(facts(expires_at=DIES, timezone=zone))
+
+    expected = {"Etc/GMT+5": "(UTC-5)", "Etc/GMT-14": "(UTC+14)"}.get(zone, "(UTC)")
+    assert f"{expected}." in email.text and "Unknown" not in email.text
+
+
+@pytest.mark.parametrize(("name", "country", "locale", "phone", "currency"), DEMO_CUSTOMERS)
+def test_the_demo_customers_texts_keep_the_expiry_with_a_real_link(
+    name: str, country: str, locale: str, phone: str, currency: str
+) -> None:
+    # The demo's customers and references, and a real pay link: BASE_URL, /pay/, a 43-character
+    # token. (A merchant name much longer than this one leaves the expiry out: the short variant.)
+    link = "http://127.0.0.1:5000/pay/" + "T" * 43
+    details = facts(
+        merchant="Acme Shop",
+        customer_name=name,
+        amount=12999,
+        currency=currency,
+        transaction_ref="DEMO-0123",
+        link=link,
+        locale=locale,
+        country=country,
+        phone=phone,
+        expires_at=DIES,
+        timezone="Europe/London",
+    )
+
+    sms = render_sms(details)
+
+    assert "Pay securely by" in sms and sms.endswith(link)
+    assert is_gsm7(sms) and sms_length(sms) <= 160
 
 
 def test_sms_is_one_gsm7_segment_with_merchant_amount_and_link() -> None:

@@ -154,7 +154,7 @@ def test_recoveries_page_lists_and_filters(client, db, signed_in, org, make_tran
     assert running.token not in everything
 
 
-@pytest.mark.parametrize("before", [str(2**64), "-5", "1e3", "99999999999999999999999"])
+@pytest.mark.parametrize("before", [str(2**64), "-5", "1e3", "99999999999999999999999", "²", "٣"])
 def test_recoveries_page_shows_the_first_page_for_a_made_up_position(
     client, db, signed_in, org, make_transaction, before
 ):

@@ -142,32 +142,42 @@ def expiry_zone(facts: MessageFacts) -> ZoneInfo:
 
 
 def format_expiry(facts: MessageFacts, locale: str, *, short: bool) -> str:
-    """When the link stops working: "January 15, 2026, 3:00 PM ET"; "Jan 15, 3 PM ET" in an SMS.
+    """When the link stops working, in the customer's zone: "January 15, 2026, 3:00 PM (UTC-5)".
 
-    Not a date alone: the link dies at the time of day the recovery started,
-    so its last date is only partly usable, and the day before may already be
-    past when a reminder held back by quiet hours arrives. The time, rounded
-    down to the hour, goes with its zone, which keeps it true even where the
-    customer's zone is a guess. The SMS drops the year and the minutes.
+    The time goes with it: the link dies at the time of day the recovery
+    started, so its last date is only partly usable. Rounded down to the hour,
+    a promise the link keeps. The zone is written as its UTC offset, true
+    wherever the customer reads it; CLDR's zone names are not everywhere
+    (Babel gives "summer time" all year in Russian and Mexican Spanish, and
+    "Unknown Region" for fixed-offset zones). `short`, for a text message
+    with no room to spare: the date alone and no year ("Jan 15"), or digits
+    ("1/15") where the month's name would need more than the GSM-7 alphabet,
+    which would cut the segment to 70 characters.
     """
     zone = expiry_zone(facts)
     local = facts.expires_at.astimezone(zone).replace(minute=0, second=0, microsecond=0)
+    if short:
+        day = format_skeleton("MMMd", local, tzinfo=zone, locale=locale)
+        return day if is_gsm7(day) else format_skeleton("Md", local, tzinfo=zone, locale=locale)
     parsed = Locale.parse(locale)
     hour = "H" if "H" in parsed.time_formats["short"].pattern else "h"
-    day = (
-        format_skeleton("MMMd", local, tzinfo=zone, locale=locale)
-        if short
-        else format_date(local, "long", locale=locale)
-    )
-    if zone.key in ("UTC", "Etc/UTC"):
-        # CLDR names no region for UTC: Babel would write "Unknown Region (UTC) Time".
-        clock = format_skeleton(hour if short else hour + "m", local, tzinfo=zone, locale=locale) + " UTC"
-    else:
-        # The locale's clock (3 PM, 15:00) and its everyday name for the zone (ET, Japan Time).
-        clock = format_skeleton(hour + "v" if short else hour + "mv", local, tzinfo=zone, locale=locale)
+    clock = format_skeleton(hour + "m", local, tzinfo=zone, locale=locale) + f" ({utc_offset(local)})"
     # CLDR's "{1}, {0}": date, then time; quotes only mark literal text.
-    pattern: str = parsed.datetime_formats["short" if short else "long"]
-    return pattern.replace("'", "").replace("{1}", day).replace("{0}", clock)
+    pattern: str = parsed.datetime_formats["long"]
+    return (
+        pattern.replace("'", "")
+        .replace("{1}", format_date(local, "long", locale=locale))
+        .replace("{0}", clock)
+    )
+
+
+def utc_offset(moment: datetime) -> str:
+    """ "UTC", "UTC+1", "UTC-5", "UTC+5:30": a zone's offset at `moment`, in ASCII (fine in an SMS too)."""
+    minutes = int((moment.utcoffset() or timedelta()).total_seconds() // 60)
+    if minutes == 0:
+        return "UTC"
+    hours, rest = divmod(abs(minutes), 60)
+    return f"UTC{'+' if minutes > 0 else '-'}{hours}" + (f":{rest:02d}" if rest else "")
 
 
 def _context(facts: MessageFacts) -> dict[str, object]:
