@@ -187,6 +187,7 @@ def test_an_already_paid_link_says_so_with_a_receipt(
 
     for response in (client.get(f"/pay/{attempt.token}"), client.post(f"/pay/{attempt.token}")):
         assert response.status_code == 200
+        assert response.mimetype == "text/html"  # a page, not its source
         page = text(response)
         assert "Already paid" in page and "TXN-PAID" in page and "$50.00" in page
         assert "Pay now" not in page
@@ -236,7 +237,7 @@ def test_a_link_paid_at_stripe_offers_no_second_session_before_the_webhook(
 
     # The webhook has not recovered the transaction yet; the customer opens the link again.
     for response in (client.get(f"/pay/{attempt.token}"), client.post(f"/pay/{attempt.token}")):
-        assert response.status_code == 200
+        assert response.status_code == 200 and response.mimetype == "text/html"
         page = text(response)
         assert "being confirmed" in page and "Please do not pay again" in page and "TXN-TWICE" in page
         assert "Pay now" not in page
@@ -329,6 +330,7 @@ def test_an_ended_link_explains_how_to_reach_the_merchant(
 
     for response in (client.get(f"/pay/{attempt.token}"), client.post(f"/pay/{attempt.token}")):
         assert response.status_code == 410
+        assert response.mimetype == "text/html"
         page = text(response)
         assert "This link is no longer valid" in page and "TXN-OLD" in page
         assert "billing@acme.example" in page

@@ -119,6 +119,11 @@ def _closed(attempt: RecoveryAttempt, now: datetime) -> bool:
     return not attempt.is_active or now >= attempt.expires_at
 
 
+def _html(body: str, status: int) -> Response:
+    # werkzeug's Response defaults to text/plain: the customer would see the page's source.
+    return Response(body, status, mimetype="text/html")
+
+
 def _render_state(
     attempt: RecoveryAttempt, transaction: Transaction, organization: Organization, now: datetime
 ) -> Response | None:
@@ -129,7 +134,7 @@ def _render_state(
             receipt=_paid_receipt(transaction, organization),
             **_brand(organization),
         )
-        return Response(body, 200)
+        return _html(body, 200)
     paid = services.paid_session(db.session, transaction.id)
     if paid is not None:
         # Paid at Stripe, not yet confirmed by its webhook: never a second session.
@@ -139,7 +144,7 @@ def _render_state(
         body = render_template(
             "customer/already_paid.html", receipt=receipt, confirming=True, **_brand(organization)
         )
-        return Response(body, 200)
+        return _html(body, 200)
     if _closed(attempt, now):
         status = attempt.status if not attempt.is_active else AttemptStatus.EXPIRED
         body = render_template(
@@ -148,7 +153,7 @@ def _render_state(
             transaction=transaction,
             **_brand(organization),
         )
-        return Response(body, 410)
+        return _html(body, 410)
     return None
 
 
