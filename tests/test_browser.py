@@ -492,6 +492,14 @@ def test_recovery_journey_email_pay_and_live_status(
     expect(page.locator("#message-link")).to_have_text(pay_link)
     staff.shot("journey-outbox-email")
 
+    # On a phone the message's long link and the recovery's tables stay within the screen.
+    page.set_viewport_size(PHONE)
+    staff.assert_fits_width()
+    page.goto(detail_url)
+    expect(page.locator("#recovery")).to_contain_text("1 message sent")
+    staff.assert_fits_width()
+    page.set_viewport_size(DESKTOP)
+
     # Staff open the transaction once more and leave it open: it must change by itself.
     page.goto(detail_url)
     expect(page.locator("h1 .status")).to_have_text("recovering")

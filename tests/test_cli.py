@@ -284,6 +284,19 @@ def test_seed_demo_is_idempotent_and_prints_working_credentials(run, db, app):
         assert login(app.test_client(), user, password).status_code == 302
 
 
+def test_seed_demo_has_no_recovery_it_did_not_start(run, db):
+    # "Recovering" means an attempt is running; the demo starts none.
+    from recovery.models import RecoveryAttempt, TransactionStatus
+
+    assert run("seed-demo").exit_code == 0
+
+    db.session.expire_all()
+    statuses = set(db.session.scalars(select(Transaction.status)))
+    assert TransactionStatus.RECOVERING not in statuses
+    assert {TransactionStatus.FAILED, TransactionStatus.RECOVERED} <= statuses
+    assert db.session.scalar(select(func.count()).select_from(RecoveryAttempt)) == 0
+
+
 def test_seed_demo_completes_a_partial_demo(run, db):
     run("seed-demo")
     db.session.execute(

@@ -218,6 +218,16 @@ def test_the_demo_customers_texts_keep_the_expiry_with_a_real_link(
     assert is_gsm7(sms) and sms_length(sms) <= 160
 
 
+def test_an_email_offers_replies_only_where_someone_reads_them() -> None:
+    # Without the organization's reply-to address, a reply goes to our no-reply sender.
+    with_address = render_email(facts(contact_email="billing@acme.example"))
+    without = render_email(facts(contact_email=None))
+
+    assert "Reply to this email or write to billing@acme.example." in with_address.text
+    for part in (without.text, without.html):
+        assert "Reply to this email" not in part
+
+
 def test_sms_is_one_gsm7_segment_with_merchant_amount_and_link() -> None:
     text = render_sms(facts(merchant="Café “Zoë” — Shop"))
 

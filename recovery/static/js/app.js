@@ -78,6 +78,9 @@ function bulkUpdate(form) {
   // Unticking a row means "not everything": the filter scope goes with it.
   if (everyMatch && !wholePage) everyMatch.checked = false;
   const label = form.querySelector("[data-bulk-label]");
+  // Nothing ticked, nothing to start: a click would only ask, then refuse.
+  const submit = form.querySelector("button[type=submit]");
+  if (submit) submit.disabled = checked === 0;
   if (everyMatch?.checked) {
     const matching = everyMatch.dataset.bulkMatching;
     if (label) label.textContent = `Start recovery for all ${matching} matching`;
