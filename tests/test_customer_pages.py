@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -313,6 +313,20 @@ def test_a_close_that_finds_the_transaction_recovering_again_leaves_it_alone(
 
     assert webhook_jobs.close_payment_options.__wrapped__(attempt.transaction_id, None) == []
     assert db.session.scalar(select(CheckoutSession.status)) == "open"
+
+
+def test_the_pay_page_states_the_expiry_as_the_messages_do(
+    client: FlaskClient, db, org, make_transaction, attempt_for
+) -> None:
+    # In the customer's zone with its offset, not the merchant's clock without one.
+    transaction = make_transaction(org, customer_country="US", customer_phone="+14155550123")
+    attempt = attempt_for(transaction)
+    attempt.expires_at = datetime(2031, 1, 15, 20, 0, tzinfo=UTC)
+    db.session.commit()
+
+    page = text(client.get(f"/pay/{attempt.token}"))
+
+    assert "January 15, 2031, 12:00 PM (UTC-8)" in page
 
 
 @pytest.mark.parametrize("how", ["time ran out", "exhausted", "cancelled"])

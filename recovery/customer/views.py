@@ -22,6 +22,7 @@ from werkzeug.wrappers import Response
 
 from recovery.extensions import csrf, db, limiter
 from recovery.logs import get_logger
+from recovery.messaging.content import babel_locale, format_expiry
 from recovery.models import (
     AttemptStatus,
     CheckoutSession,
@@ -119,6 +120,17 @@ def _closed(attempt: RecoveryAttempt, now: datetime) -> bool:
     return not attempt.is_active or now >= attempt.expires_at
 
 
+def _expiry(attempt: RecoveryAttempt, transaction: Transaction, organization: Organization) -> str:
+    """The link's expiry as the customer's messages state it (their zone, its UTC offset)."""
+    return format_expiry(
+        attempt.expires_at,
+        babel_locale(transaction.customer_locale),
+        country=transaction.customer_country,
+        phone=transaction.customer_phone,
+        organization_zone=organization.timezone,
+    )
+
+
 def _html(body: str, status: int) -> Response:
     # werkzeug's Response defaults to text/plain: the customer would see the page's source.
     return Response(body, status, mimetype="text/html")
@@ -168,7 +180,12 @@ def pay(token: str) -> Any:
     if services.record_click(db.session, attempt, now=now):
         db.session.commit()
     return render_template(
-        "customer/pay.html", attempt=attempt, transaction=transaction, error=None, **_brand(organization)
+        "customer/pay.html",
+        attempt=attempt,
+        transaction=transaction,
+        error=None,
+        expiry=_expiry(attempt, transaction, organization),
+        **_brand(organization),
     )
 
 
@@ -211,6 +228,7 @@ def checkout(token: str) -> Any:
                 else "This payment cannot be taken online at the moment. Nothing was charged."
             ),
             error_contact=not passing,
+            expiry=_expiry(attempt, transaction, organization),
             **_brand(organization),
         )
         return page, 503 if passing else 502

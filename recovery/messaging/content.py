@@ -121,7 +121,9 @@ def _environment(locale: str) -> Environment:
     return env
 
 
-def expiry_zone(facts: MessageFacts) -> ZoneInfo:
+def expiry_zone(
+    expires_at: datetime, country: str | None, phone: str | None, organization_zone: str
+) -> ZoneInfo:
     """The zone in which to tell the customer when their link expires.
 
     One of the zones quiet hours think the customer may be in: the country's
@@ -129,19 +131,27 @@ def expiry_zone(facts: MessageFacts) -> ZoneInfo:
     where the link expires on the earliest date, the most eastern on a tie.
     Any of them tells the truth, since the time is shown with its zone.
     """
-    zones = customer_zones(facts.country, facts.phone, facts.timezone)
-    main = country_zone(facts.country)
+    zones = customer_zones(country, phone, organization_zone)
+    main = country_zone(country)
     if main in zones:
         return main
 
     def earliest_date_then_east(zone: ZoneInfo) -> tuple[date, timedelta, str]:
-        local = facts.expires_at.astimezone(zone)
+        local = expires_at.astimezone(zone)
         return (local.date(), -(local.utcoffset() or timedelta()), zone.key)
 
     return min(zones, key=earliest_date_then_east)
 
 
-def format_expiry(facts: MessageFacts, locale: str, *, short: bool) -> str:
+def format_expiry(
+    expires_at: datetime,
+    locale: str,
+    *,
+    country: str | None,
+    phone: str | None,
+    organization_zone: str,
+    short: bool = False,
+) -> str:
     """When the link stops working, in the customer's zone: "January 15, 2026, 3:00 PM (UTC-5)".
 
     The time goes with it: the link dies at the time of day the recovery
@@ -154,8 +164,8 @@ def format_expiry(facts: MessageFacts, locale: str, *, short: bool) -> str:
     ("1/15") where the month's name would need more than the GSM-7 alphabet,
     which would cut the segment to 70 characters.
     """
-    zone = expiry_zone(facts)
-    local = facts.expires_at.astimezone(zone).replace(minute=0, second=0, microsecond=0)
+    zone = expiry_zone(expires_at, country, phone, organization_zone)
+    local = expires_at.astimezone(zone).replace(minute=0, second=0, microsecond=0)
     if short:
         day = format_skeleton("MMMd", local, tzinfo=zone, locale=locale)
         return day if is_gsm7(day) else format_skeleton("Md", local, tzinfo=zone, locale=locale)
@@ -180,6 +190,17 @@ def utc_offset(moment: datetime) -> str:
     return f"UTC{'+' if minutes > 0 else '-'}{hours}" + (f":{rest:02d}" if rest else "")
 
 
+def _expiry(facts: MessageFacts, locale: str, *, short: bool) -> str:
+    return format_expiry(
+        facts.expires_at,
+        locale,
+        country=facts.country,
+        phone=facts.phone,
+        organization_zone=facts.timezone,
+        short=short,
+    )
+
+
 def _context(facts: MessageFacts) -> dict[str, object]:
     locale = babel_locale(facts.locale)
     return {
@@ -190,8 +211,8 @@ def _context(facts: MessageFacts) -> dict[str, object]:
         "ref": facts.transaction_ref,
         "link": facts.link,
         "unsubscribe_url": facts.unsubscribe_url,
-        "expiry": format_expiry(facts, locale, short=False),
-        "short_expiry": format_expiry(facts, locale, short=True),
+        "expiry": _expiry(facts, locale, short=False),
+        "short_expiry": _expiry(facts, locale, short=True),
         "reminder": facts.step > 0,
         "new_card": (facts.failure_code or "") in NEW_CARD_CODES,
         "contact_email": facts.contact_email,
