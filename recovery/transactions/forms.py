@@ -48,7 +48,8 @@ class TransactionForm(ContactForm):
     )
     amount = StringField(
         "Amount",
-        description="In the currency's units, e.g. 50.00 (USD) or 5000 (JPY).",
+        description="In the currency's major units: 50.00 for $50.00, 5000 for ¥5,000. "
+        "(CSV files and the API read a whole number as minor units: 5000 there is $50.00.)",
         render_kw={"inputmode": "decimal", "required": True, "maxlength": 20},
     )
     currency = StringField(

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 
+from recovery import money
 from recovery.audit import Actor
 from recovery.extensions import db
 from recovery.models import Role, Transaction, utcnow
@@ -129,7 +130,9 @@ def create() -> Any:
             form.apply_errors({"transaction_ref": "A transaction with this reference already exists."})
         else:
             db.session.commit()
-            flash(f"Transaction {transaction.transaction_ref} created.", "success")
+            # The amount as stored: the form takes major units, CSV and API whole numbers as minor ones.
+            amount = money.format_amount(transaction.amount, transaction.currency)
+            flash(f"Transaction {transaction.transaction_ref} created for {amount}.", "success")
             return redirect(url_for("transactions.detail", transaction_id=transaction.id))
     status = 422 if form.is_submitted() else 200
     return render_template("transactions/new.html", form=form, currencies=COMMON_CURRENCIES), status
