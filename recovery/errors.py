@@ -39,6 +39,9 @@ def init_app(app: Flask) -> None:
                 (name, value) for name, value in error.get_headers() if name.lower() != "content-type"
             )
             return response, code
+        if code == 404 and (request.path == "/pay" or request.path.startswith("/pay/")):
+            # A customer with a mistyped or cut-off link: not the staff's "sign in" page.
+            return render_template("customer/not_found.html", brand_color="#1f6feb"), code
         message = None
         if isinstance(error, CSRFError):
             # flask-wtf's own wording ("The CSRF token is missing.") means nothing to staff.

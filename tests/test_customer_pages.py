@@ -103,6 +103,16 @@ def test_unknown_token_is_404(client: FlaskClient, stripe_sandbox) -> None:
     assert stripe_sandbox.requests() == []
 
 
+@pytest.mark.parametrize("path", ["/pay/no-such-token", "/pay/cut-off/in/the/middle", "/pay"])
+def test_a_mistyped_pay_link_tells_the_customer_what_to_do(client: FlaskClient, path: str) -> None:
+    response = client.get(path)
+
+    assert response.status_code == 404
+    page = text(response)
+    assert "We could not find this payment link" in page and "Nothing has been charged" in page
+    assert "sign in" not in page.lower() and "organization" not in page.lower()
+
+
 # --- POST /pay/<token> ------------------------------------------------------------------------
 
 
