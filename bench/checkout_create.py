@@ -19,7 +19,8 @@ bench/out/checkout_create-*.json.
 create's own SQL on raw psycopg, with no Flask, ORM or Stripe call, i.e. the
 least any crash-safe implementation of this endpoint costs on this machine
 ("floor"), then to the same SQL in a bare Flask view ("flask"), then to the
-same SQL in three round trips instead of twelve ("pipe"), then to an app that
+same SQL in three round trips instead of twelve ("pipe"), then to the least
+SQL with one commit and no reservation ("minimal"), then to an app that
 answers without any SQL ("http": loopback HTTP, gunicorn and this client).
 """
 
@@ -49,6 +50,7 @@ FLOORS = (
     ("floor", "bench.bare_checkout:app"),
     ("flask", "bench.bare_checkout:flask_app"),
     ("pipe", "bench.bare_checkout:pipelined_app"),
+    ("minimal", "bench.bare_checkout:minimal_app"),
     ("http", "bench.bare_checkout:http_app"),
 )
 
