@@ -165,13 +165,14 @@ def worker(queues: tuple[str, ...], with_scheduler: bool, burst: bool, fork: boo
     """
     from recovery.queue import redis_connection
     from recovery.recoveries.jobs import start_sweeper
-    from recovery.worker import arm_periodic_jobs, worker_class
+    from recovery.worker import worker_class
 
     names = list(queues) or current_app.config["RQ_QUEUES"].split(",")
     # Workers with the scheduler also keep the periodic jobs placed (see recovery/worker.py).
     rq_worker = worker_class(fork=fork, arming=with_scheduler)(names, connection=redis_connection())
     if with_scheduler:
-        arm_periodic_jobs(names[0])
-        # A sweep now, not at the next minute: a restart is when sends are likeliest overdue.
+        # The periodic jobs are placed by the worker's maintenance round, which RQ also
+        # runs when the worker starts (recovery/worker.py). A sweep now, not at the
+        # next minute: a restart is when sends are likeliest overdue.
         start_sweeper()
     rq_worker.work(with_scheduler=with_scheduler, burst=burst)

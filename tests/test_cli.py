@@ -339,3 +339,21 @@ def test_worker_runs_jobs_in_process_unless_told_to_fork(run, app, db, flag, for
     assert (job.return_value() != os.getpid()) is forks
     # The pool still works in this process after the job (it was not disposed under us).
     assert db.session.scalar(select(func.count()).select_from(Organization)) == 0
+
+
+def test_worker_with_its_scheduler_places_the_periodic_jobs_and_sweeps_at_once(run, app, db):
+    from rq.registry import ScheduledJobRegistry
+
+    from recovery.queue import redis_connection
+    from recovery.recoveries import scheduling
+    from recovery.webhooks.jobs import RECONCILER_JOB_ID, SWEEPER_JOB_ID
+
+    redis = redis_connection(app)
+    result = run("worker", "--burst")
+
+    assert result.exit_code == 0, result.output
+    scheduled = set(ScheduledJobRegistry("default", connection=redis).get_job_ids())
+    assert {SWEEPER_JOB_ID, RECONCILER_JOB_ID} <= scheduled
+    # The sweep placed at start ran in the burst and placed the next minute's.
+    assert any(job_id.startswith("recovery-sweep-") for job_id in scheduled)
+    assert all(scheduling.is_waiting(redis, job_id) for job_id in scheduled)
