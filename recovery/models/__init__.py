@@ -3,6 +3,7 @@
 from recovery.models.api_token import ApiToken
 from recovery.models.audit_event import AuditEvent
 from recovery.models.base import Base, DbSession, IllegalTransition, utcnow
+from recovery.models.bulk_start import BulkStart, BulkStatus
 from recovery.models.checkout_session import CheckoutSession, CheckoutStatus
 from recovery.models.contact_suppression import ContactSuppression, SuppressionReason
 from recovery.models.csv_import import CsvImport, ImportStatus
@@ -13,6 +14,7 @@ from recovery.models.recovery_attempt import AttemptStatus, Channel, RecoveryAtt
 from recovery.models.stripe_customer import StripeCustomer
 from recovery.models.transaction import Transaction, TransactionSource, TransactionStatus
 from recovery.models.user import Role, User
+from recovery.models.user_login import UserLogin
 from recovery.models.webhook_event import WebhookEvent, WebhookState
 
 __all__ = [
@@ -20,6 +22,8 @@ __all__ = [
     "AttemptStatus",
     "AuditEvent",
     "Base",
+    "BulkStart",
+    "BulkStatus",
     "Channel",
     "CheckoutSession",
     "CheckoutStatus",
@@ -41,6 +45,7 @@ __all__ = [
     "TransactionSource",
     "TransactionStatus",
     "User",
+    "UserLogin",
     "WebhookEvent",
     "WebhookState",
     "utcnow",

@@ -18,8 +18,10 @@ class MessageStatus:
     FAILED = "failed"
     UNDELIVERABLE = "undeliverable"
     CANCELLED = "cancelled"
+    # The worker died while the provider had it: it may or may not have gone out.
+    UNKNOWN = "unknown"
 
-    ALL = (QUEUED, SENDING, SENT, DELIVERED, FAILED, UNDELIVERABLE, CANCELLED)
+    ALL = (QUEUED, SENDING, SENT, DELIVERED, FAILED, UNDELIVERABLE, CANCELLED, UNKNOWN)
 
 
 class Provider:
@@ -36,12 +38,14 @@ DELIVERY_FAILED = frozenset({"undelivered", "failed", "canceled"})
 # Delivery reports arrive out of order; a status never moves backwards.
 MESSAGE_TRANSITIONS = {
     M.QUEUED: frozenset({M.SENDING, M.SENT, M.FAILED, M.UNDELIVERABLE, M.CANCELLED}),
-    M.SENDING: frozenset({M.SENT, M.DELIVERED, M.FAILED, M.UNDELIVERABLE}),
+    M.SENDING: frozenset({M.SENT, M.DELIVERED, M.FAILED, M.UNDELIVERABLE, M.UNKNOWN}),
     M.SENT: frozenset({M.DELIVERED, M.FAILED, M.UNDELIVERABLE}),
     M.FAILED: frozenset({M.SENDING}),  # retried
     M.DELIVERED: frozenset(),
     M.UNDELIVERABLE: frozenset(),
     M.CANCELLED: frozenset(),
+    # Found at the provider, reported on by it, or sent again by a staff member's choice.
+    M.UNKNOWN: frozenset({M.SENT, M.DELIVERED, M.FAILED, M.UNDELIVERABLE, M.SENDING}),
 }
 
 
@@ -77,4 +81,7 @@ class Message(HasStatus, Base):
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # When the provider call began, committed before it: a claim without it never
+    # reached a provider and is sent again; one with it and no answer is `unknown`.
+    handed_off_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
