@@ -161,18 +161,28 @@ def worker(queues: tuple[str, ...], with_scheduler: bool, burst: bool, fork: boo
     app for every job and connecting to the database afresh cost ~70 ms a job,
     several times the work of processing a webhook or sending a message. Our
     jobs are short, keep no state between runs and have RQ's timeouts; a crash
-    takes the worker down and the process manager starts it again.
+    takes the worker down and the process manager starts it again. A Redis
+    outage does not: the worker waits for Redis and works on (recovery/worker.py),
+    except with --burst.
     """
     from recovery.queue import redis_connection
     from recovery.recoveries.jobs import start_sweeper
-    from recovery.worker import worker_class
+    from recovery.worker import make_worker, wait_until_redis_answers
 
     names = list(queues) or current_app.config["RQ_QUEUES"].split(",")
-    # Workers with the scheduler also keep the periodic jobs placed (see recovery/worker.py).
-    rq_worker = worker_class(fork=fork, arming=with_scheduler)(names, connection=redis_connection())
+    connection = redis_connection()
+    if not burst:
+        wait_until_redis_answers(connection)
+    rq_worker = make_worker(
+        names,
+        connection,
+        fork=fork,
+        with_scheduler=with_scheduler,
+        check_every=int(current_app.config["WORKER_CHECK_SECONDS"]),
+    )
     if with_scheduler:
-        # The periodic jobs are placed by the worker's maintenance round, which RQ also
-        # runs when the worker starts (recovery/worker.py). A sweep now, not at the
-        # next minute: a restart is when sends are likeliest overdue.
+        # The periodic jobs are placed by the worker's first maintenance round, at start
+        # (recovery/worker.py). A sweep now, not at the next minute: a restart is when
+        # sends are likeliest overdue.
         start_sweeper()
     rq_worker.work(with_scheduler=with_scheduler, burst=burst)

@@ -71,6 +71,8 @@ def defaults(instance_path: str) -> dict[str, Any]:
         "STRIPE_WEBHOOK_BATCH_SIZE": 50,
         # Open sessions older than this are re-read from Stripe by the reconciliation job.
         "STRIPE_RECONCILE_AFTER_MINUTES": 10,
+        # The webhook sweeper runs this often and enqueues events pending at least this long.
+        "STRIPE_WEBHOOK_SWEEP_SECONDS": 60,
         "MAIL_SERVER": "",
         "MAIL_PORT": 25,
         "MAIL_USE_TLS": False,
@@ -103,6 +105,9 @@ def defaults(instance_path: str) -> dict[str, Any]:
         "CSV_CHUNK_ROWS": 5000,
         "LOG_LEVEL": "INFO",
         "RQ_QUEUES": "default",
+        # How often a worker with the scheduler checks that the periodic jobs are placed and a
+        # scheduler runs (Redis may have come back empty); idle workers wake this often.
+        "WORKER_CHECK_SECONDS": 30,
     }
 
 
@@ -124,6 +129,8 @@ _INT_KEYS = {
     "STRIPE_WEBHOOK_TOLERANCE_SECONDS",
     "STRIPE_WEBHOOK_MAX_BYTES",
     "STRIPE_RECONCILE_AFTER_MINUTES",
+    "STRIPE_WEBHOOK_SWEEP_SECONDS",
+    "WORKER_CHECK_SECONDS",
     "TWILIO_VALIDITY_SECONDS",
     "TWILIO_TIMEOUT_SECONDS",
 }

@@ -28,9 +28,8 @@ from recovery.webhooks import handlers, services
 
 log = get_logger("recovery.webhooks")
 
-SWEEP_EVERY_SECONDS = 60
-# An event pending this long has lost its job (Redis was down, or the job vanished).
-SWEEP_AFTER = timedelta(seconds=60)
+# The sweeper runs every STRIPE_WEBHOOK_SWEEP_SECONDS (60) and enqueues events pending that
+# long: such an event has lost its job (Redis was down, or the job vanished).
 RECONCILE_EVERY_SECONDS = 300
 SWEEPER_JOB_ID = "stripe-webhooks-sweeper"
 RECONCILER_JOB_ID = "stripe-webhooks-reconciler"
@@ -38,7 +37,7 @@ RECONCILER_JOB_ID = "stripe-webhooks-reconciler"
 CLOSE_CALLS = 5
 # The reconciliation re-reads every stale open session, one Stripe call each.
 RECONCILE_TIMEOUT_SECONDS = 30 * 60
-# RQ has no "repeat forever": a year of minutes, and every worker start re-arms it.
+# RQ has no "repeat forever": a year of minutes, and every worker re-arms it when it is gone.
 _REPEAT_TIMES = 600_000
 # A processing job stops taking other pending events along after this long.
 TAKE_ALONG_SECONDS = 5
@@ -278,7 +277,7 @@ def sweep_webhook_events() -> dict[str, Any]:
     """Enqueue every event stored but still pending after a minute. Never raises (it repeats on success)."""
     try:
         queue = get_queue()
-        stale = services.stale_pending(db.session, SWEEP_AFTER)
+        stale = services.stale_pending(db.session, timedelta(seconds=sweep_seconds()))
         db.session.rollback()
         enqueued = [event_id for event_id in stale if not _in_flight(queue, job_id(event_id))]
         for event_id in enqueued:
@@ -316,15 +315,19 @@ def reconcile_checkout_sessions(organization_id: int | None = None) -> dict[str,
     return {**summary, "errors": result.errors}
 
 
-def schedule_periodic(queue: Queue) -> list[str]:
-    """Arm the sweeper (every minute) and the reconciliation (every 5 minutes) unless already armed.
+def sweep_seconds() -> int:
+    return max(1, int(current_app.config["STRIPE_WEBHOOK_SWEEP_SECONDS"]))
 
-    Safe to call from every worker start: each has a fixed job id, and an id
-    that is already queued or scheduled is left alone.
+
+def schedule_periodic(queue: Queue) -> list[str]:
+    """Arm the sweeper (every STRIPE_WEBHOOK_SWEEP_SECONDS) and the reconciliation (every 5 minutes).
+
+    Safe to call from every worker, every time it checks: each has a fixed job
+    id, and an id that is already queued, running or scheduled is left alone.
     """
     armed = []
     for func, id_, every in (
-        (sweep_webhook_events, SWEEPER_JOB_ID, SWEEP_EVERY_SECONDS),
+        (sweep_webhook_events, SWEEPER_JOB_ID, sweep_seconds()),
         (reconcile_checkout_sessions, RECONCILER_JOB_ID, RECONCILE_EVERY_SECONDS),
     ):
         try:
