@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import os
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 DEFAULT_SECRET_KEY = "dev-insecure-change-me"
+
+# How long a staff sign-in lasts with and without "keep me signed in".
+REMEMBER_ME_DURATION = timedelta(days=30)
+SIGN_IN_DURATION = timedelta(hours=12)
 
 # Environments: "development" (the demo), "testing" (pytest), "production".
 # Production is the default so that a deployment which forgets APP_ENV is strict.
@@ -214,6 +219,12 @@ def derive(config: dict[str, Any]) -> dict[str, Any]:
     config["REMEMBER_COOKIE_HTTPONLY"] = True
     config["REMEMBER_COOKIE_SAMESITE"] = "Lax"
     config["REMEMBER_COOKIE_SECURE"] = secure
+    # Staff sign-ins (recovery/auth/logins.py): "keep me signed in" lasts 30 days,
+    # the cookie and its server-side sign-in alike, from sign-in (not renewed by
+    # use); otherwise the browser session, and 12 hours at most.
+    config["REMEMBER_COOKIE_DURATION"] = REMEMBER_ME_DURATION
+    config["REMEMBER_COOKIE_REFRESH_EACH_REQUEST"] = False
+    config["SIGN_IN_DURATION"] = SIGN_IN_DURATION
     config["PREFERRED_URL_SCHEME"] = urlsplit(config["BASE_URL"]).scheme or "http"
     config["MAX_CONTENT_LENGTH"] = config["CSV_MAX_BYTES"] + 64 * 1024
     hosts = [h.strip() for h in str(config["ALLOWED_HOSTS"]).split(",") if h.strip()]

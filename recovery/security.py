@@ -61,20 +61,31 @@ def is_safe_next(target: str | None) -> bool:
 
 
 def require_role(role: Role | str) -> Callable[[F], F]:
-    """Refuse (403) a signed-in user whose role is below `role`."""
+    """Refuse (403) a signed-in user whose role is below `role`.
+
+    The view is marked with its role (`required_role`): tests/test_route_roles.py
+    walks every route and fails on a staff POST that declares none.
+    """
+    needed = Role(role)
 
     def decorator(view: F) -> F:
         @wraps(view)
         def wrapped(*args: Any, **kwargs: Any) -> Any:
             if not current_user.is_authenticated:
                 return current_app.login_manager.unauthorized()  # type: ignore[attr-defined]
-            if not current_user.has_role(role):
+            if not current_user.has_role(needed):
                 abort(403)
             return view(*args, **kwargs)
 
+        wrapped.required_role = needed  # type: ignore[attr-defined]
         return wrapped  # type: ignore[return-value]
 
     return decorator
+
+
+def required_role(view: Callable[..., Any]) -> Role | None:
+    """The role `view` declared with `require_role`, if any."""
+    return getattr(view, "required_role", None)
 
 
 class DatabaseId(IntegerConverter):

@@ -1,19 +1,22 @@
-"""Staff sign-in and sign-out: passwords, deactivation, throttling, the `next` parameter."""
+"""Staff sign-in and sign-out: passwords, deactivation, server-side sessions, throttling, `next`."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlencode
 
 import pytest
 from flask.testing import FlaskClient
+from flask_login.utils import encode_cookie
 from redis import Redis
 from sqlalchemy import select
 
 from recovery.audit import Actor
-from recovery.models import AuditEvent
+from recovery.models import AuditEvent, User, UserLogin, utcnow
 from recovery.users.services import set_active
-from tests.conftest import PASSWORD, login
+from tests.conftest import PASSWORD, csrf_token, login
 
 DASHBOARD = "/transactions"
 
@@ -21,6 +24,16 @@ DASHBOARD = "/transactions"
 def signed_in_user_id(client: FlaskClient) -> str | None:
     with client.session_transaction() as session:
         return session.get("_user_id")
+
+
+def session_login(client: FlaskClient, db: Any) -> UserLogin:
+    """The sign-in row the client's session names (`<user>.<version>.<login>.<nonce>`)."""
+    session_id = signed_in_user_id(client)
+    assert session_id is not None
+    login_id = int(session_id.split(".")[2])
+    row = db.session.get(UserLogin, login_id)
+    assert row is not None
+    return row
 
 
 def can_see_dashboard(client: FlaskClient) -> bool:
@@ -57,20 +70,20 @@ def test_good_password_signs_in_and_lands_on_the_dashboard(client, db, make_user
 
     assert response.status_code == 302
     assert response.headers["Location"] == DASHBOARD
-    assert signed_in_user_id(client) == user.get_id()
+    assert session_login(client, db).user_id == user.id
     assert can_see_dashboard(client)
     db.session.refresh(user)
     assert user.last_login_at is not None
     assert audit_actions(db, user.organization_id) == ["user.signed_in"]
 
 
-def test_email_is_matched_without_regard_to_case_or_spaces(client, make_user):
+def test_email_is_matched_without_regard_to_case_or_spaces(client, db, make_user):
     user = make_user(email="casey@example.com")
 
     response = post_login(client, "  Casey@EXAMPLE.com ", PASSWORD)
 
     assert response.status_code == 302
-    assert signed_in_user_id(client) == user.get_id()
+    assert session_login(client, db).user_id == user.id
 
 
 def test_login_page_has_labelled_fields(client):
@@ -177,13 +190,35 @@ def test_a_new_password_ends_other_sessions(client, db, make_user):
     assert not can_see_dashboard(client)
 
 
-def test_a_forged_session_id_is_refused(client, make_user):
+def test_a_forged_session_id_is_refused(client, db, make_user):
     user = make_user()
-    for forged in (str(user.id), f"{user.id}.7", "x.0", ""):
+    assert login(client, user).status_code == 302
+    real = signed_in_user_id(client)
+    user_id, version, login_id, nonce = real.split(".")
+    forged_ids = [
+        str(user.id),
+        f"{user.id}.7",
+        f"{user.id}.0",  # the id of before server-side sign-ins: users sign in again
+        "x.0",
+        "",
+        f"{user_id}.{version}.{login_id}",
+        f"{user_id}.{version}.{login_id}.{nonce[:-1]}",
+        f"{user_id}.{version}.{login_id}.{nonce}x",
+        f"{user_id}.{int(version) + 1}.{login_id}.{nonce}",
+        f"{int(user_id) + 1}.{version}.{login_id}.{nonce}",
+        f"{user_id}.{version}.{int(login_id) + 1}.{nonce}",
+        f"{user_id}.{version}.{2**64}.{nonce}",  # past BIGINT: no database error
+        f"{user_id}.{version}.{login_id}.{nonce}.{nonce}",
+        f"{user_id}.-1.{login_id}.{nonce}",
+    ]
+    for forged in forged_ids:
         with client.session_transaction() as session:
             session["_user_id"] = forged
             session["_fresh"] = True
         assert not can_see_dashboard(client), forged
+    with client.session_transaction() as session:
+        session["_user_id"] = real
+    assert can_see_dashboard(client)
 
 
 def test_sign_out_is_a_post_and_ends_the_session(client, signed_in):
@@ -215,6 +250,198 @@ def test_signed_in_user_visiting_login_goes_to_the_dashboard(client, signed_in):
 
     assert response.status_code == 302
     assert response.headers["Location"] == DASHBOARD
+
+
+# --- server-side sign-ins: a copied cookie dies with its sign-in ------------------
+
+
+def remember_login(client: FlaskClient, user: User, agent: str = "Firefox on a laptop") -> Any:
+    return client.post(
+        "/login",
+        data={"email": user.email, "password": PASSWORD, "remember": "y"},
+        headers={"User-Agent": agent},
+    )
+
+
+def cookie_alone(app: Any, name: str, value: str) -> FlaskClient:
+    """A fresh browser holding only one copied cookie."""
+    browser = app.test_client()
+    browser.set_cookie(name, value)
+    return browser
+
+
+def copied_cookies(client: FlaskClient) -> dict[str, str]:
+    cookies = {name: client.get_cookie(name) for name in ("session", "remember_token")}
+    assert all(cookies.values()), cookies
+    return {name: cookie.value for name, cookie in cookies.items()}
+
+
+def test_copied_cookies_open_nothing_after_sign_out(app, client, make_user):
+    user = make_user()
+    assert remember_login(client, user).status_code == 302
+    copies = copied_cookies(client)
+    for name, value in copies.items():  # each copy alone opens the dashboard while signed in
+        assert can_see_dashboard(cookie_alone(app, name, value)), name
+
+    assert client.post("/logout").status_code == 302
+
+    for name, value in copies.items():
+        response = cookie_alone(app, name, value).get(DASHBOARD)
+        assert response.status_code == 302, f"the copied {name} cookie still opens the dashboard"
+        assert response.headers["Location"].startswith("/login")
+
+
+def test_sign_out_ends_that_sign_in_in_the_database(client, db, make_user):
+    user = make_user()
+    assert remember_login(client, user).status_code == 302
+    row = session_login(client, db)
+    assert row.ended_at is None and row.is_remembered
+
+    client.post("/logout")
+
+    db.session.refresh(row)
+    assert row.ended_at is not None
+
+
+def test_signing_out_on_one_device_leaves_the_other_signed_in(app, make_user):
+    user = make_user()
+    laptop, phone = app.test_client(), app.test_client()
+    assert remember_login(laptop, user).status_code == 302
+    assert remember_login(phone, user, agent="Safari on a phone").status_code == 302
+    phone_remember = copied_cookies(phone)["remember_token"]
+
+    laptop.post("/logout")
+
+    assert not can_see_dashboard(laptop)
+    assert can_see_dashboard(phone)
+    assert can_see_dashboard(cookie_alone(app, "remember_token", phone_remember))
+
+
+def test_sign_out_everywhere_ends_every_device(app, db, make_user):
+    user = make_user()
+    laptop, phone = app.test_client(), app.test_client()
+    assert remember_login(laptop, user).status_code == 302
+    assert remember_login(phone, user, agent="Safari on a phone").status_code == 302
+    phone_copies = copied_cookies(phone)
+    version = user.session_version
+
+    page = laptop.get("/account/sessions").get_data(as_text=True)
+    assert "Firefox on a laptop" in page and "Safari on a phone" in page
+    assert page.count('<span class="badge">this device</span>') == 1
+    assert 'Firefox on a laptop <span class="badge">this device</span>' in page
+
+    response = laptop.post("/account/sessions/sign-out-everywhere")
+
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/login"
+    assert not can_see_dashboard(laptop)
+    assert not can_see_dashboard(phone)
+    for name, value in phone_copies.items():
+        assert not can_see_dashboard(cookie_alone(app, name, value)), name
+    db.session.refresh(user)
+    assert user.session_version == version + 1
+    assert db.session.scalar(select(UserLogin).where(UserLogin.ended_at.is_(None))) is None
+    assert audit_actions(db, user.organization_id)[-1] == "user.signed_out_everywhere"
+    # Signing in again works, and the sessions page starts afresh.
+    assert login(laptop, user).status_code == 302
+    assert laptop.get("/account/sessions").get_data(as_text=True).count("this device") == 1
+
+
+@pytest.mark.parametrize("app_config", [{"WTF_CSRF_ENABLED": True}])
+def test_sign_out_everywhere_is_a_post_with_a_csrf_token(app, make_user):
+    user = make_user()
+    browser = app.test_client()
+    token = csrf_token(browser.get("/login").get_data(as_text=True))
+    browser.post("/login", data={"email": user.email, "password": PASSWORD, "csrf_token": token})
+
+    assert browser.get("/account/sessions/sign-out-everywhere").status_code == 405
+    assert browser.post("/account/sessions/sign-out-everywhere").status_code == 400
+    assert can_see_dashboard(browser)
+    page = browser.get("/account/sessions").get_data(as_text=True)
+    assert 'href="/account/sessions"' in page, "the account menu links to the sessions page"
+    browser.post("/account/sessions/sign-out-everywhere", data={"csrf_token": csrf_token(page)})
+    assert not can_see_dashboard(browser)
+
+
+def expires_in(response: Any, name: str) -> timedelta | None:
+    for header in response.headers.getlist("Set-Cookie"):
+        if header.startswith(name + "="):
+            for part in header.split(";"):
+                key, _, value = part.strip().partition("=")
+                if key.lower() == "expires":
+                    return parsedate_to_datetime(value) - datetime.now(UTC)
+            return None
+    raise AssertionError(f"no {name} cookie set")
+
+
+def test_remember_me_lasts_30_days_cookie_and_sign_in_alike(client, db, make_user):
+    response = remember_login(client, make_user())
+
+    lasts = expires_in(response, "remember_token")
+    assert lasts is not None
+    assert timedelta(days=30) - timedelta(minutes=1) < lasts <= timedelta(days=30)
+    row = session_login(client, db)
+    assert row.expires_at - row.created_at == timedelta(days=30)
+
+
+def test_without_remember_me_the_sign_in_lasts_the_browser_session_and_12_hours(client, db, make_user):
+    response = login(client, make_user())
+
+    assert expires_in(response, "session") is None, "a browser-session cookie"
+    assert "remember_token" not in str(response.headers)
+    row = session_login(client, db)
+    assert not row.is_remembered
+    assert row.expires_at - row.created_at == timedelta(hours=12)
+
+
+def test_an_expired_sign_in_is_refused(app, client, db, make_user):
+    assert remember_login(client, make_user()).status_code == 302
+    copies = copied_cookies(client)
+    row = session_login(client, db)
+    row.expires_at = utcnow() - timedelta(seconds=1)
+    db.session.commit()
+
+    assert not can_see_dashboard(client)
+    assert not can_see_dashboard(cookie_alone(app, "remember_token", copies["remember_token"]))
+
+
+def test_a_tampered_remember_cookie_is_refused(app, client, make_user):
+    """Even a remember cookie signed with our key opens nothing without the sign-in's nonce."""
+    user = make_user()
+    assert remember_login(client, user).status_code == 302
+    real = signed_in_user_id(client)
+    user_id, version, login_id, nonce = real.split(".")
+    tampered = f"{user_id}.{version}.{login_id}.{'A' * len(nonce)}"
+
+    assert can_see_dashboard(cookie_alone(app, "remember_token", encode_cookie(real)))
+    assert not can_see_dashboard(cookie_alone(app, "remember_token", encode_cookie(tampered)))
+
+
+@pytest.mark.parametrize("old_id", ["{user}.0", "{user}", "{user}.0.junk"])
+def test_a_cookie_from_before_server_side_sign_ins_is_simply_refused(app, db, make_user, old_id):
+    user = make_user()
+    session_id = old_id.format(user=user.id)
+
+    for browser in (app.test_client(), cookie_alone(app, "remember_token", encode_cookie(session_id))):
+        if not browser.get_cookie("remember_token"):
+            with browser.session_transaction() as session:
+                session["_user_id"] = session_id
+                session["_fresh"] = True
+        response = browser.get(DASHBOARD)
+        assert response.status_code == 302
+        assert response.headers["Location"].startswith("/login")
+        assert login(browser, user).status_code == 302  # signing in again works
+
+
+def test_a_new_password_ends_every_sign_in(client, db, make_user):
+    user = make_user()
+    assert remember_login(client, user).status_code == 302
+
+    user.set_password("a brand new passphrase")
+    db.session.commit()
+
+    assert not can_see_dashboard(client)
+    assert db.session.scalar(select(UserLogin).where(UserLogin.ended_at.is_(None))) is None
 
 
 # --- throttling (Flask-Limiter on the real Redis) -----------------------------

@@ -1,4 +1,4 @@
-"""Sign in and sign out."""
+"""Sign in, sign out, and the signed-in user's own sessions."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ from flask import Blueprint, current_app, flash, redirect, render_template, requ
 from flask_login import current_user, login_user, logout_user
 
 from recovery.audit import Actor, record
+from recovery.auth import logins
 from recovery.auth.forms import LoginForm, LogoutForm
 from recovery.auth.services import authenticate
 from recovery.extensions import db, limiter, login_manager
 from recovery.logs import get_logger
-from recovery.models import User
-from recovery.security import redirect_next
+from recovery.models import Role, User
+from recovery.security import redirect_next, require_role
 
 bp = Blueprint("auth", __name__)
 log = get_logger("recovery.auth")
@@ -21,15 +22,8 @@ log = get_logger("recovery.auth")
 
 @login_manager.user_loader
 def load_user(session_id: str) -> User | None:
-    """The active user whose session id (`<id>.<session_version>`) is still current."""
-    user_id, _, version = session_id.partition(".")
-    try:
-        user = db.session.get(User, int(user_id))
-    except ValueError:
-        return None
-    if user is None or not user.is_active or version != str(user.session_version):
-        return None
-    return user
+    """The active user whose sign-in the session or remember cookie names, if it is still current."""
+    return logins.load_signed_in(db.session, session_id)
 
 
 login_manager.login_view = "auth.login"
@@ -65,6 +59,16 @@ def login() -> Any:
         db.session.rollback()
         form.password.errors = ["The email or password is not right."]
         return render_template("auth/login.html", form=form), 401
+    remember = bool(form.remember.data)
+    config = current_app.config
+    logins.start_login(
+        db.session,
+        user,
+        remember=remember,
+        lifetime=config["REMEMBER_COOKIE_DURATION"] if remember else config["SIGN_IN_DURATION"],
+        ip_address=request.remote_addr,
+        user_agent=request.user_agent.string,
+    )
     record(
         db.session,
         Actor.for_user(user, request.remote_addr),
@@ -73,15 +77,19 @@ def login() -> Any:
         target_id=user.id,
     )
     db.session.commit()
-    login_user(user, remember=bool(form.remember.data))
+    login_user(user, remember=remember)
     log.info("login_succeeded", user_id=user.id, organization_id=user.organization_id)
     return redirect_next()
 
 
 @bp.post("/logout")
+@require_role(Role.VIEWER)
 def logout() -> Any:
+    """Sign out: end this sign-in server-side, so a copy of its cookies opens nothing either."""
     if LogoutForm().validate_on_submit():
         user = current_user._get_current_object()
+        if user.current_login is not None:
+            logins.end_login(user.current_login)
         record(
             db.session,
             Actor.for_user(user, request.remote_addr),
@@ -92,4 +100,32 @@ def logout() -> Any:
         db.session.commit()
         logout_user()
         flash("You are signed out.", "info")
+    return redirect(url_for("auth.login"))
+
+
+@bp.get("/account/sessions")
+def sessions() -> Any:
+    """List the signed-in user's open sign-ins, this one marked."""
+    user = current_user._get_current_object()
+    return render_template(
+        "auth/sessions.html",
+        active=logins.active_logins(db.session, user),
+        current_id=user.current_login.id if user.current_login else None,
+        form=LogoutForm(),
+    )
+
+
+@bp.post("/account/sessions/sign-out-everywhere")
+@require_role(Role.VIEWER)
+def sign_out_everywhere() -> Any:
+    """End every sign-in of the user, on every device, this one included."""
+    if not LogoutForm().validate_on_submit():
+        flash("This form has expired; reload the page and try again.", "error")
+        return redirect(url_for("auth.sessions"))
+    user = current_user._get_current_object()
+    ended = logins.sign_out_everywhere(db.session, user, Actor.for_user(user, request.remote_addr))
+    db.session.commit()
+    logout_user()
+    log.info("signed_out_everywhere", user_id=user.id, sessions=ended)
+    flash("You are signed out on every device.", "info")
     return redirect(url_for("auth.login"))

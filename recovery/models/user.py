@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import ForeignKey, String, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy import ForeignKey, String, UniqueConstraint, update
+from sqlalchemy.orm import Mapped, mapped_column, object_session, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from recovery.models.base import Base, BigId, UTCDateTime, utcnow
 from recovery.models.organization import Organization
+from recovery.models.user_login import UserLogin
 
 
 class Role(StrEnum):
@@ -59,12 +60,35 @@ class User(Base):
     def is_anonymous(self) -> bool:
         return False
 
+    # The sign-in this request runs under and its nonce, set by
+    # recovery.auth.logins (at sign-in, and from the cookie on each request);
+    # never stored on the user. flask-login's id carries them. (Plain
+    # annotations: __allow_unmapped__ lets the ORM leave them alone.)
+    __allow_unmapped__ = True
+    current_login: UserLogin | None = None
+    current_nonce: str | None = None
+
     def get_id(self) -> str:
-        return f"{self.id}.{self.session_version or 0}"
+        """Return flask-login's id: `<user id>.<session_version>.<login id>.<nonce>`.
+
+        The session and the remember cookie carry it; recovery.auth.logins
+        checks every part on each request, so ending the sign-in or bumping the
+        version makes both cookies worthless.
+        """
+        if self.current_login is None or not self.current_nonce:
+            raise RuntimeError("No sign-in attached to the user: start one with recovery.auth.logins.")
+        return f"{self.id}.{self.session_version or 0}.{self.current_login.id}.{self.current_nonce}"
 
     def end_sessions(self) -> None:
-        """Invalidate every session and remember cookie issued so far."""
+        """Invalidate every session and remember cookie issued so far, and end every sign-in."""
         self.session_version = (self.session_version or 0) + 1
+        session = object_session(self)
+        if session is not None and self.id is not None:
+            session.execute(
+                update(UserLogin)
+                .where(UserLogin.user_id == self.id, UserLogin.ended_at.is_(None))
+                .values(ended_at=utcnow())
+            )
 
     def set_password(self, password: str) -> None:
         if self.password_hash:
