@@ -119,6 +119,7 @@ def create_payment_link(transaction_id: int) -> Response:
 
 
 @bp.post("/checkout-session/refresh")
+@require_role(Role.OPERATOR)  # it calls Stripe and may change the transaction's status
 def refresh_checkout_session(transaction_id: int) -> Response:
     transaction = org_transaction(transaction_id)
     record = services.latest_checkout_session(db.session, transaction)
