@@ -1,46 +1,52 @@
-"""Start recoveries for many transactions at once, as an RQ job whose progress the dashboard follows.
+"""Start recoveries for many transactions at once: a BulkStart row, worked through by an RQ job.
 
 Each transaction goes through `services.start_recovery`, so every rule (one
 active attempt, reachable channels, excluded failure codes, paid already)
 holds exactly as for one. A refusal is counted and listed, never stops the
-batch. The job commits once per chunk, then schedules the first sends of
-that chunk (after the commit that made them true).
+batch.
 
 The batch is either the rows checked on one page of the list (`parse_ids`) or,
 like Gmail's "select all conversations that match this search", every row the
 list's filter matches (`select_matching`), resolved in the request with the
 list's own parsing and query, ids only.
 
-Progress lives in the RQ job's meta (no table): counts, the refusals (the
-first MAX_LISTED), and the state. The job is kept a day after it ends, so
-its page can be revisited; the audit log keeps the lasting record.
+The database is the source of truth. The request stores the selection in a
+BulkStart row and commits, then queues a job carrying the row's id. The job
+takes the next CHUNK ids after `processed`, with the row locked, and commits
+the chunk's recoveries together with the row's new counts; then it schedules
+that chunk's first sends. So a run killed at any point loses nothing and
+repeats nothing: the next run continues from `processed`. The send sweeper
+queues that next run (`resume_stalled`) for a row that stopped moving.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from contextlib import suppress
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from redis import Redis
-from rq import get_current_job
-from rq.exceptions import NoSuchJobError
-from rq.job import Job
-from sqlalchemy import select
+from redis.exceptions import RedisError
+from rq.exceptions import DuplicateJobError
+from rq.job import JobStatus
+from sqlalchemy import select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from recovery import audit
 from recovery.audit import Actor
 from recovery.extensions import db
 from recovery.jobs import app_job
 from recovery.logs import get_logger
-from recovery.models import Transaction, utcnow
+from recovery.models import BulkStart, BulkStatus, Transaction, utcnow
 from recovery.models.base import DbSession
-from recovery.queue import get_queue
+from recovery.queue import get_queue, job_statuses
 from recovery.recoveries import jobs, services
 from recovery.transactions import services as transactions
 
 log = get_logger("recovery.recoveries")
+
+BS = BulkStatus
 
 CHUNK = 50
 # One request may ask for this many; a page of the list holds 50.
@@ -50,9 +56,19 @@ MAX_TRANSACTIONS = 5000
 REFUSAL_COUNT_CAP = 100_000
 # Refusals listed on the progress page; all of them are counted.
 MAX_LISTED = 500
-KEEP_SECONDS = 24 * 3600
+# 100 chunks of a few seconds each; a run that takes longer is stopped by RQ.
 JOB_TIMEOUT = 30 * 60
 JOB_PREFIX = "bulk-start-"
+# A run commits a chunk every few seconds (50 starts, a few ms each). A queued or
+# running bulk start untouched for this long has no live run: its worker was killed
+# or its job lost with Redis. Generous, since a second run beside a slow live one
+# would wait on the row's lock for nothing (and start nothing twice: see `step`).
+STALLED_AFTER = timedelta(minutes=2)
+# Bulk starts one sweep resumes; the next sweep, a minute later, takes the rest.
+RESUME_BATCH = 100
+# A job in one of these states will still run, so the sweeper leaves its bulk start alone.
+# Not "started": a started run whose row stopped moving died with its worker.
+_WILL_RUN = frozenset({JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED})
 
 # "any": every channel each customer can be reached on (start_recovery's default).
 CHANNEL_OPTIONS = {"any": None, "email": ["email"], "sms": ["sms"]}
@@ -68,46 +84,6 @@ class Selection:
 
     ids: list[int]
     filters: dict[str, str] | None = None
-
-
-@dataclass
-class Progress:
-    """What the progress page shows; stored in the job's meta."""
-
-    organization_id: int
-    total: int
-    channel: str
-    state: str = "queued"  # queued, running, done, failed
-    processed: int = 0
-    started: int = 0
-    refused: int = 0
-    refusals: list[dict[str, str]] = field(default_factory=list)
-    reasons: dict[str, int] = field(default_factory=dict)
-    error: str | None = None
-    # The list's filter (query-string arguments) when the batch is "all matching"; else empty.
-    filters: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def percent(self) -> int:
-        return 100 if not self.total else round(100 * self.processed / self.total)
-
-    @property
-    def running(self) -> bool:
-        return self.state in ("queued", "running")
-
-    def refuse(self, ref: str, reason: str) -> None:
-        self.refused += 1
-        self.reasons[reason] = self.reasons.get(reason, 0) + 1
-        if len(self.refusals) < MAX_LISTED:
-            self.refusals.append({"ref": ref, "reason": reason})
-
-    def to_meta(self) -> dict[str, Any]:
-        return {"bulk": self.__dict__.copy()}
-
-    @classmethod
-    def from_meta(cls, meta: dict[str, Any]) -> Progress | None:
-        values = meta.get("bulk")
-        return cls(**values) if isinstance(values, dict) else None
 
 
 def parse_ids(raw: Sequence[str]) -> list[int]:
@@ -150,162 +126,275 @@ def select_matching(session: DbSession, organization_id: int, args: Mapping[str,
     return Selection(ids, query.filter_args())
 
 
-def enqueue(
-    actor: Actor, transaction_ids: list[int], channel: str, filters: dict[str, str] | None = None
-) -> str:
-    """Queue the batch and return its job id; raises RedisError if the queue is unreachable."""
+def create(
+    session: DbSession,
+    actor: Actor,
+    transaction_ids: list[int],
+    channel: str,
+    filters: dict[str, str] | None = None,
+) -> BulkStart:
+    """Add the bulk start with its first run counted; the caller commits, then calls `enqueue_run`."""
     if channel not in CHANNEL_OPTIONS:
         raise BulkRefused("Choose how to send: email, SMS, or both.")
-    job_id = f"{JOB_PREFIX}{uuid.uuid4().hex}"
-    progress = Progress(actor.organization_id, len(transaction_ids), channel, filters=filters or {})
-    description = f"Start {len(transaction_ids)} recoveries" + (" matching a filter" if filters else "")
-    get_queue().enqueue(
-        start_many,
-        actor.organization_id,
-        actor.label,
-        actor.user_id,
-        actor.ip_address,
-        transaction_ids,
-        channel,
-        filters,
-        job_id=job_id,
-        meta=progress.to_meta(),
-        job_timeout=JOB_TIMEOUT,
-        result_ttl=KEEP_SECONDS,
-        failure_ttl=KEEP_SECONDS,
-        description=description,
+    bulk = BulkStart(
+        organization_id=actor.organization_id,
+        user_id=actor.user_id,
+        actor_label=actor.label,
+        ip_address=actor.ip_address,
+        transaction_ids=list(transaction_ids),
+        channel=channel,
+        filters=filters or {},
+        status=BS.QUEUED,
+        total=len(transaction_ids),
+        reasons={},
+        refusals=[],
+        runs=1,
     )
+    session.add(bulk)
+    session.flush()
     log.info(
-        "recovery_bulk_enqueued",
-        job_id=job_id,
+        "recovery_bulk_created",
+        bulk_start_id=bulk.id,
         organization_id=actor.organization_id,
         count=len(transaction_ids),
         channel=channel,
         filters=filters,
     )
-    return job_id
+    return bulk
 
 
-def load(connection: Redis, organization_id: int, job_id: str) -> Progress | None:
-    """The batch's progress if it exists and belongs to the organization (None hides others')."""
-    if not job_id.startswith(JOB_PREFIX):
-        return None
-    try:
-        job = Job.fetch(job_id, connection=connection)
-    except NoSuchJobError:
-        return None
-    progress = Progress.from_meta(job.get_meta(refresh=False) or {})
-    if progress is None or progress.organization_id != organization_id:
-        return None
-    if progress.running and job.is_failed:
-        # The work horse died (timeout, kill) before it could say so itself.
-        progress.state = "failed"
-        progress.error = progress.error or "The job stopped unexpectedly."
-    return progress
+def job_id(bulk: BulkStart) -> str:
+    """The RQ job id of the bulk start's current run: one job per run, however often it is queued."""
+    return f"{JOB_PREFIX}{bulk.id}-{bulk.runs}"
 
 
-def run(
-    session: DbSession,
-    actor: Actor,
-    transaction_ids: Sequence[int],
-    channel: str,
-    progress: Progress,
-    report: Any = None,
-) -> Progress:
-    """Start a recovery for each transaction, chunk by chunk; one commit per chunk.
+def enqueue_run(bulk: BulkStart) -> str:
+    """Queue the current run (after the commit that counted it); raises RedisError if unreachable.
 
-    `report(progress)` is called after each chunk (the job saves its meta).
-    Safe to run twice: a transaction whose recovery started the first time is
-    refused the second time as already running, and counted so.
+    Safe to call twice: the second finds the job and adds none.
     """
-    channels = CHANNEL_OPTIONS[channel]
-    progress.state = "running"
-    for offset in range(0, len(transaction_ids), CHUNK):
-        chunk = list(transaction_ids[offset : offset + CHUNK])
-        found = {
-            t.id: t
-            for t in session.scalars(
-                select(Transaction).where(
-                    Transaction.id.in_(chunk), Transaction.organization_id == actor.organization_id
-                )
+    run_id = job_id(bulk)
+    description = f"Start {bulk.total} recoveries (bulk start {bulk.id}, run {bulk.runs})"
+    with suppress(DuplicateJobError):  # queued already
+        get_queue().enqueue(
+            run_job, bulk.id, job_id=run_id, unique=True, job_timeout=JOB_TIMEOUT, description=description
+        )
+    return run_id
+
+
+def get_for_org(session: DbSession, organization_id: int, bulk_id: int) -> BulkStart | None:
+    """The bulk start if it belongs to the organization (None hides another's)."""
+    bulk = session.get(BulkStart, bulk_id)
+    return bulk if bulk is not None and bulk.organization_id == organization_id else None
+
+
+def is_stalled(bulk: BulkStart, now: datetime) -> bool:
+    """Whether the bulk start should be moving and has not for STALLED_AFTER (its run died)."""
+    return bulk.status in (BS.QUEUED, BS.RUNNING) and bulk.updated_at < now - STALLED_AFTER
+
+
+def _lock(session: DbSession, bulk_id: int) -> BulkStart | None:
+    """Read the row afresh, locked until this transaction ends, so that one run at a time moves it.
+
+    PostgreSQL: SELECT … FOR UPDATE. SQLite has no row locks and ignores FOR
+    UPDATE: a write first takes the database's write lock (one writer at a
+    time), so the read after it is current until the commit.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(update(BulkStart).where(BulkStart.id == bulk_id).values(updated_at=utcnow()))
+    return session.scalar(
+        select(BulkStart)
+        .where(BulkStart.id == bulk_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+
+
+def _actor(bulk: BulkStart) -> Actor:
+    return Actor(bulk.organization_id, bulk.actor_label, bulk.user_id, bulk.ip_address)
+
+
+def step(session: DbSession, bulk_id: int) -> bool:
+    """Start the next chunk's recoveries and commit them with the row's counts; False once nothing is left.
+
+    Safe to run twice, and at once: the row is locked while its chunk is
+    worked, and the chunk is the one after `processed` as committed. (A
+    transaction started anyway would be refused by start_recovery as already
+    running.) The chunk's first sends are scheduled after the commit; a crash
+    between the two leaves them to the send sweeper.
+    """
+    bulk = _lock(session, bulk_id)
+    if bulk is None or bulk.status not in (BS.QUEUED, BS.RUNNING):
+        session.rollback()  # done, failed (an operator resumes it) or gone: nothing to do
+        return False
+    bulk.transition(BS.RUNNING)
+    chunk = bulk.transaction_ids[bulk.processed : bulk.processed + CHUNK]
+    actor = _actor(bulk)
+    channels = CHANNEL_OPTIONS[bulk.channel]
+    found = {
+        t.id: t
+        for t in session.scalars(
+            select(Transaction).where(
+                Transaction.id.in_(chunk), Transaction.organization_id == bulk.organization_id
             )
-        }
-        to_schedule = []
-        for transaction_id in chunk:
-            transaction = found.get(transaction_id)
-            if transaction is None:
-                progress.refuse(f"#{transaction_id}", "Transaction not found.")
-                continue
-            try:
-                with session.begin_nested():
-                    started = services.start_recovery(
-                        session, transaction, actor, now=utcnow(), channels=channels
-                    )
-            except services.RecoveryRefused as error:
-                progress.refuse(transaction.transaction_ref, error.message)
-                continue
-            to_schedule.append(started.attempt)
-            progress.started += 1
-        progress.processed += len(chunk)
-        session.commit()
-        for attempt in to_schedule:
-            jobs.schedule_next(attempt)
-        if report is not None:
-            report(progress)
-    progress.state = "done"
-    details: dict[str, Any] = {
-        "requested": progress.total,
-        "started": progress.started,
-        "refused": progress.refused,
-        "channel": channel,
+        )
     }
-    if progress.filters:
-        # Which filter "all matching" meant: the rows it matches change over time.
-        details["filter"] = progress.filters
-    audit.record(session, actor, "recovery.bulk_started", target_type="bulk_start", target_id=None, **details)
+    # Plain JSON columns: changes are seen by assigning new values, not by mutating.
+    reasons, refusals = dict(bulk.reasons or {}), list(bulk.refusals or [])
+    sends: list[tuple[int, int, datetime]] = []
+    for transaction_id in chunk:
+        transaction = found.get(transaction_id)
+        try:
+            if transaction is None:
+                raise services.RecoveryRefused("Transaction not found.")
+            with session.begin_nested():
+                attempt = services.start_recovery(
+                    session, transaction, actor, now=utcnow(), channels=channels
+                ).attempt
+        except services.RecoveryRefused as error:
+            bulk.refused += 1
+            reasons[error.message] = reasons.get(error.message, 0) + 1
+            if len(refusals) < MAX_LISTED:
+                ref = transaction.transaction_ref if transaction else f"#{transaction_id}"
+                refusals.append({"ref": ref, "reason": error.message})
+            continue
+        bulk.started += 1
+        if attempt.next_send_at is not None:
+            sends.append((attempt.id, attempt.step, attempt.next_send_at))
+    bulk.reasons, bulk.refusals = reasons, refusals
+    bulk.processed += len(chunk)
+    more = bulk.processed < bulk.total
+    if not more:
+        _finish(session, bulk, actor)
     session.commit()
+    jobs.schedule_many(sends)
+    return more
+
+
+def _finish(session: DbSession, bulk: BulkStart, actor: Actor) -> None:
+    bulk.transition(BS.DONE)
+    bulk.finished_at = utcnow()
+    details: dict[str, Any] = {
+        "requested": bulk.total,
+        "started": bulk.started,
+        "refused": bulk.refused,
+        "channel": bulk.channel,
+    }
+    if bulk.filters:
+        # Which filter "all matching" meant: the rows it matches change over time.
+        details["filter"] = bulk.filters
+    audit.record(
+        session, actor, "recovery.bulk_started", target_type="bulk_start", target_id=bulk.id, **details
+    )
     log.info(
         "recovery_bulk_done",
-        organization_id=actor.organization_id,
-        requested=progress.total,
-        started=progress.started,
-        refused=progress.refused,
+        bulk_start_id=bulk.id,
+        organization_id=bulk.organization_id,
+        requested=bulk.total,
+        started=bulk.started,
+        refused=bulk.refused,
+        runs=bulk.runs,
     )
-    return progress
+
+
+def run(session: DbSession, bulk_id: int) -> None:
+    """Work the bulk start through to its end, a chunk (and a commit) at a time, from where it is."""
+    while step(session, bulk_id):
+        pass
+
+
+def _fail(session: DbSession, bulk_id: int, error: Exception) -> None:
+    """Record that the run stopped on an error; an operator may resume it (`resume`)."""
+    message = (str(error) or error.__class__.__name__)[:1000]
+    try:
+        bulk = _lock(session, bulk_id)
+        if bulk is not None and bulk.can_transition(BS.FAILED):
+            bulk.transition(BS.FAILED)
+            bulk.error = message
+        session.commit()
+    except SQLAlchemyError:
+        # The database itself is failing: the row stays running and the sweeper resumes it.
+        session.rollback()
+        log.exception("recovery_bulk_fail_not_recorded", bulk_start_id=bulk_id)
 
 
 @app_job
-def start_many(
-    organization_id: int,
-    actor_label: str,
-    user_id: int | None,
-    ip_address: str | None,
-    transaction_ids: list[int],
-    channel: str,
-    filters: dict[str, str] | None = None,
-) -> dict[str, int]:
-    """The RQ job: run the batch, saving progress in the job's meta after every chunk.
+def run_job(bulk_id: int) -> None:
+    """The RQ job: run the bulk start from where the database says it is.
 
-    `filters` defaults to None so jobs queued before it existed still run.
+    An error in a chunk rolls that chunk back and marks the bulk start failed
+    with the message (the chunks before it stay committed); a killed worker
+    leaves it running, for the sweeper to resume.
     """
-    job = get_current_job()
-    actor = Actor(organization_id, actor_label, user_id, ip_address)
-    progress = Progress(organization_id, len(transaction_ids), channel, filters=filters or {})
-
-    def report(current: Progress) -> None:
-        if job is not None:
-            job.meta.update(current.to_meta())
-            job.save_meta()  # type: ignore[no-untyped-call]  # rq leaves it unannotated
-
-    report(progress)
     try:
-        run(db.session, actor, transaction_ids, channel, progress, report)
+        run(db.session, bulk_id)
     except Exception as error:
         db.session.rollback()
-        progress.state = "failed"
-        progress.error = str(error) or error.__class__.__name__
-        report(progress)
-        log.exception("recovery_bulk_failed", organization_id=organization_id, error=progress.error)
-        raise
-    report(progress)
-    return {"started": progress.started, "refused": progress.refused}
+        log.exception("recovery_bulk_failed", bulk_start_id=bulk_id, error=str(error)[:300])
+        _fail(db.session, bulk_id, error)
+        raise  # RQ records the failed run with its traceback
+
+
+@app_job
+def start_many(*args: Any, **kwargs: Any) -> None:
+    """A job queued by the release that kept bulk starts in RQ's meta: log it, start nothing.
+
+    Its progress page is gone with that release; the operator sees the 404 and
+    selects the transactions again.
+    """
+    log.warning("recovery_bulk_old_job_dropped", organization_id=args[0] if args else None)
+
+
+def resume(session: DbSession, bulk: BulkStart, actor: Actor) -> None:
+    """Run a failed bulk start again from its last committed chunk; the caller commits, then enqueues."""
+    if bulk.status != BS.FAILED:
+        raise BulkRefused("Only a bulk start that stopped on an error can be resumed.")
+    bulk.transition(BS.RUNNING)
+    bulk.error = None
+    bulk.runs += 1
+    audit.record(
+        session,
+        actor,
+        "recovery.bulk_resumed",
+        target_type="bulk_start",
+        target_id=bulk.id,
+        processed=bulk.processed,
+        total=bulk.total,
+    )
+
+
+def resume_stalled(session: DbSession, now: datetime) -> int:
+    """Queue a new run of each bulk start that stopped moving; return how many. Called by the sweeper.
+
+    Stalled: queued or running, untouched for STALLED_AFTER, and its last run's
+    job is not waiting in Redis (a queued one will run; a started one whose
+    row stopped moving died with its worker). Counting the run and touching
+    the row first means the next sweeps leave it alone for STALLED_AFTER, so
+    runs do not pile up; and two runs at once would start nothing twice.
+    """
+    stalled = list(
+        session.scalars(
+            select(BulkStart)
+            .where(BulkStart.status.in_((BS.QUEUED, BS.RUNNING)), BulkStart.updated_at < now - STALLED_AFTER)
+            .order_by(BulkStart.updated_at)
+            .limit(RESUME_BATCH)
+            # A row locked by a live run is moving; PostgreSQL skips it, SQLite ignores this.
+            .with_for_update(skip_locked=True)
+        )
+    )
+    statuses = job_statuses(get_queue().connection, [job_id(bulk) for bulk in stalled]) if stalled else []
+    resumed = [bulk for bulk, status in zip(stalled, statuses, strict=True) if status not in _WILL_RUN]
+    for bulk in resumed:
+        bulk.runs += 1
+        bulk.updated_at = now
+    session.commit()
+    placed = 0
+    for bulk in resumed:
+        try:
+            enqueue_run(bulk)
+        except RedisError:
+            log.exception("recovery_bulk_resume_failed", bulk_start_id=bulk.id)
+            continue  # tried again once STALLED_AFTER has passed
+        placed += 1
+        log.warning("recovery_bulk_resumed", bulk_start_id=bulk.id, processed=bulk.processed, runs=bulk.runs)
+    return placed

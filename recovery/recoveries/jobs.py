@@ -14,7 +14,7 @@ from recovery.logs import get_logger
 from recovery.messaging.providers import DATA_ANSWER_SECONDS, MessagingSettings, Postman
 from recovery.models import RecoveryAttempt, utcnow
 from recovery.queue import discard_waiting, get_queue, redis_connection
-from recovery.recoveries import scheduling, services
+from recovery.recoveries import bulk, scheduling, services
 from recovery.webhooks.jobs import queue_close_payment_options
 
 log = get_logger("recovery.recoveries")
@@ -111,6 +111,7 @@ def sweep_once(now: datetime) -> int:
     placed = schedule_many(due, now)
     if placed:
         log.info("recovery_sweep_enqueued", count=placed)
+    bulk.resume_stalled(db.session, now)  # bulk starts whose run died
     return placed
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
+from flask_wtf import FlaskForm
 from redis.exceptions import RedisError
 from sqlalchemy import select
 from werkzeug.wrappers import Response
@@ -14,8 +15,15 @@ from werkzeug.wrappers import Response
 from recovery.audit import Actor
 from recovery.extensions import db
 from recovery.logs import get_logger
-from recovery.models import AttemptStatus, Organization, RecoveryAttempt, Role, Transaction, utcnow
-from recovery.queue import redis_connection
+from recovery.models import (
+    AttemptStatus,
+    BulkStart,
+    Organization,
+    RecoveryAttempt,
+    Role,
+    Transaction,
+    utcnow,
+)
 from recovery.recoveries import bulk, jobs, services
 from recovery.recoveries.forms import (
     CHANNEL_CHOICES,
@@ -128,7 +136,7 @@ def _bulk_selection() -> bulk.Selection:
 @bp.post("/recoveries/bulk")
 @require_role(Role.OPERATOR)
 def bulk_start() -> Response:
-    """Queue recoveries for the transactions selected on the list; follow them on the progress page."""
+    """Store the transactions selected on the list and queue their start; follow it on the progress page."""
     target = request.form.get("next")
     back = redirect(target if is_safe_next(target) else url_for("transactions.index"))  # type: ignore[arg-type]
     form = BulkStartForm()
@@ -137,28 +145,65 @@ def bulk_start() -> Response:
         return back
     try:
         selection = _bulk_selection()
-        job_id = bulk.enqueue(_actor(), selection.ids, form.channel.data or "any", selection.filters)
+        started = bulk.create(
+            db.session, _actor(), selection.ids, form.channel.data or "any", selection.filters
+        )
     except bulk.BulkRefused as error:
         flash(str(error), "error")
         return back
+    db.session.commit()
+    _queue_bulk_run(started)
+    return redirect(url_for("recoveries.bulk_progress", bulk_id=started.id))
+
+
+def _queue_bulk_run(started: BulkStart) -> None:
+    """Queue the bulk start's run after its commit; if Redis is down, the sweeper queues it later."""
+    try:
+        bulk.enqueue_run(started)
     except RedisError:
-        log.exception("recovery_bulk_enqueue_failed", organization_id=current_user.organization_id)
-        flash("The job queue is unreachable, so nothing was started; try again in a moment.", "error")
-        return back
-    return redirect(url_for("recoveries.bulk_progress", job_id=job_id))
+        log.exception("recovery_bulk_enqueue_failed", bulk_start_id=started.id)
+        flash(
+            "The job queue is unreachable right now; the recoveries start by themselves once it is back.",
+            "warning",
+        )
 
 
-@bp.get("/recoveries/bulk/<job_id>")
-def bulk_progress(job_id: str) -> Any:
-    progress = bulk.load(redis_connection(), current_user.organization_id, job_id)
-    if progress is None:
+def _bulk_for_org(bulk_id: int) -> BulkStart:
+    found = bulk.get_for_org(db.session, current_user.organization_id, bulk_id)
+    if found is None:
         abort(404)
+    return found
+
+
+@bp.get("/recoveries/bulk/<int:bulk_id>")
+def bulk_progress(bulk_id: int) -> Any:
+    found = _bulk_for_org(bulk_id)
     fragment = bool(request.headers.get("HX-Request"))
     return render_template(
         "recoveries/_bulk_progress.html" if fragment else "recoveries/bulk.html",
-        progress=progress,
-        job_id=job_id,
+        bulk=found,
+        stalled=bulk.is_stalled(found, utcnow()),
+        stalled_minutes=int(bulk.STALLED_AFTER.total_seconds() // 60),
     )
+
+
+@bp.post("/recoveries/bulk/<int:bulk_id>/resume")
+@require_role(Role.OPERATOR)
+def bulk_resume(bulk_id: int) -> Response:
+    """Run a bulk start that stopped on an error again, from its last committed chunk."""
+    found = _bulk_for_org(bulk_id)
+    progress = redirect(url_for("recoveries.bulk_progress", bulk_id=found.id))
+    if not FlaskForm().validate():  # the CSRF token only
+        flash("This form has expired; reload the page and try again.", "error")
+        return progress
+    try:
+        bulk.resume(db.session, found, _actor())
+    except bulk.BulkRefused as error:
+        flash(str(error), "error")
+        return progress
+    db.session.commit()
+    _queue_bulk_run(found)
+    return progress
 
 
 @bp.get("/recoveries")
