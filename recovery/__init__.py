@@ -19,6 +19,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         os.makedirs(app.instance_path, exist_ok=True)
     register_logging(app)
     register_extensions(app)
+    register_request_limits(app)
     register_security(app)
     register_blueprints(app)
     register_template_helpers(app)
@@ -49,6 +50,12 @@ def register_extensions(app: Flask) -> None:
     queue.init_app(app)
 
 
+def register_request_limits(app: Flask) -> None:
+    from recovery import errors
+
+    app.before_request(errors.refuse_long_urls)  # first: a sign-in redirect would carry the URL along
+
+
 def register_security(app: Flask) -> None:
     from recovery import security
     from recovery.webhooks import receiver
@@ -64,6 +71,7 @@ def register_blueprints(app: Flask) -> None:
     from recovery.customer.views import bp as customer_bp
     from recovery.health.views import bp as health_bp
     from recovery.imports.views import bp as imports_bp
+    from recovery.messaging.resend import bp as messages_bp
     from recovery.messaging.twilio_hooks import bp as twilio_bp
     from recovery.messaging.views import bp as messaging_bp
     from recovery.organizations.views import bp as organizations_bp
@@ -84,6 +92,7 @@ def register_blueprints(app: Flask) -> None:
         payments_bp,
         recoveries_bp,
         messaging_bp,
+        messages_bp,
         users_bp,
         customer_bp,
         tokens_bp,

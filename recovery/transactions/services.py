@@ -15,12 +15,13 @@ from typing import Any, NamedTuple
 from sqlalchemy import ColumnElement, Select, func, or_, select, tuple_
 from sqlalchemy.exc import IntegrityError
 
-from recovery import audit
+from recovery import audit, money
 from recovery.audit import Actor
 from recovery.models import (
     AuditEvent,
     CsvImport,
     Message,
+    MessageStatus,
     Provider,
     RecoveryAttempt,
     Transaction,
@@ -31,12 +32,14 @@ from recovery.models.base import DbSession
 from recovery.models.transaction import TransactionStatus
 from recovery.transactions.validation import (
     CONTACT_FIELDS,
+    MAX_LENGTHS,
     Cleaned,
     clean_contact,
     clean_email,
     clean_phone,
     clean_transaction,
     has_control_characters,
+    strip_deceptive,
 )
 
 PAGE_SIZE = 50
@@ -74,6 +77,8 @@ def create_transaction(
 
     `webhook_event_id`: the Stripe event it is imported from, linked on its "created" entry.
     """
+    if source == TransactionSource.STRIPE:
+        raw = _without_deceptive_text(raw)
     cleaned = clean_transaction(raw, major_units=major_units)
     if not cleaned.ok:
         raise InvalidTransaction(cleaned.errors)
@@ -97,6 +102,23 @@ def create_transaction(
         source=source,
     )
     return transaction
+
+
+def _without_deceptive_text(raw: dict[str, Any]) -> dict[str, Any]:
+    """Stripe's fields with text-direction and invisible characters removed, rather than refused.
+
+    A name a customer typed at checkout cannot be sent back, and refusing it would
+    lose the failed payment; without those characters it shows as what it is.
+    """
+
+    def scrubbed(value: Any) -> Any:
+        if isinstance(value, str):
+            return strip_deceptive(value)
+        if isinstance(value, dict):
+            return {strip_deceptive(str(k), joiners=False): scrubbed(v) for k, v in value.items()}
+        return value
+
+    return {name: scrubbed(value) for name, value in raw.items()}
 
 
 def update_contact(
@@ -174,13 +196,23 @@ class ListQuery:
                 query.status = status
             else:
                 query.errors["status"] = f"Unknown status {status!r}."
-        query.q = (args.get("q") or "").strip()[:254] or None
+        q = (args.get("q") or "").strip()
+        if len(q) > MAX_LENGTHS["customer_email"]:
+            # Longer than any reference, email or phone: it can match nothing, and cut short it might.
+            query.errors["q"] = f"Search for at most {MAX_LENGTHS['customer_email']} characters."
+        else:
+            query.q = q or None
         currency = (args.get("currency") or "").strip().lower()
         if currency:
-            if len(currency) == 3 and currency.isalpha():
-                query.currency = currency
-            else:
+            if not (len(currency) == 3 and currency.isalpha()):
                 query.errors["currency"] = "Use a three-letter currency code."
+            elif currency not in money.known_currencies():
+                # Any ISO 4217 code filters, not only those taken at entry today: older rows may hold others.
+                query.errors["currency"] = (
+                    f"{currency.upper()} is not an ISO 4217 currency code (e.g. USD, EUR)."
+                )
+            else:
+                query.currency = currency
         for name in ("date_from", "date_to"):
             raw = (args.get(name) or "").strip()
             if raw:
@@ -193,6 +225,9 @@ class ListQuery:
                     query.errors[name] = "Use a date like 2025-01-31."
                 else:
                     setattr(query, name, day)
+        if query.date_from and query.date_to and query.date_from > query.date_to:
+            query.errors["date_to"] = "The last day is before the first: no transaction can match."
+            query.date_to = None
         if args.get("sort") in SORTS:
             query.sort = args["sort"]
         if args.get("order") in ("asc", "desc"):
@@ -403,6 +438,8 @@ class TimelineEntry:
     kind: str = "event"
     # The Stripe event that caused the entry, if one did (the page links to it).
     webhook_event_id: int | None = None
+    # A message staff may send again (its fate is unknown): the page offers to.
+    resend_message_id: int | None = None
 
 
 AUDIT_TITLES = {
@@ -439,6 +476,7 @@ MESSAGE_TITLES = {
     "undeliverable": "{channel} undeliverable",
     "cancelled": "{channel} cancelled",
     "queued": "{channel} queued",
+    "unknown": "{channel}: unknown — check the provider",
 }
 
 
@@ -511,6 +549,7 @@ def timeline(session: DbSession, transaction: Transaction) -> list[TimelineEntry
                 MESSAGE_TITLES.get(message.status, "{channel} " + message.status).format(channel=channel),
                 detail,
                 kind="message",
+                resend_message_id=message.id if message.status == MessageStatus.UNKNOWN else None,
             )
         )
     return sorted(entries, key=lambda e: e.at)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 from functools import cache, lru_cache
@@ -37,7 +38,26 @@ _CODE = re.compile(r"^[a-z0-9_]+$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")  # free text: lines, tabs
 MULTILINE_FIELDS = frozenset({"failure_message"})
+# Text that reads otherwise than it is: the bidirectional embeddings, overrides
+# and isolates (U+202A-U+202E, U+2066-U+2069) reorder what follows them
+# ("abc\u202egnp.exe" shows as "abcexe.png"), and U+200B, U+2060 and U+FEFF are
+# invisible. Refused in every name, reference, message and metadata entry. The
+# marks U+200E/U+200F (LRM, RLM) stay allowed: they move no letter, only
+# neutrals such as a closing bracket, and Hebrew and Arabic text needs them.
+_DECEPTIVE = re.compile("[\u202a-\u202e\u2066-\u2069\u200b\u2060\ufeff]")
+# ZWNJ (U+200C) and ZWJ (U+200D) are part of how some words are spelled: ZWNJ in
+# Persian (می\u200cخواهم), both in Indic conjuncts, ZWJ inside emoji sequences
+# (👩\u200d💻). So they are allowed in names, failure messages and metadata values
+# where they do that job: between two non-ASCII letters, marks or symbols. Anywhere
+# else (next to ASCII or a space, at either end) they only hide a seam, as in
+# "pay\u200dpal"; and references, emails and metadata keys never need them.
+_JOINERS = re.compile("[\u200c\u200d]")
+JOINER_FIELDS = frozenset({"customer_name", "failure_message"})
+_JOINABLE = frozenset({"Lu", "Ll", "Lt", "Lm", "Lo", "Mn", "Mc", "Me", "So", "Sk"})
 METADATA_MAX_BYTES = 4096
+# JavaScript's Number.MAX_SAFE_INTEGER: a larger integer (or a float beyond it)
+# comes back changed in most JSON clients, so metadata numbers stay within it.
+METADATA_MAX_NUMBER = 2**53 - 1
 DATE_ONLY_AHEAD = timedelta(hours=14)  # UTC+14 (Kiribati) is the furthest ahead
 # An everyday address that email-validator always accepts, and whose normalized
 # form lower-cased is the address lower-cased: ASCII atoms joined by single
@@ -89,6 +109,50 @@ def has_control_characters(text: str) -> bool:
     return _CONTROL.search(text) is not None
 
 
+def _joins(before: str, after: str) -> bool:
+    """Whether a ZWJ/ZWNJ between these two characters does a script's or an emoji's job."""
+    return all(
+        char != "" and not char.isascii() and unicodedata.category(char) in _JOINABLE
+        for char in (before, after)
+    )
+
+
+def deceptive_character(text: str, *, joiners: bool = False) -> str | None:
+    """The first character that makes `text` display otherwise than it is, or None.
+
+    `joiners`: ZWJ and ZWNJ are allowed between non-ASCII letters, marks and symbols (names).
+    """
+    match = _DECEPTIVE.search(text)
+    if match is not None:
+        return match.group()
+    for found in _JOINERS.finditer(text):
+        at = found.start()
+        if not joiners or not _joins(text[at - 1 : at] if at else "", text[at + 1 : at + 2]):
+            return found.group()
+    return None
+
+
+def deceptive_message(char: str) -> str:
+    """Why `char` (found by deceptive_character) is refused, naming it."""
+    return (
+        f"Must not contain invisible or text-direction characters (found U+{ord(char):04X} "
+        f"{unicodedata.name(char, '')}): they make the text display otherwise than it is."
+    )
+
+
+def strip_deceptive(text: str, *, joiners: bool = True) -> str:
+    """`text` without what `deceptive_character` refuses: for data we cannot refuse (Stripe's)."""
+    text = _DECEPTIVE.sub("", text)
+    if _JOINERS.search(text) is None:
+        return text
+    kept: list[str] = []
+    for at, char in enumerate(text):
+        if char in "\u200c\u200d" and not (joiners and kept and _joins(kept[-1], text[at + 1 : at + 2])):
+            continue
+        kept.append(char)
+    return "".join(kept)
+
+
 def clean_text(raw: Any, name: str, *, required: bool = False) -> str | None:
     text = "" if raw is None else str(raw).strip()
     if not text:
@@ -101,6 +165,9 @@ def clean_text(raw: Any, name: str, *, required: bool = False) -> str | None:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     if (_CONTROL_BUT_LINES if multiline else _CONTROL).search(text):
         raise ValueError("Must not contain control characters.")
+    char = deceptive_character(text, joiners=name in JOINER_FIELDS)
+    if char is not None:
+        raise ValueError(deceptive_message(char))
     limit = MAX_LENGTHS[name]
     if len(text) > limit:
         raise ValueError(f"At most {limit} characters (got {len(text)}).")
@@ -249,16 +316,54 @@ def clean_metadata(raw: Any) -> dict[str, Any]:
             raise ValueError("Metadata is nested too deeply: use a flat JSON object.") from None
     if not isinstance(raw, dict):
         raise ValueError('Metadata must be a JSON object, e.g. {"order_id": "ORD-123"}.')
-    if any(not isinstance(v, str | int | float | bool | type(None)) for v in raw.values()):
-        raise ValueError("Metadata values must be strings, numbers or booleans.")
-    if any(has_control_characters(text) for pair in raw.items() for text in pair if isinstance(text, str)):
-        raise ValueError("Metadata keys and values must not contain control characters.")
-    if any(isinstance(v, float) and not math.isfinite(v) for v in raw.values()):
-        # PostgreSQL's json type refuses NaN and Infinity: the insert would fail.
-        raise ValueError("Metadata numbers must be finite (no NaN or Infinity).")
+    for key, value in raw.items():
+        problem = _metadata_key_problem(str(key)) or _metadata_value_problem(value)
+        if problem:
+            raise ValueError(f"Metadata {_shown_key(str(key))}: {problem}")
     if len(json.dumps(raw)) > METADATA_MAX_BYTES:
         raise ValueError(f"Metadata is larger than {METADATA_MAX_BYTES} bytes.")
     return {str(k): v for k, v in raw.items()}
+
+
+def _shown_key(key: str) -> str:
+    """The key as an error message may quote it: escaped, and cut short."""
+    shown = json.dumps(key)
+    return shown if len(shown) <= 42 else shown[:40] + '…"'
+
+
+def _uncapitalized(message: str) -> str:
+    return message[:1].lower() + message[1:]
+
+
+def _metadata_key_problem(key: str) -> str | None:
+    if has_control_characters(key):
+        return "keys must not contain control characters."
+    char = deceptive_character(key)
+    return None if char is None else "the key " + _uncapitalized(deceptive_message(char))
+
+
+def _metadata_value_problem(value: Any) -> str | None:
+    """What is wrong with one metadata value: strings, bounded finite numbers and booleans only."""
+    if value is None:
+        return "null is not a value; leave the key out, or send a string, number or boolean."
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        if has_control_characters(value):
+            return "values must not contain control characters."
+        char = deceptive_character(value, joiners=True)
+        return None if char is None else "the value " + _uncapitalized(deceptive_message(char))
+    if isinstance(value, int | float):
+        if isinstance(value, float) and not math.isfinite(value):
+            # PostgreSQL's json type refuses NaN and Infinity: the insert would fail.
+            return "numbers must be finite (no NaN or Infinity)."
+        if abs(value) > METADATA_MAX_NUMBER:
+            return (
+                f"numbers must lie within ±{METADATA_MAX_NUMBER} (2^53 - 1), which every JSON "
+                "client reads exactly; send a larger one as a string."
+            )
+        return None
+    return "values must be strings, numbers or booleans (not objects or arrays)."
 
 
 def clean_contact(raw: dict[str, Any], result: Cleaned) -> None:

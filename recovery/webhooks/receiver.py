@@ -73,11 +73,18 @@ class StripeWebhookReceiver:
     def receive(self, request: Request) -> Response:
         """Verify, store, enqueue, answer: in that order, so a stored event is never lost."""
         config = self.app.config
-        request.max_content_length = config["STRIPE_WEBHOOK_MAX_BYTES"]
+        limit = config["STRIPE_WEBHOOK_MAX_BYTES"]
+        # One byte over the limit: a chunked body has no Content-Length to refuse it
+        # by, and werkzeug's stream stops quietly at its maximum, which would leave a
+        # cut-off body whose signature fails. Reading limit + 1 bytes tells them apart.
+        request.max_content_length = limit + 1
         client = request.remote_addr
+        payload: bytes | None
         try:
             payload = request.get_data(cache=False)
         except RequestEntityTooLarge:
+            payload = None  # a Content-Length over the limit: nothing was read
+        if payload is None or len(payload) > limit:
             log.warning("stripe_webhook_too_large", client=client, content_length=request.content_length)
             return _answer(413, "payload_too_large", "body over the size limit")
         try:
@@ -87,6 +94,10 @@ class StripeWebhookReceiver:
                 _secrets(config["STRIPE_WEBHOOK_SECRET"]),
                 config["STRIPE_WEBHOOK_TOLERANCE_SECONDS"],
             )
+        except RecursionError:
+            # A signed body nested thousands deep: json.loads runs out of stack. Not Stripe's.
+            log.warning("stripe_webhook_invalid_body", reason="too_deep", client=client, bytes=len(payload))
+            return _answer(400, "invalid_request", "invalid body: nested too deeply")
         except WebhookRejected as rejected:
             if rejected.reason == "not_configured":
                 log.error("stripe_webhook_not_configured", client=client)
@@ -98,6 +109,14 @@ class StripeWebhookReceiver:
             )
             log.warning(name, reason=rejected.reason, client=client, bytes=len(payload))
             return _answer(400, "invalid_request", rejected.message)
+        unstorable = services.unstorable_field(event)
+        if unstorable is not None:
+            # Signed, so ours to answer; but no retry will ever store it (PostgreSQL
+            # text holds no NUL), so 400 rather than a 503 Stripe would repeat for days.
+            log.warning(
+                "stripe_webhook_invalid_body", reason="control_characters", field=unstorable, client=client
+            )
+            return _answer(400, "invalid_request", f"invalid body: {unstorable} holds control characters")
         try:
             received = store(event)
         except SQLAlchemyError as error:

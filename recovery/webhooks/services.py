@@ -36,6 +36,7 @@ from recovery.models.base import DbSession, insert_ignoring_duplicates
 from recovery.payments import services as payments
 from recovery.payments.gateway import CheckoutSessionInfo, StripeFailure, StripeGateway
 from recovery.payments.services import CLOSED_STATUSES
+from recovery.transactions.validation import has_control_characters
 from recovery.webhooks.handlers import (
     HANDLERS,
     RECONCILIATION_LABEL,
@@ -63,6 +64,25 @@ class Received:
 
 def _text(value: Any, limit: int) -> str | None:
     return value[:limit] if isinstance(value, str) else None
+
+
+# The event's fields that become columns of their own (event_row), by where they are in the event.
+_STORED_FIELDS = (("id",), ("type",), ("data", "object", "id"), ("api_version",), ("account",))
+
+
+def unstorable_field(event: dict[str, Any]) -> str | None:
+    """The first of the event's column fields that holds control characters, e.g. "data.object.id".
+
+    NUL cannot be stored in PostgreSQL text, a lone surrogate in no encoding;
+    no Stripe id or type holds any control character, so all are refused.
+    """
+    for path in _STORED_FIELDS:
+        value: Any = event
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, str) and has_control_characters(value):
+            return ".".join(path)
+    return None
 
 
 def event_row(event: dict[str, Any]) -> dict[str, Any]:
