@@ -357,3 +357,45 @@ def test_worker_with_its_scheduler_places_the_periodic_jobs_and_sweeps_at_once(r
     # The sweep placed at start ran in the burst and placed the next minute's.
     assert any(job_id.startswith("recovery-sweep-") for job_id in scheduled)
     assert all(scheduling.is_waiting(redis, job_id) for job_id in scheduled)
+
+
+def test_a_worker_waits_for_redis_with_capped_jittered_backoff(monkeypatch):
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from recovery import worker as worker_module
+
+    waits: list[float] = []
+    monkeypatch.setattr(worker_module.time, "sleep", waits.append)
+
+    class Flaky:
+        """Refuses 8 pings, then answers."""
+
+        refused = 8
+
+        def ping(self) -> bool:
+            if self.refused:
+                self.refused -= 1
+                raise RedisConnectionError("Connection refused.")
+            return True
+
+    worker_module.wait_for_redis(Flaky(), RedisConnectionError("lost"))  # type: ignore[arg-type]
+
+    assert len(waits) == 9
+    ceilings = [0.5, 1, 2, 4, 8, 10, 10, 10, 10]
+    assert all(ceiling / 2 <= wait <= ceiling for wait, ceiling in zip(waits, ceilings, strict=True)), waits
+
+
+@pytest.mark.parametrize(
+    ("with_scheduler", "name"), [(True, "ArmingSimpleWorker"), (False, "SteadySimpleWorker")]
+)
+def test_an_idle_worker_wakes_every_worker_check_seconds(app, with_scheduler, name):
+    from recovery.queue import redis_connection
+    from recovery.worker import make_worker
+
+    worker = make_worker(
+        ["default"], redis_connection(app), fork=False, with_scheduler=with_scheduler, check_every=7
+    )
+
+    assert type(worker).__name__ == name
+    assert worker.dequeue_timeout == 7  # RQ's own default is 405 s
+    assert getattr(worker, "check_every", 7) == 7
