@@ -11,8 +11,10 @@ import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage
+from email.utils import format_datetime
 from typing import Any
 
 import pytest
@@ -86,6 +88,8 @@ class FakeTwilio:
     """A small Twilio Messages API: records each request, answers queued errors first."""
 
     requests: list[dict[str, Any]] = field(default_factory=list)
+    # The texts it created, as its message list shows them.
+    created: list[dict[str, Any]] = field(default_factory=list)
     errors: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     port: int = 0
     # Called with (sid, form) before a created message is answered: a callback that beats the answer.
@@ -100,7 +104,35 @@ class FakeTwilio:
         self.errors.append((status, {"code": code, "message": message, "more_info": "", "status": status}))
 
     def messages(self) -> list[dict[str, Any]]:
-        return [r["form"] for r in self.requests if r["path"].endswith("/Messages.json")]
+        return [
+            r["form"] for r in self.requests if r["method"] == "POST" and r["path"].endswith("/Messages.json")
+        ]
+
+    def _list(self, request: Request) -> Response:
+        """Twilio's message list (GET Messages.json): the texts it created, newest first, filtered."""
+        to, sender = request.args.get("To"), request.args.get("From")
+        after = request.args.get("DateSent>")
+        since = datetime.fromisoformat(after.replace("Z", "+00:00")) if after else None
+        found = [
+            record
+            for record in reversed(self.created)
+            if (to is None or record["to"] == to)
+            and (sender is None or record["from"] == sender)
+            and (since is None or record["_sent_at"] >= since)
+        ]
+        page = [{k: v for k, v in record.items() if not k.startswith("_")} for record in found[:50]]
+        body = {
+            "messages": page,
+            "end": len(page) - 1,
+            "first_page_uri": request.full_path,
+            "next_page_uri": None,
+            "page": 0,
+            "page_size": 50,
+            "previous_page_uri": None,
+            "start": 0,
+            "uri": request.full_path,
+        }
+        return Response(json.dumps(body), status=200, mimetype="application/json")
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         request = Request(environ)
@@ -112,6 +144,8 @@ class FakeTwilio:
                 "auth": (request.authorization.username if request.authorization else None),
             }
         )
+        if request.method == "GET" and request.path.endswith("/Messages.json"):
+            return self._list(request)(environ, start_response)
         if self.errors:
             status, body = self.errors.pop(0)
             response = Response(json.dumps(body), status=status, mimetype="application/json")
@@ -124,8 +158,11 @@ class FakeTwilio:
                 "from": request.form.get("From"),
                 "body": request.form.get("Body"),
                 "status": "queued",
+                "direction": "outbound-api",
                 "num_segments": "1",
+                "date_created": format_datetime(datetime.now(UTC), usegmt=True),
             }
+            self.created.append({**body, "_sent_at": datetime.now(UTC).replace(microsecond=0)})
             if self.before_answer is not None:
                 self.before_answer(sid, request.form.to_dict())
             response = Response(json.dumps(body), status=201, mimetype="application/json")
@@ -150,6 +187,7 @@ def fake_twilio(_twilio_server: FakeTwilio) -> FakeTwilio:
     """The fake Twilio API, with no requests recorded and no errors queued."""
     _twilio_server.requests.clear()
     _twilio_server.errors.clear()
+    _twilio_server.created.clear()
     _twilio_server.before_answer = None
     return _twilio_server
 

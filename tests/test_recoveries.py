@@ -387,10 +387,8 @@ def test_a_job_that_runs_twice_sends_once(db, org, make_transaction, smtp_server
     assert reload(db, attempt).step == 1
 
 
-def test_a_send_claimed_by_a_dead_worker_is_not_repeated(db, org, make_transaction, smtp_server, worker):
-    transaction = make_transaction(org, customer_phone=None)
-    attempt = start(db, transaction)
-    # A worker claimed the email and was killed before recording the answer.
+def _dead_claim(db, org, transaction, attempt, *, handed_off: bool) -> None:
+    """A worker claimed the email (and began its hand-off or not) and was killed before the answer."""
     db.session.add(
         Message(
             organization_id=org.id,
@@ -401,25 +399,72 @@ def test_a_send_claimed_by_a_dead_worker_is_not_repeated(db, org, make_transacti
             recipient=transaction.customer_email,
             status=M.SENDING,
             tries=1,
+            handed_off_at=utcnow() if handed_off else None,
         )
     )
     db.session.commit()
 
+
+def _age_messages(db, by: timedelta) -> None:
+    """Stand-in for the wait: every message's claim and hand-off moved `by` into the past."""
+    db.session.expire_all()
+    for message in db.session.scalars(select(Message)):
+        message.updated_at -= by
+        if message.handed_off_at is not None:
+            message.handed_off_at -= by
+    db.session.commit()
+
+
+def test_a_claim_a_dead_worker_never_handed_off_is_sent_again(db, org, make_transaction, smtp_server, worker):
+    transaction = make_transaction(org, customer_phone=None)
+    attempt = start(db, transaction)
+    _dead_claim(db, org, transaction, attempt, handed_off=False)
+
     worker()
     assert smtp_server.received == []
-    assert reload(db, attempt).step == 0  # still in progress as far as anyone knows
+    assert reload(db, attempt).step == 0  # a live worker may still hold it
 
-    db.session.execute(
-        Message.__table__.update().values(updated_at=utcnow() - timedelta(minutes=20))  # type: ignore[attr-defined]
-    )
-    db.session.commit()
+    # Past CLAIM_ABANDONED (two minutes), not the fifteen it used to take: the provider never
+    # saw it, so the sweeper fails the claim and makes the step due again; the email goes out once.
+    _age_messages(db, services.CLAIM_ABANDONED + timedelta(seconds=5))
+    assert jobs.sweep_once(utcnow()) == 1
+    worker()
+
+    assert [m["To"] for m in smtp_server.received] == [transaction.customer_email]
+    [message] = messages(db, attempt)
+    assert (message.status, message.tries) == (M.SENT, 2)
+    assert message.provider_id and message.handed_off_at is not None
+    assert reload(db, attempt).step == 1
     jobs.sweep_once(utcnow())
     worker()
+    assert len(smtp_server.received) == 1
 
+
+def test_a_hand_off_a_dead_worker_never_answered_is_unknown_not_sent(
+    db, org, make_transaction, smtp_server, worker
+):
+    transaction = make_transaction(org, customer_phone=None)
+    attempt = start(db, transaction)
+    _dead_claim(db, org, transaction, attempt, handed_off=True)
+
+    _age_messages(db, services.CLAIM_ABANDONED + timedelta(seconds=5))
+    jobs.sweep_once(utcnow())
+    worker()
     assert smtp_server.received == []
+    assert [m.status for m in messages(db, attempt)] == [M.SENDING]  # the provider call may still be running
+
+    _age_messages(db, services.HANDOFF_ABANDONED)
+    assert jobs.sweep_once(utcnow()) == 1  # the step is due again, to move on
+    worker()
+
+    assert smtp_server.received == []  # never sent twice on a guess
     [message] = messages(db, attempt)
-    assert message.status == M.SENT and "not sent again" in (message.error or "")
-    assert reload(db, attempt).step == 1
+    assert message.status == M.UNKNOWN  # never "sent"
+    assert "Unknown — check the provider" in (message.error or "")
+    assert f"recovery-message-{message.id}@" in (message.error or "")  # what to look for in the mail log
+    assert message.provider_id is None and message.sent_at is None
+    moved = reload(db, attempt)
+    assert (moved.step, moved.messages_sent, moved.status) == (1, 0, "scheduled")
 
 
 # --- provider failures --------------------------------------------------------------------------

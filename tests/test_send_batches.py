@@ -205,7 +205,8 @@ def test_a_connection_lost_after_the_message_was_handed_over_is_not_retried(
 
     assert len(smtp.received) == 1  # the server has it
     [message] = messages(db, get(db, attempt_id))
-    assert message.status == M.FAILED and message.tries == services.MAX_TRIES  # never sent again
+    assert message.status == M.UNKNOWN and message.tries == 1  # never sent again, never called sent
+    assert "Unknown — check the provider" in (message.error or "")
     assert "not sent again in case it was delivered" in (message.error or "")
 
 

@@ -22,10 +22,12 @@ from recovery.models import (
     Message,
     MessageStatus,
     Provider,
+    RecoveryAttempt,
     SuppressionReason,
 )
 from recovery.models.base import DbSession
 from recovery.models.message import DELIVERY_FAILED
+from recovery.recoveries.repair import mark_found
 from recovery.recoveries.services import MAX_TRIES, suppress
 
 log = get_logger("recovery.messaging")
@@ -108,6 +110,13 @@ def apply_status(
     if rank <= current:
         return ReportApplied(False, message.id, message.delivery_status)
     message.delivery_status = status
+    # Twilio's id, for a report that beats our record of the send (and outlives its worker).
+    message.provider_id = message.provider_id or provider_id
+    if message.status == M.UNKNOWN:
+        # Its worker stopped while Twilio had it: a report proves Twilio took it.
+        attempt = session.get(RecoveryAttempt, message.attempt_id, with_for_update=True)
+        assert attempt is not None
+        mark_found(message, attempt, provider_id=provider_id, status=status)
     if status == "delivered":
         message.delivered_at = now
         if message.status == M.SENT:

@@ -15,6 +15,7 @@ import ssl
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from email.utils import parseaddr
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -49,9 +50,11 @@ class Outcome:
     UNDELIVERABLE = "undeliverable"
     # The customer unsubscribed at the provider (Twilio 21610).
     OPTED_OUT = "opted_out"
-    # Refused for another reason that another try will not fix, or perhaps
-    # delivered already (the connection failed after the message went out).
+    # Refused for another reason that another try will not fix.
     FAILED = "failed"
+    # The connection failed after the provider may have taken the message: not
+    # sent again on a guess, and not called sent either.
+    UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,18 @@ class Delivery:
     provider: str
     provider_id: str | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class FoundSms:
+    """A text as Twilio's message list has it."""
+
+    sid: str
+    status: str
+
+
+class LookupUnavailable(Exception):
+    """The provider cannot be asked whether it has a message."""
 
 
 @dataclass(frozen=True)
@@ -342,10 +357,10 @@ class Postman:
         except OutcomeUnknown as error:
             self._drop_connection()
             return Delivery(
-                Outcome.FAILED,
+                Outcome.UNKNOWN,
                 Provider.SMTP,
-                error=f"SMTP connection lost after the message was handed over ({error});"
-                " not sent again in case it was delivered",
+                error=f"Unknown — check the provider: the SMTP connection was lost after the message was"
+                f" handed over ({error}); not sent again in case it was delivered",
             )
         except smtplib.SMTPRecipientsRefused as error:
             self._drop_connection()
@@ -439,12 +454,28 @@ class Postman:
                     Outcome.RETRY, Provider.TWILIO, error=f"Twilio connection: {type(error).__name__}"
                 )
             return Delivery(
-                Outcome.FAILED,
+                Outcome.UNKNOWN,
                 Provider.TWILIO,
-                error=f"Twilio connection failed once the request may have been sent"
-                f" ({type(error).__name__}); not sent again in case it was delivered",
+                error=f"Unknown — check the provider: the Twilio connection failed once the request may"
+                f" have been sent ({type(error).__name__}); not sent again in case it was delivered",
             )
         return Delivery(Outcome.SENT, Provider.TWILIO, str(created.sid))
+
+    def find_sms(self, *, to: str, body: str, since: datetime) -> FoundSms | None:
+        """Twilio's record of a text with exactly this body sent to `to` since `since`, if it has one.
+
+        For a text whose worker stopped while Twilio had it. Twilio filters by
+        the date it sent the text; a minute's slack covers the clocks.
+        """
+        if self.settings.sms_to_outbox:
+            raise LookupUnavailable("texts go to the development outbox")
+        params: dict[str, Any] = {"to": to, "date_sent_after": since - timedelta(minutes=1), "limit": 200}
+        if not self.settings.twilio_messaging_service_sid:
+            params["from_"] = self.settings.twilio_from_number
+        for record in self._twilio_client().messages.list(**params):
+            if record.body == body and str(record.direction or "").startswith("outbound"):
+                return FoundSms(str(record.sid), str(record.status or "sent"))
+        return None
 
     def _twilio_client(self) -> TwilioClient:
         if self._twilio is None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from contextlib import suppress
+from datetime import datetime, timedelta
 
 from flask import current_app
 from rq import Retry
+from rq.exceptions import DuplicateJobError
 
 from recovery.extensions import db, mail
 from recovery.jobs import app_job
@@ -14,15 +16,18 @@ from recovery.logs import get_logger
 from recovery.messaging.providers import DATA_ANSWER_SECONDS, MessagingSettings, Postman
 from recovery.models import RecoveryAttempt, utcnow
 from recovery.queue import discard_waiting, get_queue, redis_connection
-from recovery.recoveries import bulk, scheduling, services
+from recovery.recoveries import bulk, repair, scheduling, services
 from recovery.webhooks.jobs import queue_close_payment_options
 
 log = get_logger("recovery.recoveries")
 
 # A send job's time: the batch starts no delivery after BATCH_SENDING_SECONDS, and the
 # last one may wait out an SMTP server's slow answer (DATA_ANSWER_SECONDS). Well under
-# SENDING_ABANDONED, so a running job's claims never look abandoned.
+# HANDOFF_ABANDONED, so a running job's hand-off never looks abandoned.
 SEND_JOB_TIMEOUT = services.BATCH_SENDING_SECONDS + DATA_ANSWER_SECONDS + 4 * 30
+assert services.HANDOFF_ABANDONED.total_seconds() > SEND_JOB_TIMEOUT
+# Twilio lists a text it took within seconds; a minute's wait spares a false "not found".
+LOOK_UP_AFTER = timedelta(minutes=1)
 
 
 def postman() -> Postman:
@@ -101,11 +106,24 @@ def send_step(attempt_id: int, step: int) -> str:
     )
     if batch.taken:
         discard_waiting(redis_connection(), [scheduling.send_job_id(*taken) for taken in batch.taken])
+    for message_id in batch.unknown_sms:
+        queue_look_up(message_id)
     return batch.results[0].outcome
 
 
 def sweep_once(now: datetime) -> int:
-    """Enqueue every due send whose job is not waiting in Redis; return how many were placed."""
+    """Settle the claims of stopped sends, then enqueue every due send whose job is not waiting in Redis.
+
+    Returns how many sends were placed.
+    """
+    repaired = repair.repair_abandoned(db.session, now)
+    db.session.commit()
+    for message_id in repaired.to_look_up:
+        queue_look_up(message_id)
+    if repaired.reclaimed or repaired.unknown:
+        log.warning(
+            "recovery_sends_repaired", sent_again=len(repaired.reclaimed), unknown=len(repaired.unknown)
+        )
     due = services.due_attempts(db.session, now)
     db.session.rollback()  # read only; end the transaction
     placed = schedule_many(due, now)
@@ -113,6 +131,39 @@ def sweep_once(now: datetime) -> int:
         log.info("recovery_sweep_enqueued", count=placed)
     bulk.resume_stalled(db.session, now)  # bulk starts whose run died
     return placed
+
+
+def queue_look_up(message_id: int) -> None:
+    """Look the text up at Twilio in a minute, when its list will show it if Twilio took it."""
+    with suppress(DuplicateJobError):  # placed already (a repeated batch or sweep)
+        get_queue().enqueue_in(
+            LOOK_UP_AFTER, look_up_sms, message_id, job_id=f"recovery-lookup-{message_id}", unique=True
+        )
+
+
+@app_job
+def look_up_sms(message_id: int) -> str:
+    """Ask Twilio whether a text whose worker stopped mid-send went out (repair.look_up_sms)."""
+    return repair.look_up_sms(db.session, postman(), message_id, utcnow())
+
+
+def queue_resend(resend: repair.ResendQueued) -> None:
+    """Place a staff member's resend; call after the commit that claimed it."""
+    get_queue().enqueue(
+        resend_message,
+        resend.message_id,
+        resend.tries,
+        job_id=f"recovery-resend-{resend.message_id}-{resend.tries}",
+        job_timeout=SEND_JOB_TIMEOUT,
+    )
+
+
+@app_job
+def resend_message(message_id: int, tries: int) -> str:
+    """Send a message again that a staff member chose to resend (repair.send_claimed). Safe to run twice."""
+    return repair.send_claimed(
+        db.session, postman(), message_id, tries, base_url=current_app.config["BASE_URL"]
+    )
 
 
 def start_sweeper(now: datetime | None = None) -> bool:

@@ -2,9 +2,12 @@
 
 Plain functions over a SQLAlchemy session; no request globals. `start_recovery`
 and `cancel_recovery` leave the commit to the caller, who enqueues or removes
-jobs only after it. `send_due` is the exception, on purpose: it commits the
+jobs only after it. `send_batch` is the exception, on purpose: it commits the
 message's unique key (attempt, step, channel) *before* calling the provider,
-so that a job that runs twice, or is retried after a crash, sends once.
+so that a job that runs twice, or is retried after a crash, sends once; and it
+commits each message's hand-off to its provider before the call, so that after
+a crash the messages that never left are told apart from the one that may have
+(recovery/recoveries/repair.py, docs/fault-model.md).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import pairwise
 
-from sqlalchemy import ColumnElement, exists, select, text, tuple_
+from sqlalchemy import ColumnElement, exists, select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import object_session, selectinload
 
@@ -65,10 +68,16 @@ MAX_STEPS = 10
 PAYMENT_PENDING_RECHECK = timedelta(hours=6)
 # The most a step overdue after a backlog waits after the previous send (`_next_send_time`).
 MAX_CATCH_UP_GAP = timedelta(days=1)
-# A message still "sending" after this long lost its worker (jobs time out well before).
-SENDING_ABANDONED = timedelta(minutes=15)
 # A batch starts no new delivery after this long; the rest are retried a minute later.
 BATCH_SENDING_SECONDS = 60
+# A claim still not handed to its provider this long after it was made belongs to a run
+# that stopped (a live batch starts no hand-off after BATCH_SENDING_SECONDS): the message
+# never left, and is sent again.
+CLAIM_ABANDONED = timedelta(seconds=BATCH_SENDING_SECONDS + 60)
+# A hand-off still unanswered this long after it began lost its worker during the
+# provider call: the provider may have the message, so it is reported as unknown.
+# Longer than a send job may live (recovery.recoveries.jobs.SEND_JOB_TIMEOUT).
+HANDOFF_ABANDONED = timedelta(minutes=10)
 MAX_SCHEDULE_DAY = 60
 # What the due scan selects on: exactly the predicate of the partial index
 # ix_recovery_attempt_due, written out so that PostgreSQL can use the index.
@@ -143,6 +152,8 @@ class BatchContacts:
             if (address := address_for(t, c))
         }
         self._reasons: dict[tuple[int, str, str], str] = {}
+        # Texts the batch left unknown, to look up at Twilio after it (repair.look_up_sms).
+        self.unknown_sms: list[int] = []
         if wanted:
             rows = session.execute(
                 select(
@@ -703,7 +714,7 @@ def outgoing(message: Message, organization: Organization, base_url: str, token:
     return OutgoingSms(message_id=message.id, to=message.recipient, body=message.body_text)
 
 
-def _lock(session: DbSession, attempt_id: int) -> RecoveryAttempt | None:
+def lock_attempt(session: DbSession, attempt_id: int) -> RecoveryAttempt | None:
     # FOR UPDATE (PostgreSQL): concurrent jobs for one attempt take turns
     # deciding; SQLite serialises writers anyway and ignores it.
     return session.scalar(
@@ -712,21 +723,6 @@ def _lock(session: DbSession, attempt_id: int) -> RecoveryAttempt | None:
         .with_for_update()
         .execution_options(populate_existing=True)
     )
-
-
-def _lock_many(session: DbSession, attempt_ids: Sequence[int]) -> dict[int, RecoveryAttempt]:
-    """Lock several attempts at once, in id order, with their transactions."""
-    return {
-        attempt.id: attempt
-        for attempt in session.scalars(
-            select(RecoveryAttempt)
-            .where(RecoveryAttempt.id.in_(list(attempt_ids)))
-            .order_by(RecoveryAttempt.id)
-            .with_for_update(of=RecoveryAttempt)
-            .options(selectinload(RecoveryAttempt.transaction))
-            .execution_options(populate_existing=True)
-        )
-    }
 
 
 def _messages_at_steps(session: DbSession, attempts: Sequence[RecoveryAttempt]) -> dict[int, list[Message]]:
@@ -813,8 +809,11 @@ def _claim(
     """The messages this step still owes, each marked sending; new ones are not stored yet (`_store_claims`).
 
     `existing` are the step's messages, locked. One that exists was sent, is
-    being sent by another job, or failed for good: it is not claimed again. One
-    that failed transiently is claimed for another try.
+    being sent by another job, is unknown, or failed for good: it is not
+    claimed again. One that failed transiently (or whose claim a stopped run
+    never handed off: `repair.repair_abandoned`) is claimed for another try.
+    Each claim adds one to `tries`, which is the claim's fence: a run only
+    hands off and records a message whose `tries` is still the one it claimed.
     """
     transaction = attempt.transaction
     by_channel = {message.channel: message for message in existing}
@@ -826,15 +825,9 @@ def _claim(
         elif message.status == M.FAILED and message.tries < MAX_TRIES:
             message.transition(M.SENDING)
             message.tries += 1
+            message.handed_off_at = None
+            message.updated_at = utcnow()  # the claim's time, for CLAIM_ABANDONED
             claimed.append(message)
-        elif message.status == M.SENDING and message.updated_at < now - SENDING_ABANDONED:
-            # Its worker died between claiming and recording (SIGKILL, OOM). The
-            # provider may well have accepted it: sending again could be a
-            # duplicate, so count it as sent and move on.
-            message.transition(M.SENT)
-            message.sent_at = message.updated_at
-            message.error = "The worker stopped while sending; not sent again in case it went out."
-            attempt.messages_sent += 1
     return claimed
 
 
@@ -855,7 +848,7 @@ def _new_message(
         status=M.QUEUED,
         tries=0,
         created_at=now,
-        # The claim's own time: SENDING_ABANDONED is measured from it, not from the batch's start.
+        # The claim's own time: CLAIM_ABANDONED is measured from it, not from the batch's start.
         updated_at=utcnow(),
     )
     facts = _facts(organization, transaction, attempt, base_url)
@@ -922,18 +915,25 @@ def _deliver(postman: Postman, item: Outgoing) -> Delivery:
     return postman.send_sms(item)
 
 
-def _record(
+def record_answers(
     session: DbSession,
     attempt: RecoveryAttempt,
-    results: list[tuple[int, Delivery]],
+    results: list[tuple[int, int, Delivery]],
     now: datetime,
     contacts: BatchContacts,
 ) -> bool:
-    """Store each provider's answer; True if an address turned out dead (a fallback may be due)."""
+    """Store each (message id, tries claimed, answer); True if an address turned out dead (fallback due).
+
+    A message claimed again since (its `tries` moved on) belongs to the run that
+    claimed it: this run's answer for it is not recorded.
+    """
     dead = False
-    for message_id, delivery in results:
+    for message_id, tries, delivery in results:
         message = session.get(Message, message_id)  # loaded under the attempt's lock (send_batch)
         assert message is not None
+        if message.tries != tries or message.status not in (M.SENDING, M.UNKNOWN):
+            log.warning("recovery_message_claim_lost", message_id=message_id, attempt_id=attempt.id)
+            continue
         message.provider = delivery.provider
         message.error = delivery.error
         if delivery.outcome == Outcome.SENT:
@@ -944,6 +944,10 @@ def _record(
             _settle_early_report(session, message)
         elif delivery.outcome == Outcome.RETRY:
             message.transition(M.FAILED)
+        elif delivery.outcome == Outcome.UNKNOWN:
+            message.transition(M.UNKNOWN)
+            if message.channel == Channel.SMS and delivery.provider == Provider.TWILIO:
+                contacts.unknown_sms.append(message.id)
         elif delivery.outcome in (Outcome.UNDELIVERABLE, Outcome.OPTED_OUT):
             message.transition(M.UNDELIVERABLE)
             reason = (
@@ -1013,7 +1017,9 @@ def _finish(
     if attempt.step != step:
         return SendResult("stale", attempt.id, attempt.step, attempt.next_send_at)
     if any(m.status == M.SENDING for m in messages):
-        # Another run of this job is talking to a provider: it finishes the step.
+        # Another run of this job is talking to a provider: it finishes the step. (A
+        # stopped one's claims are settled by `repair.repair_abandoned`.) An unknown
+        # message does not hold the step: it is not sent again, and not counted as sent.
         return SendResult("in_progress", attempt.id, step, attempt.next_send_at)
     retrying = [m for m in messages if m.status == M.FAILED and m.tries < MAX_TRIES]
     if retrying:
@@ -1151,6 +1157,8 @@ class BatchSent:
     # (attempt id, step, due) of each send taken to fill the batch: a job
     # waiting to send it is redundant now (it would find nothing to do).
     taken: list[tuple[int, int, datetime]]
+    # Texts Twilio may or may not have taken: to look up in its message list.
+    unknown_sms: list[int] = field(default_factory=list)
 
 
 def _lost_claims(
@@ -1169,29 +1177,53 @@ def _lost_claims(
     }
 
 
-def _deliver_by(postman: Postman, item: Outgoing, deadline: float) -> Delivery:
-    """Deliver unless the batch's time is up: then the message is retried shortly, by a later job.
+def hand_off(
+    session: DbSession, postman: Postman, item: Outgoing, tries: int, deadline: float
+) -> Delivery | None:
+    """Hand one claimed message to its provider, the hand-off committed first; None if the claim was lost.
 
-    Keeps a batch well inside its job's timeout however slow the provider.
+    The commit also carries what the batch recorded since the last one (the
+    previous message's answer): a crash from here on leaves this message, and
+    only it, handed off without an answer. Unless the batch's time is up: then
+    it is not handed off and is retried shortly by a later job, which keeps a
+    batch well inside its job's timeout however slow the provider.
     """
     if time.monotonic() > deadline:
         late = "Not sent: the batch ran out of time; tried again shortly."
         return Delivery(Outcome.RETRY, _provider_of(item), error=late)
+    at = utcnow()
+    marked = session.execute(
+        update(Message)
+        .where(
+            Message.id == item.message_id,
+            Message.status == M.SENDING,
+            Message.tries == tries,
+            Message.handed_off_at.is_(None),
+        )
+        .values(handed_off_at=at, updated_at=at)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    if marked.rowcount != 1:  # type: ignore[attr-defined]  # a DML result has a rowcount
+        # A slow run whose claim `repair.repair_abandoned` gave to another: theirs now.
+        log.warning("recovery_message_claim_lost", message_id=item.message_id)
+        return None
     return _safe_deliver(postman, item)
 
 
 def _safe_deliver(postman: Postman, item: Outgoing) -> Delivery:
-    """Deliver one message of a batch; an unexpected error fails that message, not the batch.
+    """Deliver one message of a batch; an unexpected error makes that message unknown, not the batch.
 
-    Left unrecorded, the batch's other claimed messages would look abandoned
-    mid-send and never go out. The failure is permanent: the error may have
-    come after the provider accepted the message, and a retry could duplicate it.
+    Left unrecorded, the batch's other claimed messages would never go out.
+    Not retried: the error may have come after the provider accepted the
+    message, and a retry could duplicate it.
     """
     try:
         return _deliver(postman, item)
     except Exception as error:  # recorded on the message and logged with its traceback
         log.exception("recovery_message_error", message_id=item.message_id)
-        return Delivery(Outcome.FAILED, _provider_of(item), error=f"{type(error).__name__}: {error}"[:300])
+        text = f"Unknown — check the provider: {type(error).__name__}: {error}"[:300]
+        return Delivery(Outcome.UNKNOWN, _provider_of(item), error=text)
 
 
 def _provider_of(item: Outgoing) -> str:
@@ -1214,14 +1246,17 @@ def send_batch(
     (attempt, step, channel) is committed before any provider is called, so a
     batch that runs twice, or overlaps another, sends each message once; each
     provider answer is recorded on its own message (a transient failure is
-    retried with backoff as for one send, and fails nobody else). Three
-    commits per batch, however large: claims, answers, and fallbacks if any.
+    retried with backoff as for one send, and fails nobody else). The claims
+    take one commit; then each message one more, made just before its
+    provider call, which records its hand-off and the previous message's
+    answer: a worker killed at any point leaves at most one message whose fate
+    is unknown, and every other claim either answered or plainly never sent.
     """
     asked = sorted(set(sends))  # one lock order for every batch: no deadlock between them
     batch: list[tuple[RecoveryAttempt, int]] = []
     missing: list[SendResult] = []
     for attempt_id, step in asked:
-        attempt = _lock(session, attempt_id)
+        attempt = lock_attempt(session, attempt_id)
         if attempt is None:
             missing.append(SendResult("missing", attempt_id, step, None))
         else:
@@ -1259,41 +1294,51 @@ def send_batch(
             results[attempt.id] = _finish(session, attempt, step, now, at_step[attempt.id], suppressed)
     pending = _store_claims(session, claims, base_url)
     results |= _lost_claims(claims, pending, steps)
+    # Each claim's fence: the `tries` it was claimed with (see `_claim`); read before the
+    # commit expires the objects.
+    tries = {message.id: message.tries for _, messages in claims.values() for message in messages}
     session.commit()
 
     deadline = time.monotonic() + BATCH_SENDING_SECONDS
     with postman.session():
         while pending:
-            # No database work while the providers talk: the claims are committed.
-            answers = {
-                attempt_id: [(item.message_id, _deliver_by(postman, item, deadline)) for item in items]
-                for attempt_id, items in pending.items()
-            }
-            locked = _lock_many(session, sorted(answers))
-            at_step = _messages_at_steps(session, list(locked.values()))
             claims = {}
-            for attempt_id in sorted(answers):
-                attempt = locked[attempt_id]
-                dead = _record(session, attempt, answers[attempt_id], now, contacts)
+            for attempt_id in sorted(pending):
+                # One message at a time: no lock is held while a provider talks, and
+                # each answer is recorded (committed with the next hand-off) before
+                # the next message leaves.
+                dead = False
+                locked: RecoveryAttempt | None = None  # locked since the last commit
+                for item in pending[attempt_id]:
+                    delivery = hand_off(session, postman, item, tries[item.message_id], deadline)
+                    locked = None  # the hand-off committed
+                    if delivery is not None:
+                        locked = lock_attempt(session, attempt_id)
+                        assert locked is not None  # attempts are never deleted
+                        answer = [(item.message_id, tries[item.message_id], delivery)]
+                        dead = record_answers(session, locked, answer, now, contacts) or dead
+                attempt = locked or lock_attempt(session, attempt_id)
+                assert attempt is not None
+                step_messages = _messages_at_steps(session, [attempt])[attempt_id]
                 suppressed = contacts.suppressed(attempt.transaction)
                 # A dead address at this step: the other channel, if allowed, takes over at once.
                 if dead and attempt.is_active:
-                    more = _claim(session, attempt, at_step[attempt_id], suppressed, base_url, now)
+                    more = _claim(session, attempt, step_messages, suppressed, base_url, now)
                 else:
                     more = []
                 if more:
                     claims[attempt_id] = (attempt, more)
                 elif attempt.is_active:
-                    results[attempt_id] = _finish(
-                        session, attempt, steps[attempt_id], now, at_step[attempt_id], suppressed
-                    )
+                    step = steps[attempt_id]
+                    results[attempt_id] = _finish(session, attempt, step, now, step_messages, suppressed)
                 else:
                     results[attempt_id] = SendResult("inactive", attempt_id, steps[attempt_id], None)
             pending = _store_claims(session, claims, base_url)
+            tries |= {message.id: message.tries for _, messages in claims.values() for message in messages}
             results |= _lost_claims(claims, pending, steps)
             session.commit()
     ordered = missing + [results[attempt_id] for attempt_id in order]
-    return BatchSent(ordered, taken)
+    return BatchSent(ordered, taken, contacts.unknown_sms)
 
 
 def send_due(
