@@ -45,7 +45,7 @@ from recovery.models import (
     WebhookEvent,
     utcnow,
 )
-from recovery.models.base import DbSession, insert_ignoring_duplicates
+from recovery.models.base import DbSession, commit_keeping_state, insert_ignoring_duplicates
 from recovery.models.message import DELIVERY_FAILED
 from recovery.money import card_charge_problem
 from recovery.payments import services as payments
@@ -909,6 +909,19 @@ def _store_claims(
     return ready
 
 
+def _record_locked(
+    session: DbSession,
+    attempt_id: int,
+    answers: list[tuple[int, int, Delivery]],
+    now: datetime,
+    contacts: BatchContacts,
+) -> bool:
+    """`record_answers` under the attempt's lock (taken here); the caller's next commit releases it."""
+    attempt = lock_attempt(session, attempt_id)
+    assert attempt is not None  # attempts are never deleted
+    return record_answers(session, attempt, answers, now, contacts)
+
+
 def _deliver(postman: Postman, item: Outgoing) -> Delivery:
     if isinstance(item, OutgoingEmail):
         return postman.send_email(item)
@@ -1203,7 +1216,8 @@ def hand_off(
         .values(handed_off_at=at, updated_at=at)
         .execution_options(synchronize_session=False)
     )
-    session.commit()
+    # Keeping the batch's loaded rows: the next answer is recorded without reading them again.
+    commit_keeping_state(session)
     if marked.rowcount != 1:  # type: ignore[attr-defined]  # a DML result has a rowcount
         # A slow run whose claim `repair.repair_abandoned` gave to another: theirs now.
         log.warning("recovery_message_claim_lost", message_id=item.message_id)
@@ -1307,19 +1321,19 @@ def send_batch(
                 # One message at a time: no lock is held while a provider talks, and
                 # each answer is recorded (committed with the next hand-off) before
                 # the next message leaves.
+                answers: list[tuple[int, int, Delivery]] = []
                 dead = False
-                locked: RecoveryAttempt | None = None  # locked since the last commit
                 for item in pending[attempt_id]:
+                    if answers:  # the attempt's other channel: its first answer goes in first
+                        dead = _record_locked(session, attempt_id, answers, now, contacts) or dead
+                        answers = []
                     delivery = hand_off(session, postman, item, tries[item.message_id], deadline)
-                    locked = None  # the hand-off committed
                     if delivery is not None:
-                        locked = lock_attempt(session, attempt_id)
-                        assert locked is not None  # attempts are never deleted
-                        answer = [(item.message_id, tries[item.message_id], delivery)]
-                        dead = record_answers(session, locked, answer, now, contacts) or dead
-                attempt = locked or lock_attempt(session, attempt_id)
-                assert attempt is not None
+                        answers.append((item.message_id, tries[item.message_id], delivery))
+                attempt = lock_attempt(session, attempt_id)
+                assert attempt is not None  # attempts are never deleted
                 step_messages = _messages_at_steps(session, [attempt])[attempt_id]
+                dead = record_answers(session, attempt, answers, now, contacts) or dead
                 suppressed = contacts.suppressed(attempt.transaction)
                 # A dead address at this step: the other channel, if allowed, takes over at once.
                 if dead and attempt.is_active:
