@@ -20,7 +20,8 @@ from recovery.models import AuditEvent, CsvImport, Transaction, User
 from tests.csvdata import HEADER, csv_bytes, csv_text, row, rows
 
 PROBLEM = re.compile(
-    r'<tr><td data-label="Row" class="num">(\d+)</td><td data-label="Reference">(.*?)</td>'
+    r'<tr><td data-label="Row" class="num">(\d+)</td>'
+    r'<td data-label="Reference">(?:<bdi>)?(.*?)(?:</bdi>)?</td>'
     r'<td data-label="Reason">(.*?)</td></tr>'
 )
 

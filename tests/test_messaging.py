@@ -86,7 +86,7 @@ def test_reminders_and_hard_declines_say_so() -> None:
 def test_customer_text_is_escaped_in_html_only() -> None:
     email = render_email(facts(customer_name="<b>Eve</b>", merchant="A & B"))
 
-    assert "Hello &lt;b&gt;Eve&lt;/b&gt;," in email.html
+    assert "Hello <bdi>&lt;b&gt;Eve&lt;/b&gt;</bdi>," in email.html
     assert "A &amp; B" in email.html
     assert "Hello <b>Eve</b>," in email.text
 

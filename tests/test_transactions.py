@@ -492,7 +492,7 @@ def test_detail_shows_every_field(
         "+442079460958",
         "<dd>GB</dd>",
         "<dd>en-GB</dd>",
-        "<dt>order_id</dt><dd>ORD-123</dd>",
+        "<dt><bdi>order_id</bdi></dt><dd><bdi>ORD-123</bdi></dd>",
         "pi_3MtwBwLkdIwHu7ix28a3tqPa",
         "cs_test_a1b2c3",
         "cus_NffrFeUfNV2Hib",

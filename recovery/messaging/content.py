@@ -20,6 +20,7 @@ from babel import Locale, UnknownLocaleError
 from babel.dates import format_date, format_skeleton
 from babel.support import Translations
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup
 
 from recovery import money
 from recovery.recoveries.quiet_hours import country_zone, customer_zones
@@ -105,6 +106,11 @@ def babel_locale(locale: str | None) -> str:
         return DEFAULT_LOCALE
 
 
+def bdi(value: object) -> Markup:
+    """`value` escaped and isolated: right-to-left text in it cannot reorder the sentence around it."""
+    return Markup("<bdi>{}</bdi>").format(value)
+
+
 @cache
 def _environment(locale: str) -> Environment:
     """One Jinja environment per locale, with that locale's catalogue installed."""
@@ -116,6 +122,7 @@ def _environment(locale: str) -> Environment:
         # Tags sit inline in the templates, so the text keeps exactly the lines written.
         keep_trailing_newline=False,
     )
+    env.filters["bdi"] = bdi
     translations = Translations.load(str(TRANSLATIONS), [locale], domain="messages")
     env.install_gettext_translations(translations, newstyle=True)  # type: ignore[attr-defined]
     return env
