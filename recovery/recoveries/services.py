@@ -1290,7 +1290,10 @@ def send_batch(
         )
     )
     steps = {attempt.id: step for attempt, step in batch}
-    contacts = BatchContacts(session, [attempt.transaction for attempt, _ in batch])
+    # Held for the batch too: each attempt is read again (locked) before its decision,
+    # and its transaction is then found here instead of queried again.
+    transactions = [attempt.transaction for attempt, _ in batch]
+    contacts = BatchContacts(session, transactions)
     paid = paid_at_stripe(session, [attempt.transaction_id for attempt, _ in batch])
     at_step = _messages_at_steps(session, [attempt for attempt, _ in batch])
     results: dict[int, SendResult] = {}
@@ -1311,7 +1314,9 @@ def send_batch(
     # Each claim's fence: the `tries` it was claimed with (see `_claim`); read before the
     # commit expires the objects.
     tries = {message.id: message.tries for _, messages in claims.values() for message in messages}
-    session.commit()
+    # Kept loaded (the transactions, organizations): each attempt's decision below
+    # re-reads and locks what can change under it, the attempt and its messages.
+    commit_keeping_state(session)
 
     deadline = time.monotonic() + BATCH_SENDING_SECONDS
     with postman.session():
@@ -1333,20 +1338,22 @@ def send_batch(
                 attempt = lock_attempt(session, attempt_id)
                 assert attempt is not None  # attempts are never deleted
                 step_messages = _messages_at_steps(session, [attempt])[attempt_id]
-                dead = record_answers(session, attempt, answers, now, contacts) or dead
-                suppressed = contacts.suppressed(attempt.transaction)
-                # A dead address at this step: the other channel, if allowed, takes over at once.
-                if dead and attempt.is_active:
-                    more = _claim(session, attempt, step_messages, suppressed, base_url, now)
-                else:
-                    more = []
-                if more:
-                    claims[attempt_id] = (attempt, more)
-                elif attempt.is_active:
-                    step = steps[attempt_id]
-                    results[attempt_id] = _finish(session, attempt, step, now, step_messages, suppressed)
-                else:
-                    results[attempt_id] = SendResult("inactive", attempt_id, steps[attempt_id], None)
+                # Written in one UPDATE per row at the next commit, not flushed bit by bit.
+                with session.no_autoflush:
+                    dead = record_answers(session, attempt, answers, now, contacts) or dead
+                    suppressed = contacts.suppressed(attempt.transaction)
+                    # A dead address at this step: the other channel, if allowed, takes over at once.
+                    if dead and attempt.is_active:
+                        more = _claim(session, attempt, step_messages, suppressed, base_url, now)
+                    else:
+                        more = []
+                    if more:
+                        claims[attempt_id] = (attempt, more)
+                    elif attempt.is_active:
+                        step = steps[attempt_id]
+                        results[attempt_id] = _finish(session, attempt, step, now, step_messages, suppressed)
+                    else:
+                        results[attempt_id] = SendResult("inactive", attempt_id, steps[attempt_id], None)
             pending = _store_claims(session, claims, base_url)
             tries |= {message.id: message.tries for _, messages in claims.values() for message in messages}
             results |= _lost_claims(claims, pending, steps)
