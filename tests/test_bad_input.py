@@ -475,3 +475,22 @@ def test_past_gunicorns_maximum_gunicorn_answers_itself(served):
 
     assert status == 414
     assert content_type == "text/html" and "Request Line is too large" in body
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [{"order": "abc\u202egnp.exe"}, {"ord\u200ber": "1"}, {"order": "pay\u200dpal"}, {"order": "\ufeff1"}],
+)
+def test_checkout_metadata_refuses_text_that_displays_otherwise(metadata) -> None:
+    from recovery.payments.services import PaymentRefused
+    from recovery.payments.services import clean_metadata as clean_checkout_metadata
+
+    with pytest.raises(PaymentRefused, match="invisible or text-direction"):
+        clean_checkout_metadata(metadata)
+
+
+def test_checkout_metadata_keeps_joined_names() -> None:
+    from recovery.payments.services import clean_metadata as clean_checkout_metadata
+
+    persian = "می\u200cخواهم"
+    assert clean_checkout_metadata({"note": persian}) == {"note": persian}

@@ -34,7 +34,7 @@ from recovery.models import (
 from recovery.models.base import DbSession, commit_keeping_state, insert_ignoring_duplicates
 from recovery.money import card_charge_problem
 from recovery.payments.gateway import CheckoutSessionInfo, StripeFailure, StripeGateway
-from recovery.transactions.validation import has_control_characters
+from recovery.transactions.validation import deceptive_character, deceptive_message, has_control_characters
 
 log = get_logger("recovery.payments")
 
@@ -187,6 +187,9 @@ def clean_metadata(raw: Any) -> dict[str, str]:
             raise PaymentRefused(
                 "metadata keys and values must not contain control characters.", field="metadata"
             )
+        deceptive = deceptive_character(key) or deceptive_character(text, joiners=True)
+        if deceptive:
+            raise PaymentRefused(f"metadata {key!r}: {deceptive_message(deceptive)}", field="metadata")
         if len(text) > METADATA_VALUE_MAX:
             raise PaymentRefused(
                 f"metadata value for {key!r} is longer than {METADATA_VALUE_MAX} characters.",
