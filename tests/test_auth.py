@@ -255,7 +255,14 @@ def test_signed_in_user_visiting_login_goes_to_the_dashboard(client, signed_in):
 # --- server-side sign-ins: a copied cookie dies with its sign-in ------------------
 
 
-def remember_login(client: FlaskClient, user: User, agent: str = "Firefox on a laptop") -> Any:
+LAPTOP = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"
+PHONE = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_2 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko)"
+    " Version/17.2 Mobile/15E148 Safari/604.1"
+)
+
+
+def remember_login(client: FlaskClient, user: User, agent: str = LAPTOP) -> Any:
     return client.post(
         "/login",
         data={"email": user.email, "password": PASSWORD, "remember": "y"},
@@ -307,7 +314,7 @@ def test_signing_out_on_one_device_leaves_the_other_signed_in(app, make_user):
     user = make_user()
     laptop, phone = app.test_client(), app.test_client()
     assert remember_login(laptop, user).status_code == 302
-    assert remember_login(phone, user, agent="Safari on a phone").status_code == 302
+    assert remember_login(phone, user, agent=PHONE).status_code == 302
     phone_remember = copied_cookies(phone)["remember_token"]
 
     laptop.post("/logout")
@@ -321,14 +328,14 @@ def test_sign_out_everywhere_ends_every_device(app, db, make_user):
     user = make_user()
     laptop, phone = app.test_client(), app.test_client()
     assert remember_login(laptop, user).status_code == 302
-    assert remember_login(phone, user, agent="Safari on a phone").status_code == 302
+    assert remember_login(phone, user, agent=PHONE).status_code == 302
     phone_copies = copied_cookies(phone)
     version = user.session_version
 
     page = laptop.get("/account/sessions").get_data(as_text=True)
-    assert "Firefox on a laptop" in page and "Safari on a phone" in page
+    assert "Firefox 133 on Linux" in page and "Mobile Safari 17 on iPhone" in page
     assert page.count('<span class="badge">this device</span>') == 1
-    assert 'Firefox on a laptop <span class="badge">this device</span>' in page
+    assert 'Firefox 133 on Linux <span class="badge">this device</span>' in page
 
     response = laptop.post("/account/sessions/sign-out-everywhere")
 
@@ -592,3 +599,27 @@ def test_failed_sign_in_keeps_next_for_the_next_try(client, make_user):
 
     assert response.status_code == 401
     assert 'name="next" type="hidden" value="/imports"' in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize(
+    ("user_agent", "label"),
+    [
+        (
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko)"
+            " Chrome/131.0.0.0 Safari/537.36",
+            "Chrome 131 on Windows",
+        ),
+        (
+            "Mozilla/5.0 (iPhone; CPU iPhone OS 17_2 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko)"
+            " Version/17.2 Mobile/15E148 Safari/604.1",
+            "Mobile Safari 17 on iPhone",
+        ),
+        (None, "Unknown device"),
+        ("", "Unknown device"),
+        ("\x00<script>", "Unknown browser"),
+    ],
+)
+def test_a_sign_in_names_its_device_as_a_person_would(user_agent, label) -> None:
+    from recovery.auth.logins import device_label
+
+    assert device_label(user_agent) == label

@@ -644,3 +644,82 @@ class TestAllMatchingInTheBrowser:
             "Their customers are messaged now."
         ]
         tab.assert_clean()
+
+
+def test_an_unknown_message_offers_send_again_and_sessions_end_everywhere(
+    open_tab: Callable[..., Tab], demo: Any, db: Any
+) -> None:
+    """The crash-recovery screens (issue 15) as an operator sees them, at desktop and phone widths."""
+    from playwright.sync_api import expect
+
+    from recovery.audit import Actor
+    from recovery.models import Message, MessageStatus, utcnow
+    from recovery.recoveries import repair, services
+
+    transaction = db.session.scalar(
+        sa.select(Transaction)
+        .where(Transaction.status == "failed", Transaction.customer_email.is_not(None))
+        .order_by(Transaction.id)
+        .limit(1)
+    )
+    started = services.start_recovery(
+        db.session, transaction, Actor.system(transaction.organization_id, "test"), now=utcnow()
+    )
+    db.session.flush()
+    # Its first email's worker died while the mail server had it.
+    message = Message(
+        organization_id=transaction.organization_id,
+        attempt_id=started.attempt.id,
+        transaction_id=transaction.id,
+        step=0,
+        channel="email",
+        recipient=transaction.customer_email,
+        subject="Your payment",
+        body_text="Pay here",
+        status=MessageStatus.UNKNOWN,
+        tries=1,
+        handed_off_at=utcnow(),
+    )
+    db.session.add(message)
+    db.session.flush()
+    message.error = repair.UNKNOWN_EMAIL.format(id=message.id)
+    db.session.commit()
+    url = f"/transactions/{transaction.id}"
+
+    for name, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
+        tab = open_tab(viewport=viewport)
+        page = tab.page
+        sign_in(tab, "operator@demo.example")
+        page.goto(url)
+        entry = page.locator(".timeline-message", has_text="Email: unknown — check the provider")
+        expect(entry).to_be_visible()
+        expect(entry).to_contain_text(f"recovery-message-{message.id}@")
+        expect(entry.get_by_role("button", name="Send again")).to_be_visible()
+        entry.scroll_into_view_if_needed()
+        tab.shot(f"unknown-message-{name}")
+        tab.assert_fits_width()
+
+        page.goto("/account/sessions")
+        expect(page.get_by_role("heading", name="Your sessions")).to_be_visible()
+        expect(page.locator("table.sessions tbody tr")).to_have_count(1 if name == "desktop" else 2)
+        tab.shot(f"sessions-{name}")
+        tab.assert_fits_width()
+        tab.assert_clean()
+
+    dialogs: list[str] = []
+
+    def accept(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.accept()
+
+    page.goto(url)
+    page.on("dialog", accept)
+    page.locator(".timeline-message").get_by_role("button", name="Send again").click()
+    expect(page.get_by_text("Sending the message again")).to_be_visible()
+    assert dialogs == ["Send this message again? If the first one did go out, the customer gets it twice."]
+
+    # Signing out everywhere from the phone ends the desktop's session too.
+    page.goto("/account/sessions")
+    page.get_by_role("button", name="Sign out everywhere").click()
+    expect(page).to_have_url(re.compile(r"/login"))
+    tab.assert_clean()

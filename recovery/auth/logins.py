@@ -16,6 +16,7 @@ import secrets
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
+from ua_parser import parse as parse_user_agent
 
 from recovery import audit
 from recovery.models import User, UserLogin, utcnow
@@ -137,3 +138,22 @@ def sign_out_everywhere(session: DbSession, user: User, actor: audit.Actor) -> i
         sessions=ended,
     )
     return ended
+
+
+def device_label(user_agent: str | None) -> str:
+    """A sign-in's device as a person names it ("Chrome 131 on Windows", "Mobile Safari on iPhone").
+
+    ua-parser's rules (Browserscope's, kept current by the package): user
+    agents are too many and too odd for hand-written matching.
+    """
+    if not user_agent:
+        return "Unknown device"
+    parsed = parse_user_agent(user_agent)
+    browser = parsed.user_agent
+    name = browser.family if browser and browser.family != "Other" else "Unknown browser"
+    if browser and browser.major:
+        name += f" {browser.major}"
+    device = parsed.device.family if parsed.device and parsed.device.family not in ("Other", "Spider") else ""
+    system = parsed.os.family if parsed.os and parsed.os.family != "Other" else ""
+    where = device if device and device not in ("Mac", "Generic Smartphone") else system
+    return f"{name} on {where}" if where else name

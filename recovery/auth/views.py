@@ -111,6 +111,7 @@ def sessions() -> Any:
         "auth/sessions.html",
         active=logins.active_logins(db.session, user),
         current_id=user.current_login.id if user.current_login else None,
+        device_label=logins.device_label,
         form=LogoutForm(),
     )
 

@@ -542,7 +542,8 @@ def timeline(session: DbSession, transaction: Transaction) -> list[TimelineEntry
         if message.provider == Provider.OUTBOX:
             detail += " (development outbox)"
         if message.error:
-            detail += f": {message.error}"
+            # The title says it already for an unknown message.
+            detail += f": {message.error.removeprefix('Unknown — check the provider: ')}"
         entries.append(
             TimelineEntry(
                 message.sent_at or message.updated_at or message.created_at,
