@@ -587,3 +587,33 @@ class TestUnsubscribe:
 
     def test_unknown_token_is_404(self, app) -> None:
         assert app.test_client().post("/pay/nope/unsubscribe").status_code == 404
+
+
+def test_a_closing_job_lost_with_redis_is_placed_again_by_the_reconciliation(
+    app: Flask, client: FlaskClient, db, org, make_transaction, attempt_for, stripe_sandbox
+) -> None:
+    from recovery.queue import get_queue
+    from recovery.webhooks import jobs as webhook_jobs
+
+    def closing_jobs() -> list[Any]:
+        return [j for j in get_queue().jobs if j.func_name.endswith("close_payment_options")]
+
+    attempt = attempt_for(make_transaction(org, transaction_ref="TXN-LOST"))
+    client.post(f"/pay/{attempt.token}")  # the customer has the Stripe page open
+    session_id = db.session.scalar(select(CheckoutSession.stripe_session_id))
+    link = _payment_link(app, db, db.session.get(Transaction, attempt.transaction_id))
+    services.cancel_recovery(db.session, attempt, Actor.system(org.id), now=utcnow())
+    db.session.commit()
+    # The job jobs.after_cancel would queue now is lost with Redis: nothing is queued.
+    assert closing_jobs() == []
+
+    webhook_jobs.reconcile_checkout_sessions.__wrapped__()
+
+    [job] = closing_jobs()
+    assert sorted(webhook_jobs.close_payment_options.__wrapped__(*job.args)) == sorted(
+        [link.payment_link_id, session_id]
+    )
+    assert stripe_sandbox_session(stripe_sandbox, session_id)["status"] == "expired"
+    get_queue().empty()
+    webhook_jobs.reconcile_checkout_sessions.__wrapped__()
+    assert closing_jobs() == []  # nothing payable is left: not asked again

@@ -310,6 +310,11 @@ def reconcile_checkout_sessions(organization_id: int | None = None) -> dict[str,
             log.warning("stripe_reconcile_failed", checkout_session_id=record_id, error=str(error))
     for transaction_id, session_id in result.closed_transaction_ids or []:
         queue_close_payment_options(transaction_id, session_id, retry=Retry(max=5, interval=60))
+    if organization_id is None:
+        # Closing jobs lost with Redis: a closed debt must not stay payable.
+        for transaction_id in services.still_payable_after_closing(db.session, utcnow()):
+            queue_close_payment_options(transaction_id, None, retry=Retry(max=5, interval=60))
+        db.session.rollback()
     summary = {"checked": result.checked, "recovered": result.recovered, "expired": result.expired}
     log.info("stripe_reconciled", organization_id=organization_id, errors=result.errors, **summary)
     return {**summary, "errors": result.errors}

@@ -375,9 +375,23 @@ def close_payment_options(
     actor = Actor.system(txn.organization_id, "Stripe webhook" if paid else "Recovery cancelled")
     why = "the transaction is paid" if paid else f"the transaction is {txn.status}"
     done: list[str] = []
-    if txn.stripe_payment_link_id and gateway.retrieve_payment_link(txn.stripe_payment_link_id).active:
-        payments.deactivate_payment_link(session, gateway, txn, actor)
-        done.append(txn.stripe_payment_link_id)
+    if txn.stripe_payment_link_id:
+        if gateway.retrieve_payment_link(txn.stripe_payment_link_id).active:
+            payments.deactivate_payment_link(session, gateway, txn, actor)
+            done.append(txn.stripe_payment_link_id)
+        elif not _link_switched_off_recorded(session, txn):
+            # Off already (a one-payment link Stripe closed): said once, so that
+            # `still_payable_after_closing` does not ask again.
+            audit.record(
+                session,
+                actor,
+                "stripe.payment_link_deactivated",
+                transaction_id=txn.id,
+                target_type="payment_link",
+                target_id=txn.stripe_payment_link_id,
+                payment_link_id=txn.stripe_payment_link_id,
+                summary=f"Payment link {txn.stripe_payment_link_id} was already inactive at Stripe",
+            )
     records = session.scalars(
         select(CheckoutSession).where(
             CheckoutSession.transaction_id == txn.id,
@@ -430,6 +444,67 @@ class Reconciled:
     expired: int = 0
     errors: int = 0
     closed_transaction_ids: list[tuple[int, str | None]] | None = None
+
+
+# How far back the reconciliation looks for closed transactions still payable: their
+# closing job is placed right after the commit that closed them, so only one lost with
+# Redis (an outage, a flush) can leave them so, and that shows within minutes.
+CLOSE_LOOKBACK = timedelta(days=3)
+
+
+def _link_switched_off_recorded(session: DbSession, txn: Transaction) -> bool:
+    return (
+        session.scalar(
+            select(AuditEvent.id)
+            .where(
+                AuditEvent.transaction_id == txn.id,
+                AuditEvent.action == "stripe.payment_link_deactivated",
+                AuditEvent.target_id == txn.stripe_payment_link_id,
+            )
+            .limit(1)
+        )
+        is not None
+    )
+
+
+def still_payable_after_closing(session: DbSession, now: datetime, limit: int = 200) -> list[int]:
+    """Recovered, refunded or cancelled transactions that still offer a way to pay.
+
+    An open Checkout Session of ours, or a Payment Link never switched off
+    (no `stripe.payment_link_deactivated` for it). `close_payment_options`
+    runs in a job queued after the commit that closed the transaction; if
+    Redis lost that job, the customer could still pay a closed debt.
+    """
+    open_session = (
+        select(CheckoutSession.id)
+        .where(
+            CheckoutSession.transaction_id == Transaction.id,
+            CheckoutSession.status == CheckoutStatus.OPEN,
+            CheckoutSession.stripe_session_id.is_not(None),
+        )
+        .exists()
+    )
+    link_switched_off = (
+        select(AuditEvent.id)
+        .where(
+            AuditEvent.transaction_id == Transaction.id,
+            AuditEvent.action == "stripe.payment_link_deactivated",
+            AuditEvent.target_id == Transaction.stripe_payment_link_id,
+        )
+        .exists()
+    )
+    return list(
+        session.scalars(
+            select(Transaction.id)
+            .where(
+                Transaction.status.in_(CLOSED_STATUSES),
+                Transaction.updated_at >= now - CLOSE_LOOKBACK,
+                open_session | (Transaction.stripe_payment_link_id.is_not(None) & ~link_switched_off),
+            )
+            .order_by(Transaction.id)
+            .limit(limit)
+        )
+    )
 
 
 def sessions_to_reconcile(
