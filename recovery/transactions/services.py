@@ -467,6 +467,8 @@ AUDIT_TITLES = {
     "recovery.sms_opted_in": "Customer replied START: text messages allowed again",
     "recovery.sms_undelivered": "Text message not delivered",
     "recovery.auto_start_refused": "Automatic recovery not started",
+    "recovery.message_found": "Text found at Twilio after its worker stopped",
+    "recovery.message_resent": "Message sent again",
 }
 MESSAGE_TITLES = {
     "sending": "{channel} being sent",
