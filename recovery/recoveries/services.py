@@ -746,6 +746,27 @@ def _messages_at_steps(session: DbSession, attempts: Sequence[RecoveryAttempt]) 
     return found
 
 
+def _lock_with_step_messages(session: DbSession, attempt_id: int) -> tuple[RecoveryAttempt, list[Message]]:
+    """The attempt and the messages of its current step, read afresh and locked: one query.
+
+    After a batch's claims there is at least one message at the step; if the
+    step moved on meanwhile (another run), the two-query form reads it as it is.
+    """
+    rows = session.execute(
+        select(RecoveryAttempt, Message)
+        .join(Message, (Message.attempt_id == RecoveryAttempt.id) & (Message.step == RecoveryAttempt.step))
+        .where(RecoveryAttempt.id == attempt_id)
+        .order_by(Message.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).all()
+    if rows:
+        return rows[0][0], [message for _, message in rows]
+    attempt = lock_attempt(session, attempt_id)
+    assert attempt is not None  # attempts are never deleted
+    return attempt, _messages_at_steps(session, [attempt])[attempt_id]
+
+
 def send_time(organization: Organization, transaction: Transaction, at: datetime) -> datetime:
     """`at`, or the end of the customer's quiet hours if `at` falls inside them."""
     return allowed_at(
@@ -1335,9 +1356,7 @@ def send_batch(
                     delivery = hand_off(session, postman, item, tries[item.message_id], deadline)
                     if delivery is not None:
                         answers.append((item.message_id, tries[item.message_id], delivery))
-                attempt = lock_attempt(session, attempt_id)
-                assert attempt is not None  # attempts are never deleted
-                step_messages = _messages_at_steps(session, [attempt])[attempt_id]
+                attempt, step_messages = _lock_with_step_messages(session, attempt_id)
                 # Written in one UPDATE per row at the next commit, not flushed bit by bit.
                 with session.no_autoflush:
                     dead = record_answers(session, attempt, answers, now, contacts) or dead
