@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from recovery.audit import Actor
 from recovery.messaging import delivery
 from recovery.models import AuditEvent, Message, MessageStatus, Organization, RecoveryAttempt, Role, utcnow
 from recovery.queue import get_queue
-from recovery.recoveries import jobs, services
+from recovery.recoveries import jobs, repair, services
 from tests.conftest import csrf_token, login
 from tests.fakes import _twilio_server, fake_twilio, providers_config, smtp_server
 from tests.test_recoveries import messages, reload, start, worker
@@ -56,7 +57,7 @@ def test_a_text_whose_answer_was_lost_is_unknown_then_found_in_twilios_list(
     assert "Unknown — check the provider" in (message.error or "")
     assert len(fake_twilio.messages()) == 1  # and never sent twice
     assert db.session.get(RecoveryAttempt, attempt.id).step == 1  # the schedule goes on
-    lookup = f"recovery-lookup-{message.id}"
+    lookup = f"recovery-lookup-{message.id}-{message.tries}"
     assert lookup in get_queue().scheduled_job_registry.get_job_ids()
 
     message_id = message.id
@@ -215,3 +216,22 @@ def test_a_resend_whose_worker_dies_before_the_hand_off_is_unknown_again(
     message = db.session.get(Message, message_id)
     assert message.status == M.UNKNOWN and "resend did not happen" in (message.error or "")
     assert smtp_server.received == []
+
+
+def test_a_resend_whose_answer_is_lost_again_is_looked_up_again(
+    db, org, make_transaction, fake_twilio, worker
+):
+    attempt = _sms_taken_but_answer_lost(db, org, make_transaction, fake_twilio, worker)
+    [message] = messages(db, attempt)
+    message_id = message.id
+    queued = repair.resend(db.session, message, Actor.system(org.id, "test"), utcnow())
+    db.session.commit()
+    answered = threading.Event()
+    fake_twilio.before_answer = lambda _sid, _form: answered.wait(5)
+
+    assert jobs.resend_message(queued.message_id, queued.tries) == "unknown"
+    answered.set()
+
+    assert len(fake_twilio.messages()) == 2  # sent again, as the staff member chose
+    scheduled = get_queue().scheduled_job_registry.get_job_ids()
+    assert f"recovery-lookup-{message_id}-1" in scheduled and f"recovery-lookup-{message_id}-2" in scheduled

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from recovery.models.base import Base, BigId, HasStatus, UTCDateTime, utcnow
@@ -56,6 +56,14 @@ class Message(HasStatus, Base):
         # One send per (attempt, step, channel): a job that runs twice sends once.
         UniqueConstraint("attempt_id", "step", "channel", name="uq_message_attempt_step_channel"),
         Index("ix_message_transaction_created", "transaction_id", "created_at"),
+        # The sweeper's minutely scan for claims a stopped worker left (recoveries/repair.py):
+        # only messages in flight, so it stays short however many were ever sent.
+        Index(
+            "ix_message_sending",
+            "updated_at",
+            postgresql_where=text("status = 'sending'"),
+            sqlite_where=text("status = 'sending'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

@@ -13,7 +13,7 @@ from rq.exceptions import DuplicateJobError
 from recovery.extensions import db, mail
 from recovery.jobs import app_job
 from recovery.logs import get_logger
-from recovery.messaging.providers import DATA_ANSWER_SECONDS, MessagingSettings, Postman
+from recovery.messaging.providers import DATA_ANSWER_SECONDS, MessagingSettings, Outcome, Postman
 from recovery.models import RecoveryAttempt, utcnow
 from recovery.queue import discard_waiting, get_queue, redis_connection
 from recovery.recoveries import bulk, repair, scheduling, services
@@ -106,8 +106,8 @@ def send_step(attempt_id: int, step: int) -> str:
     )
     if batch.taken:
         discard_waiting(redis_connection(), [scheduling.send_job_id(*taken) for taken in batch.taken])
-    for message_id in batch.unknown_sms:
-        queue_look_up(message_id)
+    for message_id, tries in batch.unknown_sms:
+        queue_look_up(message_id, tries)
     return batch.results[0].outcome
 
 
@@ -118,8 +118,8 @@ def sweep_once(now: datetime) -> int:
     """
     repaired = repair.repair_abandoned(db.session, now)
     db.session.commit()
-    for message_id in repaired.to_look_up:
-        queue_look_up(message_id)
+    for message_id, tries in repaired.to_look_up:
+        queue_look_up(message_id, tries)
     if repaired.reclaimed or repaired.unknown:
         log.warning(
             "recovery_sends_repaired", sent_again=len(repaired.reclaimed), unknown=len(repaired.unknown)
@@ -133,12 +133,14 @@ def sweep_once(now: datetime) -> int:
     return placed
 
 
-def queue_look_up(message_id: int) -> None:
-    """Look the text up at Twilio in a minute, when its list will show it if Twilio took it."""
+def queue_look_up(message_id: int, tries: int) -> None:
+    """Look the text up at Twilio in a minute, when its list will show it if Twilio took it.
+
+    One look-up per claim of the message (`tries`): a resend left unknown is looked up too.
+    """
+    job_id = f"recovery-lookup-{message_id}-{tries}"
     with suppress(DuplicateJobError):  # placed already (a repeated batch or sweep)
-        get_queue().enqueue_in(
-            LOOK_UP_AFTER, look_up_sms, message_id, job_id=f"recovery-lookup-{message_id}", unique=True
-        )
+        get_queue().enqueue_in(LOOK_UP_AFTER, look_up_sms, message_id, job_id=job_id, unique=True)
 
 
 @app_job
@@ -161,9 +163,12 @@ def queue_resend(resend: repair.ResendQueued) -> None:
 @app_job
 def resend_message(message_id: int, tries: int) -> str:
     """Send a message again that a staff member chose to resend (repair.send_claimed). Safe to run twice."""
-    return repair.send_claimed(
+    outcome = repair.send_claimed(
         db.session, postman(), message_id, tries, base_url=current_app.config["BASE_URL"]
     )
+    if outcome == Outcome.UNKNOWN:
+        queue_look_up(message_id, tries)  # a text: looked up at Twilio; an email: skipped there
+    return outcome
 
 
 def start_sweeper(now: datetime | None = None) -> bool:

@@ -88,8 +88,8 @@ class Repaired:
     reclaimed: list[int] = field(default_factory=list)
     # Messages whose hand-off got no answer: now unknown.
     unknown: list[int] = field(default_factory=list)
-    # The texts among them, to look up at Twilio after the commit.
-    to_look_up: list[int] = field(default_factory=list)
+    # (message id, tries) of the texts among them, to look up at Twilio after the commit.
+    to_look_up: list[tuple[int, int]] = field(default_factory=list)
 
 
 def _abandoned(now: datetime) -> ColumnElement[bool]:
@@ -145,7 +145,7 @@ def repair_abandoned(session: DbSession, now: datetime, *, limit: int = REPAIR_L
                 message.error = text.format(id=message.id)
                 repaired.unknown.append(message.id)
                 if message.channel == Channel.SMS:
-                    repaired.to_look_up.append(message.id)
+                    repaired.to_look_up.append((message.id, message.tries))
             log.warning(
                 "recovery_message_abandoned",
                 message_id=message.id,

@@ -152,8 +152,6 @@ class BatchContacts:
             if (address := address_for(t, c))
         }
         self._reasons: dict[tuple[int, str, str], str] = {}
-        # Texts the batch left unknown, to look up at Twilio after it (repair.look_up_sms).
-        self.unknown_sms: list[int] = []
         if wanted:
             rows = session.execute(
                 select(
@@ -980,8 +978,6 @@ def record_answers(
             message.transition(M.FAILED)
         elif delivery.outcome == Outcome.UNKNOWN:
             message.transition(M.UNKNOWN)
-            if message.channel == Channel.SMS and delivery.provider == Provider.TWILIO:
-                contacts.unknown_sms.append(message.id)
         elif delivery.outcome in (Outcome.UNDELIVERABLE, Outcome.OPTED_OUT):
             message.transition(M.UNDELIVERABLE)
             reason = (
@@ -1191,8 +1187,8 @@ class BatchSent:
     # (attempt id, step, due) of each send taken to fill the batch: a job
     # waiting to send it is redundant now (it would find nothing to do).
     taken: list[tuple[int, int, datetime]]
-    # Texts Twilio may or may not have taken: to look up in its message list.
-    unknown_sms: list[int] = field(default_factory=list)
+    # (message id, tries) of texts Twilio may or may not have taken: to look up in its list.
+    unknown_sms: list[tuple[int, int]] = field(default_factory=list)
 
 
 def _lost_claims(
@@ -1335,6 +1331,7 @@ def send_batch(
     # Each claim's fence: the `tries` it was claimed with (see `_claim`); read before the
     # commit expires the objects.
     tries = {message.id: message.tries for _, messages in claims.values() for message in messages}
+    unknown_sms: list[tuple[int, int]] = []
     # Kept loaded (the transactions, organizations): each attempt's decision below
     # re-reads and locks what can change under it, the attempt and its messages.
     commit_keeping_state(session)
@@ -1356,6 +1353,8 @@ def send_batch(
                     delivery = hand_off(session, postman, item, tries[item.message_id], deadline)
                     if delivery is not None:
                         answers.append((item.message_id, tries[item.message_id], delivery))
+                        if delivery.outcome == Outcome.UNKNOWN and isinstance(item, OutgoingSms):
+                            unknown_sms.append((item.message_id, tries[item.message_id]))
                 attempt, step_messages = _lock_with_step_messages(session, attempt_id)
                 # Written in one UPDATE per row at the next commit, not flushed bit by bit.
                 with session.no_autoflush:
@@ -1378,7 +1377,7 @@ def send_batch(
             results |= _lost_claims(claims, pending, steps)
             session.commit()
     ordered = missing + [results[attempt_id] for attempt_id in order]
-    return BatchSent(ordered, taken, contacts.unknown_sms)
+    return BatchSent(ordered, taken, unknown_sms)
 
 
 def send_due(
