@@ -30,6 +30,8 @@ from recovery.extensions import db as _db
 from recovery.models import ApiToken, Base, Organization, Role, Transaction, User
 from recovery.tokens.services import create_token
 
+pytest_plugins = ["tests.browser"]  # Chromium, live server and tab fixtures for the browser tests
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
 PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/recovery_test")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
