@@ -7,6 +7,8 @@ import io
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from recovery.money import format_major
+
 HEADER = (
     "transaction_ref",
     "amount",
@@ -21,11 +23,12 @@ HEADER = (
 
 
 def row(n: int, prefix: str = "CSV", **overrides: Any) -> dict[str, Any]:
-    """A valid row, distinct for each `n`."""
+    """A valid row, distinct for each `n`; its amount is 1000 + n in the smallest unit."""
+    currency = overrides.get("currency") or ("usd", "eur", "gbp", "jpy")[n % 4]
     return {
         "transaction_ref": f"{prefix}-{n:06d}",
-        "amount": str(1000 + n),
-        "currency": ("usd", "eur", "gbp", "jpy")[n % 4],
+        "amount": format_major(1000 + n, currency.lower()),
+        "currency": currency,
         "customer_name": f"Customer {n}",
         "customer_email": f"customer{n}@example.com",
         "customer_phone": f"+1415555{n % 10000:04d}",

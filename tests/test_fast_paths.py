@@ -104,7 +104,12 @@ def test_imported_rows_keep_every_value_and_the_files_order(db: Any, make_org: A
     ]
     header = [*HEADER, "customer_locale", "metadata"]
     csv_import = services.create_import(
-        db.session, Actor.system(organization.id), "order.csv", csv_bytes(records, header), 1 << 20
+        db.session,
+        Actor.system(organization.id),
+        "order.csv",
+        csv_bytes(records, header),
+        1 << 20,
+        mapping={},
     )
     db.session.commit()
 

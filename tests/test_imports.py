@@ -26,12 +26,38 @@ PROBLEM = re.compile(
 )
 
 
-def upload(client: FlaskClient, data: bytes, filename: str = "failed.csv") -> Any:
+SELECT = re.compile(r'<select[^>]*\bname="(\w+)"[^>]*>(.*?)</select>', re.S)
+SELECTED = re.compile(r'<option selected value="([^"]*)"')
+
+
+def send_file(client: FlaskClient, data: bytes, filename: str = "failed.csv") -> Any:
     # Encoded in memory: for a large body the test client would spool to a
     # temporary file it never closes (a ResourceWarning, an error here).
     file = FileStorage(io.BytesIO(data), filename=filename, content_type="text/csv")
     boundary, body = encode_multipart({"file": file})
     return client.post("/imports", data=body, content_type=f"multipart/form-data; boundary={boundary}")
+
+
+def proposed(page: str) -> dict[str, str]:
+    """The column each select of the mapping page has chosen, as a browser would send it."""
+    chosen = {}
+    for name, options in SELECT.findall(page):
+        match = SELECTED.search(options)
+        chosen[name] = html.unescape(match.group(1)) if match else ""
+    return chosen
+
+
+def upload(
+    client: FlaskClient, data: bytes, filename: str = "failed.csv", mapping: dict[str, str] | None = None
+) -> Any:
+    """Upload, then confirm the mapping the page proposes (with `mapping`'s changes), as staff do."""
+    response = send_file(client, data, filename)
+    location = response.headers.get("Location", "")
+    if response.status_code != 302 or not location.endswith("/mapping"):
+        return response
+    page = client.get(location)
+    assert page.status_code == 200
+    return client.post(location, data={**proposed(page.get_data(as_text=True)), **(mapping or {})})
 
 
 def file_error(response: Any) -> str:
@@ -64,28 +90,66 @@ def the_import(db: Any) -> CsvImport:
 
 
 @pytest.mark.parametrize(
-    ("header", "message"),
+    ("header", "field", "message"),
     [
-        (["transaction_ref", "amount"], "missing currency"),
-        (["amount", "currency", "customer_email"], "missing transaction_ref"),
-        ([*HEADER, "coupon"], "unknown 'coupon'"),
-        (["transaction_ref", "amount", "currency", "Customer E-mail"], "unknown 'customer e-mail'"),
-        ([*HEADER, "amount"], "repeated amount"),
-        (["ref", "amount", "currency"], "missing transaction_ref; unknown 'ref'"),
+        (["transaction_ref", "amount"], "currency", "Choose the column that holds this; it is required."),
+        (["amount", "currency", "customer_email"], "transaction_ref", "it is required"),
+        (["ref", "currency", "customer_email"], "amount", "Choose the column that holds the amount"),
+        (["transaction_ref", "amount", "amount_minor", "currency"], "amount_minor", "not both"),
     ],
 )
-def test_wrong_header_rejects_the_whole_file(
-    client: FlaskClient, signed_in: Callable[..., User], db: Any, header: list[str], message: str
+def test_a_mapping_without_a_required_field_is_refused_and_the_file_kept(
+    client: FlaskClient, signed_in: Callable[..., User], db: Any, header: list[str], field: str, message: str
 ) -> None:
     signed_in("operator")
     response = upload(client, csv_bytes(rows(3), header))
 
     assert response.status_code == 422
-    error = file_error(response)
-    assert error.startswith("The header is wrong: ")
-    assert message in error
-    assert "Expected columns: transaction_ref, amount, currency" in error
+    page = response.get_data(as_text=True)
+    assert "nothing was imported and your file is kept" in page
+    error = re.search(rf'<p class="error" id="{field}-error">(.*?)</p>', page, re.S)
+    assert error and message in html.unescape(error.group(1))
     assert count(db, Transaction) == 0
+    csv_import = the_import(db)
+    assert (csv_import.status, csv_import.content is not None) == ("mapping", True)
+
+
+@pytest.mark.parametrize(
+    ("choice", "message"),
+    [
+        ({"currency": "coupon"}, "The file has no column 'coupon'."),
+        ({"customer_name": "transaction_ref"}, "already chosen for transaction_ref"),
+        ({"currency": "<script>x</script>"}, "The file has no column '<script>x</script>'."),
+    ],
+)
+def test_a_bad_choice_at_the_mapping_form_is_named_and_loses_nothing(
+    client: FlaskClient, signed_in: Callable[..., User], db: Any, choice: dict[str, str], message: str
+) -> None:
+    signed_in("operator")
+    response = upload(client, csv_bytes(rows(2)), mapping=choice)
+
+    assert response.status_code == 422
+    page = response.get_data(as_text=True)
+    assert message in html.unescape(page)
+    assert "<script>x" not in page  # escaped
+    assert count(db, Transaction) == 0
+    # Corrected, the same upload imports: nothing had to be sent again.
+    csv_import = the_import(db)
+    fixed = client.post(
+        f"/imports/{csv_import.id}/mapping",
+        data=proposed(page) | {"customer_name": "customer_name", "currency": "currency"},
+    )
+    assert fixed.status_code == 302
+    assert imported_refs(db) == ["CSV-000001", "CSV-000002"]
+
+
+def test_repeated_column_names_refuse_the_file(
+    client: FlaskClient, signed_in: Callable[..., User], db: Any
+) -> None:
+    signed_in("operator")
+    response = send_file(client, csv_bytes(rows(2), [*HEADER, "Amount "]))
+    assert response.status_code == 422
+    assert file_error(response) == "The header is wrong: repeated amount. Give each column its own name."
     assert count(db, CsvImport) == 0
 
 
@@ -93,7 +157,7 @@ def test_header_is_case_and_space_insensitive_and_in_any_order(
     client: FlaskClient, signed_in: Callable[..., User], db: Any
 ) -> None:
     signed_in("operator")
-    data = b"  Currency ,AMOUNT,Transaction_Ref\r\nusd,5000,T-1\r\n"
+    data = b"  Currency ,AMOUNT,Transaction_Ref,coupon\r\nusd,50.00,T-1,SPRING\r\n"
     assert upload(client, data).status_code == 302
     assert db.session.scalar(select(Transaction.amount).where(Transaction.transaction_ref == "T-1")) == 5000
 
@@ -223,16 +287,16 @@ def test_invalid_and_ragged_rows_are_listed_while_valid_neighbours_are_imported(
         good[0],  # row 2
         "BAD-AMOUNT,12.345,usd,,,,,,",  # row 3
         good[1],  # row 4
-        "RAGGED,5000,usd",  # row 5: 3 cells, the header has 9
+        "RAGGED,50.00,usd",  # row 5: 3 cells, the header has 9
         "",  # a blank line is skipped, but still counts as a row of the sheet
         good[2],  # row 7
-        "BAD-EMAIL,5000,usd,,not-an-email,,,,",  # row 8
-        "BAD-CURRENCY,5000,xyz,,,,,,",  # row 9
-        "BAD REF,5000,usd,,,,,,",  # row 10
-        "FUTURE,5000,usd,,,,,,2999-01-01",  # row 11
+        "BAD-EMAIL,50.00,usd,,not-an-email,,,,",  # row 8
+        "BAD-CURRENCY,50.00,xyz,,,,,,",  # row 9
+        "BAD REF,50.00,usd,,,,,,",  # row 10
+        "FUTURE,50.00,usd,,,,,,2999-01-01",  # row 11
         good[3],  # row 12
-        "BAD-PHONE,5000,usd,,,12,,,",  # row 13
-        "EXTRA,5000,usd,,,,,,,,",  # row 14: 11 cells
+        "BAD-PHONE,50.00,usd,,,12,,,",  # row 13
+        "EXTRA,50.00,usd,,,,,,,,",  # row 14: 11 cells
         good[4],  # row 15
     ]
 
@@ -306,7 +370,7 @@ def test_duplicates_of_existing_refs_are_reported_and_not_imported_twice(
 
 def test_duplicates_within_the_file(client: FlaskClient, signed_in: Callable[..., User], db: Any) -> None:
     signed_in("operator")
-    records = [row(1), row(2), row(1, amount="9999"), row(3), row(2)]
+    records = [row(1), row(2), row(1, amount="99.99"), row(3), row(2)]
 
     response = upload(client, csv_bytes(records))
 
@@ -343,27 +407,91 @@ def test_uploading_the_same_file_twice_imports_nothing_the_second_time(
     assert len(problems(page)) == 25
 
 
-def test_amounts_in_the_file_are_minor_units_or_exact_decimals(
-    client: FlaskClient, signed_in: Callable[..., User], db: Any
+@pytest.mark.parametrize(
+    ("column", "cell", "currency", "stored"),
+    [
+        ("amount", "50.00", "usd", 5000),
+        ("amount", "0.29", "usd", 29),
+        ("amount", "$1,234.50", "usd", 123450),
+        ("amount", "USD 50", "usd", 5000),
+        ("amount", "€5", "eur", 500),
+        ("amount", "5000", "jpy", 5000),
+        ("amount", "¥5000", "jpy", 5000),
+        ("amount", "5,000", "jpy", 5000),
+        ("amount", "1.005", "bhd", 1005),
+        ("amount", "BHD 5.000", "bhd", 5000),
+        ("amount_minor", "5000", "usd", 5000),
+        ("amount_minor", "5000", "jpy", 5000),
+        ("amount_minor", "5000", "bhd", 5000),
+    ],
+)
+def test_amounts_are_read_as_the_column_says(
+    client: FlaskClient,
+    signed_in: Callable[..., User],
+    db: Any,
+    column: str,
+    cell: str,
+    currency: str,
+    stored: int,
+) -> None:
+    signed_in("operator")
+    data = csv_text(
+        [{"transaction_ref": "T-1", column: cell, "currency": currency}],
+        ["transaction_ref", column, "currency"],
+    )
+    assert upload(client, data.encode()).status_code == 302
+    assert db.session.scalar(select(Transaction.amount).where(Transaction.transaction_ref == "T-1")) == stored
+
+
+@pytest.mark.parametrize(
+    ("column", "cell", "currency", "reason"),
+    [
+        (
+            "amount",
+            "5000",
+            "usd",
+            "amount: 5000 has no decimal point. Write 5000.00 for USD 5,000.00, "
+            "or name the column amount_minor if 5000 means USD 50.00.",
+        ),
+        (
+            "amount",
+            "5000",
+            "bhd",
+            "amount: 5000 has no decimal point. Write 5000.000 for BHD 5,000.000, "
+            "or name the column amount_minor if 5000 means BHD 5.000.",
+        ),
+        ("amount", "12.345", "usd", "amount: USD amounts take at most 2 decimals; got '12.345'."),
+        ("amount", "EUR 5.00", "usd", "amount: 'EUR 5.00' says EUR but the row's currency is USD."),
+        ("amount", "1.234,50", "eur", "amount: '1.234,50' is not an amount: use a point for decimals"),
+        ("amount", "-3.00", "usd", "amount: '-3.00' is negative"),
+        ("amount_minor", "50.00", "usd", "amount_minor column takes whole numbers"),
+    ],
+)
+def test_an_amount_that_could_be_misread_is_refused_with_its_row(
+    client: FlaskClient,
+    signed_in: Callable[..., User],
+    db: Any,
+    column: str,
+    cell: str,
+    currency: str,
+    reason: str,
 ) -> None:
     signed_in("operator")
     records = [
-        row(1, amount="5000", currency="usd"),
-        row(2, amount="50.00", currency="usd"),
-        row(3, amount="0.29", currency="usd"),
-        row(4, amount="5000", currency="jpy"),
-        row(5, amount="1.005", currency="bhd"),
+        {
+            "transaction_ref": "GOOD",
+            column: "700" if column == "amount_minor" else "7.00",
+            "currency": currency,
+        },
+        {"transaction_ref": "AMBIGUOUS", column: cell, "currency": currency},
     ]
-    assert upload(client, csv_bytes(records)).status_code == 302
-    result = db.session.execute(select(Transaction.transaction_ref, Transaction.amount))
-    stored = {ref: amount for ref, amount in result}
-    assert stored == {
-        "CSV-000001": 5000,
-        "CSV-000002": 5000,
-        "CSV-000003": 29,
-        "CSV-000004": 5000,
-        "CSV-000005": 1005,
-    }
+    response = upload(client, csv_text(records, ["transaction_ref", column, "currency"]).encode())
+
+    assert response.status_code == 302
+    assert imported_refs(db) == ["GOOD"]
+    [(line, ref, found)] = problems(client.get(response.headers["Location"]).get_data(as_text=True))
+    assert (line, ref) == (3, "AMBIGUOUS")
+    assert found.startswith(reason) or reason in found
 
 
 def test_a_row_with_metadata_nested_too_deeply_is_listed_and_its_neighbours_imported(
@@ -374,9 +502,9 @@ def test_a_row_with_metadata_nested_too_deeply_is_listed_and_its_neighbours_impo
     signed_in("operator")
     lines = [
         "transaction_ref,amount,currency,metadata",
-        'GOOD-1,5000,usd,"{""order_id"": ""ORD-1""}"',
-        "DEEP,5000,usd," + "[" * 3000,
-        "GOOD-2,5000,usd,",
+        'GOOD-1,50.00,usd,"{""order_id"": ""ORD-1""}"',
+        "DEEP,50.00,usd," + "[" * 3000,
+        "GOOD-2,50.00,usd,",
     ]
 
     response = upload(client, ("\r\n".join(lines) + "\r\n").encode())
@@ -438,6 +566,8 @@ def test_another_organizations_import_is_404(
     db.session.commit()
     assert client.get(f"/imports/{csv_import.id}").status_code == 404
     assert client.post(f"/imports/{csv_import.id}/retry").status_code == 404
+    assert client.get(f"/imports/{csv_import.id}/mapping").status_code == 404
+    assert client.post(f"/imports/{csv_import.id}/mapping", data={"currency": "currency"}).status_code == 404
     assert "theirs.csv" not in client.get("/imports").get_data(as_text=True)
 
 
@@ -650,8 +780,8 @@ def test_row_numbers_count_records_as_a_spreadsheet_shows_them(
     signed_in("owner")
     lines = [
         "transaction_ref,amount,currency,failure_message",
-        'MULTI,5000,usd,"Declined.\r\nCall your bank.\r\nThen retry."',  # row 2, three lines in the file
-        "BAD-CURRENCY,5000,xyz,",  # row 3
+        'MULTI,50.00,usd,"Declined.\r\nCall your bank.\r\nThen retry."',  # row 2, three lines in the file
+        "BAD-CURRENCY,50.00,xyz,",  # row 3
     ]
 
     response = upload(client, ("\r\n".join(lines) + "\r\n").encode())

@@ -17,8 +17,27 @@ depends_on = None
 
 
 def upgrade():
-    pass
+    op.create_table('import_mapping',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('organization_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('fingerprint', sa.String(length=64), nullable=False),
+    sa.Column('mapping', sa.JSON(), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['organization_id'], ['organization.id'], name=op.f('fk_import_mapping_organization_id_organization')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_import_mapping')),
+    sa.UniqueConstraint('organization_id', 'fingerprint', name=op.f('uq_import_mapping_organization_id'))
+    )
+    # Existing imports are finished or queued ones with no mapping: they read the
+    # file's own column names, as before. The server defaults fill the old rows.
+    with op.batch_alter_table('csv_import', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('skipped_rows', sa.Integer(), nullable=False, server_default='0'))
+        batch_op.add_column(sa.Column('mapping', sa.JSON(), nullable=True))
+        batch_op.add_column(sa.Column('warnings', sa.JSON(), nullable=False, server_default='[]'))
 
 
 def downgrade():
-    pass
+    with op.batch_alter_table('csv_import', schema=None) as batch_op:
+        batch_op.drop_column('warnings')
+        batch_op.drop_column('mapping')
+        batch_op.drop_column('skipped_rows')
+    op.drop_table('import_mapping')

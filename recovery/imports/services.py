@@ -1,9 +1,13 @@
-"""CSV import of failed transactions: check the file, then import it chunk by chunk.
+"""CSV import of failed transactions: check the file, map its columns, then import it chunk by chunk.
 
-A file is refused whole when it is too large, not UTF-8, or its header is wrong.
-Otherwise every row is validated on its own: valid rows are inserted, invalid
-rows and duplicates are reported with their row number, and nothing valid is
-lost because a neighbour was invalid. Each chunk is one database transaction
+A file is refused whole when it is too large, not UTF-8, or its header cannot
+be read. Once staff confirm which column holds which field (`mapping`), every
+row is validated on its own: valid rows are inserted, invalid rows and
+duplicates are reported with their row number, rows whose status says the
+payment did not fail are skipped and counted, and nothing valid is lost
+because a neighbour was invalid. A contact detail that cannot be used (a
+phone number no network routes) is left empty with a warning when the row
+keeps another way to reach the customer. Each chunk is one database transaction
 that also advances the import's counters, so a crash leaves no half-imported
 chunk and a re-run resumes after the last committed one.
 """
@@ -14,14 +18,17 @@ import csv
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from psycopg import sql
 from psycopg.types.json import Json
-from sqlalchemy import inspect, select
+from sqlalchemy import delete, inspect, select
 
-from recovery import audit
+from recovery import audit, money
 from recovery.audit import Actor
+from recovery.imports import mapping as mappings
+from recovery.imports.amounts import parse_minor, parse_written
 from recovery.logs import get_logger
 from recovery.models import CsvImport, ImportStatus, Transaction, TransactionSource, utcnow
 from recovery.models.base import DbSession, insert_ignoring_duplicates
@@ -30,20 +37,14 @@ from recovery.transactions.validation import clean_transaction
 
 log = get_logger("recovery.imports")
 
-REQUIRED_COLUMNS = ("transaction_ref", "amount", "currency")
-OPTIONAL_COLUMNS = (
-    "customer_name",
-    "customer_email",
-    "customer_phone",
-    "customer_country",
-    "customer_locale",
-    "failure_code",
-    "failure_message",
-    "failed_at",
-    "metadata",
-)
-COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 MAX_PROBLEMS = 1000  # listed row by row; beyond this only the counts grow
+PREVIEW_ROWS = 5
+# An upload nobody mapped is dropped after this: the file holds customers' details.
+UNMAPPED_KEPT = timedelta(days=1)
+# Contact details a row can lose and still be recovered, as long as it keeps an
+# email or a phone. Country and language only refine how we write to them.
+DROPPABLE = ("customer_email", "customer_phone", "customer_country", "customer_locale")
+FAILED_STATUSES = frozenset({"failed"})
 
 
 class ImportRejected(Exception):
@@ -57,6 +58,12 @@ class CheckedFile:
     total_rows: int
 
 
+@dataclass(frozen=True)
+class Preview:
+    header: list[str]
+    rows: list[list[str]]
+
+
 def format_size(size: int) -> str:
     """A byte count for people: 20 MiB, 1.5 KiB, 900 bytes."""
     for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
@@ -66,7 +73,7 @@ def format_size(size: int) -> str:
 
 
 def check_file(data: bytes, max_bytes: int) -> CheckedFile:
-    """Refuse a file that is too large, not UTF-8, empty, or has a wrong header."""
+    """Refuse a file that is too large, not UTF-8, empty, or has an unreadable header."""
     if len(data) > max_bytes:
         # The upload view reads at most one byte past the limit: the real size is unknown.
         raise ImportRejected(
@@ -90,7 +97,7 @@ def check_file(data: bytes, max_bytes: int) -> CheckedFile:
         raise ImportRejected("The file is empty. The first line must be the header.") from None
     except csv.Error as error:
         raise ImportRejected(f"The header line cannot be read as CSV: {error}.") from None
-    header = [name.strip().lower() for name in header_row]
+    header = [name.strip() for name in header_row]
     check_header(header)
     try:
         total = sum(1 for row in reader if any(cell.strip() for cell in row))
@@ -102,30 +109,48 @@ def check_file(data: bytes, max_bytes: int) -> CheckedFile:
 
 
 def check_header(header: list[str]) -> None:
-    expected = "Expected columns: " + ", ".join(COLUMNS) + f" (the first {len(REQUIRED_COLUMNS)} required)."
-    missing = [name for name in REQUIRED_COLUMNS if name not in header]
-    unknown = [name for name in header if name not in COLUMNS]
-    repeated = sorted({name for name in header if header.count(name) > 1})
-    problems = []
-    if missing:
-        problems.append("missing " + ", ".join(missing))
-    if unknown:
-        problems.append("unknown " + ", ".join(repr(n) for n in unknown))
+    """Refuse a header whose columns cannot be told apart; which column is which comes later."""
+    names = [mappings.normalise(name) for name in header if name.strip()]
+    if not names:
+        raise ImportRejected("The first line must be a header naming the columns; it is empty.")
+    repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
-        problems.append("repeated " + ", ".join(repeated))
-    if problems:
-        raise ImportRejected("The header is wrong: " + "; ".join(problems) + ". " + expected)
+        raise ImportRejected(
+            "The header is wrong: repeated " + ", ".join(repeated) + ". Give each column its own name."
+        )
 
 
-def create_import(session: DbSession, actor: Actor, filename: str, data: bytes, max_bytes: int) -> CsvImport:
-    """Check the file and store it as a queued import (raises ImportRejected)."""
+def create_import(
+    session: DbSession,
+    actor: Actor,
+    filename: str,
+    data: bytes,
+    max_bytes: int,
+    *,
+    mapping: dict[str, str] | None = None,
+) -> CsvImport:
+    """Check the file and store it until its columns are mapped (raises ImportRejected).
+
+    With `mapping` (the API and command line, which have no page to confirm
+    on), its choices override the remembered or proposed mapping and the
+    import is queued at once (raises MappingRefused). Also drops this
+    organization's uploads left unmapped for a day.
+    """
     checked = check_file(data, max_bytes)
+    session.execute(
+        delete(CsvImport).where(
+            CsvImport.organization_id == actor.organization_id,
+            CsvImport.status == ImportStatus.MAPPING,
+            CsvImport.created_at < utcnow() - UNMAPPED_KEPT,
+        )
+    )
     csv_import = CsvImport(
         organization_id=actor.organization_id,
         user_id=actor.user_id,
         filename=(filename or "upload.csv")[:255],
         content=data,
         total_rows=checked.total_rows,
+        status=ImportStatus.MAPPING,
     )
     session.add(csv_import)
     session.flush()
@@ -138,14 +163,69 @@ def create_import(session: DbSession, actor: Actor, filename: str, data: bytes, 
         filename=csv_import.filename,
         rows=checked.total_rows,
     )
+    if mapping is not None:
+        header = header_of(csv_import)
+        initial, _ = mappings.initial(session, actor.organization_id, header)
+        confirm_mapping(session, actor, csv_import, {**initial, **mapping})
     return csv_import
 
 
-def iter_rows(text: str) -> Iterator[tuple[int, dict[str, str]]]:
-    """Yield (row number as a spreadsheet shows it, cells by column) for non-blank rows."""
+def header_of(csv_import: CsvImport) -> list[str]:
+    text = (csv_import.content or b"").decode("utf-8-sig")
+    return [name.strip() for name in next(csv.reader(io.StringIO(text, newline="")), [])]
+
+
+def preview(csv_import: CsvImport, rows: int = PREVIEW_ROWS) -> Preview:
+    """The file's header and first non-blank rows, as the mapping page shows them."""
+    reader = csv.reader(io.StringIO((csv_import.content or b"").decode("utf-8-sig"), newline=""))
+    header = [name.strip() for name in next(reader, [])]
+    first: list[list[str]] = []
+    for row in reader:
+        if len(first) >= rows:
+            break
+        if any(cell.strip() for cell in row):
+            first.append(row)
+    return Preview(header=header, rows=first)
+
+
+def confirm_mapping(
+    session: DbSession, actor: Actor, csv_import: CsvImport, chosen: dict[str, str]
+) -> CsvImport:
+    """Check the chosen mapping, remember it for this header, and queue the import.
+
+    Raises MappingRefused (per field) and leaves the upload as it was, so the
+    merchant can correct the choice without uploading again.
+    """
+    if csv_import.status != ImportStatus.MAPPING:
+        raise ImportRejected("This import has already started; its columns cannot be changed now.")
+    header = header_of(csv_import)
+    checked = mappings.check(header, chosen)
+    csv_import.mapping = checked
+    csv_import.transition(ImportStatus.QUEUED)
+    mappings.remember(session, csv_import.organization_id, header, checked)
+    audit.record(
+        session,
+        actor,
+        "import.mapped",
+        target_type="csv_import",
+        target_id=csv_import.id,
+        mapping=checked,
+    )
+    return csv_import
+
+
+def iter_rows(text: str, mapping: dict[str, str] | None = None) -> Iterator[tuple[int, dict[str, str]]]:
+    """Yield (row number as a spreadsheet shows it, cells by target field) for non-blank rows.
+
+    Without a mapping (an import queued before mapping existed), the columns we
+    recognise by name are used.
+    """
     reader = csv.reader(io.StringIO(text, newline=""))
-    header = [name.strip().lower() for name in next(reader)]
+    header = [mappings.normalise(name) for name in next(reader)]
     width = len(header)
+    if mapping is None:
+        mapping = mappings.propose(header)
+    index = {target: header.index(column) for target, column in mapping.items() if column in header}
     # Records, not physical lines: a quoted cell with line breaks is still one row of the
     # sheet, and a blank line is one too (the header is row 1).
     for line, row in enumerate(reader, start=2):
@@ -154,7 +234,7 @@ def iter_rows(text: str) -> Iterator[tuple[int, dict[str, str]]]:
         if len(row) != width:
             yield line, {"__error__": f"has {len(row)} cells; the header has {width}"}
             continue
-        yield line, dict(zip(header, row, strict=True))
+        yield line, {target: row[at] for target, at in index.items()}
 
 
 def _insert_statement(session: DbSession) -> Any:
@@ -212,6 +292,8 @@ def run_import(session: DbSession, import_id: int, chunk_rows: int) -> CsvImport
         raise LookupError(f"import {import_id} not found")
     if csv_import.status == ImportStatus.DONE:
         return csv_import
+    if csv_import.status == ImportStatus.MAPPING:
+        raise ImportRejected("Confirm which column holds which field before importing.")
     csv_import.transition(ImportStatus.RUNNING)
     session.commit()
     log.info("csv_import_started", import_id=import_id, rows=csv_import.total_rows)
@@ -231,7 +313,7 @@ def run_import(session: DbSession, import_id: int, chunk_rows: int) -> CsvImport
             )
         )
     try:
-        for index, row in enumerate(iter_rows(text)):
+        for index, row in enumerate(iter_rows(text, csv_import.mapping)):
             if index < skip:
                 continue
             chunk.append(row)
@@ -257,8 +339,63 @@ def run_import(session: DbSession, import_id: int, chunk_rows: int) -> CsvImport
         imported=csv_import.imported_rows,
         duplicates=csv_import.duplicate_rows,
         invalid=csv_import.invalid_rows,
+        skipped=csv_import.skipped_rows,
     )
     return csv_import
+
+
+@dataclass
+class RowVerdict:
+    """What one row became: values to insert, or a refusal; warnings either way."""
+
+    values: dict[str, Any] | None = None
+    reason: str = ""
+    skipped: bool = False
+    warnings: list[str] | None = None
+
+
+def _amount(cells: dict[str, str]) -> tuple[int | None, str]:
+    """The row's amount in the smallest unit and no message, or None and why not."""
+    try:
+        currency = money.normalize_currency(cells.get("currency"))
+    except money.AmountError:
+        return None, ""  # the currency's own error says it; the amount's follows from it
+    try:
+        if "amount_minor" in cells:
+            return parse_minor(cells["amount_minor"], currency), ""
+        return parse_written(cells.get("amount", ""), currency), ""
+    except money.AmountError as error:
+        return None, str(error)
+
+
+def clean_row(cells: dict[str, str]) -> RowVerdict:
+    """Validate one mapped row by the rules every entry point shares, plus the file's own."""
+    status = cells.get("status")
+    if status is not None and status.strip().lower() not in FAILED_STATUSES:
+        return RowVerdict(skipped=True)
+    raw: dict[str, Any] = {k: v for k, v in cells.items() if k not in ("amount", "amount_minor", "status")}
+    amount, amount_error = _amount(cells)
+    if amount is not None:
+        raw["amount"] = amount
+    if raw.get("failure_code"):
+        # Exports spell decline reasons as "Do not honor" or "do-not-honor": Stripe's code is do_not_honor.
+        raw["failure_code"] = "_".join(raw["failure_code"].strip().lower().replace("-", " ").split())
+    cleaned = clean_transaction(raw)
+    errors = dict(cleaned.errors)
+    if amount_error:
+        errors["amount"] = amount_error
+    warnings: list[str] = []
+    dropped = [name for name in DROPPABLE if name in errors]
+    hard = [name for name in errors if name not in DROPPABLE]
+    reachable = any(cleaned.values.get(name) for name in ("customer_email", "customer_phone"))
+    gave_contact = any((cells.get(name) or "").strip() for name in ("customer_email", "customer_phone"))
+    if dropped and not hard and (reachable or not gave_contact):
+        for name in dropped:
+            cleaned.values[name] = None
+            warnings.append(f"{name}: {errors.pop(name)} Imported without it.")
+    if errors:
+        return RowVerdict(reason="; ".join(f"{k}: {v}" for k, v in errors.items()), warnings=warnings)
+    return RowVerdict(values=cleaned.values, warnings=warnings)
 
 
 def _import_chunk(
@@ -270,19 +407,23 @@ def _import_chunk(
     """Validate and insert one chunk, and advance the counters, in one transaction."""
     now = utcnow()
     problems: list[dict[str, Any]] = []
+    warnings: list[dict[str, Any]] = []
     records: list[dict[str, Any]] = []
     line_of: dict[str, int] = {}
-    duplicates = 0
+    duplicates = skipped = 0
     for line, cells in chunk:
         if "__error__" in cells:
             problems.append({"row": line, "ref": "", "reason": "The row " + cells["__error__"] + "."})
             continue
-        cleaned = clean_transaction(cells)
-        if not cleaned.ok:
-            reason = "; ".join(f"{k}: {v}" for k, v in cleaned.errors.items())
-            problems.append({"row": line, "ref": cells.get("transaction_ref", "")[:64], "reason": reason})
+        verdict = clean_row(cells)
+        if verdict.skipped:
+            skipped += 1
             continue
-        values = cleaned.values
+        shown_ref = (cells.get("transaction_ref") or "")[:64]
+        if verdict.values is None:
+            problems.append({"row": line, "ref": shown_ref, "reason": verdict.reason})
+            continue
+        values = verdict.values
         ref = values["transaction_ref"]
         if ref in seen_refs:
             duplicates += 1
@@ -292,6 +433,7 @@ def _import_chunk(
             continue
         seen_refs.add(ref)
         line_of[ref] = line
+        warnings.extend({"row": line, "ref": ref, "reason": w} for w in verdict.warnings or ())
         values["meta"] = values.pop("metadata")
         values.setdefault("failed_at", now)
         records.append(
@@ -317,12 +459,18 @@ def _import_chunk(
                 "reason": "Duplicate: a transaction with this reference already exists.",
             }
         )
+    # A warning about a row that turned out a duplicate would describe nothing imported.
+    warnings = [w for w in warnings if w["ref"] in inserted]
     invalid = len(problems) - duplicates
     csv_import.processed_rows += len(chunk)
     csv_import.imported_rows += len(inserted)
     csv_import.duplicate_rows += duplicates
     csv_import.invalid_rows += invalid
+    csv_import.skipped_rows += skipped
     room = MAX_PROBLEMS - len(csv_import.problems or [])
     if room > 0 and problems:
         csv_import.problems = [*(csv_import.problems or []), *sorted(problems, key=lambda p: p["row"])[:room]]
+    room = MAX_PROBLEMS - len(csv_import.warnings or [])
+    if room > 0 and warnings:
+        csv_import.warnings = [*(csv_import.warnings or []), *sorted(warnings, key=lambda p: p["row"])[:room]]
     session.commit()

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
+from flask import Blueprint, Response, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from redis.exceptions import RedisError
 from sqlalchemy import select
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from recovery import money
 from recovery.audit import Actor, record
 from recovery.extensions import db
-from recovery.imports import services
-from recovery.imports.forms import UploadForm
+from recovery.imports import mapping as mappings
+from recovery.imports import services, template
+from recovery.imports.forms import UploadForm, mapping_form
 from recovery.imports.jobs import import_csv
 from recovery.logs import get_logger
 from recovery.models import CsvImport, ImportStatus, Role
@@ -49,8 +51,9 @@ def render_index(form: UploadForm, status: int = 200) -> Any:
         "imports/index.html",
         form=form,
         recent=recent,
-        columns=services.COLUMNS,
-        required=services.REQUIRED_COLUMNS,
+        targets=mappings.TARGETS,
+        amount_rule=money.AMOUNT_RULE,
+        amount_minor_rule=money.AMOUNT_MINOR_RULE,
         max_size=services.format_size(current_app.config["CSV_MAX_BYTES"]),
     ), status
 
@@ -88,6 +91,61 @@ def upload(form: UploadForm) -> Any:
         form.file.errors = [str(error)]
         return render_index(form, 422)
     db.session.commit()
+    return redirect(url_for("imports.mapping", import_id=csv_import.id))
+
+
+@bp.get("/imports/template.csv")
+def template_csv() -> Any:
+    """Our template: every column we read, one example row per currency the demo uses."""
+    return Response(
+        template.template_csv(),
+        mimetype="text/csv",
+        headers={"Content-Disposition": 'attachment; filename="failed-payments-template.csv"'},
+    )
+
+
+def render_mapping(csv_import: CsvImport, form: Any, remembered: bool, status: int = 200) -> Any:
+    return render_template(
+        "imports/mapping.html",
+        csv_import=csv_import,
+        form=form,
+        preview=services.preview(csv_import),
+        targets=mappings.TARGETS,
+        remembered=remembered,
+        amount_rule=money.AMOUNT_RULE,
+        amount_minor_rule=money.AMOUNT_MINOR_RULE,
+    ), status
+
+
+@bp.route("/imports/<int:import_id>/mapping", methods=["GET", "POST"])
+def mapping(import_id: int) -> Any:
+    """Show the file's header and first rows, and which column we think holds which field."""
+    csv_import = org_import(import_id)
+    if csv_import.status != ImportStatus.MAPPING:
+        return redirect(url_for("imports.detail", import_id=import_id))
+    if request.method == "POST" and not current_user.has_role(Role.OPERATOR):
+        abort(403)
+    header = services.header_of(csv_import)
+    initial, remembered = mappings.initial(db.session, csv_import.organization_id, header)
+    form = mapping_form(header, initial, submitted=request.method == "POST")
+    if request.method == "GET":
+        return render_mapping(csv_import, form, remembered)
+    if not form.validate_on_submit():  # only the CSRF token can fail here
+        return render_mapping(csv_import, form, remembered, 400)
+    actor = Actor.for_user(current_user, request.remote_addr)
+    try:
+        services.confirm_mapping(db.session, actor, csv_import, form.chosen())
+    except mappings.MappingRefused as error:
+        db.session.rollback()
+        form.apply_errors(error.errors)
+        return render_mapping(csv_import, form, remembered, 422)
+    db.session.commit()
+    return start(csv_import)
+
+
+def start(csv_import: CsvImport) -> Any:
+    """Import a mapped file now if it is small, else hand it to the worker."""
+    config = current_app.config
     import_id = csv_import.id
     if csv_import.total_rows <= config["CSV_INLINE_MAX_ROWS"]:
         try:
@@ -110,6 +168,8 @@ def upload(form: UploadForm) -> Any:
 @bp.get("/imports/<int:import_id>")
 def detail(import_id: int) -> Any:
     csv_import = org_import(import_id)
+    if csv_import.status == ImportStatus.MAPPING and not request.headers.get("HX-Request"):
+        return redirect(url_for("imports.mapping", import_id=import_id))
     template = "imports/_progress.html" if request.headers.get("HX-Request") else "imports/detail.html"
     return render_template(template, csv_import=csv_import, finished=csv_import.status == ImportStatus.DONE)
 

@@ -12,6 +12,7 @@ from recovery.models.base import Base, BigId, HasStatus, UTCDateTime, utcnow
 
 
 class ImportStatus:
+    MAPPING = "mapping"  # uploaded; waits for staff to confirm which column is which
     QUEUED = "queued"
     RUNNING = "running"
     DONE = "done"
@@ -21,6 +22,7 @@ class ImportStatus:
 IS = ImportStatus
 
 IMPORT_TRANSITIONS = {
+    IS.MAPPING: frozenset({IS.QUEUED}),
     IS.QUEUED: frozenset({IS.RUNNING, IS.FAILED}),
     IS.RUNNING: frozenset({IS.DONE, IS.FAILED}),
     IS.FAILED: frozenset({IS.RUNNING}),  # a retried job resumes after the last chunk
@@ -46,8 +48,14 @@ class CsvImport(HasStatus, Base):
     imported_rows: Mapped[int] = mapped_column(default=0)
     duplicate_rows: Mapped[int] = mapped_column(default=0)
     invalid_rows: Mapped[int] = mapped_column(default=0)
+    # Rows whose status column says the payment did not fail (paid, refunded...).
+    skipped_rows: Mapped[int] = mapped_column(default=0)
+    # The confirmed column mapping, target field → normalised column name; the job reads it.
+    mapping: Mapped[dict[str, str] | None] = mapped_column(JSON)
     # [{"row": 7, "ref": "...", "reason": "..."}], capped in size by the importer.
     problems: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    # Rows imported with a detail left out (an unusable phone...), same shape, same cap.
+    warnings: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     error: Mapped[str | None] = mapped_column(String(1000))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
