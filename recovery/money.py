@@ -246,3 +246,16 @@ def format_major(amount: int, currency: str) -> str:
     """Plain decimal string in major units, for forms and CSV: 5000 usd → 50.00."""
     places = exponent(currency)
     return f"{to_major(amount, currency):.{places}f}"
+
+
+# The one way every entry point words the amount rule (form, CSV, API docs, errors):
+# people write amounts with the currency's decimals; "smallest unit" integers are
+# for machines (the JSON API's `amount`, a CSV column named amount_minor).
+AMOUNT_RULE = (
+    "Write amounts with the currency's decimals: "
+    "50.00 for USD 50.00, 5000 for JPY 5,000, 5.000 for BHD 5.000."
+)
+AMOUNT_MINOR_RULE = (
+    "A CSV column named amount_minor, and the JSON API's amount, take whole numbers of the "
+    "currency's smallest unit instead: 5000 for USD 50.00."
+)

@@ -7,6 +7,7 @@ from recovery.models.bulk_start import BulkStart, BulkStatus
 from recovery.models.checkout_session import CheckoutSession, CheckoutStatus
 from recovery.models.contact_suppression import ContactSuppression, SuppressionReason
 from recovery.models.csv_import import CsvImport, ImportStatus
+from recovery.models.import_mapping import ImportMapping
 from recovery.models.message import Message, MessageStatus, Provider
 from recovery.models.organization import Organization
 from recovery.models.payment_fulfilment import PaymentFulfilment
@@ -31,6 +32,7 @@ __all__ = [
     "CsvImport",
     "DbSession",
     "IllegalTransition",
+    "ImportMapping",
     "ImportStatus",
     "Message",
     "MessageStatus",
