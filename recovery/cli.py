@@ -22,6 +22,7 @@ def init_app(app: Flask) -> None:
         link_stripe_account,
         seed_demo,
         worker,
+        import_csv_command,
     ):
         app.cli.add_command(command)
 
@@ -128,6 +129,58 @@ def link_stripe_account(org_slug: str, account_id: str | None, unlink: bool) -> 
         click.echo(f"Linked Stripe account {account_id} to {organization.slug}.")
     else:
         click.echo(f"{organization.slug} has no linked Stripe account now.")
+
+
+@click.command("import-csv")
+@click.option("--org", "org_slug", required=True, help="The organization's slug.")
+@click.option(
+    "--map",
+    "maps",
+    multiple=True,
+    metavar="FIELD=COLUMN",
+    help="Which column holds a field, e.g. --map amount=Amount (repeatable; FIELD= leaves a field out). "
+    "Fields not given keep the mapping last confirmed for this header, or the one proposed.",
+)
+@click.argument("path", type=click.Path(exists=True, dir_okay=False))
+def import_csv_command(org_slug: str, maps: tuple[str, ...], path: str) -> None:
+    """Import a CSV of failed payments (our template or a Stripe payments export) now."""
+    from recovery.imports import services
+    from recovery.imports.mapping import MappingRefused
+
+    organization = get_by_slug(db.session, org_slug.strip().lower())
+    if organization is None:
+        raise click.UsageError(f"No organization with slug {org_slug!r}; create it with `flask create-org`.")
+    chosen: dict[str, str] = {}
+    for item in maps:
+        field, equals, column = item.partition("=")
+        if not equals or not field.strip():
+            raise click.UsageError(f"--map {item!r}: write FIELD=COLUMN, e.g. --map amount=Amount.")
+        chosen[field.strip()] = column
+    config = current_app.config
+    with open(path, "rb") as file:
+        data = file.read(config["CSV_MAX_BYTES"] + 1)
+    actor = Actor.system(organization.id, "command line")
+    try:
+        csv_import = services.create_import(
+            db.session, actor, path.rsplit("/", 1)[-1], data, config["CSV_MAX_BYTES"], mapping=chosen
+        )
+    except MappingRefused as error:
+        db.session.rollback()
+        lines = "\n".join(f"  {field}: {message}" for field, message in error.errors.items())
+        raise click.UsageError("The columns cannot be used as mapped:\n" + lines) from None
+    except services.ImportRejected as error:
+        db.session.rollback()
+        raise click.UsageError(str(error)) from None
+    db.session.commit()
+    csv_import = services.run_import(db.session, csv_import.id, config["CSV_CHUNK_ROWS"])
+    click.echo(
+        f"Import {csv_import.id}: {csv_import.imported_rows} imported, "
+        f"{csv_import.duplicate_rows} duplicates, {csv_import.invalid_rows} invalid, "
+        f"{csv_import.skipped_rows} skipped (not failed)."
+    )
+    for kind, rows in (("warning", csv_import.warnings), ("not imported", csv_import.problems)):
+        for problem in rows or ():
+            click.echo(f"Row {problem['row']} ({kind}): {problem['reason']}")
 
 
 @click.command("seed-demo")

@@ -43,7 +43,7 @@ IMPORT_CSV = (
     "WEB-0002,5000,jpy,Kenji Sato,kenji@example.com,expired_card\n"
     "WEB-0003,7.250,bhd,Omar Haddad,omar@example.com,insufficient_funds\n"
     "WEB-0004,-3,usd,Bad Amount,bad@example.com,card_declined\n"
-    "DEMO-0001,100,usd,Already There,again@example.com,card_declined\n"
+    "DEMO-0001,100.00,usd,Already There,again@example.com,card_declined\n"
 )
 
 
@@ -101,7 +101,8 @@ def test_sign_in_filter_open_and_import(open_tab: Callable[..., Tab], demo: Any)
     page.get_by_label("CSV file").set_input_files(
         {"name": "failed-payments.csv", "mimeType": "text/csv", "buffer": IMPORT_CSV.encode()}
     )
-    page.get_by_role("button", name="Upload and import").click()
+    page.get_by_role("button", name="Upload and match columns").click()
+    page.get_by_role("button", name="Import 5 rows").click()
     expect(page.get_by_role("heading", name="Import of failed-payments.csv")).to_be_visible()
     expect(page.locator("#import-progress .status")).to_have_text("done")
     expect(page.locator("#imported-count")).to_have_text("3")

@@ -299,3 +299,72 @@ def test_an_upload_left_unmapped_for_a_day_is_dropped_at_the_next_upload(
     db.session.expire_all()
     [kept] = db.session.scalars(select(CsvImport)).all()
     assert b"ch_2" in kept.content and b"ch_1" not in kept.content
+
+
+# --- the command line takes the same mapping ------------------------------------------
+
+
+@pytest.fixture
+def run(app: Any) -> Callable[..., Any]:
+    runner = app.test_cli_runner()
+    return lambda *args: runner.invoke(args=list(args))
+
+
+def test_the_command_line_imports_a_stripe_export_with_a_changed_mapping(
+    run: Callable[..., Any], db: Any, make_org: Callable[..., Any], tmp_path: Any
+) -> None:
+    organization = make_org()
+    path = tmp_path / "payments.csv"
+    records = [
+        stripe_row("ch_1", "Failed", "50.00", **{"Customer Description": "Ann from the shop"}),
+        stripe_row("ch_2", "Paid", "50.00"),
+        stripe_row("ch_3", "Failed", "12.00", **{"Customer Email": "", "Card Name": ""}),
+    ]
+    path.write_bytes(stripe_export(records))
+
+    result = run(
+        "import-csv", "--org", organization.slug, "--map", "customer_name=Customer Description", str(path)
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "2 imported, 0 duplicates, 0 invalid, 1 skipped (not failed)." in result.output
+    names = {
+        r: n for r, n in db.session.execute(select(Transaction.transaction_ref, Transaction.customer_name))
+    }
+    assert names == {"ch_1": "Ann from the shop", "ch_3": None}
+    assert {t.organization_id for t in db.session.scalars(select(Transaction))} == {organization.id}
+    saved = db.session.scalar(select(ImportMapping))
+    assert (saved.organization_id, saved.mapping["customer_name"]) == (
+        organization.id,
+        "customer description",
+    )
+
+
+@pytest.mark.parametrize(
+    ("maps", "message"),
+    [
+        (["--map", "amount"], "write FIELD=COLUMN"),
+        (["--map", "currency=Coupon"], "currency: The file has no column 'coupon'."),
+        (["--map", "currency="], "currency: Choose the column that holds this; it is required."),
+        (["--map", "colour=Currency"], "'colour' is not a field we import"),
+        (["--map", "amount_minor=Amount"], "already chosen for amount"),
+    ],
+)
+def test_the_command_line_refuses_a_bad_mapping_and_imports_nothing(
+    run: Callable[..., Any],
+    db: Any,
+    make_org: Callable[..., Any],
+    tmp_path: Any,
+    maps: list[str],
+    message: str,
+) -> None:
+    organization = make_org()
+    path = tmp_path / "payments.csv"
+    path.write_bytes(stripe_export([stripe_row("ch_1", "Failed", "50.00")]))
+
+    result = run("import-csv", "--org", organization.slug, *maps, str(path))
+
+    assert result.exit_code == 2
+    assert message in result.output
+    assert db.session.scalar(select(func.count()).select_from(Transaction)) == 0
+    assert db.session.scalar(select(func.count()).select_from(CsvImport)) == 0

@@ -66,12 +66,15 @@ def _type_errors(body: dict[str, Any]) -> dict[str, str]:
         errors["metadata"] = 'Must be a JSON object, e.g. {"order_id": "ORD-123"}.'
     amount, decimal = body.get("amount"), body.get("amount_decimal")
     if amount is not None and decimal is not None:
-        errors["amount"] = "Give amount (minor units) or amount_decimal (major units), not both."
+        errors["amount"] = (
+            "Give amount (a whole number of the currency's smallest unit: 5000 for USD 50.00) "
+            'or amount_decimal (with the decimals: "50.00"), not both.'
+        )
     elif decimal is not None and not isinstance(decimal, str):
-        errors["amount_decimal"] = 'Must be a string in major units, e.g. "50.00".'
+        errors["amount_decimal"] = 'Must be a string with the currency\'s decimals, e.g. "50.00".'
     elif amount is not None and (isinstance(amount, bool) or not isinstance(amount, int)):
         errors["amount"] = (
-            "Must be an integer in the currency's minor units (5000 = $50.00); "
+            "Must be a whole number of the currency's smallest unit (5000 for USD 50.00); "
             'for a decimal amount send amount_decimal: "50.00".'
         )
     return errors

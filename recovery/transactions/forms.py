@@ -8,6 +8,7 @@ from flask_wtf import FlaskForm
 from wtforms import EmailField, StringField, TelField, TextAreaField
 from wtforms.validators import Optional
 
+from recovery import money
 from recovery.transactions.validation import MAX_LENGTHS
 
 
@@ -48,8 +49,7 @@ class TransactionForm(ContactForm):
     )
     amount = StringField(
         "Amount",
-        description="In the currency's major units: 50.00 for $50.00, 5000 for ¥5,000. "
-        "(CSV files and the API read a whole number as minor units: 5000 there is $50.00.)",
+        description=f"{money.AMOUNT_RULE} {money.AMOUNT_MINOR_RULE}",
         render_kw={"inputmode": "decimal", "required": True, "maxlength": 20},
     )
     currency = StringField(
