@@ -66,7 +66,9 @@ def register_security(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
+    from recovery.account.views import bp as account_bp
     from recovery.api.transactions import bp as api_bp
+    from recovery.audit_log.views import bp as audit_log_bp
     from recovery.auth.views import bp as auth_bp
     from recovery.customer.views import bp as customer_bp
     from recovery.health.views import bp as health_bp
@@ -81,6 +83,7 @@ def register_blueprints(app: Flask) -> None:
     from recovery.recoveries.views import bp as recoveries_bp
     from recovery.tokens.views import bp as tokens_bp
     from recovery.transactions.views import bp as transactions_bp
+    from recovery.staffmail.views import bp as staffmail_bp
     from recovery.users.views import bp as users_bp
     from recovery.webhooks.views import bp as webhooks_bp
 
@@ -102,6 +105,9 @@ def register_blueprints(app: Flask) -> None:
         recoveries_api_bp,
         twilio_bp,
         organizations_bp,
+        account_bp,
+        audit_log_bp,
+        staffmail_bp,
     ):
         app.register_blueprint(bp)
 

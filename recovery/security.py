@@ -22,6 +22,13 @@ FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-dat
 PUBLIC_ENDPOINTS = frozenset(
     {
         "auth.login",
+        # Forgotten passwords and invitations: the signed link is the credential.
+        "auth.forgot_password",
+        "auth.reset_password",
+        "users.accept_invite",
+        # The development outbox of staff emails checks who may read it itself.
+        "staffmail.outbox",
+        "staffmail.detail",
         "health.healthz",
         "static",
         "customer.success",

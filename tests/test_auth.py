@@ -93,7 +93,9 @@ def test_login_page_has_labelled_fields(client):
     assert '<label for="password">Password</label>' in page
 
 
-@pytest.mark.parametrize("case", ["wrong password", "unknown email", "deactivated user"])
+@pytest.mark.parametrize(
+    "case", ["wrong password", "unknown email", "deactivated user, wrong password", "invited, not accepted"]
+)
 def test_refused_sign_in_answers_401_with_a_message_at_the_password(client, db, make_user, case):
     user = make_user(email="dana@example.com")
     email, password = "dana@example.com", PASSWORD
@@ -101,9 +103,14 @@ def test_refused_sign_in_answers_401_with_a_message_at_the_password(client, db, 
         password = "not the password"
     elif case == "unknown email":
         email = "nobody@example.com"
+    elif case == "invited, not accepted":
+        user.password_hash = None
+        db.session.commit()
     else:
+        # Deactivated: said only to whoever knows the password (test below); otherwise the generic answer.
         user.is_active = False
         db.session.commit()
+        password = "not the password"
 
     response = post_login(client, email, password)
 
@@ -115,6 +122,25 @@ def test_refused_sign_in_answers_401_with_a_message_at_the_password(client, db, 
     assert signed_in_user_id(client) is None
     assert not can_see_dashboard(client)
     assert audit_actions(db, user.organization_id) == []
+
+
+def test_deactivated_user_is_told_so_only_after_the_right_password(client, db, make_org, make_user):
+    org = make_org(name="Kaffee & Co")
+    user = make_user(org=org, email="dana@example.com", is_active=False)
+
+    wrong = post_login(client, "dana@example.com", "not the password")
+    right = post_login(client, "Dana@Example.com", PASSWORD)
+
+    assert wrong.status_code == 401
+    assert "deactivated" not in wrong.get_data(as_text=True)
+    assert "The email or password is not right." in wrong.get_data(as_text=True)
+    assert right.status_code == 403
+    page = right.get_data(as_text=True)
+    assert "This account is deactivated; ask an admin of Kaffee &amp; Co to reactivate it." in page
+    assert "The email or password is not right." not in page
+    assert signed_in_user_id(client) is None
+    assert not can_see_dashboard(client)
+    assert audit_actions(db, user.organization_id) == ["user.sign_in_refused_deactivated"]
 
 
 @pytest.mark.parametrize(
@@ -365,7 +391,9 @@ def test_sign_out_everywhere_is_a_post_with_a_csrf_token(app, make_user):
     assert browser.post("/account/sessions/sign-out-everywhere").status_code == 400
     assert can_see_dashboard(browser)
     page = browser.get("/account/sessions").get_data(as_text=True)
-    assert 'href="/account/sessions"' in page, "the account menu links to the sessions page"
+    assert 'href="/account"' in page, "the account menu links to the account page"
+    account = browser.get("/account").get_data(as_text=True)
+    assert 'href="/account/sessions"' in account, "the account page links to the sessions page"
     browser.post("/account/sessions/sign-out-everywhere", data={"csrf_token": csrf_token(page)})
     assert not can_see_dashboard(browser)
 

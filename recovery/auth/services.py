@@ -17,13 +17,32 @@ def find_user_by_email(session: DbSession, email: str) -> User | None:
     return session.scalar(select(User).where(func.lower(User.email) == email))
 
 
+class AccountDeactivated(Exception):
+    """The email and password are right but the account is deactivated.
+
+    Said only after the right password: to anyone else a deactivated account
+    looks like any wrong email or password.
+    """
+
+    def __init__(self, organization_name: str) -> None:
+        super().__init__(
+            f"This account is deactivated; ask an admin of {organization_name} to reactivate it."
+        )
+
+
 def authenticate(session: DbSession, email: str, password: str) -> User | None:
-    """Return the active user with this email and password, else None."""
+    """Return the active user with this email and password, else None.
+
+    Raise AccountDeactivated when the password is right but the account is off.
+    """
     user = find_user_by_email(session, email)
-    if user is None:
+    if user is None or user.password_hash is None:
+        # Unknown, or invited and not accepted: hash all the same, so a miss costs as long as a hit.
         check_password_hash(_DUMMY_HASH, password)
         return None
-    if not user.check_password(password) or not user.is_active:
+    if not user.check_password(password):
         return None
+    if not user.is_active:
+        raise AccountDeactivated(user.organization.name)
     user.last_login_at = utcnow()
     return user

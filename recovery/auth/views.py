@@ -8,13 +8,17 @@ from flask import Blueprint, current_app, flash, redirect, render_template, requ
 from flask_login import current_user, login_user, logout_user
 
 from recovery.audit import Actor, record
-from recovery.auth import logins
-from recovery.auth.forms import LoginForm, LogoutForm
-from recovery.auth.services import authenticate
+from recovery.auth import logins, reset
+from recovery.auth.forms import ForgotPasswordForm, LoginForm, LogoutForm, NewPasswordForm
+from recovery.auth.jobs import send_password_reset
+from recovery.auth.services import AccountDeactivated, authenticate
 from recovery.extensions import db, limiter, login_manager
 from recovery.logs import get_logger
+from recovery.messaging.providers import MessagingSettings
 from recovery.models import Role, User
+from recovery.queue import enqueue
 from recovery.security import redirect_next, require_role
+from recovery.users.services import UserRefused
 
 bp = Blueprint("auth", __name__)
 log = get_logger("recovery.auth")
@@ -53,13 +57,35 @@ def login() -> Any:
     form = LoginForm(next=request.args.get("next", ""))
     if not form.validate_on_submit():
         return render_template("auth/login.html", form=form), 400 if form.is_submitted() else 200
-    user = authenticate(db.session, form.email.data or "", form.password.data or "")
+    try:
+        user = authenticate(db.session, form.email.data or "", form.password.data or "")
+    except AccountDeactivated as refused:
+        # The password was right: say why, and note it for the organization's admins.
+        deactivated = db.session.scalar(
+            db.select(User).where(db.func.lower(User.email) == (form.email.data or "").strip().lower())
+        )
+        if deactivated is not None:
+            record(
+                db.session,
+                Actor.for_user(deactivated, request.remote_addr),
+                "user.sign_in_refused_deactivated",
+                target_type="user",
+                target_id=deactivated.id,
+            )
+            db.session.commit()
+        form.password.errors = [str(refused)]
+        return render_template("auth/login.html", form=form), 403
     if user is None:
         log.info("login_failed", email=form.email.data, ip=request.remote_addr)
         db.session.rollback()
         form.password.errors = ["The email or password is not right."]
         return render_template("auth/login.html", form=form), 401
-    remember = bool(form.remember.data)
+    start_session(user, bool(form.remember.data))
+    return redirect_next()
+
+
+def start_session(user: User, remember: bool) -> None:
+    """Sign `user` in on this browser: a sign-in row, its audit entry, the commit, the cookie."""
     config = current_app.config
     logins.start_login(
         db.session,
@@ -79,7 +105,67 @@ def login() -> Any:
     db.session.commit()
     login_user(user, remember=remember)
     log.info("login_succeeded", user_id=user.id, organization_id=user.organization_id)
-    return redirect_next()
+
+
+def _resets_per_hour() -> str:
+    return f"{current_app.config.get('PASSWORD_RESETS_PER_HOUR', 5)}/hour"
+
+
+def _reset_account_key() -> str:
+    return "reset-account:" + (request.form.get("email") or "").strip().lower()
+
+
+def _outbox_link() -> bool:
+    """Whether to point at the development outbox: no SMTP server, and not production."""
+    config = current_app.config
+    return bool(MessagingSettings.from_config(config).email_to_outbox and config["APP_ENV"] != "production")
+
+
+@bp.route("/forgot-password", methods=["GET", "POST"])
+@limiter.limit(_resets_per_hour, key_func=_reset_account_key, methods=["POST"])
+@limiter.limit(_resets_per_hour, methods=["POST"])  # per client address
+def forgot_password() -> Any:
+    """Ask for a reset link; the answer is the same whether or not the address has an account.
+
+    Only a job is enqueued here, in both cases: the worker looks the address up.
+    """
+    form = ForgotPasswordForm()
+    if not form.validate_on_submit():
+        status = 400 if form.is_submitted() else 200
+        return render_template("auth/forgot_password.html", form=form), status
+    email = (form.email.data or "").strip()
+    try:
+        enqueue(send_password_reset, email, request.remote_addr, description="Password reset email")
+    except Exception:  # Redis down: RedisError or a socket error; say so, lose nothing
+        log.exception("password_reset_enqueue_failed")
+        form.email.errors = ["We could not send emails just now. Try again in a minute."]
+        return render_template("auth/forgot_password.html", form=form), 503
+    return render_template("auth/reset_sent.html", email=email, outbox=_outbox_link())
+
+
+@bp.route("/reset-password/<token>", methods=["GET", "POST"])
+def reset_password(token: str) -> Any:
+    """Choose a new password through a reset link, then be signed in here (and nowhere else)."""
+    signer = reset.Signer.from_config(current_app.config)
+    form = NewPasswordForm()
+    try:
+        user = reset.user_for_token(db.session, signer, token)
+    except reset.ResetRefused as refused:
+        return render_template("auth/reset_password.html", form=None, refused=str(refused)), 400
+    if not form.validate_on_submit():
+        status = 422 if form.is_submitted() else 200
+        return render_template("auth/reset_password.html", form=form, user=user, refused=None), status
+    try:
+        reset.reset_password(db.session, signer, token, form.password.data or "", request.remote_addr)
+    except UserRefused as refused:
+        db.session.rollback()
+        form.password.errors = [str(refused)]
+        return render_template("auth/reset_password.html", form=form, user=user, refused=None), 422
+    if current_user.is_authenticated:
+        logout_user()  # someone else's session in this browser: the link's owner signs in instead
+    start_session(user, remember=False)
+    flash("Your password is changed. You are signed in here, and signed out everywhere else.", "success")
+    return redirect(url_for("transactions.index"))
 
 
 @bp.post("/logout")

@@ -86,7 +86,10 @@ class OutgoingEmail:
     html: str
     from_name: str
     reply_to: str | None
+    # Empty for an email to staff (password reset, invitation): no List-Unsubscribe headers.
     unsubscribe_url: str
+    # Names the Message-ID's sequence: "message" (a customer's Message row) or "staff" (a StaffEmail row).
+    kind: str = "message"
 
 
 @dataclass(frozen=True)
@@ -185,10 +188,12 @@ def build_email(email: OutgoingEmail, settings: MessagingSettings) -> MailMessag
             "List-Unsubscribe": f"<{email.unsubscribe_url}>",
             "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
             "Auto-Submitted": "auto-generated",
-        },
+        }
+        if email.unsubscribe_url
+        else {"Auto-Submitted": "auto-generated"},
     )
     # Stable per message: a resend after a crash is recognisable as the same email.
-    message.msgId = f"<recovery-message-{email.message_id}@{domain}>"
+    message.msgId = f"<recovery-{email.kind}-{email.message_id}@{domain}>"
     return message
 
 

@@ -12,6 +12,7 @@ from recovery.models.message import Message, MessageStatus, Provider
 from recovery.models.organization import Organization
 from recovery.models.payment_fulfilment import PaymentFulfilment
 from recovery.models.recovery_attempt import AttemptStatus, Channel, RecoveryAttempt
+from recovery.models.staff_email import StaffEmail, StaffEmailKind, StaffEmailStatus
 from recovery.models.stripe_customer import StripeCustomer
 from recovery.models.transaction import Transaction, TransactionSource, TransactionStatus
 from recovery.models.user import Role, User
@@ -41,6 +42,9 @@ __all__ = [
     "Provider",
     "RecoveryAttempt",
     "Role",
+    "StaffEmail",
+    "StaffEmailKind",
+    "StaffEmailStatus",
     "StripeCustomer",
     "SuppressionReason",
     "Transaction",

@@ -40,7 +40,10 @@ class User(Base):
     organization_id: Mapped[int] = mapped_column(ForeignKey("organization.id"), index=True)
     email: Mapped[str] = mapped_column(String(254))
     name: Mapped[str] = mapped_column(String(200), default="")
-    password_hash: Mapped[str] = mapped_column(String(255))
+    # None while an invitation is pending: nobody can sign in until the invitee sets one.
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    # When the latest invitation email was sent (None: created with a password, e.g. by the CLI).
+    invited_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     role: Mapped[str] = mapped_column(String(16), default=Role.VIEWER.value)
     is_active: Mapped[bool] = mapped_column(default=True)
     # Part of the session id: bumping it ends every session and remember cookie
@@ -96,7 +99,14 @@ class User(Base):
         self.password_hash = generate_password_hash(password)
 
     def check_password(self, password: str) -> bool:
+        if self.password_hash is None:
+            return False
         return check_password_hash(self.password_hash, password)
+
+    @property
+    def is_invited(self) -> bool:
+        """Whether the user was invited and has not yet set a password (cannot sign in)."""
+        return self.password_hash is None
 
     def has_role(self, role: Role | str) -> bool:
         return Role(self.role).at_least(role)

@@ -1,4 +1,4 @@
-"""Manage an organization's staff: invite, change role, deactivate.
+"""Manage an organization's staff: change role, deactivate (invitations: recovery/users/invites.py).
 
 Rules: only owners grant or touch the owner role; nobody changes their own
 role or deactivates themselves; an organization always keeps an active owner.
@@ -34,7 +34,7 @@ def check_password_strength(password: str) -> str:
     return password
 
 
-def _check_can_grant(by: User, role: Role) -> None:
+def check_can_grant(by: User, role: Role) -> None:
     if role == Role.OWNER and not by.has_role(Role.OWNER):
         raise UserRefused("Only an owner can make someone an owner.", "role")
 
@@ -42,7 +42,10 @@ def _check_can_grant(by: User, role: Role) -> None:
 def create_user(
     session: DbSession, organization_id: int, email: str, password: str, role: Role | str, name: str = ""
 ) -> User:
-    """Add a user; raise UserRefused for a used email, weak password or bad role."""
+    """Add a user with a password (CLI, demo); raise UserRefused for a used email, weak password, bad role.
+
+    Staff invite people from the Users page instead (recovery/users/invites.py).
+    """
     try:
         email = clean_email(email) or ""
     except ValueError as error:
@@ -62,23 +65,6 @@ def create_user(
     return user
 
 
-def invite_user(
-    session: DbSession, by: User, actor: Actor, email: str, password: str, role: str, name: str
-) -> User:
-    _check_can_grant(by, Role(role))
-    user = create_user(session, by.organization_id, email, password, role, name)
-    audit.record(
-        session,
-        actor,
-        "user.invited",
-        target_type="user",
-        target_id=user.id,
-        email=user.email,
-        role=user.role,
-    )
-    return user
-
-
 def _active_owners(session: DbSession, organization_id: int) -> int:
     return (
         session.scalar(
@@ -86,13 +72,14 @@ def _active_owners(session: DbSession, organization_id: int) -> int:
                 User.organization_id == organization_id,
                 User.role == Role.OWNER.value,
                 User.is_active.is_(True),
+                User.password_hash.is_not(None),  # an invited owner has not accepted yet
             )
         )
         or 0
     )
 
 
-def _check_can_manage(by: User, target: User) -> None:
+def check_can_manage(by: User, target: User) -> None:
     if target.id == by.id:
         raise UserRefused("You cannot change your own role or access.")
     if target.role == Role.OWNER and not by.has_role(Role.OWNER):
@@ -104,8 +91,8 @@ def change_role(session: DbSession, by: User, actor: Actor, target: User, role: 
         new_role = Role(role)
     except ValueError:
         raise UserRefused("Unknown role.") from None
-    _check_can_manage(by, target)
-    _check_can_grant(by, new_role)
+    check_can_manage(by, target)
+    check_can_grant(by, new_role)
     if target.role == new_role:
         return
     if (
@@ -129,7 +116,7 @@ def change_role(session: DbSession, by: User, actor: Actor, target: User, role: 
 
 
 def set_active(session: DbSession, by: User, actor: Actor, target: User, active: bool) -> None:
-    _check_can_manage(by, target)
+    check_can_manage(by, target)
     if target.is_active == active:
         return
     if not active and target.role == Role.OWNER and _active_owners(session, target.organization_id) <= 1:

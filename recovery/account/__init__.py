@@ -1,0 +1,1 @@
+"""`/account`: the signed-in staff member's own name and password."""

@@ -1,0 +1,1 @@
+"""Emails to staff (password reset, invitation) through the customer messages' provider path."""

@@ -1,0 +1,51 @@
+"""`/outbox/staff`: the development outbox of emails to staff (password resets, invitations).
+
+Outside production, with no SMTP server, anyone at the machine may read it
+without signing in: that is how a forgotten password is reset in the demo,
+offline. In production it needs a signed-in admin, who sees only emails to
+people whose role is not above their own (each one's link opens the account).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, abort, current_app, render_template
+from flask_login import current_user
+
+from recovery.extensions import db, login_manager
+from recovery.messaging.providers import MessagingSettings
+from recovery.models import Role, StaffEmail
+from recovery.staffmail import services
+
+bp = Blueprint("staffmail", __name__, url_prefix="/outbox/staff")
+
+
+def _scope() -> tuple[int | None, Any]:
+    """(organization id, viewer) the reader may see; answers 401/403/404 where they may see nothing."""
+    if not MessagingSettings.from_config(current_app.config).email_to_outbox:
+        abort(404)  # emails leave over SMTP: there is no outbox to read
+    if current_user.is_authenticated:
+        if not current_user.has_role(Role.ADMIN):
+            abort(403)
+        return current_user.organization_id, current_user._get_current_object()
+    if current_app.config["APP_ENV"] == "production":
+        abort(login_manager.unauthorized())
+    return None, None
+
+
+@bp.get("")
+def outbox() -> Any:
+    organization_id, viewer = _scope()
+    emails = services.outbox(db.session, organization_id, viewer)
+    return render_template("staffmail/outbox.html", emails=emails, public=viewer is None)
+
+
+@bp.get("/<int:email_id>")
+def detail(email_id: int) -> Any:
+    organization_id, viewer = _scope()
+    visible = {email.id: email for email in services.outbox(db.session, organization_id, viewer, limit=500)}
+    email: StaffEmail | None = visible.get(email_id)
+    if email is None:
+        abort(404)
+    return render_template("staffmail/detail.html", email=email, public=viewer is None)
