@@ -22,13 +22,34 @@ from babel.numbers import (
     list_currencies,
 )
 
+# Stripe's currency rules, from https://docs.stripe.com/currencies ("Zero-decimal
+# currencies", "Special cases", "Minimum and maximum charge amounts").
 # fmt: off
 ZERO_DECIMAL = frozenset({
     "bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga",
-    "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf",
+    "pyg", "rwf", "vnd", "vuv", "xaf", "xof", "xpf",
 })
 # fmt: on
 THREE_DECIMAL = frozenset({"bhd", "jod", "kwd", "omr", "tnd"})
+# "Special cases": ISK and UGX became zero-decimal, but Stripe keeps them two-decimal
+# for backward compatibility, with the decimals always 00 (5 ISK is `500`): counted
+# in hundredths, charged only in whole units. (HUF and TWD are zero-decimal for
+# payouts only; charges take ordinary two-decimal amounts, so no rule here.)
+WHOLE_UNITS_ONLY = frozenset({"isk", "ugx"})
+# Stripe's minimum charge per currency, in minor units, from its table (the
+# minimum follows the account's settlement currency; we cannot tell that, so the
+# charge currency's own row is used). A currency without a row has no minimum of
+# its own at Stripe: the charge must convert to the settlement currency's, which
+# only Stripe can judge, so we refuse nothing there and show Stripe's refusal.
+# fmt: off
+MINIMUM_CHARGE = {
+    "usd": 50, "aed": 200, "ars": 50, "aud": 50, "brl": 50, "cad": 50, "chf": 50,
+    "cop": 50, "czk": 1500, "dkk": 250, "eur": 50, "gbp": 30, "hkd": 400,
+    "huf": 17500, "idr": 50, "ils": 50, "inr": 50, "jpy": 50, "krw": 50,
+    "mxn": 1000, "myr": 200, "nok": 300, "nzd": 50, "php": 50, "pln": 200,
+    "ron": 200, "rub": 50, "sek": 300, "sgd": 50, "thb": 1000, "zar": 50,
+}
+# fmt: on
 # The currencies Stripe charges cards in (its "presentment currencies"). ISO 4217
 # and CLDR know ~300 codes, withdrawn ones (dem, vef) and non-money ones (xxx,
 # xau) included: a transaction in one of those could never be collected, and
@@ -129,18 +150,47 @@ def parse_amount(raw: str | int | None, currency: str, *, major: bool = False) -
     return minor
 
 
-def card_charge_problem(amount: int, currency: str) -> str | None:
+def charge_step(currency: str) -> int:
+    """The minor units Stripe charges `currency` in multiples of (1 for most currencies)."""
+    code = currency.lower()
+    if code in THREE_DECIMAL:
+        return 10
+    if code in WHOLE_UNITS_ONLY:
+        return 100
+    return 1
+
+
+def minimum_charge(currency: str) -> int:
+    """The smallest amount, in minor units, that Stripe will charge in `currency`.
+
+    The row of Stripe's minimum table for the currency, or else one charge step
+    (see MINIMUM_CHARGE for why nothing larger is guessed).
+    """
+    code = currency.lower()
+    return max(MINIMUM_CHARGE.get(code, 0), charge_step(code))
+
+
+def card_charge_problem(amount: int, currency: str, locale: str = "en_US") -> str | None:
     """Why Stripe would refuse to charge `amount` by card, or None if it would not.
 
     Stripe takes three-decimal currencies in thousandths but charges them only in
-    whole tens (5.124 KWD must become 5.120 or 5.130). We never round a
-    customer's debt ourselves, so such an amount cannot be collected as it is.
+    whole tens (5.124 KWD must become 5.120 or 5.130), and ISK and UGX only in
+    whole units. We never round a customer's debt ourselves, so such an amount
+    cannot be collected as it is. Below Stripe's minimum nothing can be charged.
     """
     code = currency.lower()
-    if code in THREE_DECIMAL and amount % 10:
+    step = charge_step(code)
+    if amount % step:
+        unit = "whole units" if step == 100 else "steps of 0.010"
         return (
-            f"Stripe charges {code.upper()} only in steps of 0.010, so "
-            f"{format_amount(amount, code)} cannot be collected as it is."
+            f"Stripe charges {code.upper()} only in {unit}, so "
+            f"{format_amount(amount, code, locale)} cannot be collected as it is."
+        )
+    least = minimum_charge(code)
+    if amount < least:
+        return (
+            f"Stripe can't charge less than {format_amount(least, code, locale)}; "
+            f"this transaction is {format_amount(amount, code, locale)}."
         )
     return None
 

@@ -30,6 +30,8 @@ PUBLIC_ENDPOINTS = frozenset(
         "staffmail.outbox",
         "staffmail.detail",
         "health.healthz",
+        # The API's OpenAPI document: endpoints and shapes, no organization's data.
+        "openapi.openapi_json",
         "static",
         "customer.success",
         "customer.cancel",

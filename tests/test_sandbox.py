@@ -264,7 +264,7 @@ def _line(**price_data: Any) -> list[dict[str, Any]]:
         ({"mode": None}, "mode", "parameter_missing"),
         ({"line_items": None}, "line_items", "parameter_missing"),
         ({"line_items": _line(currency=None)}, "line_items[0][price_data][currency]", "parameter_missing"),
-        ({"line_items": _line(currency="xyz")}, "line_items[0][price_data][currency]", None),
+        ({"line_items": _line(currency="xyz")}, "line_items[0][price_data][currency]", "parameter_invalid"),
         (
             {"line_items": _line(unit_amount="ten")},
             "line_items[0][price_data][unit_amount]",
@@ -293,7 +293,22 @@ def _line(**price_data: Any) -> list[dict[str, Any]]:
         ),
         ({"customer": "cus_missing", "customer_email": None}, "customer", "resource_missing"),
         # Stripe charges three-decimal currencies only in whole tens of their minor unit.
-        ({"line_items": _line(currency="kwd", unit_amount=5124)}, "line_items[0]", None),
+        (
+            {"line_items": _line(currency="kwd", unit_amount=5124)},
+            "line_items[0][price_data][unit_amount]",
+            "invalid_charge_amount",
+        ),
+        # ISK and UGX: two-decimal in the API, the decimals always 00 (Stripe's "special cases").
+        (
+            {"line_items": _line(currency="isk", unit_amount=550)},
+            "line_items[0][price_data][unit_amount]",
+            "invalid_charge_amount",
+        ),
+        (
+            {"line_items": _line(unit_amount=49)},
+            "line_items[0][price_data][unit_amount]",
+            "amount_too_small",
+        ),
         ({"expires_at": "soon"}, "expires_at", "parameter_invalid_integer"),
         ({"success_url": "not a url"}, "success_url", "url_invalid"),
         ({"cancel_url": "javascript:alert(1)"}, "cancel_url", "url_invalid"),
@@ -301,13 +316,17 @@ def _line(**price_data: Any) -> list[dict[str, Any]]:
     ],
 )
 def test_invalid_session_params_name_the_param(
-    stripe_client: Any, overrides: dict[str, Any], param: str, code: str | None
+    stripe_client: Any, overrides: dict[str, Any], param: str, code: str
 ) -> None:
     with pytest.raises(stripe.InvalidRequestError) as raised:
         stripe_client.v1.checkout.sessions.create(params=session_params(**overrides))
     assert raised.value.http_status == 400
     assert raised.value.param == param
     assert raised.value.code == code
+    # As Stripe's: every refused parameter links the code's documentation.
+    error = raised.value.json_body["error"]
+    assert error["doc_url"] == f"https://stripe.com/docs/error-codes/{code.replace('_', '-')}"
+    assert error["type"] == "invalid_request_error" and error["message"]
 
 
 @pytest.mark.parametrize("offset", [30 * 60 - 1, 29 * 60, 24 * 3600 + 60, -60])

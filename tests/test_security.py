@@ -318,6 +318,7 @@ def test_the_public_endpoints_are_an_explicit_short_list():
     assert {
         "auth.login",
         "health.healthz",
+        "openapi.openapi_json",  # the API's OpenAPI document: no organization's data
         "static",
         "customer.success",
         "customer.cancel",

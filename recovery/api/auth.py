@@ -106,6 +106,7 @@ def require_token_role(role: Role | str) -> Callable[[F], F]:
                 )
             return view(*args, **kwargs)
 
+        wrapped.required_token_role = needed  # type: ignore[attr-defined]  # read by the OpenAPI document
         return wrapped  # type: ignore[return-value]
 
     return decorator

@@ -3,11 +3,77 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, NotRequired, overload
 
-from recovery.models import RecoveryAttempt, Transaction
+from pydantic import Field, with_config
+from typing_extensions import TypedDict
+
+from recovery.api.openapi import CLOSED, Timestamp, enum_of
+from recovery.models import AttemptStatus, Channel, RecoveryAttempt, Transaction, TransactionStatus
+
+# The answers' shapes: the serializers return them (mypy checks), the OpenAPI document is built from them.
 
 
+@with_config(CLOSED)
+class AttemptSummary(TypedDict):
+    """One recovery campaign of a transaction, as listed on it (the full object is `Recovery`)."""
+
+    id: int
+    channel: Annotated[str, enum_of((Channel.EMAIL, Channel.SMS, Channel.BOTH), "Who is messaged.")]
+    status: Annotated[str, enum_of(AttemptStatus.ALL, "Where the campaign stands.")]
+    expires_at: Annotated[Timestamp, Field(description="When the customer's link stops working.")]
+    max_retries: int
+    messages_sent: int
+    next_send_at: Timestamp | None
+    created_at: Timestamp
+    completed_at: Timestamp | None
+
+
+@with_config(CLOSED)
+class TransactionObject(TypedDict):
+    """A failed payment. Amounts are integers in the currency's minor unit (5000 usd = $50.00)."""
+
+    object: Annotated[str, Field(json_schema_extra={"const": "transaction"})]
+    transaction_ref: Annotated[
+        str, Field(description="Your reference, unique in the organization.", examples=["TXN-001"])
+    ]
+    amount: Annotated[
+        int, Field(description="In the currency's minor unit: 5000 usd is $50.00.", examples=[5000])
+    ]
+    currency: Annotated[str, Field(description="ISO 4217, lower case.", examples=["usd"])]
+    status: Annotated[str, enum_of(TransactionStatus.ALL, "Where the money stands.")]
+    failure_code: Annotated[str | None, Field(examples=["insufficient_funds"])]
+    failure_message: Annotated[str | None, Field(examples=["Your card has insufficient funds."])]
+    customer_name: Annotated[str | None, Field(examples=["Ada Lovelace"])]
+    customer_email: Annotated[str | None, Field(examples=["ada@example.com"])]
+    customer_phone: Annotated[str | None, Field(description="E.164, e.g. +442079460958.")]
+    customer_country: Annotated[str | None, Field(description="ISO 3166 two-letter code.")]
+    customer_locale: str | None
+    metadata: Annotated[dict[str, Any], Field(examples=[{"order_id": "ORD-123"}])]
+    source: Annotated[str, Field(description="How it arrived: api, csv, form, stripe, ...", examples=["api"])]
+    failed_at: Annotated[Timestamp | None, Field(examples=["2025-01-19T10:00:00Z"])]
+    created_at: Annotated[Timestamp | None, Field(examples=["2025-01-19T10:02:13.645598Z"])]
+    updated_at: Timestamp | None
+    recovered_at: Timestamp | None
+    stripe_payment_intent_id: str | None
+    stripe_checkout_session_id: str | None
+    stripe_customer_id: str | None
+    stripe_payment_link_id: str | None
+    payment_link_url: str | None
+    checkout_url: str | None
+    checkout_expires_at: Timestamp | None
+    recovery_attempts: NotRequired[
+        Annotated[
+            list[AttemptSummary],
+            Field(description="Only on a single transaction: each campaign, oldest first."),
+        ]
+    ]
+
+
+@overload
+def iso(value: datetime) -> str: ...
+@overload
+def iso(value: datetime | None) -> str | None: ...
 def iso(value: datetime | None) -> str | None:
     """2025-01-19T10:00:00Z (microseconds kept when there are any); None stays None."""
     if value is None:
@@ -15,7 +81,7 @@ def iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def attempt_json(attempt: RecoveryAttempt) -> dict[str, Any]:
+def attempt_json(attempt: RecoveryAttempt) -> AttemptSummary:
     # Not the attempt's token: it is the customer's secret link.
     return {
         "id": attempt.id,
@@ -30,9 +96,9 @@ def attempt_json(attempt: RecoveryAttempt) -> dict[str, Any]:
     }
 
 
-def transaction_json(t: Transaction, *, with_attempts: bool = False) -> dict[str, Any]:
+def transaction_json(t: Transaction, *, with_attempts: bool = False) -> TransactionObject:
     """The API's transaction object; `with_attempts` adds `recovery_attempts`, oldest first."""
-    body: dict[str, Any] = {
+    body: TransactionObject = {
         "object": "transaction",
         "transaction_ref": t.transaction_ref,
         "amount": t.amount,

@@ -6,18 +6,21 @@ JSON to them and their answers to HTTP.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Required
 
 from flask import Blueprint, jsonify, request, url_for
+from pydantic import Field, with_config
 from sqlalchemy import select
+from typing_extensions import TypedDict
 
 from recovery.api.auth import current_token, install_token_auth, require_token_role, token_actor
 from recovery.api.bodies import json_object
 from recovery.api.errors import ApiError, install_error_handlers
-from recovery.api.serializers import transaction_json
+from recovery.api.openapi import CLOSED, documented, enum_of
+from recovery.api.serializers import TransactionObject, transaction_json
 from recovery.extensions import db
 from recovery.logs import get_logger
-from recovery.models import Role, Transaction, TransactionSource
+from recovery.models import Role, Transaction, TransactionSource, TransactionStatus
 from recovery.transactions import services
 from recovery.transactions.validation import clean_transaction
 
@@ -39,12 +42,96 @@ TEXT_FIELDS = (
     "customer_locale",
     "failed_at",
 )
-CREATE_FIELDS = frozenset({*TEXT_FIELDS, "amount", "amount_decimal", "metadata"})
-LIST_ARGS = frozenset(
-    {"status", "q", "currency", "date_from", "date_to", "sort", "order", "after", "before", "limit"}
-)
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 100
+
+
+@with_config(CLOSED)
+class TransactionCreate(TypedDict, total=False):
+    """A failed payment to record; the rules are the dashboard's and the CSV import's."""
+
+    transaction_ref: Required[
+        Annotated[
+            str,
+            Field(
+                description="Unique in the organization; letters, digits and `. _ : # -`, at most 64.",
+                max_length=64,
+            ),
+        ]
+    ]
+    amount: Annotated[
+        int,
+        Field(
+            description="Required unless amount_decimal: a whole number of the currency's smallest unit "
+            "(5000 for USD 50.00).",
+            gt=0,
+        ),
+    ]
+    amount_decimal: Annotated[
+        str,
+        Field(
+            description='Instead of amount: the amount with the currency\'s decimals, as a string ("50.00").',
+            examples=["50.00"],
+        ),
+    ]
+    currency: Required[Annotated[str, Field(description="ISO 4217 code, any case.", examples=["usd"])]]
+    failure_code: Annotated[str, Field(description="e.g. card_declined: lower-case letters, digits and _.")]
+    failure_message: Annotated[str, Field(description="At most 500 characters.", max_length=500)]
+    customer_name: Annotated[str, Field(max_length=200)]
+    customer_email: Annotated[str, Field(description="Stored lower-cased.")]
+    customer_phone: Annotated[
+        str, Field(description="International (+44 20 7946 0958), or national with customer_country.")
+    ]
+    customer_country: Annotated[str, Field(description="ISO 3166 two-letter code.")]
+    customer_locale: Annotated[str, Field(description="e.g. en, en-GB.")]
+    metadata: Annotated[
+        dict[str, str | int | float | bool],
+        Field(description="Strings, numbers and booleans, at most 4 KiB; null values are refused."),
+    ]
+    failed_at: Annotated[
+        str, Field(description="ISO 8601 date or time, not in the future; default now; no offset means UTC.")
+    ]
+
+
+@with_config(CLOSED)
+class TransactionListQuery(TypedDict, total=False):
+    status: Annotated[str, enum_of(TransactionStatus.ALL, "Only transactions with this status.")]
+    q: Annotated[str, Field(description="An exact transaction_ref, customer email or phone.", max_length=254)]
+    currency: Annotated[str, Field(description="An ISO 4217 code, e.g. usd.")]
+    date_from: Annotated[str, Field(description="Failed on or after this day (UTC), e.g. 2025-01-31.")]
+    date_to: Annotated[str, Field(description="Failed on or before this day (UTC).")]
+    sort: Annotated[str, enum_of(tuple(services.SORTS), "What to order by (default date).")]
+    order: Annotated[str, enum_of(("asc", "desc"), "Default desc.")]
+    after: Annotated[str, Field(description="The next_cursor of the previous page.")]
+    before: Annotated[str, Field(description="The prev_cursor of the page, to go back.")]
+    limit: Annotated[
+        int, Field(description=f"1 to {MAX_LIMIT}, default {DEFAULT_LIMIT}.", ge=1, le=MAX_LIMIT)
+    ]
+
+
+@with_config(CLOSED)
+class TransactionList(TypedDict):
+    """One page of transactions, newest failure first; pages are cut by keyset, not offset."""
+
+    object: Annotated[str, Field(json_schema_extra={"const": "list"})]
+    data: list[TransactionObject]
+    has_more: bool
+    next_cursor: Annotated[str | None, Field(description="Pass as `after` for the next page.")]
+    prev_cursor: Annotated[str | None, Field(description="Pass as `before` for the page before.")]
+
+
+# The fields and arguments the API takes are the ones it documents.
+CREATE_FIELDS = TransactionCreate.__required_keys__ | TransactionCreate.__optional_keys__
+LIST_ARGS = TransactionListQuery.__required_keys__ | TransactionListQuery.__optional_keys__
+
+TRANSACTION_EXAMPLE = {
+    "transaction_ref": "TXN-001",
+    "amount": 5000,
+    "currency": "usd",
+    "failure_code": "insufficient_funds",
+    "customer_email": "ada@example.com",
+    "metadata": {"order_id": "ORD-123"},
+}
 
 
 def invalid(fields: dict[str, str], message: str | None = None) -> ApiError:
@@ -89,6 +176,17 @@ def _rule_errors(errors: dict[str, str], major_units: bool) -> dict[str, str]:
 
 
 @bp.post("/transactions")
+@documented(
+    summary="Record a failed payment",
+    tag="Transactions",
+    request=TransactionCreate,
+    response=TransactionObject,
+    status=201,
+    headers={"Location": "The new transaction's URL, /v1/transactions/{transaction_ref}."},
+    errors={409: "A transaction with this transaction_ref already exists."},
+    request_example=TRANSACTION_EXAMPLE,
+    description="Text fields must be JSON strings; any other field is refused as unknown.",
+)
 @require_token_role(Role.OPERATOR)
 def create_transaction() -> Any:
     body = json_object()
@@ -169,6 +267,14 @@ def _list_query() -> tuple[services.ListQuery, int]:
 
 
 @bp.get("/transactions")
+@documented(
+    summary="List transactions, one page at a time",
+    tag="Transactions",
+    query=TransactionListQuery,
+    response=TransactionList,
+    errors={422: "A query parameter is unknown or not valid, or a cursor does not fit; `fields` names each."},
+    description="Keep the other parameters the same from page to page: a cursor belongs to its sort.",
+)
 @require_token_role(Role.VIEWER)
 def list_transactions() -> Any:
     query, limit = _list_query()
@@ -195,6 +301,13 @@ def list_transactions() -> Any:
 
 
 @bp.get("/transactions/<transaction_ref>")
+@documented(
+    summary="Read one transaction with its recoveries",
+    tag="Transactions",
+    response=TransactionObject,
+    path_params={"transaction_ref": "Your reference, URL-encoded (ORD#42 is ORD%2342)."},
+    errors={404: "No such transaction in the token's organization."},
+)
 @require_token_role(Role.VIEWER)
 def get_transaction(transaction_ref: str) -> Any:
     transaction = services.get_by_ref(db.session, current_token().organization_id, transaction_ref)

@@ -356,13 +356,12 @@ def _confirmation(
 
 
 def _with_card(gateway: StripeGateway, payment_intent_id: str, receipt: Receipt) -> Receipt:
-    """Add the paying card's last four digits and the charge date, when Stripe has them."""
+    """Add the paying card's last four digits and the charge date, when Stripe has them (one request)."""
     try:
-        intent = gateway.retrieve_payment_intent(payment_intent_id)
-        if not intent.latest_charge_id:
-            return receipt
-        charge = gateway.retrieve_charge(intent.latest_charge_id)
+        charge = gateway.retrieve_payment_intent(payment_intent_id).latest_charge
     except StripeFailure:
+        return receipt
+    if charge is None:
         return receipt
     return Receipt(
         receipt.merchant,

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any, Required
 
 from flask import Blueprint, current_app, g, jsonify, request
+from pydantic import Field, with_config
+from typing_extensions import TypedDict
 from werkzeug.wrappers import Response
 
 from recovery.api.auth import current_token, install_token_auth, require_token_role, token_actor
 from recovery.api.bodies import json_object
 from recovery.api.errors import ApiError
+from recovery.api.openapi import CLOSED, Timestamp, documented
 from recovery.api.serializers import iso
 from recovery.extensions import db
 from recovery.models import Role, Transaction
@@ -28,9 +31,76 @@ from recovery.transactions.validation import clean_email
 
 bp = Blueprint("payments_api", __name__, url_prefix="/v1/payments/stripe")
 
-CHECKOUT_FIELDS = frozenset({"transaction_ref", "amount", "currency", "customer_email", "metadata"})
-LINK_FIELDS = frozenset({"transaction_ref", "amount", "currency"})
 IDEMPOTENCY_KEY_MAX = 255
+
+# The shapes of SPEC.md, fixed: existing clients use them.
+MatchingAmount = Annotated[
+    int, Field(description="Optional; when given it must be the transaction's (minor units).", gt=0)
+]
+MatchingCurrency = Annotated[str, Field(description="Optional; when given it must be the transaction's.")]
+
+
+@with_config(CLOSED)
+class CheckoutSessionCreate(TypedDict, total=False):
+    transaction_ref: Required[str]
+    amount: MatchingAmount
+    currency: MatchingCurrency
+    customer_email: Annotated[str, Field(description="Default: the transaction's.")]
+    metadata: Annotated[
+        dict[str, str], Field(description="Added to ours (organization_id, transaction_id, transaction_ref).")
+    ]
+
+
+@with_config(CLOSED)
+class CheckoutSessionCreated(TypedDict):
+    session_id: str
+    payment_intent_id: Annotated[str | None, Field(description="Null until the customer pays.")]
+    checkout_url: str
+    expires_at: Timestamp | None
+
+
+@with_config(CLOSED)
+class PaymentLinkCreate(TypedDict, total=False):
+    transaction_ref: Required[str]
+    amount: MatchingAmount
+    currency: MatchingCurrency
+
+
+@with_config(CLOSED)
+class PaymentLinkCreated(TypedDict):
+    payment_link_id: str
+    url: str
+    product_id: str
+    price_id: str
+
+
+@with_config(CLOSED)
+class SessionStatus(TypedDict):
+    session_id: str
+    status: Annotated[str | None, Field(description="Stripe's: open, complete or expired.")]
+    payment_status: Annotated[str | None, Field(description="Stripe's: paid, unpaid or no_payment_required.")]
+    amount_total: int | None
+    currency: str | None
+    customer_email: str | None
+    payment_intent_id: str | None
+
+
+# The fields the API takes are the ones it documents.
+CHECKOUT_FIELDS = CheckoutSessionCreate.__required_keys__ | CheckoutSessionCreate.__optional_keys__
+LINK_FIELDS = PaymentLinkCreate.__required_keys__ | PaymentLinkCreate.__optional_keys__
+
+STRIPE_ERRORS = {
+    402: "Stripe refused the card (a card error).",
+    404: "No such transaction in the token's organization.",
+    409: "The transaction is recovered, cancelled or refunded, or the Idempotency-Key was used differently.",
+    500: "Stripe rejected our Stripe key.",
+    502: "Stripe is unreachable or failing (Stripe's message).",
+    503: "No Stripe key is configured (`Stripe API key not configured`), or Stripe is rate limiting.",
+}
+IDEMPOTENCY = (
+    "Send an `Idempotency-Key` header (1 to 255 characters): every repeat with that key returns the "
+    "first answer."
+)
 
 
 @bp.before_request
@@ -124,6 +194,28 @@ def _idempotency_key() -> str | None:
 
 
 @bp.post("/checkout-sessions")
+@documented(
+    summary="Create a Checkout Session for a transaction",
+    tag="Payments",
+    request=CheckoutSessionCreate,
+    response=CheckoutSessionCreated,
+    status=201,
+    errors={**STRIPE_ERRORS, 400: "The body is not a JSON object, or the Idempotency-Key is too long."},
+    request_example={
+        "transaction_ref": "TXN-001",
+        "amount": 5000,
+        "currency": "usd",
+        "customer_email": "customer@example.com",
+        "metadata": {"order_id": "ORD-123"},
+    },
+    response_example={
+        "session_id": "cs_test_a1b2",
+        "payment_intent_id": None,
+        "checkout_url": "https://checkout.stripe.com/c/pay/cs_test_a1b2",
+        "expires_at": "2025-01-19T10:00:00Z",
+    },
+    description=IDEMPOTENCY,
+)
 @require_token_role(Role.OPERATOR)
 def create_checkout_session() -> tuple[Response, int]:
     """Create a Checkout Session for a transaction (SPEC.md's fixed shape)."""
@@ -172,6 +264,22 @@ def create_checkout_session() -> tuple[Response, int]:
 
 
 @bp.post("/payment-links")
+@documented(
+    summary="Create (or return the active) Payment Link for a transaction",
+    tag="Payments",
+    request=PaymentLinkCreate,
+    response=PaymentLinkCreated,
+    status=201,
+    errors=STRIPE_ERRORS,
+    request_example={"transaction_ref": "TXN-001", "amount": 5000, "currency": "usd"},
+    response_example={
+        "payment_link_id": "plink_1Q",
+        "url": "https://buy.stripe.com/test_1Q",
+        "product_id": "prod_1Q",
+        "price_id": "price_1Q",
+    },
+    description="A link can be paid once; while it is active, the same call returns it.",
+)
 @require_token_role(Role.OPERATOR)
 def create_payment_link() -> tuple[Response, int]:
     """Create (or return the still active) Payment Link for a transaction."""
@@ -205,6 +313,28 @@ def create_payment_link() -> tuple[Response, int]:
 
 
 @bp.get("/sessions/<session_id>/status")
+@documented(
+    summary="Read a Checkout Session's live status",
+    tag="Payments",
+    response=SessionStatus,
+    path_params={"session_id": "A Checkout Session of this organization (cs_...)."},
+    errors={
+        404: "No such Checkout Session in the token's organization.",
+        500: STRIPE_ERRORS[500],
+        502: STRIPE_ERRORS[502],
+        503: STRIPE_ERRORS[503],
+    },
+    response_example={
+        "session_id": "cs_test_a1b2",
+        "status": "complete",
+        "payment_status": "paid",
+        "amount_total": 5000,
+        "currency": "usd",
+        "customer_email": "customer@example.com",
+        "payment_intent_id": "pi_3Q",
+    },
+    description="Read live from Stripe. Reading it never marks a transaction recovered: the webhook does.",
+)
 @require_token_role(Role.VIEWER)
 def session_status(session_id: str) -> Response:
     """The live status of one of this organization's Checkout Sessions."""

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import stripe
 from stripe.params import (
     CustomerCreateParams,
+    PaymentIntentRetrieveParams,
     PaymentLinkCreateParams,
     PaymentLinkUpdateParams,
     PriceCreateParams,
@@ -32,6 +33,12 @@ from recovery.logs import get_logger
 log = get_logger("recovery.stripe")
 
 NOT_CONFIGURED = "Stripe API key not configured"
+
+# The Stripe API version every request names (the Stripe-Version header), so the
+# account's default version, which its owner can change in the Dashboard, never
+# changes the objects we read. It is the version this stripe-python release is
+# typed against (stripe/_api_version.py); upgrade the two together.
+STRIPE_API_VERSION = "2026-10-28.endive"
 
 # The locales Stripe Checkout can show (stripe-python's SessionCreateParams.locale).
 CHECKOUT_LOCALES = frozenset(
@@ -185,6 +192,16 @@ class PaymentLinkInfo:
 
 
 @dataclass(frozen=True)
+class ChargeInfo:
+    id: str
+    status: str
+    paid: bool
+    created_at: datetime
+    card_brand: str | None
+    card_last4: str | None
+
+
+@dataclass(frozen=True)
 class PaymentIntentInfo:
     id: str
     status: str
@@ -195,16 +212,8 @@ class PaymentIntentInfo:
     failure_code: str | None
     decline_code: str | None
     failure_message: str | None
-
-
-@dataclass(frozen=True)
-class ChargeInfo:
-    id: str
-    status: str
-    paid: bool
-    created_at: datetime
-    card_brand: str | None
-    card_last4: str | None
+    # The latest charge itself: read in the same request (expand), for receipts.
+    latest_charge: ChargeInfo | None = None
 
 
 def checkout_locale(locale: str | None) -> str:
@@ -227,15 +236,26 @@ def _client(settings: StripeSettings) -> stripe.StripeClient:
         base_addresses=base,  # type: ignore[arg-type]  # the TypedDict's keys are all optional
         max_network_retries=settings.max_network_retries,
         http_client=stripe.RequestsClient(timeout=settings.timeout_seconds),
+        stripe_version=STRIPE_API_VERSION,
     )
+
+
+# What an error code means, for the rare Stripe answer that carries a code but no message.
+_CODE_SENTENCES = {
+    "amount_too_small": "The amount is below the minimum Stripe can charge in this currency.",
+    "amount_too_large": "The amount is above the maximum Stripe can charge.",
+    "resource_missing": "Stripe has no such object.",
+    "parameter_invalid_integer": "Stripe expected a whole number.",
+}
 
 
 def _translate(error: stripe.StripeError) -> StripeFailure:
     """Turn stripe-python's exception into one clear message and the HTTP status that fits."""
     request_id = getattr(error, "request_id", None)
-    text = error.user_message or getattr(error, "_message", None) or str(error) or "Stripe error"
     code = getattr(error, "code", None)
     param = getattr(error, "param", None)
+    # Stripe's own sentence; its bare code only when it sent none (an error code is not a message).
+    text = error.user_message or _CODE_SENTENCES.get(code or "") or f"Stripe error ({code or 'no code'})"
     if isinstance(error, stripe.CardError):
         return StripeFailure(
             "card_error",
@@ -335,6 +355,19 @@ def _session_info(session: stripe.checkout.Session) -> CheckoutSessionInfo:
     )
 
 
+def _charge_info(charge: stripe.Charge) -> ChargeInfo:
+    details = charge.payment_method_details
+    card = details.card if details is not None else None
+    return ChargeInfo(
+        id=charge.id,
+        status=charge.status,
+        paid=bool(charge.paid),
+        created_at=_from_epoch(charge.created),
+        card_brand=card.brand if card is not None else None,
+        card_last4=card.last4 if card is not None else None,
+    )
+
+
 def _link_info(link: stripe.PaymentLink) -> PaymentLinkInfo:
     return PaymentLinkInfo(id=link.id, url=link.url, active=link.active, metadata=_metadata(link.metadata))
 
@@ -359,6 +392,7 @@ class StripeGateway:
                 call=event,
                 kind=failure.kind,
                 stripe_code=failure.code,
+                stripe_param=failure.param,
                 http_status=error.http_status,
                 request_id=failure.request_id,
                 **fields,
@@ -498,12 +532,15 @@ class StripeGateway:
         return _link_info(link)
 
     def retrieve_payment_intent(self, payment_intent_id: str) -> PaymentIntentInfo:
+        """A PaymentIntent with its latest charge (the card, for a receipt) in one request."""
+        params: PaymentIntentRetrieveParams = {"expand": ["latest_charge"]}
         intent = self._call(
             "retrieve_payment_intent",
-            lambda: self._stripe.v1.payment_intents.retrieve(payment_intent_id),
+            lambda: self._stripe.v1.payment_intents.retrieve(payment_intent_id, params),
             payment_intent_id=payment_intent_id,
         )
         error = intent.last_payment_error
+        charge = intent.latest_charge
         return PaymentIntentInfo(
             id=intent.id,
             status=intent.status,
@@ -514,24 +551,7 @@ class StripeGateway:
             failure_code=error.code if error else None,
             decline_code=error.decline_code if error else None,
             failure_message=error.message if error else None,
-        )
-
-    def retrieve_charge(self, charge_id: str) -> ChargeInfo:
-        """A charge with the card it was paid with (for the customer's receipt)."""
-        charge = self._call(
-            "retrieve_charge",
-            lambda: self._stripe.v1.charges.retrieve(charge_id),
-            charge_id=charge_id,
-        )
-        details = charge.payment_method_details
-        card = details.card if details is not None else None
-        return ChargeInfo(
-            id=charge.id,
-            status=charge.status,
-            paid=bool(charge.paid),
-            created_at=_from_epoch(charge.created),
-            card_brand=card.brand if card is not None else None,
-            card_last4=card.last4 if card is not None else None,
+            latest_charge=_charge_info(charge) if isinstance(charge, stripe.Charge) else None,
         )
 
 
@@ -602,7 +622,15 @@ def verify_webhook(
     return event  # type: ignore[no-any-return]
 
 
-_EVENT_ID = re.compile(r"^[A-Za-z0-9_]{1,200}$")
+def is_event_id(value: str) -> bool:
+    """Whether `value` has the shape of a Stripe event id (any of the shapes Stripe uses)."""
+    return _EVENT_ID.fullmatch(value) is not None
+
+
+# Stripe's event ids in every shape it uses: evt_1NG8Du2eZvKYlo2CUI79vXWy,
+# evt_3..., thin events' evt_test_65R..., up to the 255 characters Stripe allows
+# an id (and our column holds). Letters, digits and underscores only.
+_EVENT_ID = re.compile(r"evt_[A-Za-z0-9_]{1,251}")
 
 
 def _looks_like_event(event: Any) -> bool:
@@ -610,7 +638,6 @@ def _looks_like_event(event: Any) -> bool:
         isinstance(event, dict)
         and event.get("object") == "event"
         and isinstance(event.get("id"), str)
-        and _EVENT_ID.match(event["id"]) is not None
         and isinstance(event.get("type"), str)
         and 0 < len(event["type"]) <= 100
         and isinstance(event.get("data"), dict)

@@ -13,6 +13,7 @@ from werkzeug.wrappers import Response
 from recovery.audit import Actor
 from recovery.extensions import db
 from recovery.models import Role, Transaction
+from recovery.money import card_charge_problem
 from recovery.payments import services
 from recovery.payments.forms import CreatePaymentForm, RefreshForm
 from recovery.payments.gateway import StripeFailure, StripeGateway, StripeSettings
@@ -42,6 +43,9 @@ def panel_context(transaction: Transaction) -> dict[str, Any]:
         "payment_form": CreatePaymentForm(action=uuid.uuid4().hex),
         "refresh_form": RefreshForm(),
         "collectable": transaction.status not in services.CLOSED_STATUSES,
+        # Why Stripe could never charge this amount (under its minimum, a fraction it
+        # cannot take): said on the page instead of offering buttons that would fail.
+        "charge_problem": card_charge_problem(transaction.amount, transaction.currency),
     }
 
 

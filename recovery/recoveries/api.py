@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Required
 
 from flask import Blueprint, jsonify, url_for
+from pydantic import Field, with_config
+from typing_extensions import TypedDict
 
 from recovery.api.auth import current_token, install_token_auth, require_token_role, token_actor
 from recovery.api.bodies import json_object
 from recovery.api.errors import ApiError
+from recovery.api.openapi import CLOSED, Timestamp, documented, enum_of
 from recovery.api.serializers import iso
 from recovery.extensions import db
 from recovery.logs import get_logger
-from recovery.models import Message, RecoveryAttempt, Role, utcnow
+from recovery.models import AttemptStatus, Channel, Message, MessageStatus, RecoveryAttempt, Role, utcnow
 from recovery.recoveries import jobs, services
 from recovery.transactions.services import get_by_ref
 
@@ -21,10 +24,79 @@ install_token_auth(bp)
 
 log = get_logger("recovery.api")
 
-START_FIELDS = frozenset({"transaction_ref", "channels", "schedule", "allow_fallback"})
+CHANNELS = (Channel.EMAIL, Channel.SMS)
 
 
-def recovery_json(attempt: RecoveryAttempt) -> dict[str, Any]:
+@with_config(CLOSED)
+class RecoveryStart(TypedDict, total=False):
+    """What to start; everything but the transaction has the organization's defaults."""
+
+    transaction_ref: Required[str]
+    channels: Annotated[
+        list[Annotated[str, enum_of(CHANNELS, "A channel.")]],
+        Field(
+            description="Default: every channel the customer can be reached on (and has not opted out of)."
+        ),
+    ]
+    schedule: Annotated[
+        list[int],
+        Field(
+            description=(
+                "Days after the start at which each message goes out, increasing, the last before the "
+                "link expires; default the organization's, e.g. [0, 1, 3, 6]."
+            )
+        ),
+    ]
+    allow_fallback: Annotated[
+        bool, Field(description="Whether a dead address may be replaced by the customer's other channel.")
+    ]
+
+
+# The fields the API takes are the ones it documents.
+START_FIELDS = RecoveryStart.__required_keys__ | RecoveryStart.__optional_keys__
+
+
+@with_config(CLOSED)
+class RecoveryMessage(TypedDict):
+    """An email or SMS sent or attempted."""
+
+    step: int
+    channel: Annotated[str, enum_of(CHANNELS, "email or sms.")]
+    status: Annotated[str, enum_of(MessageStatus.ALL, "Delivery status; unknown: check the provider.")]
+    provider: Annotated[str | None, Field(description="smtp, twilio, or outbox (nothing left the machine).")]
+    provider_id: str | None
+    error: str | None
+    sent_at: Timestamp | None
+
+
+@with_config(CLOSED)
+class Recovery(TypedDict):
+    """A recovery campaign. Never holds the customer's link: it is their secret."""
+
+    object: Annotated[str, Field(json_schema_extra={"const": "recovery"})]
+    id: Annotated[int, Field(examples=[42])]
+    transaction_ref: Annotated[str, Field(examples=["TXN-001"])]
+    status: Annotated[str, enum_of(AttemptStatus.ALL, "Where the campaign stands.")]
+    channels: list[Annotated[str, enum_of(CHANNELS, "A channel.")]]
+    schedule: Annotated[
+        list[int], Field(description="Days after the start of each message.", examples=[[0, 1, 3, 6]])
+    ]
+    allow_fallback: bool
+    step: Annotated[int, Field(description="The next step of the schedule to send.")]
+    max_retries: int
+    messages_sent: int
+    next_send_at: Annotated[Timestamp | None, Field(description="Null once the recovery has ended.")]
+    expires_at: Timestamp
+    clicked_at: Timestamp | None
+    created_at: Timestamp
+    completed_at: Timestamp | None
+    messages: list[RecoveryMessage]
+
+
+RECOVERY_PATH = {"attempt_id": "The recovery's id."}
+
+
+def recovery_json(attempt: RecoveryAttempt) -> Recovery:
     """The API's recovery object. Never the token: it is the customer's secret link."""
     messages = sorted(attempt_messages(attempt), key=lambda m: (m.step, m.id))
     return {
@@ -78,6 +150,24 @@ def _attempt(attempt_id: int) -> RecoveryAttempt:
 
 
 @bp.post("")
+@documented(
+    summary="Start a recovery for a transaction",
+    tag="Recoveries",
+    request=RecoveryStart,
+    response=Recovery,
+    status=201,
+    headers={"Location": "The recovery's URL, /v1/recoveries/{id}."},
+    request_example={"transaction_ref": "TXN-001", "channels": ["email"], "schedule": [0, 2, 5]},
+    errors={
+        404: "No such transaction in the token's organization.",
+        409: "A recovery is already running for the transaction, or it is already paid.",
+        422: (
+            "A field is unknown or not valid (`channels`: unknown channel, no address, opted out; "
+            "`schedule`), or the failure code is excluded from recovery in the organization's settings."
+        ),
+    },
+    description="The first message goes out at once when the schedule starts at 0 (outside quiet hours).",
+)
 @require_token_role(Role.OPERATOR)
 def start() -> Any:
     body = json_object()
@@ -145,12 +235,30 @@ def start() -> Any:
 
 
 @bp.get("/<int:attempt_id>")
+@documented(
+    summary="Read a recovery with its messages",
+    tag="Recoveries",
+    response=Recovery,
+    path_params=RECOVERY_PATH,
+    errors={404: "No such recovery in the token's organization."},
+)
 @require_token_role(Role.VIEWER)
 def get(attempt_id: int) -> Any:
     return jsonify(recovery_json(_attempt(attempt_id)))
 
 
 @bp.post("/<int:attempt_id>/cancel")
+@documented(
+    summary="Cancel a recovery",
+    tag="Recoveries",
+    response=Recovery,
+    path_params=RECOVERY_PATH,
+    errors={
+        404: "No such recovery in the token's organization.",
+        409: "The recovery has already ended.",
+    },
+    description="No further message is sent, not even one already queued; the transaction moves on.",
+)
 @require_token_role(Role.OPERATOR)
 def cancel(attempt_id: int) -> Any:
     attempt = _attempt(attempt_id)

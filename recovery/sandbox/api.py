@@ -31,7 +31,16 @@ from recovery.sandbox.forms import (
     decode_form,
     metadata,
 )
-from recovery.sandbox.objects import CURRENCIES, PRIVATE, THREE_DECIMAL, fixture_keys, public
+from recovery.sandbox.objects import (
+    CURRENCIES,
+    MINIMUM_CHARGE,
+    PRIVATE,
+    THREE_DECIMAL,
+    WHOLE_UNITS_ONLY,
+    fixture_keys,
+    public,
+)
+from recovery.sandbox.pages import format_amount
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
 
@@ -207,7 +216,11 @@ def render(sandbox: Sandbox, obj: dict[str, Any], expand: list[str] | None = Non
     result = public(obj)
     for index, path in enumerate(expand or []):
         if not isinstance(path, str):
-            raise invalid(f"expand[{index}]", "Invalid string: expand entries must be strings")
+            raise invalid(
+                f"expand[{index}]",
+                "Invalid string: expand entries must be strings",
+                code="parameter_invalid_string",
+            )
         _expand(sandbox, result, obj, path.split("."), f"expand[{index}]")
     return result
 
@@ -446,12 +459,16 @@ def _product_for(sandbox: Sandbox, product_id: Any, product_data: Any, prefix: s
     return str(product["id"])
 
 
-def line_items(sandbox: Sandbox, raw: Any) -> list[dict[str, Any]]:
-    """Parse `line_items[n][price]` or `[price_data]` with `[quantity]` into Checkout's line items."""
+def line_items(sandbox: Sandbox, raw: Any, owner: str = "Checkout Session") -> list[dict[str, Any]]:
+    """Parse `line_items[n][price]` or `[price_data]` with `[quantity]` into Checkout's line items.
+
+    Refused as Stripe refuses them: mixed currencies, an amount Stripe cannot
+    charge in its currency, a total under the currency's minimum charge.
+    """
     entries = as_list(raw, "line_items")
     if not entries:
         raise missing("line_items")
-    items = []
+    items, amount_params = [], []
     for index, entry in enumerate(entries):
         param = f"line_items[{index}]"
         entry = as_mapping(entry, param)
@@ -465,8 +482,10 @@ def line_items(sandbox: Sandbox, raw: Any) -> list[dict[str, Any]]:
             price = sandbox.store.get(as_str(entry["price"], f"{param}[price]"), "price")
             if price is None:
                 raise no_such("price", entry["price"], param=f"{param}[price]")
+            amount_params.append(f"{param}[price]")
         elif entry.get("price_data") not in (None, ""):
             price = _inline_price(sandbox, as_mapping(entry["price_data"], f"{param}[price_data]"), param)
+            amount_params.append(f"{param}[price_data][unit_amount]")
         else:
             raise missing(f"{param}[price]")
         product = sandbox.store.get(price["product"], "product")
@@ -475,14 +494,31 @@ def line_items(sandbox: Sandbox, raw: Any) -> list[dict[str, Any]]:
     if len({item["currency"] for item in items}) > 1:
         raise invalid("line_items", "All line items must use the same currency.")
     for index, item in enumerate(items):
-        code = item["currency"]
-        if code in THREE_DECIMAL and item["price"]["unit_amount"] % 10:
+        code, unit_amount = item["currency"], item["price"]["unit_amount"]
+        if code in THREE_DECIMAL and unit_amount % 10:
             # Stripe's rule for card payments in three-decimal currencies.
             raise invalid(
-                f"line_items[{index}]",
+                amount_params[index],
                 f"Amounts in {code.upper()} must be a multiple of 10 (the last digit must be 0) "
-                f"to be charged; got {item['price']['unit_amount']}.",
+                f"to be charged; got {unit_amount}.",
+                code="invalid_charge_amount",
             )
+        if code in WHOLE_UNITS_ONLY and unit_amount % 100:
+            raise invalid(
+                amount_params[index],
+                f"Amounts in {code.upper()} must be whole {code.upper()} (a multiple of 100, the decimal "
+                f"amount always 00); got {unit_amount}.",
+                code="invalid_charge_amount",
+            )
+    total = sum(item["amount_total"] for item in items)
+    least = max(MINIMUM_CHARGE.get(items[0]["currency"], 1), 1)
+    if total < least:
+        code = items[0]["currency"]
+        raise invalid(
+            amount_params[0] if len(items) == 1 else "line_items",
+            f"The {owner}'s total amount due must add up to at least {format_amount(least, code)} {code}",
+            code="amount_too_small",
+        )
     return items
 
 
@@ -525,7 +561,9 @@ def create_session() -> dict[str, Any]:
     customer_email = optional_str(values, "customer_email", 800)
     if customer_id and customer_email:
         raise invalid(
-            "customer_email", "You may only specify one of these parameters: customer, customer_email."
+            "customer_email",
+            "You may only specify one of these parameters: customer, customer_email.",
+            code="parameters_exclusive",
         )
     if customer_id and sandbox.store.get(customer_id, "customer") is None:
         raise no_such("customer", customer_id, param="customer")
@@ -619,7 +657,7 @@ def create_link() -> dict[str, Any]:
     check_known(values, allowed("payment_link"))
     link = objects.payment_link(
         public_url=sandbox.config.public_url,
-        items=line_items(sandbox, values.get("line_items")),
+        items=line_items(sandbox, values.get("line_items"), "Payment Link"),
         metadata=metadata(values.get("metadata")),
         limit=_limit(values.get("restrictions")),
         redirect_url=_redirect(values.get("after_completion")),

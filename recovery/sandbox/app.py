@@ -112,6 +112,7 @@ def _after(response: Response) -> Response:
             g.get("idempotency_key"),
             response.status_code,
             g.get("replayed", False),
+            request.headers.get("Stripe-Version"),
         )
     elapsed = (time.monotonic() - g.get("started", time.monotonic())) * 1000
     notes = "".join(

@@ -45,7 +45,8 @@ def unknown(param: str) -> StripeError:
     return StripeError(400, f"Received unknown parameter: {param}", code="parameter_unknown", param=param)
 
 
-def invalid(param: str, message: str, code: str | None = None) -> StripeError:
+def invalid(param: str, message: str, code: str = "parameter_invalid") -> StripeError:
+    """A refused parameter: like Stripe's, it names its code, its param and the code's doc_url."""
     return StripeError(400, message, code=code, param=param)
 
 

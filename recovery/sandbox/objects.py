@@ -32,14 +32,29 @@ pyg qar ron rsd rub rwf sar sbd scr sek sgd shp sle sos srd std szl thb tjs tnd 
 uah ugx uyu uzs vnd vuv wst xaf xcd xof xpf yer zar zmw
 """
 CURRENCIES = frozenset(_CURRENCY_LIST.split())
+# Stripe's rules from https://docs.stripe.com/currencies.
 # fmt: off
 ZERO_DECIMAL = frozenset({
     "bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga",
-    "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf",
+    "pyg", "rwf", "vnd", "vuv", "xaf", "xof", "xpf",
 })
 # fmt: on
 # Stripe takes these in thousandths, but charges only whole tens of them.
 THREE_DECIMAL = frozenset({"bhd", "jod", "kwd", "omr", "tnd"})
+# "Special cases": two-decimal in the API with the decimals always 00 (5 ISK is 500).
+WHOLE_UNITS_ONLY = frozenset({"isk", "ugx"})
+# "Minimum charge amount by currency", in minor units. The sandbox plays an
+# account that settles in each charge's own currency: a currency without a row
+# has no minimum beyond one chargeable step.
+# fmt: off
+MINIMUM_CHARGE = {
+    "usd": 50, "aed": 200, "ars": 50, "aud": 50, "brl": 50, "cad": 50, "chf": 50,
+    "cop": 50, "czk": 1500, "dkk": 250, "eur": 50, "gbp": 30, "hkd": 400,
+    "huf": 17500, "idr": 50, "ils": 50, "inr": 50, "jpy": 50, "krw": 50,
+    "mxn": 1000, "myr": 200, "nok": 300, "nzd": 50, "php": 50, "pln": 200,
+    "ron": 200, "rub": 50, "sek": 300, "sgd": 50, "thb": 1000, "zar": 50,
+}
+# fmt: on
 
 
 @cache

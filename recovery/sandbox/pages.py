@@ -27,7 +27,7 @@ _EXPIRY = re.compile(r"^\s*(\d{1,2})\s*/\s*(\d{2}|\d{4})\s*$")
 def format_amount(amount: int, currency: str) -> str:
     """Show minor units in the currency's major unit: 5000 usd → $50.00, 5000 jpy → ¥5,000."""
     code = currency.lower()
-    digits = 0 if code in ZERO_DECIMAL else 3 if code in THREE_DECIMAL else 2
+    digits = 0 if code in ZERO_DECIMAL else 3 if code in THREE_DECIMAL else 2  # ISK, UGX: 2 at Stripe
     number = f"{amount / 10**digits:,.{digits}f}"
     symbol = SYMBOLS.get(code)
     return f"{symbol}{number}" if symbol else f"{number} {code.upper()}"

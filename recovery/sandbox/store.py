@@ -58,7 +58,8 @@ CREATE TABLE IF NOT EXISTS requests (
     idempotency_key TEXT,
     status INTEGER NOT NULL,
     replayed INTEGER NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    stripe_version TEXT
 );
 CREATE TABLE IF NOT EXISTS settings (
     key TEXT PRIMARY KEY,
@@ -85,6 +86,9 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=10000")
         self._db.executescript(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(requests)")}
+        if "stripe_version" not in columns:  # a database file from before the column
+            self._db.execute("ALTER TABLE requests ADD COLUMN stripe_version TEXT")
 
     def close(self) -> None:
         with self.lock:
@@ -253,19 +257,26 @@ class Store:
     # --- the request log ---
 
     def log_request(
-        self, request_id: str, method: str, path: str, key: str | None, status: int, replayed: bool
+        self,
+        request_id: str,
+        method: str,
+        path: str,
+        key: str | None,
+        status: int,
+        replayed: bool,
+        stripe_version: str | None = None,
     ) -> None:
         with self.transaction():
             seq = self._run(
-                "INSERT INTO requests (request_id, method, path, idempotency_key, status, replayed, created)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (request_id, method, path, key, status, int(replayed), time.time()),
+                "INSERT INTO requests (request_id, method, path, idempotency_key, status, replayed, created,"
+                " stripe_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (request_id, method, path, key, status, int(replayed), time.time(), stripe_version),
             )
             self._run("DELETE FROM requests WHERE seq <= ?", (seq - MAX_LOGGED_REQUESTS,))
 
     def requests(self) -> list[dict[str, Any]]:
         rows = self._rows(
-            "SELECT request_id, method, path, idempotency_key, status, replayed, created"
+            "SELECT request_id, method, path, idempotency_key, status, replayed, created, stripe_version"
             " FROM requests ORDER BY seq"
         )
         return [
@@ -277,6 +288,8 @@ class Store:
                 "status": row[4],
                 "replayed": bool(row[5]),
                 "created": row[6],
+                # The Stripe-Version header as sent; None when the client named none.
+                "stripe_version": row[7],
             }
             for row in rows
         ]

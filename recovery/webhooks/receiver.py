@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Annotated, Any
 
 from flask import Flask
+from pydantic import Field, with_config
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
+from typing_extensions import TypedDict
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Request, Response
 
 from recovery import logs
+from recovery.api.openapi import CLOSED, Operation
 from recovery.extensions import db
 from recovery.logs import get_logger
 from recovery.payments.gateway import WebhookRejected, verify_webhook
@@ -33,6 +36,43 @@ PATH = "/v1/payments/stripe/webhooks"
 PATHS = frozenset({PATH, PATH + "/"})
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class StripeEvent(TypedDict):
+    """A Stripe event, as Stripe sends it (only the fields we read are listed)."""
+
+    id: str
+    type: Annotated[str, Field(examples=["checkout.session.completed"])]
+    data: dict[str, Any]
+
+
+@with_config(CLOSED)
+class EventReceived(TypedDict):
+    received: bool
+    duplicate: Annotated[bool, Field(description="True when this event was received before.")]
+
+
+# Its entry in the OpenAPI document (recovery.api.openapi), since Flask's URL map does not hold it.
+OPERATION = Operation(
+    summary="Receive a Stripe event (Stripe calls this)",
+    tag="Webhooks",
+    auth="stripe-signature",
+    request=StripeEvent,
+    response=EventReceived,
+    description=(
+        "Point a Stripe webhook endpoint here. Signed by Stripe (`Stripe-Signature`, the endpoint's "
+        "secret in `STRIPE_WEBHOOK_SECRET`); no API token. The event is stored before the answer and "
+        "processed by a worker: `checkout.session.completed` completes the recovery, "
+        "`payment_intent.succeeded` and `payment_intent.payment_failed` are logged. A repeated event "
+        "is answered as a duplicate."
+    ),
+    errors={
+        400: "The signature is missing, wrong or too old, or the body is not a Stripe event.",
+        413: "The body is over the size limit.",
+        500: "The event could not be taken; Stripe sends it again.",
+        503: "No webhook secret is configured, or the event could not be stored; Stripe sends it again.",
+    },
+)
 
 
 class StripeWebhookReceiver:
