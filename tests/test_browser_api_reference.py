@@ -63,16 +63,17 @@ def test_the_reference_page_from_the_nav_at_four_widths(demo: Any, open_tab: Any
     expect(page).to_have_url(re.compile(r"#object-TransactionObject$"))
     expect(page.locator("#object-TransactionObject")).to_contain_text("recovery_attempts")
 
-    page.goto("/api")
     for width in WIDTHS:
         page.set_viewport_size({"width": width, "height": 900})
+        page.goto("/api")  # laid out afresh at this width
         tab.assert_fits_width()
         SHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SHOTS / f"api-reference-{width}.png"))
         page.locator("section#api_create_transaction").scroll_into_view_if_needed()
         page.screenshot(path=str(SHOTS / f"api-reference-{width}-endpoint.png"))
+        page.locator("section#api_create_transaction table.api-errors").scroll_into_view_if_needed()
+        page.screenshot(path=str(SHOTS / f"api-reference-{width}-errors.png"))
         tab.shot(f"api-reference-{width}")
-        page.evaluate("window.scrollTo(0, 0)")
     tab.assert_clean()
 
 

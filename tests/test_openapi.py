@@ -530,3 +530,37 @@ def test_webhook_answers_match_the_document(
     app.config["STRIPE_WEBHOOK_SECRET"] = ""
     check(operation_id, se.post(client, event), 503)
     check.assert_covered(operation_id, not_driven={"500": "an unexpected fault inside the receiver"})
+
+
+# --- the reference page (/api) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "html"),
+    [
+        ("send `Content-Type: application/json`", "send <code>Content-Type: application/json</code>"),
+        ("role **operator**", "role <strong>operator</strong>"),
+        ("`<script>alert(1)</script>`", "<code>&lt;script&gt;alert(1)&lt;/script&gt;</code>"),
+        ("<img src=x onerror=alert(1)>", "&lt;img src=x onerror=alert(1)&gt;"),
+    ],
+)
+def test_reference_text_is_escaped_before_code_and_strong(text: str, html: str) -> None:
+    from recovery.api.reference import api_text
+
+    assert str(api_text(text)) == html
+
+
+@pytest.mark.parametrize("role", [Role.VIEWER, Role.OWNER])
+def test_the_reference_page_shows_every_operation_to_staff(
+    app: Flask, client: FlaskClient, signed_in: Any, role: Role
+) -> None:
+    assert client.get("/api").status_code == 302  # staff only, like every dashboard page
+    signed_in(role)
+    page = client.get("/api")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    for methods in document(app)["paths"].values():
+        for entry in methods.values():
+            assert f'id="{entry["operationId"]}"' in html
+    assert "Needs a token with role" not in html  # the badge says it once
+    assert ('href="/settings/api-tokens"' in html) is (role == Role.OWNER)

@@ -8,14 +8,30 @@ strict CSP and without the internet.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Blueprint, current_app, render_template
+from markupsafe import Markup, escape
 
 from recovery.api import openapi
 
 bp = Blueprint("api_reference", __name__)
+
+_CODE = re.compile(r"`([^`]+)`")
+_STRONG = re.compile(r"\*\*([^*]+)\*\*")
+# The role is on the page as a badge; the document says it in the description too.
+_ROLE_SENTENCE = re.compile(r"^Needs a token with role \*\*\w+\*\* or above\. ?")
+
+
+@bp.app_template_filter("api_text")
+def api_text(text: str) -> Markup:
+    """The document's descriptions (CommonMark's `code` and **strong** only), escaped first."""
+    html = str(escape(text))
+    html = _CODE.sub(r"<code>\1</code>", html)
+    return Markup(_STRONG.sub(r"<strong>\1</strong>", html))
+
 
 # Stand-ins for the example of a field that declares none.
 _FORMAT_EXAMPLES = {"date-time": "2025-01-19T10:00:00Z"}
@@ -167,7 +183,7 @@ def _endpoint(path: str, method: str, entry: dict[str, Any], schemas: dict[str, 
         method=method.upper(),
         path=path,
         summary=entry["summary"],
-        description=entry.get("description", ""),
+        description=_ROLE_SENTENCE.sub("", entry.get("description", "")),
         auth=_auth(entry),
         parameters=[
             Row(p["name"], type_label(p["schema"]), p["required"], p.get("description", ""), p["in"])
