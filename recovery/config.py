@@ -113,6 +113,8 @@ def defaults(instance_path: str) -> dict[str, Any]:
         # How often a worker with the scheduler checks that the periodic jobs are placed and a
         # scheduler runs (Redis may have come back empty); idle workers wake this often.
         "WORKER_CHECK_SECONDS": 30,
+        # Compiled message catalogues (<locale>/LC_MESSAGES/messages.mo); empty: recovery/translations.
+        "TRANSLATIONS_DIR": "",
     }
 
 

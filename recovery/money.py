@@ -120,14 +120,14 @@ def parse_amount(raw: str | int | None, currency: str, *, major: bool = False) -
     if isinstance(raw, int):
         minor = raw
     elif raw is not None and not isinstance(raw, str):
-        raise AmountError('Amount must be whole minor units (5000) or a decimal string ("50.00").')
+        raise AmountError('Amount must be a whole number of cents (5000) or a decimal string ("50.00").')
     else:
         text = (raw or "").strip().replace("_", "")
         if not text:
             raise AmountError("Amount is required.")
         match = _NUMBER.fullmatch(text)
         if not match:
-            raise AmountError(f"{raw!r} is not a number; write 5000 (minor units) or 50.00.")
+            raise AmountError(f"{raw!r} is not a number; write it like 50.00 (or 5000, in cents).")
         whole, fraction = match.group(1).lstrip("0"), match.group(2)
         if len(whole) > _MAX_DIGITS:
             raise AmountError("Amount is too large.")

@@ -9,13 +9,19 @@ from zoneinfo import ZoneInfo
 from flask import Flask, request, url_for
 from markupsafe import Markup, escape
 
-from recovery import money
+from recovery import declines, money
 
 
 def format_datetime(value: datetime | None, tz: str = "UTC") -> str:
+    """A moment for staff, always with its zone: "7 Dec 2026, 17:40 UTC".
+
+    The month is a word so that no reader swaps day and month; the zone is
+    named on every value because a bare time is read as local time.
+    """
     if value is None:
         return "—"
-    return value.astimezone(ZoneInfo(tz)).strftime("%Y-%m-%d %H:%M")
+    local = value.astimezone(ZoneInfo(tz))
+    return f"{local.day} {local:%b %Y, %H:%M} {local.tzname() or tz}"
 
 
 def url_with(**changes: Any) -> str:
@@ -43,6 +49,46 @@ def status_badge(status: str) -> Markup:
     return Markup(f'<span class="status status-{text}">{text}</span>')
 
 
+# Message statuses in staff words, with the sentence a tooltip gives. "Sent" read as
+# "the customer has it"; all we know at that point is that the provider took it.
+MESSAGE_STATUSES = {
+    "queued": ("Queued", "Waiting for its send time."),
+    "sending": ("Sending", "Being handed to the email or SMS provider now."),
+    "sent": ("Handed to provider", "The provider accepted it; delivery is shown when they confirm."),
+    "delivered": ("Delivered", "The provider confirmed delivery to the customer."),
+    "failed": ("Failed", "It could not be handed to the provider; see the error."),
+    "undeliverable": ("Undeliverable", "The provider could not deliver it to this address or number."),
+    "cancelled": ("Cancelled", "Not sent: the recovery ended first."),
+    "unknown": (
+        "Unknown, check the provider",
+        "The sender stopped while the provider had it: it may have gone out.",
+    ),
+}
+
+
+KEPT_IN_OUTBOX = (
+    "Kept in the outbox",
+    "No email or SMS provider is configured, so the outbox kept it; the customer did not get it.",
+)
+
+
+def message_status(status: str, provider: str | None = None) -> Markup:
+    """A message's status as a badge in staff words, its meaning in the tooltip."""
+    label, meaning = MESSAGE_STATUSES.get(status, (status.capitalize(), ""))
+    if status == "sent" and provider == "outbox":
+        label, meaning = KEPT_IN_OUTBOX
+    return Markup('<span class="status status-{} status-words" title="{}">{}</span>').format(
+        status, meaning, label
+    )
+
+
+def message_status_meaning(status: str, provider: str | None = None) -> str:
+    """What a message's status means, as one sentence for the page (the badge's tooltip)."""
+    if status == "sent" and provider == "outbox":
+        return KEPT_IN_OUTBOX[1]
+    return MESSAGE_STATUSES.get(status, ("", ""))[1]
+
+
 def url_prefix(endpoint: str, argument: str) -> str:
     """The URL of `endpoint` up to `argument`, which ends it: /transactions/ for a detail page.
 
@@ -60,6 +106,9 @@ def init_app(app: Flask) -> None:
     app.jinja_env.filters["money"] = money.format_amount
     app.jinja_env.filters["dt"] = format_datetime
     app.jinja_env.filters["status_badge"] = status_badge
+    app.jinja_env.filters["message_status"] = message_status
+    app.jinja_env.filters["message_status_meaning"] = message_status_meaning
+    app.jinja_env.filters["decline"] = declines.describe
     app.jinja_env.globals["url_with"] = url_with
     app.jinja_env.globals["url_prefix"] = url_prefix
     app.jinja_env.add_extension("jinja2.ext.do")

@@ -381,7 +381,10 @@ def test_kpi_tiles_and_bulk_start_from_the_list(
     page.on("dialog", accept)
     button.click()
     expect(page.get_by_role("heading", name="Starting 49 recoveries")).to_be_visible()
-    assert dialogs == ["Start recoveries for 49 transactions? Their customers are messaged now."]
+    assert dialogs == [
+        "Start recoveries for 49 transactions? Each customer gets the first message now, "
+        "or at 08:00 their time if it is within quiet hours (21:00-08:00) there."
+    ]
     expect(page.locator("#bulk-progress .status")).to_have_text("done", timeout=20_000)
     started = int(page.locator("#bulk-started").inner_text())
     refused = int(page.locator("#bulk-refused").inner_text())
@@ -444,7 +447,8 @@ class TestAllMatchingInTheBrowser:
         expect(page.locator("#bulk-filter")).to_have_text("Every transaction that matched status failed.")
         assert dialogs == [
             f"Start recoveries for all {failed} transactions matching this filter? "
-            "Their customers are messaged now."
+            "Each customer gets the first message now, "
+            "or at 08:00 their time if it is within quiet hours (21:00-08:00) there."
         ]
         tab.assert_clean()
 

@@ -483,7 +483,7 @@ def test_detail_shows_every_field(
     for shown in (
         "TXN-FULL",
         "€123.45",
-        "12345 eur minor units",
+        '€123.45 <span class="sub">EUR</span>',
         "recovering",
         "insufficient_funds",
         "Your card has insufficient funds.",
@@ -497,7 +497,7 @@ def test_detail_shows_every_field(
         "cs_test_a1b2c3",
         "cus_NffrFeUfNV2Hib",
         'href="https://buy.stripe.com/test_123"',
-        "2025-01-19 10:30",
+        "19 Jan 2025, 10:30 UTC",
         "Payment failed",
     ):
         assert shown in page, shown
@@ -559,7 +559,7 @@ def test_detail_lists_recovery_attempts(
     assert '<td data-label="Channel">sms</td>' in page
     assert '<span class="status status-notified">notified</span>' in page
     assert "2 / 4" in page  # messages sent of the first send plus retries
-    assert "2030-01-08 09:00" in page
+    assert "8 Jan 2030, 09:00 UTC" in page
     assert "Recovery started" in page  # also on the timeline
 
 

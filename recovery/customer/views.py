@@ -22,7 +22,7 @@ from werkzeug.wrappers import Response
 
 from recovery.extensions import csrf, db, limiter
 from recovery.logs import get_logger
-from recovery.messaging.content import babel_locale, format_expiry
+from recovery.messaging.content import format_expiry, writing_locale
 from recovery.models import (
     AttemptStatus,
     CheckoutSession,
@@ -88,13 +88,19 @@ def _checkout_origins() -> list[str]:
     return origins
 
 
-def _brand(organization: Organization | None) -> dict[str, Any]:
+def _brand(organization: Organization | None, transaction: Transaction | None = None) -> dict[str, Any]:
     color = organization.brand_color if organization else ""
     return {
         "organization": organization,
         "brand_color": color if HEX_COLOR.fullmatch(color or "") else "#1f6feb",
         "style_nonce": g.get("style_nonce", ""),
+        "locale": _page_locale(transaction),
     }
+
+
+def _page_locale(transaction: Transaction | None) -> str:
+    """The locale of the page's amounts and dates: the pages are in English, so English ones."""
+    return writing_locale(transaction.customer_locale if transaction else None, None)
 
 
 def _attempt_or_404(token: str) -> tuple[RecoveryAttempt, Transaction, Organization]:
@@ -124,7 +130,7 @@ def _expiry(attempt: RecoveryAttempt, transaction: Transaction, organization: Or
     """The link's expiry as the customer's messages state it (their zone, its UTC offset)."""
     return format_expiry(
         attempt.expires_at,
-        babel_locale(transaction.customer_locale),
+        _page_locale(transaction),
         country=transaction.customer_country,
         phone=transaction.customer_phone,
         organization_zone=organization.timezone,
@@ -144,7 +150,7 @@ def _render_state(
         body = render_template(
             "customer/already_paid.html",
             receipt=_paid_receipt(transaction, organization),
-            **_brand(organization),
+            **_brand(organization, transaction),
         )
         return _html(body, 200)
     paid = services.paid_session(db.session, transaction.id)
@@ -154,7 +160,10 @@ def _render_state(
             organization.name, paid.amount, paid.currency, transaction.transaction_ref, paid.completed_at
         )
         body = render_template(
-            "customer/already_paid.html", receipt=receipt, confirming=True, **_brand(organization)
+            "customer/already_paid.html",
+            receipt=receipt,
+            confirming=True,
+            **_brand(organization, transaction),
         )
         return _html(body, 200)
     if _closed(attempt, now):
@@ -163,7 +172,7 @@ def _render_state(
             "customer/link_closed.html",
             status=status,
             transaction=transaction,
-            **_brand(organization),
+            **_brand(organization, transaction),
         )
         return _html(body, 410)
     return None
@@ -185,7 +194,7 @@ def pay(token: str) -> Any:
         transaction=transaction,
         error=None,
         expiry=_expiry(attempt, transaction, organization),
-        **_brand(organization),
+        **_brand(organization, transaction),
     )
 
 
@@ -229,7 +238,7 @@ def checkout(token: str) -> Any:
             ),
             error_contact=not passing,
             expiry=_expiry(attempt, transaction, organization),
-            **_brand(organization),
+            **_brand(organization, transaction),
         )
         return page, 503 if passing else 502
     db.session.commit()
@@ -329,7 +338,7 @@ def _success_page(
         receipt=receipt,
         transaction=transaction,
         token=token,
-        **_brand(organization),
+        **_brand(organization, transaction),
     )
 
 
@@ -383,7 +392,8 @@ def cancel() -> Any:
     retry_url = None
     if attempt is not None and not _closed(attempt, utcnow()) and attempt.transaction.status not in PAID:
         retry_url = url_for("customer.pay", token=attempt.token)
-    return render_template("customer/cancel.html", retry_url=retry_url, **_brand(organization))
+    transaction = attempt.transaction if attempt else None
+    return render_template("customer/cancel.html", retry_url=retry_url, **_brand(organization, transaction))
 
 
 @bp.get("/<token>/unsubscribe")
@@ -391,7 +401,11 @@ def unsubscribe_confirm(token: str) -> Any:
     """Ask before opting out: link checkers and mail scanners follow GET links."""
     _attempt, transaction, organization = _attempt_or_404(token)
     return render_template(
-        "customer/unsubscribe.html", done=False, transaction=transaction, token=token, **_brand(organization)
+        "customer/unsubscribe.html",
+        done=False,
+        transaction=transaction,
+        token=token,
+        **_brand(organization, transaction),
     )
 
 
@@ -402,7 +416,11 @@ def unsubscribe(token: str) -> Any:
     if services.unsubscribe_email(db.session, attempt, now=utcnow()):
         db.session.commit()
     return render_template(
-        "customer/unsubscribe.html", done=True, transaction=transaction, token=token, **_brand(organization)
+        "customer/unsubscribe.html",
+        done=True,
+        transaction=transaction,
+        token=token,
+        **_brand(organization, transaction),
     )
 
 

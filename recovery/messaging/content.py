@@ -1,13 +1,15 @@
-"""What a recovery message says: rendered from templates/messages in the customer's language.
+"""What a recovery message says: rendered from templates/messages in one language.
 
 The copy lives in Jinja templates with `{% trans %}` blocks, so another
 language is a gettext catalogue away (recovery/translations/<locale>/LC_MESSAGES/messages.mo,
-compiled with `pybabel compile`); amounts and dates go through Babel for the
-customer's locale and the transaction's currency.
+compiled with `pybabel compile`). Amounts and dates follow the language the
+copy is actually in (`writing_locale`): a French customer gets French
+formats only once the copy is French, never "50,00 €" inside English text.
 """
 
 from __future__ import annotations
 
+import gettext
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from zoneinfo import ZoneInfo
 from babel import Locale, UnknownLocaleError
 from babel.dates import format_date, format_skeleton
 from babel.support import Translations
+from flask import current_app, has_app_context
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
@@ -28,6 +31,12 @@ from recovery.recoveries.quiet_hours import country_zone, customer_zones
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates" / "messages"
 TRANSLATIONS = Path(__file__).resolve().parents[1] / "translations"
 DEFAULT_LOCALE = "en_US"
+# The English a customer reads when their own language has no copy yet: CLDR's
+# "English for the world" puts the day before a spelled-out month (as most of the
+# world reads dates), keeps the decimal point that English text implies, and names
+# currencies without ambiguity (US$, JP¥), which a French or Japanese reader needs
+# more than an American does.
+WORLD_ENGLISH = "en_001"
 
 # Declines the customer cannot fix by trying again: they need another card.
 NEW_CARD_CODES = frozenset(
@@ -111,9 +120,37 @@ def bdi(value: object) -> Markup:
     return Markup("<bdi>{}</bdi>").format(value)
 
 
+def catalogue_dir() -> Path:
+    """Where the compiled catalogues are: the app's TRANSLATIONS_DIR if set, else the package's own."""
+    if has_app_context():
+        configured = current_app.config.get("TRANSLATIONS_DIR")
+        if configured:
+            return Path(configured)
+    return TRANSLATIONS
+
+
+def writing_locale(locale: str | None, catalogues: Path | None) -> str:
+    """The one locale a message is written in: the language of its copy, and that language's formats.
+
+    The customer's own locale, region included (fr_CA), when the copy exists in
+    their language: English, the source, or a compiled catalogue in `catalogues`
+    (None: the text is not translated at all, as the customer pages are not).
+    Otherwise the copy is English, so the numbers and dates are too
+    (WORLD_ENGLISH): a mixture ("January" next to "50,00 €") reads as a
+    mistake, or a phishing attempt. An English locale keeps its region
+    (en_GB, en_IN): it belongs to the language.
+    """
+    wanted = babel_locale(locale)
+    if Locale.parse(wanted).language == "en":
+        return wanted
+    if catalogues is not None and gettext.find("messages", str(catalogues), [wanted]) is not None:
+        return wanted
+    return WORLD_ENGLISH
+
+
 @cache
-def _environment(locale: str) -> Environment:
-    """One Jinja environment per locale, with that locale's catalogue installed."""
+def _environment(locale: str, catalogues: Path) -> Environment:
+    """One Jinja environment per locale and catalogue directory, with that locale's catalogue installed."""
     env = Environment(
         loader=FileSystemLoader(TEMPLATES),
         autoescape=select_autoescape(["html"]),
@@ -123,7 +160,7 @@ def _environment(locale: str) -> Environment:
         keep_trailing_newline=False,
     )
     env.filters["bdi"] = bdi
-    translations = Translations.load(str(TRANSLATIONS), [locale], domain="messages")
+    translations = Translations.load(str(catalogues), [locale], domain="messages")
     env.install_gettext_translations(translations, newstyle=True)  # type: ignore[attr-defined]
     return env
 
@@ -208,8 +245,7 @@ def _expiry(facts: MessageFacts, locale: str, *, short: bool) -> str:
     )
 
 
-def _context(facts: MessageFacts) -> dict[str, object]:
-    locale = babel_locale(facts.locale)
+def _context(facts: MessageFacts, locale: str) -> dict[str, object]:
     return {
         "merchant": facts.merchant,
         "brand_color": facts.brand_color,
@@ -229,8 +265,10 @@ def _context(facts: MessageFacts) -> dict[str, object]:
 
 def render_email(facts: MessageFacts) -> RenderedEmail:
     """Subject, plain text and HTML of the step's email."""
-    env = _environment(babel_locale(facts.locale))
-    context = _context(facts)
+    catalogues = catalogue_dir()
+    locale = writing_locale(facts.locale, catalogues)
+    env = _environment(locale, catalogues)
+    context = _context(facts, locale)
     # Collapse the template's line breaks, but keep Babel's no-break spaces (50,00 €).
     subject = _SPACES.sub(" ", env.get_template("email_subject.txt").render(context)).strip()
     return RenderedEmail(
@@ -242,8 +280,10 @@ def render_email(facts: MessageFacts) -> RenderedEmail:
 
 def render_sms(facts: MessageFacts) -> str:
     """The step's text message: GSM-7 where the content allows, one segment where it fits."""
-    env = _environment(babel_locale(facts.locale))
-    context = _context(facts)
+    catalogues = catalogue_dir()
+    locale = writing_locale(facts.locale, catalogues)
+    env = _environment(locale, catalogues)
+    context = _context(facts, locale)
     for variant in ("full", "short"):
         text = to_gsm7(" ".join(env.get_template("sms.txt").render(context, variant=variant).split()))
         if sms_length(text) <= SMS_SEGMENT:

@@ -38,7 +38,7 @@ from recovery.audit import Actor
 from recovery.extensions import db
 from recovery.jobs import app_job
 from recovery.logs import get_logger
-from recovery.models import BulkStart, BulkStatus, Transaction, utcnow
+from recovery.models import BulkStart, BulkStatus, Organization, RecoveryAttempt, Transaction, utcnow
 from recovery.models.base import DbSession
 from recovery.queue import get_queue, job_statuses
 from recovery.recoveries import jobs, services
@@ -180,6 +180,54 @@ def enqueue_run(bulk: BulkStart) -> str:
             run_job, bulk.id, job_id=run_id, unique=True, job_timeout=JOB_TIMEOUT, description=description
         )
     return run_id
+
+
+@dataclass(frozen=True)
+class FirstSends:
+    """When the first messages of a bulk start's recoveries go: at once, or after quiet hours.
+
+    `quiet_end` is the organization's quiet hours' end ("08:00"), the local time
+    at which a deferred first message goes in its customer's zone.
+    """
+
+    now: int = 0
+    after_quiet_hours: int = 0
+    quiet_end: str | None = None
+    # The organization's schedule starts after day 0: the first message is not today.
+    later: int = 0
+
+
+def first_sends(session: DbSession, bulk: BulkStart) -> FirstSends:
+    """Count the bulk start's recoveries by when their first message goes, by the sending rule itself.
+
+    The first send is `services.send_time` of the attempt's start plus its
+    schedule's first day (as `start_recovery` sets it); recomputed here
+    because `next_send_at` moves on once that message is out.
+    """
+    organization = session.get(Organization, bulk.organization_id)
+    done = bulk.transaction_ids[: bulk.processed]
+    if organization is None or not done or not bulk.started:
+        return FirstSends()
+    rows = session.execute(
+        select(RecoveryAttempt, Transaction)
+        .join(Transaction, Transaction.id == RecoveryAttempt.transaction_id)
+        .where(
+            RecoveryAttempt.organization_id == bulk.organization_id,
+            RecoveryAttempt.transaction_id.in_(done),
+            RecoveryAttempt.created_at >= bulk.created_at,
+        )
+    ).all()
+    now = quiet = later = 0
+    for attempt, transaction in rows:
+        planned = attempt.created_at + timedelta(days=(attempt.schedule_days or [0])[0])
+        if planned > attempt.created_at:
+            later += 1
+        elif services.send_time(organization, transaction, planned) > planned:
+            quiet += 1
+        else:
+            now += 1
+    window = (organization.quiet_hours or "").partition("-")[2].strip() or None
+    return FirstSends(now, quiet, window, later)
 
 
 def get_for_org(session: DbSession, organization_id: int, bulk_id: int) -> BulkStart | None:

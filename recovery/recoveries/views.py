@@ -182,6 +182,7 @@ def bulk_progress(bulk_id: int) -> Any:
     return render_template(
         "recoveries/_bulk_progress.html" if fragment else "recoveries/bulk.html",
         bulk=found,
+        sends=bulk.first_sends(db.session, found),
         stalled=bulk.is_stalled(found, utcnow()),
         stalled_minutes=int(bulk.STALLED_AFTER.total_seconds() // 60),
     )

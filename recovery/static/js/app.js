@@ -84,10 +84,10 @@ function bulkUpdate(form) {
   if (everyMatch?.checked) {
     const matching = everyMatch.dataset.bulkMatching;
     if (label) label.textContent = `Start recovery for all ${matching} matching`;
-    form.dataset.confirm = `Start recoveries for all ${matching} transactions matching this filter? Their customers are messaged now.`;
+    form.dataset.confirm = `Start recoveries for all ${matching} transactions matching this filter? ${form.dataset.bulkWhen}`;
   } else {
     if (label) label.textContent = `Start recovery for ${checked} selected`;
-    form.dataset.confirm = `Start recoveries for ${checked} transaction${checked === 1 ? "" : "s"}? Their customers are messaged now.`;
+    form.dataset.confirm = `Start recoveries for ${checked} transaction${checked === 1 ? "" : "s"}? ${form.dataset.bulkWhen}`;
   }
 }
 
