@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Select, or_, select
+from sqlalchemy import Select, and_, or_, select
 
 from recovery.audit_log.sentences import KINDS, actions_of_kind
 from recovery.models import AuditEvent, Transaction, User
@@ -111,28 +111,51 @@ def query(organization_id: int, filters: AuditFilters, tz: str) -> Select[AuditE
         stmt = stmt.where(
             Transaction.transaction_ref == filters.ref, Transaction.organization_id == organization_id
         )
-    return stmt.order_by(AuditEvent.id.desc())
+    # By time, not id: some events are recorded with the time they happened (a Stripe event's).
+    return stmt.order_by(AuditEvent.created_at.desc(), AuditEvent.id.desc())
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def cursor(event: AuditEvent) -> str:
+    """The link to the events after `event`: its time in microseconds and its id."""
+    micros = (event.created_at - _EPOCH) // timedelta(microseconds=1)
+    return f"{micros}-{event.id}"
+
+
+def parse_cursor(raw: str) -> tuple[datetime, int] | None:
+    if not raw:
+        return None
+    micros, _, event_id = raw.partition("-")
+    if not (micros.isascii() and micros.isdigit() and event_id.isascii() and event_id.isdigit()):
+        raise FilterRefused("This page link is broken; start again from the first page.", "before")
+    if len(micros) > 17 or len(event_id) > 18:
+        raise FilterRefused("This page link is broken; start again from the first page.", "before")
+    return _EPOCH + timedelta(microseconds=int(micros)), int(event_id)
 
 
 @dataclass(frozen=True)
 class Page:
     rows: list[tuple[AuditEvent, str | None]]
-    next_before: int | None
+    next_before: str | None
 
 
-def page(
-    session: DbSession, organization_id: int, filters: AuditFilters, tz: str, before: int | None = None
-) -> Page:
-    """One page of events (newest first) older than event `before`, and the cursor of the next."""
+def page(session: DbSession, organization_id: int, filters: AuditFilters, tz: str, before: str = "") -> Page:
+    """One page of events, newest first, after the cursor `before`; and the next page's cursor."""
     stmt = query(organization_id, filters, tz)
-    if before is not None:
-        stmt = stmt.where(AuditEvent.id < before)
+    after = parse_cursor(before)
+    if after is not None:
+        at, event_id = after
+        stmt = stmt.where(
+            or_(AuditEvent.created_at < at, and_(AuditEvent.created_at == at, AuditEvent.id < event_id))
+        )
     rows: list[tuple[AuditEvent, str | None]] = [
         (row[0], row[1]) for row in session.execute(stmt.limit(PAGE_SIZE + 1))
     ]
     more = len(rows) > PAGE_SIZE
     rows = rows[:PAGE_SIZE]
-    return Page(rows, rows[-1][0].id if more and rows else None)
+    return Page(rows, cursor(rows[-1][0]) if more and rows else None)
 
 
 def stream(

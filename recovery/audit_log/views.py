@@ -15,10 +15,11 @@ from recovery.audit_log.sentences import KINDS, sentence
 from recovery.extensions import db
 from recovery.models import AuditEvent, Role, utcnow
 from recovery.security import require_role
-from recovery.templating import format_datetime, row_id_arg
+from recovery.templating import format_datetime
 
 bp = Blueprint("audit_log", __name__, url_prefix="/audit")
 
+FILTER_ARGS = ("actor", "kind", "from", "to", "ref")
 CSV_HEADER = [
     "When (UTC)",
     "When (local)",
@@ -71,6 +72,8 @@ def _choices() -> dict[str, Any]:
         "tz": current_user.organization.timezone or "UTC",
         "sentence": sentence,
         "target_link": target_link,
+        # The export takes the page's filters, not its place in the list.
+        "filter_args": {k: v for k, v in request.args.items() if k in FILTER_ARGS and v},
     }
 
 
@@ -82,7 +85,12 @@ def index() -> Any:
     except services.FilterRefused as error:
         return _refused(error)
     tz = current_user.organization.timezone or "UTC"
-    page = services.page(db.session, current_user.organization_id, filters, tz, row_id_arg("before"))
+    try:
+        page = services.page(
+            db.session, current_user.organization_id, filters, tz, request.args.get("before", "")
+        )
+    except services.FilterRefused as error:
+        return _refused(error)
     return render_template(
         "audit_log/index.html", page=page, filters=filters, error=None, args=request.args, **_choices()
     )
@@ -104,7 +112,7 @@ def export() -> Any:
         "audit.exported",
         target_type="organization",
         target_id=organization_id,
-        filters={k: v for k, v in request.args.items() if k in ("actor", "kind", "from", "to", "ref") and v},
+        filters={k: v for k, v in request.args.items() if k in FILTER_ARGS and v},
     )
     db.session.commit()
 
