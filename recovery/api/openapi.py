@@ -133,6 +133,8 @@ class Operation:
     path_params: Mapping[str, str] = field(default_factory=dict)
     errors: Mapping[int, str] = field(default_factory=dict)
     headers: Mapping[str, str] = field(default_factory=dict)
+    # False for a body that may be left out (the request is then taken as `{}`).
+    request_required: bool = True
     request_example: Mapping[str, Any] | None = None
     response_example: Mapping[str, Any] | None = None
     # Only for the operations Flask does not route (the webhook receiver); views get it from their blueprint.
@@ -291,7 +293,7 @@ def _operation_entry(
         body: dict[str, Any] = {"schema": schemas.ref(operation.request, "validation")}
         if operation.request_example is not None:
             body["example"] = dict(operation.request_example)
-        entry["requestBody"] = {"required": True, "content": {"application/json": body}}
+        entry["requestBody"] = {"required": operation.request_required, "content": {"application/json": body}}
         if auth != "stripe-signature":  # read by recovery.api.bodies.json_object
             errors.update(BODY_ERRORS)
     if auth == "bearer":

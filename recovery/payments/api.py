@@ -96,6 +96,11 @@ STRIPE_ERRORS = {
     500: "Stripe rejected our Stripe key.",
     502: "Stripe is unreachable or failing (Stripe's message).",
     503: "No Stripe key is configured (`Stripe API key not configured`), or Stripe is rate limiting.",
+    422: (
+        "A field is unknown or not valid, `amount` or `currency` is not the transaction's, the amount "
+        "is one Stripe cannot charge (below its minimum for the currency, or a fraction it does not "
+        "collect), or Stripe refused the request as invalid; `fields` names the input when there is one."
+    ),
 }
 IDEMPOTENCY = (
     "Send an `Idempotency-Key` header (1 to 255 characters): every repeat with that key returns the "
@@ -320,6 +325,7 @@ def create_payment_link() -> tuple[Response, int]:
     path_params={"session_id": "A Checkout Session of this organization (cs_...)."},
     errors={
         404: "No such Checkout Session in the token's organization.",
+        422: "Stripe refused the request as invalid (Stripe's message).",
         500: STRIPE_ERRORS[500],
         502: STRIPE_ERRORS[502],
         503: STRIPE_ERRORS[503],

@@ -163,7 +163,8 @@ def _attempt(attempt_id: int) -> RecoveryAttempt:
         409: "A recovery is already running for the transaction, or it is already paid.",
         422: (
             "A field is unknown or not valid (`channels`: unknown channel, no address, opted out; "
-            "`schedule`), or the failure code is excluded from recovery in the organization's settings."
+            "`schedule`), the failure code is excluded from recovery in the organization's settings, or "
+            "the amount is one Stripe cannot charge (below its minimum for the currency)."
         ),
     },
     description="The first message goes out at once when the schedule starts at 0 (outside quiet hours).",
