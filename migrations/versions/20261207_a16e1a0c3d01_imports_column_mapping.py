@@ -33,6 +33,10 @@ def upgrade():
         batch_op.add_column(sa.Column('skipped_rows', sa.Integer(), nullable=False, server_default='0'))
         batch_op.add_column(sa.Column('mapping', sa.JSON(), nullable=True))
         batch_op.add_column(sa.Column('warnings', sa.JSON(), nullable=False, server_default='[]'))
+    # The models set these on insert; the defaults were only for the rows already there.
+    with op.batch_alter_table('csv_import', schema=None) as batch_op:
+        batch_op.alter_column('skipped_rows', server_default=None)
+        batch_op.alter_column('warnings', server_default=None)
 
 
 def downgrade():

@@ -117,19 +117,27 @@ def render_mapping(csv_import: CsvImport, form: Any, remembered: bool, status: i
     ), status
 
 
-@bp.route("/imports/<int:import_id>/mapping", methods=["GET", "POST"])
+@bp.get("/imports/<int:import_id>/mapping")
 def mapping(import_id: int) -> Any:
     """Show the file's header and first rows, and which column we think holds which field."""
     csv_import = org_import(import_id)
     if csv_import.status != ImportStatus.MAPPING:
         return redirect(url_for("imports.detail", import_id=import_id))
-    if request.method == "POST" and not current_user.has_role(Role.OPERATOR):
-        abort(403)
     header = services.header_of(csv_import)
     initial, remembered = mappings.initial(db.session, csv_import.organization_id, header)
-    form = mapping_form(header, initial, submitted=request.method == "POST")
-    if request.method == "GET":
-        return render_mapping(csv_import, form, remembered)
+    return render_mapping(csv_import, mapping_form(header, initial, submitted=False), remembered)
+
+
+@bp.post("/imports/<int:import_id>/mapping")
+@require_role(Role.OPERATOR)
+def confirm(import_id: int) -> Any:
+    """Import with the chosen mapping; a choice that cannot be used is answered on the page."""
+    csv_import = org_import(import_id)
+    if csv_import.status != ImportStatus.MAPPING:
+        return redirect(url_for("imports.detail", import_id=import_id))
+    header = services.header_of(csv_import)
+    initial, remembered = mappings.initial(db.session, csv_import.organization_id, header)
+    form = mapping_form(header, initial, submitted=True)
     if not form.validate_on_submit():  # only the CSRF token can fail here
         return render_mapping(csv_import, form, remembered, 400)
     actor = Actor.for_user(current_user, request.remote_addr)
