@@ -73,6 +73,7 @@ def register_blueprints(app: Flask) -> None:
     from recovery.audit_log.views import bp as audit_log_bp
     from recovery.auth.views import bp as auth_bp
     from recovery.customer.views import bp as customer_bp
+    from recovery.exports.views import bp as exports_bp
     from recovery.health.views import bp as health_bp
     from recovery.imports.views import bp as imports_bp
     from recovery.messaging.resend import bp as messages_bp
@@ -93,6 +94,7 @@ def register_blueprints(app: Flask) -> None:
         auth_bp,
         health_bp,
         transactions_bp,
+        exports_bp,
         imports_bp,
         payments_bp,
         recoveries_bp,

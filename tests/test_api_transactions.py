@@ -257,8 +257,10 @@ def test_list_by_amount_ascending(api, make_transaction, org):
     for ref, amount in (("A", 300), ("B", 100), ("C", 200), ("D", 100)):
         make_transaction(org=org, transaction_ref=ref, amount=amount)
 
-    first = api("GET", "/v1/transactions?sort=amount&order=asc&limit=2").json
-    second = api("GET", f"/v1/transactions?sort=amount&order=asc&limit=2&after={first['next_cursor']}").json
+    first = api("GET", "/v1/transactions?currency=usd&sort=amount&order=asc&limit=2").json
+    second = api(
+        "GET", f"/v1/transactions?currency=usd&sort=amount&order=asc&limit=2&after={first['next_cursor']}"
+    ).json
 
     assert [t["transaction_ref"] for t in first["data"] + second["data"]] == ["B", "D", "C", "A"]
     assert (first["has_more"], second["has_more"]) == (True, False)
@@ -317,7 +319,7 @@ def test_a_cursor_of_another_sort_is_refused(api, make_transaction, org):
         make_transaction(org=org)
     cursor = api("GET", "/v1/transactions?limit=1").json["next_cursor"]
 
-    response = api("GET", f"/v1/transactions?sort=amount&after={cursor}")
+    response = api("GET", f"/v1/transactions?currency=usd&sort=amount&after={cursor}")
 
     assert response.status_code == 422
     assert "after" in response.json["error"]["fields"]

@@ -248,6 +248,11 @@ def _list_query() -> tuple[services.ListQuery, int]:
         del errors["cursor"]
         name = "before" if args.get("before") else "after"
         errors[name] = "Not a cursor of this list: pass next_cursor or prev_cursor as given, same sort."
+    if query.amount_needs_currency and "sort" in errors:
+        errors["sort"] = (
+            "Sorting by amount needs a currency filter (e.g. currency=usd): "
+            "amounts in different currencies cannot be compared."
+        )
     if args.get("sort", query.sort) not in services.SORTS:
         errors["sort"] = f"Use one of: {', '.join(services.SORTS)}."
     if args.get("order", query.order) not in ("asc", "desc"):

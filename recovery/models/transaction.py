@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String, UniqueConstraint, func, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from recovery.models.base import Base, BigId, HasStatus, UTCDateTime, utcnow
@@ -51,12 +51,24 @@ class Transaction(HasStatus, Base):
         UniqueConstraint("organization_id", "transaction_ref", name="uq_transaction_org_ref"),
         # Keyset pagination: every list order ends in id so the cursor is total.
         Index("ix_transaction_org_failed", "organization_id", "failed_at", "id"),
-        Index("ix_transaction_org_amount", "organization_id", "amount", "id"),
         Index("ix_transaction_org_status_failed", "organization_id", "status", "failed_at", "id"),
-        Index("ix_transaction_org_status_amount", "organization_id", "status", "amount", "id"),
+        # Amounts sort only within one currency (¥5,000 is not more than $49).
+        Index("ix_transaction_org_currency_amount", "organization_id", "currency", "amount", "id"),
         Index("ix_transaction_org_email", "organization_id", "customer_email"),
         Index("ix_transaction_org_phone", "organization_id", "customer_phone"),
         Index("ix_transaction_org_currency_failed", "organization_id", "currency", "failed_at"),
+        # Search: a case-insensitive prefix of a reference or an email, as a range over
+        # lower(column) compared byte by byte (transactions.search). PostgreSQL's pattern
+        # operator class orders by bytes whatever the database's collation; SQLite does anyway.
+        *(
+            Index(
+                f"ix_transaction_org_{name}_search",
+                "organization_id",
+                func.lower(text(column)).label(f"{name}_key"),
+                postgresql_ops={f"{name}_key": "text_pattern_ops"},
+            )
+            for name, column in (("ref", "transaction_ref"), ("email", "customer_email"))
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

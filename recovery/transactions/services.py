@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import ColumnElement, Select, func, or_, select, tuple_
+from sqlalchemy import ColumnElement, Select, func, select, tuple_
 from sqlalchemy.exc import IntegrityError
 
 from recovery import audit, money
@@ -22,6 +22,7 @@ from recovery.models import (
     CsvImport,
     Message,
     MessageStatus,
+    Organization,
     Provider,
     RecoveryAttempt,
     Transaction,
@@ -30,13 +31,12 @@ from recovery.models import (
 )
 from recovery.models.base import DbSession
 from recovery.models.transaction import TransactionStatus
+from recovery.transactions import search
 from recovery.transactions.validation import (
     CONTACT_FIELDS,
     MAX_LENGTHS,
     Cleaned,
     clean_contact,
-    clean_email,
-    clean_phone,
     clean_transaction,
     has_control_characters,
     strip_deceptive,
@@ -185,6 +185,10 @@ class ListQuery:
     after: tuple[Any, int] | None = None
     before: tuple[Any, int] | None = None
     errors: dict[str, str] = field(default_factory=dict)
+    # Both dates kept as typed, to be shown and fixed; the list is not run for them.
+    dates_reversed: bool = False
+    # Sort by amount was asked for without a currency: listed by date, the picker marked.
+    amount_needs_currency: bool = False
 
     @classmethod
     def from_args(cls, args: Any) -> ListQuery:
@@ -226,9 +230,20 @@ class ListQuery:
                 else:
                     setattr(query, name, day)
         if query.date_from and query.date_to and query.date_from > query.date_to:
-            query.errors["date_to"] = "The last day is before the first: no transaction can match."
-            query.date_to = None
-        if args.get("sort") in SORTS:
+            query.errors["date_to"] = (
+                f"'To' ({_day(query.date_to)}) is before 'From' ({_day(query.date_from)}): "
+                "swap them to see the transactions that failed between those days."
+            )
+            query.dates_reversed = True
+        if args.get("sort") == "amount" and query.currency is None:
+            # ¥5,000 is not more than $49: amounts compare only within one currency.
+            if "currency" not in query.errors:
+                query.errors["sort"] = (
+                    "Choose a currency to sort by amount: amounts in different currencies "
+                    "cannot be compared (¥5,000 is not more than $49). Listed by date meanwhile."
+                )
+            query.amount_needs_currency = True
+        elif args.get("sort") in SORTS:
             query.sort = args["sort"]
         if args.get("order") in ("asc", "desc"):
             query.order = args["order"]
@@ -257,6 +272,10 @@ class ListQuery:
             "order": self.order,
         }
         return {name: value for name, value in values.items() if value}
+
+
+def _day(day: date) -> str:
+    return f"{day.day} {day:%b %Y}"
 
 
 class ListedTransaction(NamedTuple):
@@ -326,31 +345,20 @@ def _is_bigint(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63
 
 
-def search_condition(q: str) -> ColumnElement[bool]:
-    """Exact match on an email, an E.164 phone or a transaction_ref, each index-backed."""
-    conditions = [Transaction.transaction_ref == q]
-    if "@" in q:
-        try:
-            email = clean_email(q)
-        except ValueError:
-            email = q.lower()
-        conditions.append(Transaction.customer_email == email)
-    elif any(c.isdigit() for c in q) and q.lstrip().startswith(("+", "00")):
-        try:
-            phone = clean_phone(q.replace("00", "+", 1) if q.startswith("00") else q, None)
-        except ValueError:
-            phone = None
-        if phone:
-            conditions.append(Transaction.customer_phone == phone)
-    return or_(*conditions)
-
-
-def _filters(organization_id: int, query: ListQuery) -> list[ColumnElement[bool]]:
+def list_filters(session: DbSession, organization_id: int, query: ListQuery) -> list[ColumnElement[bool]]:
+    """The WHERE conditions of the list's filter (no cursor), shared by the list, bulk start and export."""
     filters: list[ColumnElement[bool]] = [Transaction.organization_id == organization_id]
     if query.status:
         filters.append(Transaction.status == query.status)
     if query.q:
-        filters.append(search_condition(query.q))
+        timezone = session.scalar(select(Organization.timezone).where(Organization.id == organization_id))
+        filters.append(
+            search.search_condition(
+                query.q,
+                country=search.country_for_timezone(timezone),
+                dialect=session.get_bind().dialect.name,
+            )
+        )
     if query.currency:
         filters.append(Transaction.currency == query.currency)
     if query.date_from:
@@ -366,8 +374,11 @@ def list_transactions(
 ) -> Page:
     """One page (`limit` rows, default PAGE_SIZE) of the transactions, by keyset (never OFFSET)."""
     limit = limit or PAGE_SIZE
+    if query.dates_reversed:
+        # No day is both after 'From' and before 'To': say so (the page does), never query.
+        return Page(rows=[], next_cursor=None, prev_cursor=None, count=0, count_capped=False)
     key = SORTS[query.sort]
-    filters = _filters(organization_id, query)
+    filters = list_filters(session, organization_id, query)
     descending = query.order == "desc"
     backwards = query.before is not None and query.after is None
     cursor = query.before if backwards else query.after
@@ -417,13 +428,18 @@ def matching_ids(session: DbSession, organization_id: int, query: ListQuery, *, 
     key = SORTS[query.sort]
     descending = query.order == "desc"
     order = (key.desc(), Transaction.id.desc()) if descending else (key.asc(), Transaction.id.asc())
-    stmt = select(Transaction.id).where(*_filters(organization_id, query)).order_by(*order).limit(limit)
+    stmt = (
+        select(Transaction.id)
+        .where(*list_filters(session, organization_id, query))
+        .order_by(*order)
+        .limit(limit)
+    )
     return list(session.scalars(stmt))
 
 
 def count_matching(session: DbSession, organization_id: int, query: ListQuery, *, cap: int) -> int:
     """How many transactions the list's filter matches, counting no further than cap + 1."""
-    return session.scalar(_capped_count(_filters(organization_id, query), cap)) or 0
+    return session.scalar(_capped_count(list_filters(session, organization_id, query), cap)) or 0
 
 
 # --- the timeline ----------------------------------------------------------

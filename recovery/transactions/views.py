@@ -16,9 +16,10 @@ from recovery.models import Role, Transaction, utcnow
 from recovery.models.transaction import TransactionStatus
 from recovery.payments.views import panel_context
 from recovery.queue import redis_connection
+from recovery.recoveries import bulk
 from recovery.recoveries.views import panel_context as recovery_panel_context
 from recovery.security import require_role
-from recovery.transactions import kpis, live, services
+from recovery.transactions import counting, kpis, live, services
 from recovery.transactions.forms import ContactForm, TransactionForm
 
 bp = Blueprint("transactions", __name__)
@@ -53,6 +54,22 @@ def index() -> Any:
         query=query,
         statuses=TransactionStatus.ALL,
         currencies=COMMON_CURRENCIES,
+    )
+
+
+@bp.get("/transactions/matching")
+@require_role(Role.OPERATOR)
+def matching_count() -> Any:
+    """ "Select all 12,345 matching": the exact count, asked for when a whole page is selected (htmx).
+
+    The list counts to 1,000 only; this counts every row, bounded in time.
+    """
+    query = services.ListQuery.from_args({name: request.args.get(name) for name in services.FILTER_ARGS})
+    if query.errors:
+        abort(400, " ".join(query.errors.values()))
+    found = counting.count_exact(db.session, current_user.organization_id, query, floor=services.COUNT_CAP)
+    return render_template(
+        "transactions/_select_all.html", query=query, found=found, most=bulk.MAX_TRANSACTIONS
     )
 
 

@@ -75,6 +75,8 @@ function bulkUpdate(form) {
   const scope = form.querySelector("[data-bulk-scope]");
   const everyMatch = form.querySelector("[data-bulk-filter]");
   if (scope) scope.hidden = !wholePage;
+  // More rows match than the list counts: ask for the exact count (htmx, once) when it is offered.
+  if (scope && wholePage) scope.dispatchEvent(new Event("bulk-scope-shown"));
   // Unticking a row means "not everything": the filter scope goes with it.
   if (everyMatch && !wholePage) everyMatch.checked = false;
   const label = form.querySelector("[data-bulk-label]");
@@ -98,6 +100,12 @@ document.addEventListener("change", (event) => {
     for (const box of bulkBoxes(form)) box.checked = event.target.checked;
   }
   bulkUpdate(form);
+});
+
+// The exact count arrived: the choice and the confirmation name it.
+document.addEventListener("htmx:afterSettle", (event) => {
+  const form = event.detail.elt.closest?.("form[data-bulk]");
+  if (form) bulkUpdate(form);
 });
 
 // Checkboxes the browser restored (back button) count too.

@@ -1,0 +1,1 @@
+"""CSV exports of the dashboard's lists: transactions, recoveries and the outbox."""
