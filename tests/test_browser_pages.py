@@ -50,6 +50,7 @@ PAGES: list[tuple[str, str, bool]] = [
     ("webhook", "/webhooks/{webhook}", True),
     ("users", "/users", True),
     ("tokens", "/settings/api-tokens", True),
+    ("api-reference", "/api", True),
     ("settings", "/settings/recovery", True),
     ("sessions", "/account/sessions", True),
     ("pay", "/pay/{token}", False),
@@ -204,6 +205,27 @@ def test_every_page_at_every_width(open_tab: Callable[..., Tab], page_ids: dict[
         if None in by_page.values() or len(set(by_page.values())) != 1:
             problems.append(f"the top bar differs between pages at {width} px: {by_page}")
     assert problems == [], "\n".join(problems)
+    tab.assert_clean()
+
+
+@pytest.mark.parametrize("width", [375, 768])
+def test_the_menu_holds_every_link_and_the_account(
+    open_tab: Callable[..., Tab], demo: Any, width: int
+) -> None:
+    """Below 1100 px the links and the account fold into the menu, and open from it."""
+    from playwright.sync_api import expect
+
+    tab = open_tab({"width": width, "height": 900})
+    sign_in(tab)
+    nav = tab.page.locator("#main-nav")
+    expect(nav).to_be_hidden()
+    expect(tab.page.get_by_role("button", name="Sign out")).to_be_hidden()
+    tab.page.get_by_role("button", name="Menu").click()
+    expect(nav.get_by_role("link", name="Recovery settings")).to_be_visible()
+    expect(tab.page.get_by_role("link", name="owner@demo.example")).to_be_visible()
+    expect(tab.page.get_by_role("button", name="Sign out")).to_be_visible()
+    tab.page.screenshot(path=str(SHOTS / f"menu-open-{width}.png"))
+    tab.assert_fits_width()
     tab.assert_clean()
 
 
