@@ -143,6 +143,28 @@ def test_a_bad_choice_at_the_mapping_form_is_named_and_loses_nothing(
     assert imported_refs(db) == ["CSV-000001", "CSV-000002"]
 
 
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (csv_bytes(rows(2), [*HEADER, "Amount "]), "The header is wrong: repeated amount."),
+        (b",,\r\nT-1,50.00,usd\r\n", "The first line must be a header naming the columns; it is empty."),
+        (
+            (",".join(f"c{n}" for n in range(201)) + "\r\n" + "x," * 200 + "x\r\n").encode(),
+            "The header has 201 columns; at most 200 can be matched.",
+        ),
+    ],
+    ids=["repeated", "nameless", "too-wide"],
+)
+def test_a_header_whose_columns_cannot_be_told_apart_refuses_the_file(
+    client: FlaskClient, signed_in: Callable[..., User], db: Any, data: bytes, message: str
+) -> None:
+    signed_in("operator")
+    response = send_file(client, data)
+    assert response.status_code == 422
+    assert file_error(response).startswith(message)
+    assert count(db, CsvImport) == 0
+
+
 def test_repeated_column_names_refuse_the_file(
     client: FlaskClient, signed_in: Callable[..., User], db: Any
 ) -> None:

@@ -39,6 +39,9 @@ log = get_logger("recovery.imports")
 
 MAX_PROBLEMS = 1000  # listed row by row; beyond this only the counts grow
 PREVIEW_ROWS = 5
+# Stripe's payments export has ~50 columns; a header far wider is not a payments file,
+# and each of the mapping page's selects lists every column.
+MAX_COLUMNS = 200
 # An upload nobody mapped is dropped after this: the file holds customers' details.
 UNMAPPED_KEPT = timedelta(days=1)
 # Contact details a row can lose and still be recovered, as long as it keeps an
@@ -111,6 +114,11 @@ def check_file(data: bytes, max_bytes: int) -> CheckedFile:
 def check_header(header: list[str]) -> None:
     """Refuse a header whose columns cannot be told apart; which column is which comes later."""
     names = [mappings.normalise(name) for name in header if name.strip()]
+    if len(header) > MAX_COLUMNS:
+        raise ImportRejected(
+            f"The header has {len(header):,} columns; at most {MAX_COLUMNS} can be matched. "
+            "Remove the columns you do not need and upload the file again."
+        )
     if not names:
         raise ImportRejected("The first line must be a header naming the columns; it is empty.")
     repeated = sorted({name for name in names if names.count(name) > 1})
