@@ -96,11 +96,26 @@ class TransactionCreate(TypedDict, total=False):
 @with_config(CLOSED)
 class TransactionListQuery(TypedDict, total=False):
     status: Annotated[str, enum_of(TransactionStatus.ALL, "Only transactions with this status.")]
-    q: Annotated[str, Field(description="An exact transaction_ref, customer email or phone.", max_length=254)]
+    q: Annotated[
+        str,
+        Field(
+            description=(
+                "The start of a transaction_ref or customer email, in any case (ord-10 finds ORD-1001), "
+                "or a whole phone number in any form."
+            ),
+            max_length=254,
+        ),
+    ]
     currency: Annotated[str, Field(description="An ISO 4217 code, e.g. usd.")]
     date_from: Annotated[str, Field(description="Failed on or after this day (UTC), e.g. 2025-01-31.")]
     date_to: Annotated[str, Field(description="Failed on or before this day (UTC).")]
-    sort: Annotated[str, enum_of(tuple(services.SORTS), "What to order by (default date).")]
+    sort: Annotated[
+        str,
+        enum_of(
+            tuple(services.SORTS),
+            "Default date; amount needs currency (amounts in different currencies do not compare).",
+        ),
+    ]
     order: Annotated[str, enum_of(("asc", "desc"), "Default desc.")]
     after: Annotated[str, Field(description="The next_cursor of the previous page.")]
     before: Annotated[str, Field(description="The prev_cursor of the page, to go back.")]
