@@ -119,6 +119,7 @@ def story(db: Any, signed_in: Any, make_user: Any, make_transaction: Any, make_t
         ),
         ("kind=recoveries", ["started a recovery", "cancelled a recovery"]),
         ("kind=sign_ins", ["signed in"]),
+        ("kind=users", []),  # "user.signed_in" starts like the users' actions, but is a sign-in
         ("kind=tokens", ["created an API token"]),
         ("from=2026-07-02&to=2026-07-02", ["started a recovery"]),  # London's 2 July
         ("to=2026-07-01", ["added a transaction", "cancelled a recovery"]),

@@ -168,7 +168,7 @@ def test_users_page(open_tab: Callable[..., Tab], demo: Any) -> None:
     expect(page.locator("table.data tbody tr")).to_have_count(4)
     expect(page.get_by_label("Role of viewer@demo.example")).to_have_value("viewer")
     invite = page.locator("form", has=page.get_by_role("heading", name="Invite a user"))
-    for label in ("Email", "Name", "Role", "Initial password"):
+    for label in ("Email", "Name", "Role"):
         expect(invite.get_by_label(label, exact=True)).to_be_visible()
     tab.assert_fits_width()
     tab.shot("users")

@@ -162,11 +162,12 @@ def kind_of(action: str) -> str | None:
     return next((kind for prefix, kind in _PREFIX_KINDS.items() if action.startswith(prefix)), None)
 
 
-def actions_of_kind(kind: str) -> tuple[list[str], list[str]]:
-    """(exact action codes, code prefixes) that make up `kind`."""
+def actions_of_kind(kind: str) -> tuple[list[str], list[str], list[str]]:
+    """(codes listed as `kind`, its code prefixes, codes those prefixes match that are of another kind)."""
     exact = [code for code, (k, _, _) in ACTIONS.items() if k == kind]
     prefixes = [prefix for prefix, k in _PREFIX_KINDS.items() if k == kind]
-    return exact, prefixes
+    others = [code for code, (k, _, _) in ACTIONS.items() if k != kind and code.startswith(tuple(prefixes))]
+    return exact, prefixes, others
 
 
 def sentence(action: str, details: dict[str, Any] | None) -> str:

@@ -96,12 +96,14 @@ def query(organization_id: int, filters: AuditFilters, tz: str) -> Select[AuditE
     elif filters.actor:
         stmt = stmt.where(AuditEvent.actor_user_id == int(filters.actor.removeprefix("user:")))
     if filters.kind:
-        exact, prefixes = actions_of_kind(filters.kind)
+        exact, prefixes, others = actions_of_kind(filters.kind)
+        # "user.signed_in" starts like the users' actions but is a sign-in: listed kinds win.
+        by_prefix = and_(
+            or_(*(AuditEvent.action.startswith(p, autoescape=True) for p in prefixes)),
+            AuditEvent.action.not_in(others),
+        )
         stmt = stmt.where(
-            or_(
-                AuditEvent.action.in_(exact),
-                *(AuditEvent.action.startswith(p, autoescape=True) for p in prefixes),
-            )
+            or_(AuditEvent.action.in_(exact), by_prefix) if prefixes else AuditEvent.action.in_(exact)
         )
     if filters.start:
         stmt = stmt.where(AuditEvent.created_at >= _local_midnight(filters.start, tz))

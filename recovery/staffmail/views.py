@@ -8,6 +8,7 @@ people whose role is not above their own (each one's link opens the account).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from flask import Blueprint, abort, current_app, render_template
@@ -19,6 +20,7 @@ from recovery.models import Role, StaffEmail
 from recovery.staffmail import services
 
 bp = Blueprint("staffmail", __name__, url_prefix="/outbox/staff")
+_URL = re.compile(r"https?://\S+")
 
 
 def _scope() -> tuple[int | None, Any]:
@@ -48,4 +50,7 @@ def detail(email_id: int) -> Any:
     email: StaffEmail | None = visible.get(email_id)
     if email is None:
         abort(404)
-    return render_template("staffmail/detail.html", email=email, public=viewer is None)
+    # Our own links only (reset, invitation): shown on their own so they can be clicked.
+    base = current_app.config["BASE_URL"].rstrip("/") + "/"
+    links = [url for url in _URL.findall(email.body_text) if url.startswith(base)]
+    return render_template("staffmail/detail.html", email=email, links=links, public=viewer is None)
