@@ -193,6 +193,9 @@ def test_every_page_at_every_width(open_tab: Callable[..., Tab], page_ids: dict[
             tab.page.set_viewport_size({"width": width, "height": 900})
             response = tab.page.goto(url)
             assert response is not None and response.status < 500, (name, response and response.status)
+            # A page that answers 410 on purpose (a closed link) is logged by Chromium as a failed load.
+            document = f"status of {response.status} ({tab.page.url})"
+            tab.errors[:] = [error for error in tab.errors if not error.endswith(document)]
             tab.page.wait_for_load_state("networkidle")
             tab.page.screenshot(path=str(SHOTS / f"{name}-{width}.png"), full_page=True)
             try:  # every page at every width, then all that went wrong at once

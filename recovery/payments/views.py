@@ -18,6 +18,7 @@ from recovery.payments import services
 from recovery.payments.forms import CreatePaymentForm, RefreshForm
 from recovery.payments.gateway import StripeFailure, StripeGateway, StripeSettings
 from recovery.security import require_role
+from recovery.templating import format_datetime
 from recovery.transactions.services import get_for_org
 
 bp = Blueprint("payments", __name__, url_prefix="/transactions/<int:transaction_id>")
@@ -92,7 +93,7 @@ def create_checkout_session(transaction_id: int) -> Response:
         _fail(error)
         return _back(transaction)
     db.session.commit()
-    until = f"{record.expires_at:%Y-%m-%d %H:%M} UTC"
+    until = format_datetime(record.expires_at)
     flash(f"Checkout session created; it can be paid until {until}.", "success")
     return _back(transaction)
 

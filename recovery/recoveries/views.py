@@ -32,7 +32,7 @@ from recovery.recoveries.forms import (
     StartRecoveryForm,
 )
 from recovery.security import is_safe_next, require_role
-from recovery.templating import row_id_arg
+from recovery.templating import format_datetime, row_id_arg
 from recovery.transactions import live
 from recovery.transactions.services import get_for_org
 
@@ -99,7 +99,11 @@ def start(transaction_id: int) -> Response:
     first = started.attempt.next_send_at
     if first is not None and first > utcnow() + timedelta(minutes=1):
         # Quiet hours in the customer's time zone moved the first message.
-        flash(f"Recovery started: the first message goes out at {first:%Y-%m-%d %H:%M} UTC.", "success")
+        flash(
+            "Recovery started: it is quiet hours where the customer is, so the first message goes out at "
+            f"{format_datetime(first)}.",
+            "success",
+        )
     else:
         flash("Recovery started: the first message is on its way.", "success")
     return _back(transaction.id)
