@@ -368,3 +368,15 @@ def test_the_command_line_refuses_a_bad_mapping_and_imports_nothing(
     assert message in result.output
     assert db.session.scalar(select(func.count()).select_from(Transaction)) == 0
     assert db.session.scalar(select(func.count()).select_from(CsvImport)) == 0
+
+
+def test_an_upload_waiting_for_its_columns_is_listed_with_a_link_to_finish_it(
+    client: FlaskClient, signed_in: Callable[..., User], db: Any
+) -> None:
+    signed_in("operator")
+    location, _ = mapping_page(client, stripe_export([stripe_row("ch_1", "Failed", "50.00")]))
+    index = client.get("/imports").get_data(as_text=True)
+    assert f'<a class="status status-queued" href="{location}">columns to match</a>' in index
+    # Its progress page sends staff back to the mapping, where it waits.
+    detail = client.get(location.removesuffix("/mapping"))
+    assert detail.status_code == 302 and detail.headers["Location"] == location
