@@ -127,7 +127,7 @@ def parse_amount(raw: str | int | None, currency: str, *, major: bool = False) -
             raise AmountError("Amount is required.")
         match = _NUMBER.fullmatch(text)
         if not match:
-            raise AmountError(f"{raw!r} is not a number; write it like 50.00 (or 5000, in cents).")
+            raise AmountError(f"{raw!r} is not a number; write it like 50.00.")
         whole, fraction = match.group(1).lstrip("0"), match.group(2)
         if len(whole) > _MAX_DIGITS:
             raise AmountError("Amount is too large.")
