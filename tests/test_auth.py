@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -651,3 +652,30 @@ def test_a_sign_in_names_its_device_as_a_person_would(user_agent, label) -> None
     from recovery.auth.logins import device_label
 
     assert device_label(user_agent) == label
+
+
+@pytest.mark.parametrize("app_config", [{"LOGIN_FAILURES_PER_MINUTE": 100}])
+def test_a_refusal_costs_as_long_whether_or_not_the_email_has_a_password(client, db, make_user):
+    """An unknown email, or an invitation not yet accepted, still checks a password hash.
+
+    Without it the answer would come in ~1 ms instead of a hash's ~50: the
+    timing would tell which addresses have accounts. Medians, with a wide
+    margin, so a busy machine does not make it flaky.
+    """
+    make_user(email="known@example.com")
+    invited = make_user(email="invited@example.com")
+    invited.password_hash = None
+    db.session.commit()
+
+    def median_seconds(email: str) -> float:
+        times = []
+        for n in range(5):
+            started = time.perf_counter()
+            assert post_login(client, email, "wrong password", ip=f"10.9.0.{n}").status_code == 401
+            times.append(time.perf_counter() - started)
+        return sorted(times)[2]
+
+    known = median_seconds("known@example.com")
+
+    assert median_seconds("nobody@example.com") > known * 0.3
+    assert median_seconds("invited@example.com") > known * 0.3

@@ -296,3 +296,15 @@ def test_password_hashes_are_salted_and_checked(make_user):
     assert first.password_hash.startswith(("scrypt:", "pbkdf2:", "$argon2"))
     assert first.check_password(PASSWORD)
     assert not first.check_password(PASSWORD.upper())
+
+
+def test_an_owner_invitation_not_yet_accepted_does_not_count_as_an_active_owner(db, lone_owner, make_user):
+    owner, other = lone_owner
+    invited = make_user(org=owner.organization, role="owner")
+    invited.password_hash = None  # invited, not accepted: cannot sign in yet
+    db.session.commit()
+
+    with pytest.raises(services.UserRefused, match="at least one active owner"):
+        services.change_role(db.session, other, Actor.for_user(other), owner, "admin")
+
+    assert reload(db, owner).role == "owner"
