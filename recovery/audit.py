@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from recovery.models import ApiToken, AuditEvent, User
@@ -41,11 +42,14 @@ def record(
     target_type: str | None = None,
     target_id: int | str | None = None,
     webhook_event_id: int | None = None,
+    at: datetime | None = None,
     **details: Any,
 ) -> AuditEvent:
     """Add an AuditEvent to the session; the caller's commit makes it true.
 
-    `webhook_event_id`: the stored Stripe event that caused it, if any.
+    `webhook_event_id`: the stored Stripe event that caused it, if any. `at`:
+    when it happened, if the caller's `now` is not the clock's (a Stripe
+    event's time, the demo's story); default now.
     """
     event = AuditEvent(
         organization_id=actor.organization_id,
@@ -60,5 +64,7 @@ def record(
         ip_address=actor.ip_address,
         webhook_event_id=webhook_event_id,
     )
+    if at is not None:
+        event.created_at = at
     session.add(event)
     return event

@@ -188,7 +188,7 @@ def seed_demo() -> None:
     """Load the demo organization, its users and ~200 failed transactions (idempotent)."""
     from recovery.demo import seed
 
-    result = seed(db.session)
+    result = seed(db.session, base_url=current_app.config["BASE_URL"])
     db.session.commit()
     click.echo(f"Demo organization: {result.organization.name} ({result.organization.slug})")
     click.echo(f"Transactions: {result.created} created, {result.existing} already there.")

@@ -10,6 +10,7 @@ from flask import Flask, request, url_for
 from markupsafe import Markup, escape
 
 from recovery import declines, money
+from recovery.models.transaction import STATUS_LABELS
 
 
 def format_datetime(value: datetime | None, tz: str = "UTC") -> str:
@@ -89,6 +90,12 @@ def message_status_meaning(status: str, provider: str | None = None) -> str:
     return MESSAGE_STATUSES.get(status, ("", ""))[1]
 
 
+def transaction_badge(status: str) -> Markup:
+    """A transaction's status as a badge in staff's words: `cancelled` reads "closed" (see Transaction)."""
+    text = escape(STATUS_LABELS.get(status, status))
+    return Markup(f'<span class="status status-{escape(status)}">{text}</span>')
+
+
 def url_prefix(endpoint: str, argument: str) -> str:
     """The URL of `endpoint` up to `argument`, which ends it: /transactions/ for a detail page.
 
@@ -106,6 +113,8 @@ def init_app(app: Flask) -> None:
     app.jinja_env.filters["money"] = money.format_amount
     app.jinja_env.filters["dt"] = format_datetime
     app.jinja_env.filters["status_badge"] = status_badge
+    app.jinja_env.filters["transaction_badge"] = transaction_badge
+    app.jinja_env.filters["transaction_status"] = lambda status: STATUS_LABELS.get(status, status)
     app.jinja_env.filters["message_status"] = message_status
     app.jinja_env.filters["message_status_meaning"] = message_status_meaning
     app.jinja_env.filters["decline"] = declines.describe

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -95,34 +96,69 @@ def test_recovered_this_month_per_currency(db, make_org, make_transaction):
     assert figures.month_start == MONTH
 
 
-def test_recovery_rate_counts_what_went_into_recovery(db, make_org, make_transaction):
+def ended(db: Any, transaction: Transaction, status: str, at: datetime) -> RecoveryAttempt:
+    """An attempt of the transaction that reached `status` at `at`."""
+    attempt = started(db, transaction)
+    if status == AttemptStatus.CANCELLED:
+        services.cancel_recovery(db.session, attempt, Actor.system(transaction.organization_id), now=at)
+    else:
+        attempt.transition(status)
+        attempt.ended_at = at
+    db.session.commit()
+    return attempt
+
+
+def test_recovery_rate_is_recovered_over_finished_recoveries(db, make_org, make_transaction):
     org = make_org()
     recent = NOW - timedelta(days=3)
     for _ in range(3):
-        make_transaction(org, status=S.RECOVERED, failed_at=recent, recovered_at=NOW)
-    make_transaction(org, status=S.UNRECOVERED, failed_at=recent)
-    make_transaction(org, status=S.RECOVERING, failed_at=recent)
-    # Failed, with an attempt that ended without moving it: in the denominator.
-    stuck = make_transaction(org, failed_at=recent)
-    attempt = started(db, stuck, status=AttemptStatus.FAILED, next_send_at=None)
-    db.session.get(Transaction, stuck.id).status = S.FAILED
-    db.session.commit()
-    assert attempt.status == AttemptStatus.FAILED
-    # Never sent to recovery, cancelled by staff, failed before the window, or another org's: out.
-    make_transaction(org, failed_at=recent)
-    make_transaction(org, status=S.CANCELLED, failed_at=recent)
-    make_transaction(org, status=S.RECOVERED, failed_at=NOW - timedelta(days=31), recovered_at=NOW)
-    make_transaction(make_org(), status=S.UNRECOVERED, failed_at=recent)
+        ended(db, make_transaction(org), AttemptStatus.COMPLETED, recent)
+    ended(db, make_transaction(org), AttemptStatus.EXHAUSTED, recent)
+    ended(db, make_transaction(org), AttemptStatus.EXPIRED, NOW - timedelta(days=29))
+    ended(db, make_transaction(org), AttemptStatus.CANCELLED, recent)
+    # Still running (in progress, shown apart), reached nobody (failed), ended before the
+    # window, or another organization's: not in the rate.
+    started(db, make_transaction(org))
+    started(db, make_transaction(org), status=AttemptStatus.CLICKED)
+    ended(db, make_transaction(org), AttemptStatus.FAILED, recent)
+    ended(db, make_transaction(org), AttemptStatus.COMPLETED, NOW - timedelta(days=31))
+    ended(db, make_transaction(make_org()), AttemptStatus.EXHAUSTED, recent)
 
     figures = kpis.compute(db.session, org.id, "UTC", NOW)
 
-    assert (figures.rate_recovered, figures.rate_total) == (3, 6)
-    assert figures.rate == pytest.approx(0.5)
+    assert (figures.rate_recovered, figures.rate_ran_out, figures.rate_cancelled) == (3, 2, 1)
+    assert figures.rate_finished == 6 and figures.rate == pytest.approx(0.5)
+    assert figures.in_flight == 2
+
+
+def test_a_recovery_still_running_does_not_lower_the_rate(db, make_org, make_transaction):
+    """The old figure divided by every started recovery: starting more made the rate fall."""
+    org = make_org()
+    ended(db, make_transaction(org), AttemptStatus.COMPLETED, NOW - timedelta(days=1))
+    for _ in range(3):
+        started(db, make_transaction(org))
+
+    figures = kpis.compute(db.session, org.id, "UTC", NOW)
+
+    assert figures.rate == 1.0 and figures.in_flight == 3
+
+
+def test_a_late_payment_counts_when_it_came(db, make_org, make_transaction):
+    """An attempt paid after it ran out moves from "ran out" to "recovered", dated by the payment."""
+    org = make_org()
+    attempt = ended(db, make_transaction(org), AttemptStatus.EXPIRED, NOW - timedelta(days=40))
+    attempt.transition(AttemptStatus.COMPLETED)
+    db.session.commit()
+
+    figures = kpis.compute(db.session, org.id, "UTC", utcnow())
+
+    assert (figures.rate_recovered, figures.rate_ran_out) == (1, 0)
 
 
 def test_no_recovery_yet_has_no_rate(db, make_org):
     figures = kpis.compute(db.session, make_org().id, "UTC", NOW)
 
+    assert figures.computed_at == NOW
     assert figures.rate is None and figures.recovered == [] and figures.in_flight == 0
 
 
@@ -162,7 +198,9 @@ def test_the_tiles_show_the_figures_formatted(client: FlaskClient, db, signed_in
     now = utcnow()
     make_transaction(org, status=S.RECOVERED, amount=5000, currency="usd", recovered_at=now, failed_at=now)
     make_transaction(org, status=S.RECOVERED, amount=5000, currency="jpy", recovered_at=now, failed_at=now)
-    make_transaction(org, status=S.UNRECOVERED, failed_at=now)
+    ended(db, make_transaction(org), AttemptStatus.COMPLETED, now)
+    ended(db, make_transaction(org), AttemptStatus.EXHAUSTED, now)
+    ended(db, make_transaction(org), AttemptStatus.CANCELLED, now)
     started(db, make_transaction(org))
     recovered(make_transaction, make_org(), now, amount=424242, currency="usd")  # not ours
 
@@ -172,11 +210,63 @@ def test_the_tiles_show_the_figures_formatted(client: FlaskClient, db, signed_in
     assert response.status_code == 200 and "<html" not in html
     assert f"Recovered in {now:%B %Y}" in html
     assert "$50.00" in html and "¥5,000" in html and "4,242.42" not in html
-    assert "50%" in html  # 2 recovered of 4: two recovered, one unrecovered, one recovering
-    assert "2 of 4 sent to recovery" in html
+    assert "Recovery rate, last 30 days" in html
+    assert "33%" in html  # 1 recovered of 3 ended: one ran out, one cancelled
+    assert (
+        "1 recovered of 3 recoveries that ended (1 ran out, 1 cancelled); 1 still in progress, not counted."
+        in html
+    )
     assert 'title="' + kpis.RATE_DEFINITION.replace("'", "&#39;") in html
-    assert "recovered ÷ (recovered + unrecovered + recovering + failed with a recovery attempt)" in html
-    assert '<p class="kpi-value">1</p>' in html  # in flight
+    assert "recovered ÷ (recovered + ran out + cancelled)" in html
+    assert '<p class="kpi-value">1</p>' in html  # in progress
+
+
+def test_the_tiles_say_when_the_figures_were_computed(
+    client: FlaskClient, db, app, signed_in, make_org, make_transaction
+):
+    """A cached figure shows the time it was computed, not the time the tile is shown."""
+    org = make_org()
+    signed_in("viewer", org=org)
+    computed = datetime(2026, 12, 7, 9, 41, 30, tzinfo=UTC)
+    redis = redis_connection(app)
+    kpis.cached(db.session, redis, org.id, org.timezone, computed)
+    # A month start that matches the cache entry, so that the tile reuses it now.
+    stored = kpis.Kpis.from_json(redis.get(kpis.cache_key(org.id)))
+    redis.set(
+        kpis.cache_key(org.id),
+        kpis.Kpis(
+            month_start=kpis.month_start(utcnow(), org.timezone), computed_at=stored.computed_at
+        ).to_json(),
+        ex=kpis.CACHE_SECONDS,
+    )
+
+    html = client.get("/transactions/kpis").get_data(as_text=True)
+
+    assert 'As of <time datetime="2026-12-07T09:41:30+00:00">09:41 UTC</time>' in html
+    # Computed afresh, it says so with the time of that computation.
+    redis.delete(kpis.cache_key(org.id))
+    before = utcnow().replace(second=0, microsecond=0)
+    fresh = client.get("/transactions/kpis").get_data(as_text=True)
+    shown = datetime.fromisoformat(fresh.split('As of <time datetime="', 1)[1].split('"', 1)[0])
+    assert before <= shown <= utcnow()
+
+
+def test_an_entry_cached_by_the_older_release_is_recomputed(db, app, make_org):
+    org = make_org()
+    redis = redis_connection(app)
+    old = {
+        "month_start": kpis.month_start(NOW, "UTC").isoformat(),
+        "recovered": [],
+        "rate_recovered": 1,
+        "rate_total": 9,
+        "in_flight": 0,
+        "messages_sent": 0,
+    }
+    redis.set(kpis.cache_key(org.id), json.dumps(old), ex=60)
+
+    figures = kpis.cached(db.session, redis, org.id, "UTC", NOW)
+
+    assert figures.computed_at == NOW and figures.rate is None
 
 
 def test_the_figures_are_cached_for_a_minute(
@@ -233,7 +323,7 @@ def test_every_kpi_query_is_served_by_an_index(db, make_org, make_transaction):
             kpis.compute(session, org.id, "UTC", NOW)
         sa.event.remove(conn, "before_cursor_execute", collect)
         queries = [(q, p) for q, p in seen if "count(" in q or "sum(" in q]
-        assert len(queries) == 5, queries
+        assert len(queries) == 4, queries
         for statement, parameters in queries:
             plan = "\n".join(row[0] for row in conn.exec_driver_sql("EXPLAIN " + statement, parameters))
             assert "Seq Scan" not in plan, f"{statement}\n{plan}"

@@ -31,9 +31,11 @@ M = MessageStatus
         (T.FAILED, T.RECOVERING),
         (T.RECOVERING, T.RECOVERED),
         (T.RECOVERING, T.UNRECOVERED),
-        (T.RECOVERING, T.CANCELLED),
+        (T.RECOVERING, T.FAILED),  # its recovery was cancelled: open again
         (T.UNRECOVERED, T.RECOVERED),  # a late payment still counts
-        (T.CANCELLED, T.RECOVERING),
+        (T.FAILED, T.CANCELLED),  # closed by staff
+        (T.CANCELLED, T.FAILED),  # reopened
+        (T.CANCELLED, T.RECOVERED),  # paid all the same
         (T.RECOVERED, T.REFUNDED),
     ],
 )
@@ -51,7 +53,8 @@ def test_transaction_allowed_moves(start: str, new: str) -> None:
         (T.RECOVERED, T.CANCELLED),
         (T.RECOVERED, T.UNRECOVERED),
         (T.REFUNDED, T.RECOVERED),
-        (T.RECOVERING, T.FAILED),
+        (T.RECOVERING, T.CANCELLED),  # closing cancels the recovery first
+        (T.CANCELLED, T.RECOVERING),  # a closed transaction is reopened first
         (T.FAILED, T.REFUNDED),
     ],
 )

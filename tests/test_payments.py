@@ -25,6 +25,7 @@ from recovery.models import (
     TransactionStatus,
     utcnow,
 )
+from recovery.models.transaction import STATUS_LABELS
 from recovery.payments import services
 from recovery.payments.gateway import StripeGateway, StripeSettings, checkout_locale
 from recovery.tokens.services import create_token
@@ -214,7 +215,8 @@ def test_closed_transaction_offers_no_payment(
             path, json={"transaction_ref": transaction.transaction_ref}, headers=token_for(org)
         )
         assert response.status_code == 409
-        assert status in response.json["error"]["message"]
+        # A closed transaction is `cancelled` in the API, "closed" in words.
+        assert STATUS_LABELS[status] in response.json["error"]["message"]
 
 
 def test_an_amount_stripe_cannot_charge_is_refused_before_asking_stripe(

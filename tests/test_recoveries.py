@@ -336,7 +336,8 @@ def test_cancel_stops_a_send_already_in_the_queue(db, org, make_transaction, smt
     assert smtp_server.received == []
     assert messages(db, attempt) == []
     assert reload(db, attempt).status == A.CANCELLED
-    assert reload(db, transaction).status == TransactionStatus.CANCELLED
+    # Only the recovery is cancelled: the transaction is open again (see Transaction).
+    assert reload(db, transaction).status == TransactionStatus.FAILED
     assert cancelled.pending_job_id == scheduling.send_job_id(attempt.id, 0, attempt.created_at)
 
 

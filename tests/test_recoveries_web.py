@@ -92,7 +92,8 @@ def test_operator_starts_and_cancels_a_recovery(client, db, signed_in, org, make
     assert client.post(f"/recoveries/{attempt.id}/cancel").status_code == 302
     attempt = attempt_of(db, transaction)
     assert attempt.status == AttemptStatus.CANCELLED
-    assert db.session.get(Transaction, transaction.id).status == TransactionStatus.CANCELLED
+    # The recovery is cancelled, not the transaction: it is open again.
+    assert db.session.get(Transaction, transaction.id).status == TransactionStatus.FAILED
     # The waiting send was taken off the queue; closing the ways to pay it left open is queued.
     assert [job.func_name.rsplit(".", 1)[-1] for job in get_queue().jobs] == ["close_payment_options"]
     actions = {

@@ -62,6 +62,12 @@ class TransactionObject(TypedDict):
     payment_link_url: str | None
     checkout_url: str | None
     checkout_expires_at: Timestamp | None
+    closed_at: Annotated[
+        Timestamp | None,
+        Field(description="When staff closed it (status `cancelled`, shown as Closed); null while open."),
+    ]
+    closed_by: Annotated[str | None, Field(description="Who closed it: a user's email or a token's name.")]
+    closed_reason: Annotated[str | None, Field(description="Why, as given when closing it.")]
     recovery_attempts: NotRequired[
         Annotated[
             list[AttemptSummary],
@@ -124,6 +130,9 @@ def transaction_json(t: Transaction, *, with_attempts: bool = False) -> Transact
         "payment_link_url": t.payment_link_url,
         "checkout_url": t.checkout_url,
         "checkout_expires_at": iso(t.checkout_expires_at),
+        "closed_at": iso(t.closed_at),
+        "closed_by": t.closed_by,
+        "closed_reason": t.closed_reason,
     }
     if with_attempts:
         body["recovery_attempts"] = [attempt_json(a) for a in t.attempts]

@@ -20,8 +20,9 @@ from recovery.api.openapi import CLOSED, documented, enum_of
 from recovery.api.serializers import TransactionObject, transaction_json
 from recovery.extensions import db
 from recovery.logs import get_logger
-from recovery.models import Role, Transaction, TransactionSource, TransactionStatus
-from recovery.transactions import services
+from recovery.models import Role, Transaction, TransactionSource, TransactionStatus, utcnow
+from recovery.recoveries import jobs as recovery_jobs
+from recovery.transactions import closing, services
 from recovery.transactions.validation import clean_transaction
 
 bp = Blueprint("api", __name__, url_prefix="/v1")
@@ -333,4 +334,82 @@ def get_transaction(transaction_ref: str) -> Any:
     transaction = services.get_by_ref(db.session, current_token().organization_id, transaction_ref)
     if transaction is None:
         raise ApiError(404, "not_found", "Transaction not found")
+    return jsonify(transaction_json(transaction, with_attempts=True))
+
+
+@with_config(CLOSED)
+class TransactionClose(TypedDict, total=False):
+    """Why the transaction is closed; optional."""
+
+    reason: Annotated[str | None, Field(max_length=closing.REASON_MAX, description="Shown to staff.")]
+
+
+def _closing_refused(error: closing.ClosingRefused) -> ApiError:
+    kind = "conflict" if error.status == 409 else "validation_error"
+    return ApiError(error.status, kind, error.message, {error.field: error.message} if error.field else None)
+
+
+def _org_transaction(transaction_ref: str) -> Transaction:
+    transaction = services.get_by_ref(db.session, current_token().organization_id, transaction_ref)
+    if transaction is None:
+        raise ApiError(404, "not_found", "Transaction not found")
+    return transaction
+
+
+@bp.post("/transactions/<transaction_ref>/close")
+@documented(
+    summary="Close a transaction: nothing more is asked for it",
+    tag="Transactions",
+    request=TransactionClose,
+    request_required=False,
+    response=TransactionObject,
+    path_params={"transaction_ref": "Your reference, URL-encoded (ORD#42 is ORD%2342)."},
+    errors={
+        404: "No such transaction in the token's organization.",
+        409: "It is already closed, or paid.",
+        422: "The reason is not text, is too long, or the body has an unknown field.",
+    },
+    description=(
+        "Its running recovery is cancelled, its Payment Link and open checkouts are switched off, and no "
+        "recovery, checkout or payment link can be started (409) until it is reopened. Status becomes "
+        "`cancelled` (the dashboard says Closed), with `closed_at`, `closed_by` and `closed_reason`."
+    ),
+)
+@require_token_role(Role.OPERATOR)
+def close_transaction(transaction_ref: str) -> Any:
+    body = json_object() if request.get_data() else {}
+    unknown = sorted(set(body) - {"reason"})
+    if unknown:
+        raise invalid(dict.fromkeys(unknown, "Unknown field."), f"Unknown field(s): {', '.join(unknown)}.")
+    transaction = _org_transaction(transaction_ref)
+    try:
+        closed = closing.close_transaction(
+            db.session, transaction, token_actor(), now=utcnow(), reason=body.get("reason")
+        )
+    except closing.ClosingRefused as error:
+        db.session.rollback()
+        raise _closing_refused(error) from None
+    db.session.commit()
+    recovery_jobs.after_close(transaction.id, closed.cancelled)
+    return jsonify(transaction_json(transaction, with_attempts=True))
+
+
+@bp.post("/transactions/<transaction_ref>/reopen")
+@documented(
+    summary="Reopen a closed transaction",
+    tag="Transactions",
+    response=TransactionObject,
+    path_params={"transaction_ref": "Your reference, URL-encoded (ORD#42 is ORD%2342)."},
+    errors={404: "No such transaction in the token's organization.", 409: "It is not closed."},
+    description="Status goes back to `failed`: a recovery or a payment can be started again.",
+)
+@require_token_role(Role.OPERATOR)
+def reopen_transaction(transaction_ref: str) -> Any:
+    transaction = _org_transaction(transaction_ref)
+    try:
+        closing.reopen_transaction(db.session, transaction, token_actor(), now=utcnow())
+    except closing.ClosingRefused as error:
+        db.session.rollback()
+        raise _closing_refused(error) from None
+    db.session.commit()
     return jsonify(transaction_json(transaction, with_attempts=True))

@@ -27,6 +27,10 @@ class AttemptStatus:
 
     ACTIVE = (CREATED, SCHEDULED, NOTIFIED, CLICKED)
     ALL = (*ACTIVE, COMPLETED, EXPIRED, EXHAUSTED, CANCELLED, FAILED)
+    # The outcomes the recovery rate counts (recovery/transactions/kpis.py): the
+    # customer was asked and the asking is over. `failed` is not one: no message
+    # ever reached the customer, so nobody was asked.
+    FINISHED = (COMPLETED, EXPIRED, EXHAUSTED, CANCELLED)
 
 
 A = AttemptStatus
@@ -60,6 +64,8 @@ class RecoveryAttempt(HasStatus, Base):
     TRANSITIONS = ATTEMPT_TRANSITIONS
     __table_args__ = (
         Index("ix_recovery_attempt_org_status_created", "organization_id", "status", "created_at"),
+        # The recovery rate: attempts that ended in a period (recovery/transactions/kpis.py).
+        Index("ix_recovery_attempt_org_ended", "organization_id", "ended_at"),
         # The sweeper's due scan only ever looks at active attempts.
         Index(
             "ix_recovery_attempt_due",
@@ -98,8 +104,22 @@ class RecoveryAttempt(HasStatus, Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
     completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # When the attempt reached its ending (completed, expired, exhausted, cancelled,
+    # failed); a late payment after expiry moves it to the payment's time.
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     transaction: Mapped[Transaction] = relationship(back_populates="attempts")
+
+    def transition(self, new: str) -> bool:
+        """Move along ATTEMPT_TRANSITIONS, stamping `ended_at` on an ending.
+
+        Stamped with the clock; callers that know the moment better (a
+        webhook's event time, a send run's `now`) overwrite it.
+        """
+        moved = super().transition(new)
+        if moved and new in _ENDINGS:
+            self.ended_at = utcnow()
+        return moved
 
     @property
     def is_active(self) -> bool:

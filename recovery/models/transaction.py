@@ -12,6 +12,8 @@ from recovery.models.base import Base, BigId, HasStatus, UTCDateTime, utcnow
 
 
 class TransactionStatus:
+    """Where the money stands; see `Transaction` for what each one offers."""
+
     FAILED = "failed"
     RECOVERING = "recovering"
     RECOVERED = "recovered"
@@ -20,19 +22,37 @@ class TransactionStatus:
     REFUNDED = "refunded"
 
     ALL = (FAILED, RECOVERING, RECOVERED, UNRECOVERED, CANCELLED, REFUNDED)
+    # Open: staff may still start a recovery or ask for a payment.
+    OPEN = (FAILED, RECOVERING, UNRECOVERED)
 
 
 S = TransactionStatus
 
 # Money only moves forward: once recovered, only a refund changes it. A late
-# payment after staff gave up (cancelled, unrecovered) still counts.
+# payment after staff gave up (closed, unrecovered) still counts. Cancelling a
+# recovery takes a recovering transaction back to failed (open again); only an
+# explicit close makes it `cancelled`, and only a reopen leaves that (to failed).
+# Closing a recovering transaction cancels its recovery first, so there is no
+# recovering -> cancelled edge: a closed transaction never has a recovery running.
 TRANSACTION_TRANSITIONS = {
     S.FAILED: frozenset({S.RECOVERING, S.RECOVERED, S.UNRECOVERED, S.CANCELLED}),
-    S.RECOVERING: frozenset({S.RECOVERED, S.UNRECOVERED, S.CANCELLED}),
+    S.RECOVERING: frozenset({S.FAILED, S.RECOVERED, S.UNRECOVERED}),
     S.UNRECOVERED: frozenset({S.RECOVERING, S.RECOVERED, S.CANCELLED}),
-    S.CANCELLED: frozenset({S.RECOVERING, S.RECOVERED}),
+    S.CANCELLED: frozenset({S.FAILED, S.RECOVERED}),
     S.RECOVERED: frozenset({S.REFUNDED}),
     S.REFUNDED: frozenset(),
+}
+
+# The word staff read for each status, the same on the list, the page, the timeline
+# and in the API docs. `cancelled` keeps its API value (clients rely on it) but reads
+# "closed": it is the transaction that was closed, not a recovery that was cancelled.
+STATUS_LABELS = {
+    S.FAILED: "failed",
+    S.RECOVERING: "recovering",
+    S.RECOVERED: "recovered",
+    S.UNRECOVERED: "unrecovered",
+    S.CANCELLED: "closed",
+    S.REFUNDED: "refunded",
 }
 
 
@@ -45,6 +65,22 @@ class TransactionSource:
 
 
 class Transaction(HasStatus, Base):
+    """A failed payment, and where its collection stands.
+
+    One state model, so that a page never says two things at once:
+
+    - Cancelling a *recovery* ends that attempt only (its link stops working,
+      nothing more is sent). A recovering transaction goes back to `failed`: it
+      stays open, and staff may start a new recovery or ask for a payment.
+    - Closing the *transaction* (status `cancelled`, shown as "closed") says
+      nothing more will be asked for it: a running recovery is cancelled, the
+      Payment Link and open checkouts are switched off, and no recovery,
+      checkout or payment link can be started (page, bulk start or API: 409)
+      until someone reopens it, which takes it back to `failed`. `closed_at`,
+      `closed_by` and `closed_reason` say who closed it, when and why. A
+      payment that still arrives for a closed transaction recovers it.
+    """
+
     __tablename__ = "transaction"
     TRANSITIONS = TRANSACTION_TRANSITIONS
     __table_args__ = (
@@ -106,10 +142,23 @@ class Transaction(HasStatus, Base):
     recovered_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # What Stripe says was paid, in `currency`'s minor unit (normally == amount).
     recovered_amount: Mapped[int | None] = mapped_column(BigInteger)
+    # Set while closed (status cancelled); a reopen clears them. `closed_by` is the
+    # actor's label as the audit log has it, so it reads the same after a user is gone.
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    closed_by: Mapped[str | None] = mapped_column(String(200))
+    closed_reason: Mapped[str | None] = mapped_column(String(500))
 
     attempts: Mapped[list[RecoveryAttempt]] = relationship(
         back_populates="transaction", order_by="RecoveryAttempt.created_at"
     )
+
+    @property
+    def is_closed(self) -> bool:
+        return self.status == S.CANCELLED
+
+    @property
+    def status_label(self) -> str:
+        return STATUS_LABELS.get(self.status, self.status)
 
     def __repr__(self) -> str:
         return f"<Transaction {self.transaction_ref} {self.status}>"

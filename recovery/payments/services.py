@@ -217,6 +217,12 @@ def client_reference_id(transaction: Transaction, attempt_id: int | None = None)
 
 
 def _check_collectable(transaction: Transaction) -> None:
+    if transaction.status == TransactionStatus.CANCELLED:
+        raise PaymentRefused(
+            f"Transaction {transaction.transaction_ref} is closed: nothing is collected for it. "
+            "Reopen it to ask for a payment.",
+            status=409,
+        )
     if transaction.status in CLOSED_STATUSES:
         raise PaymentRefused(
             f"Transaction {transaction.transaction_ref} is {transaction.status}; "

@@ -79,6 +79,17 @@ def after_cancel(cancelled: services.RecoveryCancelled) -> None:
     )
 
 
+def after_close(transaction_id: int, cancelled: services.RecoveryCancelled | None) -> None:
+    """After the commit of a transaction's close: as after a cancel, or, with no recovery running,
+    switch off its Payment Link and open checkouts all the same."""
+    if cancelled is not None:
+        after_cancel(cancelled)
+    else:
+        queue_close_payment_options(
+            transaction_id, None, retry=Retry(max=5, interval=[10, 60, 300, 1800, 3600])
+        )
+
+
 @app_job
 def send_step(attempt_id: int, step: int) -> str:
     """Send one step of an attempt if still due, with other due sends in the same batch.

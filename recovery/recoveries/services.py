@@ -361,6 +361,12 @@ def start_recovery(
     assert organization is not None
     if transaction.status in PAID:
         raise RecoveryRefused(f"Transaction {transaction.transaction_ref} is already paid.", status=409)
+    if transaction.status == TransactionStatus.CANCELLED:
+        raise RecoveryRefused(
+            f"Transaction {transaction.transaction_ref} is closed: nothing is sent for it. "
+            "Reopen it to start a recovery.",
+            status=409,
+        )
     if transaction.failure_code and transaction.failure_code in organization.excluded_codes:
         raise RecoveryRefused(
             f"Failure code {transaction.failure_code} is excluded from recovery in the settings.",
@@ -411,6 +417,7 @@ def start_recovery(
         session,
         actor,
         "recovery.started",
+        at=now,
         transaction_id=transaction.id,
         target_type="recovery_attempt",
         target_id=attempt.id,
@@ -430,15 +437,20 @@ def start_recovery(
 
 
 def _close(attempt: RecoveryAttempt, status: str, now: datetime) -> None:
-    """End the attempt; the transaction follows (unrecovered, cancelled) when it was recovering."""
+    """End the attempt; a recovering transaction follows: unrecovered, or failed (open) if cancelled.
+
+    A cancelled recovery leaves the transaction open, not closed (see
+    `Transaction`): staff may start another one.
+    """
     attempt.transition(status)
     attempt.next_send_at = None
+    attempt.ended_at = now
     transaction = attempt.transaction
     if status == A.COMPLETED:
         attempt.completed_at = now
     elif status == A.CANCELLED:
         if transaction.status == TransactionStatus.RECOVERING:
-            transaction.transition(TransactionStatus.CANCELLED)
+            transaction.transition(TransactionStatus.FAILED)
     elif transaction.status == TransactionStatus.RECOVERING:
         transaction.transition(TransactionStatus.UNRECOVERED)
     log.info(
@@ -448,6 +460,10 @@ def _close(attempt: RecoveryAttempt, status: str, now: datetime) -> None:
         transaction_ref=transaction.transaction_ref,
         organization_id=attempt.organization_id,
     )
+
+
+# The timeline's words for a cancelled recovery; the Recovery card and the API docs say the same.
+CANCELLED_SUMMARY = "the customer's link no longer works; the transaction stays open for a new recovery"
 
 
 def cancel_recovery(
@@ -471,10 +487,12 @@ def cancel_recovery(
         session,
         actor,
         "recovery.cancelled",
+        at=now,
         transaction_id=attempt.transaction_id,
         target_type="recovery_attempt",
         target_id=attempt.id,
         messages_sent=attempt.messages_sent,
+        summary=CANCELLED_SUMMARY,
     )
     return RecoveryCancelled(attempt, pending)
 
@@ -490,6 +508,7 @@ def record_click(session: DbSession, attempt: RecoveryAttempt, *, now: datetime)
         session,
         Actor.system(attempt.organization_id, "customer"),
         "recovery.link_opened",
+        at=now,
         transaction_id=attempt.transaction_id,
         target_type="recovery_attempt",
         target_id=attempt.id,

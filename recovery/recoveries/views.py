@@ -17,11 +17,13 @@ from recovery.extensions import db
 from recovery.logs import get_logger
 from recovery.models import (
     AttemptStatus,
+    AuditEvent,
     BulkStart,
     Organization,
     RecoveryAttempt,
     Role,
     Transaction,
+    TransactionStatus,
     utcnow,
 )
 from recovery.recoveries import bulk, jobs, services
@@ -62,8 +64,30 @@ def panel_context(transaction: Transaction) -> dict[str, Any]:
         "cancel_form": CancelRecoveryForm(),
         "recovery_channels": available,
         "default_schedule": organization.recovery_schedule if organization else "",
-        "can_start": active is None and transaction.status not in services.PAID and bool(available),
+        "can_start": active is None and transaction.status in TransactionStatus.OPEN and bool(available),
+        "cancelled_recovery": _cancelled_recovery(transaction) if active is None else None,
     }
+
+
+def _cancelled_recovery(transaction: Transaction) -> dict[str, Any] | None:
+    """When and by whom the open transaction's latest recovery was cancelled, if that is how it ended."""
+    last = transaction.attempts[-1] if transaction.attempts else None
+    if (
+        last is None
+        or last.status != AttemptStatus.CANCELLED
+        or transaction.status not in TransactionStatus.OPEN
+    ):
+        return None
+    by = db.session.scalar(
+        select(AuditEvent.actor_label)
+        .where(
+            AuditEvent.transaction_id == transaction.id,
+            AuditEvent.action == "recovery.cancelled",
+            AuditEvent.target_id == str(last.id),
+        )
+        .limit(1)
+    )
+    return {"at": last.ended_at or last.updated_at, "by": by}
 
 
 def _back(transaction_id: int) -> Response:

@@ -76,3 +76,18 @@ class TransactionForm(ContactForm):
         description='e.g. {"order_id": "ORD-123"}',
         render_kw={"maxlength": 4096, "rows": 2},
     )
+
+
+class CloseForm(FlaskForm):
+    """Close a transaction; the reason is optional and shown on its page and timeline."""
+
+    reason = StringField(
+        "Reason (optional)",
+        [Optional()],
+        description="Shown on the transaction's page, e.g. “Paid by bank transfer”.",
+        render_kw={"maxlength": 500, "autocomplete": "off"},
+    )
+
+
+class ReopenForm(FlaskForm):
+    """Reopen a closed transaction (the CSRF token only)."""

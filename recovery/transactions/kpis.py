@@ -1,4 +1,4 @@
-"""The dashboard's KPI tiles: recovered this month, recovery rate, attempts in flight, messages sent.
+"""The dashboard's KPI tiles: recovered this month, recovery rate, recoveries in progress, messages sent.
 
 Aggregates over one organization, each an index-backed query (see
 `explain` and docs/performance.md). The list page never waits for them: the
@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from redis import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import and_, exists, func, select
+from sqlalchemy import func, select
 
 from recovery.logs import get_logger
 from recovery.models import (
@@ -32,14 +32,18 @@ from recovery.models.base import DbSession
 log = get_logger("recovery.kpis")
 
 CACHE_SECONDS = 60
-# The recovery rate looks at transactions that failed this recently: a bounded
-# range of ix_transaction_org_status_failed, and a figure that moves with
-# the merchant's recent work rather than with years of history.
+# The recovery rate looks at recoveries that ended this recently: a bounded range
+# of ix_recovery_attempt_org_ended, and a figure that moves with the merchant's
+# recent work rather than with years of history.
 RATE_WINDOW_DAYS = 30
+# Which endings count is AttemptStatus.FINISHED: a recovery still running has no
+# outcome yet, so counting it (as this figure once did) made the rate look worse
+# the more recoveries were started; one that failed before any message went out
+# never asked the customer anything.
 RATE_DEFINITION = (
-    f"Of the transactions that failed in the last {RATE_WINDOW_DAYS} days and went into recovery, "
-    "the share recovered: recovered ÷ (recovered + unrecovered + recovering + failed with a recovery "
-    "attempt). Cancelled ones and those never sent to recovery are left out."
+    f"Of the recoveries that ended in the last {RATE_WINDOW_DAYS} days, the share paid: "
+    "recovered ÷ (recovered + ran out + cancelled). Recoveries still in progress are not counted "
+    "until they end, nor are those that could reach nobody."
 )
 S = TransactionStatus
 SENT_STATUSES = (MessageStatus.SENT, MessageStatus.DELIVERED)
@@ -47,29 +51,42 @@ SENT_STATUSES = (MessageStatus.SENT, MessageStatus.DELIVERED)
 
 @dataclass(frozen=True)
 class Kpis:
-    """What the tiles show; amounts in minor units per currency, largest first."""
+    """What the tiles show; amounts in minor units per currency, largest first.
+
+    `computed_at` is when the figures were read from the database, which the
+    tiles show ("as of"): a cached copy is up to CACHE_SECONDS old.
+    """
 
     month_start: datetime
+    computed_at: datetime
     recovered: list[tuple[str, int]] = field(default_factory=list)
     rate_recovered: int = 0
-    rate_total: int = 0
+    # Expired or exhausted: the link ran out unpaid.
+    rate_ran_out: int = 0
+    rate_cancelled: int = 0
     in_flight: int = 0
     messages_sent: int = 0
 
     @property
+    def rate_finished(self) -> int:
+        return self.rate_recovered + self.rate_ran_out + self.rate_cancelled
+
+    @property
     def rate(self) -> float | None:
-        """Recovered share in 0..1; None when nothing went into recovery in the window."""
-        return self.rate_recovered / self.rate_total if self.rate_total else None
+        """Recovered share in 0..1; None when no recovery ended in the window."""
+        return self.rate_recovered / self.rate_finished if self.rate_finished else None
 
     def to_json(self) -> str:
         values = asdict(self)
         values["month_start"] = self.month_start.isoformat()
+        values["computed_at"] = self.computed_at.isoformat()
         return json.dumps(values)
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Kpis:
         values = json.loads(raw)
         values["month_start"] = datetime.fromisoformat(values["month_start"])
+        values["computed_at"] = datetime.fromisoformat(values["computed_at"])
         values["recovered"] = [(c, int(a)) for c, a in values["recovered"]]
         return cls(**values)
 
@@ -99,28 +116,32 @@ def recovered_by_currency(session: DbSession, organization_id: int, since: datet
     return sorted(((currency, int(total or 0)) for currency, total in rows), key=lambda r: (-r[1], r[0]))
 
 
-def rate_counts(session: DbSession, organization_id: int, since: datetime) -> tuple[int, int]:
-    """(recovered, in recovery at all) among transactions that failed since `since`; see RATE_DEFINITION."""
-    in_window = and_(Transaction.organization_id == organization_id, Transaction.failed_at >= since)
+@dataclass(frozen=True)
+class RateCounts:
+    recovered: int
+    ran_out: int
+    cancelled: int
+
+
+def rate_counts(session: DbSession, organization_id: int, since: datetime) -> RateCounts:
+    """Recoveries that ended since `since`, by outcome (RATE_DEFINITION); ix_recovery_attempt_org_ended."""
     by_status = dict(
         session.execute(
-            select(Transaction.status, func.count())
-            .where(in_window, Transaction.status.in_((S.RECOVERED, S.UNRECOVERED, S.RECOVERING)))
-            .group_by(Transaction.status)
+            select(RecoveryAttempt.status, func.count())
+            .where(
+                RecoveryAttempt.organization_id == organization_id,
+                RecoveryAttempt.ended_at >= since,
+                RecoveryAttempt.status.in_(AttemptStatus.FINISHED),
+            )
+            .group_by(RecoveryAttempt.status)
         ).all()
     )
-    # Rare: a failed transaction whose attempt ended without moving it (each probe is one lookup
-    # in ix_recovery_attempt_transaction_id).
-    failed_with_attempt = session.scalar(
-        select(func.count()).where(
-            in_window,
-            Transaction.status == S.FAILED,
-            exists().where(RecoveryAttempt.transaction_id == Transaction.id),
-        )
+    count = {status: int(by_status.get(status, 0)) for status in AttemptStatus.FINISHED}
+    return RateCounts(
+        recovered=count[AttemptStatus.COMPLETED],
+        ran_out=count[AttemptStatus.EXPIRED] + count[AttemptStatus.EXHAUSTED],
+        cancelled=count[AttemptStatus.CANCELLED],
     )
-    recovered = int(by_status.get(S.RECOVERED, 0))
-    total = recovered + int(by_status.get(S.UNRECOVERED, 0)) + int(by_status.get(S.RECOVERING, 0))
-    return recovered, total + int(failed_with_attempt or 0)
 
 
 def attempts_in_flight(session: DbSession, organization_id: int) -> int:
@@ -153,12 +174,14 @@ def messages_sent(session: DbSession, organization_id: int, since: datetime) -> 
 def compute(session: DbSession, organization_id: int, timezone: str, now: datetime) -> Kpis:
     """Every tile's figure, straight from the database."""
     start = month_start(now, timezone)
-    recovered, total = rate_counts(session, organization_id, now - timedelta(days=RATE_WINDOW_DAYS))
+    rate = rate_counts(session, organization_id, now - timedelta(days=RATE_WINDOW_DAYS))
     return Kpis(
         month_start=start,
+        computed_at=now,
         recovered=recovered_by_currency(session, organization_id, start),
-        rate_recovered=recovered,
-        rate_total=total,
+        rate_recovered=rate.recovered,
+        rate_ran_out=rate.ran_out,
+        rate_cancelled=rate.cancelled,
         in_flight=attempts_in_flight(session, organization_id),
         messages_sent=messages_sent(session, organization_id, start),
     )
@@ -184,10 +207,12 @@ def cached(
             log.warning("kpis_cache_unavailable", error=str(error))
             redis = None
         else:
-            if raw is not None:
-                kpis = Kpis.from_json(raw)
-                if kpis.month_start == month_start(now, timezone):
-                    return kpis
+            try:
+                hit = Kpis.from_json(raw) if raw is not None else None
+            except (ValueError, TypeError, KeyError):
+                hit = None  # written by an older release: computed afresh below
+            if hit is not None and hit.month_start == month_start(now, timezone):
+                return hit
     kpis = compute(session, organization_id, timezone, now)
     if redis is not None:
         try:

@@ -17,10 +17,11 @@ from recovery.models.transaction import TransactionStatus
 from recovery.payments.views import panel_context
 from recovery.queue import redis_connection
 from recovery.recoveries import bulk
+from recovery.recoveries import jobs as recovery_jobs
 from recovery.recoveries.views import panel_context as recovery_panel_context
 from recovery.security import require_role
-from recovery.transactions import counting, kpis, live, services
-from recovery.transactions.forms import ContactForm, TransactionForm
+from recovery.transactions import closing, counting, kpis, live, services
+from recovery.transactions.forms import CloseForm, ContactForm, ReopenForm, TransactionForm
 
 bp = Blueprint("transactions", __name__)
 
@@ -82,6 +83,8 @@ def _detail_context(transaction: Transaction, version: str) -> dict[str, Any]:
         "live_seconds": live.POLL_SECONDS,
         **panel_context(transaction),
         **recovery_panel_context(transaction),
+        "close_form": CloseForm(),
+        "reopen_form": ReopenForm(),
     }
 
 
@@ -173,3 +176,53 @@ def edit(transaction_id: int) -> Any:
             return redirect(url_for("transactions.detail", transaction_id=transaction.id))
     status = 422 if form.is_submitted() else 200
     return render_template("transactions/edit.html", form=form, transaction=transaction), status
+
+
+def _to_state(transaction: Transaction) -> Any:
+    return redirect(url_for("transactions.detail", transaction_id=transaction.id, _anchor="recovery"))
+
+
+@bp.post("/transactions/<int:transaction_id>/close")
+@require_role(Role.OPERATOR)
+def close(transaction_id: int) -> Any:
+    """Close the transaction: its recovery is cancelled and nothing more is offered, until a reopen."""
+    transaction = org_transaction(transaction_id)
+    form = CloseForm()
+    if not form.validate():
+        flash("This form has expired; reload the page and try again.", "error")
+        return _to_state(transaction)
+    try:
+        closed = closing.close_transaction(
+            db.session, transaction, actor(), now=utcnow(), reason=form.reason.data
+        )
+    except closing.ClosingRefused as error:
+        db.session.rollback()
+        flash(error.message, "error")
+        return _to_state(transaction)
+    db.session.commit()
+    recovery_jobs.after_close(transaction.id, closed.cancelled)
+    flash(
+        f"Transaction {transaction.transaction_ref} closed: nothing will be sent"
+        + (", and its running recovery was cancelled." if closed.cancelled else ".")
+        + " Reopen it to start again.",
+        "success",
+    )
+    return _to_state(transaction)
+
+
+@bp.post("/transactions/<int:transaction_id>/reopen")
+@require_role(Role.OPERATOR)
+def reopen(transaction_id: int) -> Any:
+    transaction = org_transaction(transaction_id)
+    if not ReopenForm().validate():
+        flash("This form has expired; reload the page and try again.", "error")
+        return _to_state(transaction)
+    try:
+        closing.reopen_transaction(db.session, transaction, actor(), now=utcnow())
+    except closing.ClosingRefused as error:
+        db.session.rollback()
+        flash(error.message, "error")
+        return _to_state(transaction)
+    db.session.commit()
+    flash(f"Transaction {transaction.transaction_ref} reopened: you can start a recovery.", "success")
+    return _to_state(transaction)

@@ -95,6 +95,8 @@ class Context:
             target_type="transaction",
             target_id=transaction.transaction_ref,
             webhook_event_id=self.event.id if self.event else None,
+            # When it happened at Stripe: a delivery retried for hours still lands where it belongs.
+            at=self.occurred_at,
             summary=summary,
             stripe_event_id=self.event.stripe_event_id if self.event else None,
             **details,
@@ -459,10 +461,11 @@ def _finish_attempts(session: DbSession, txn: Transaction, attempt_id: int | Non
         paying = attempt.id == attempt_id or (attempt_id is None and attempt.is_active)
         if paying and attempt.can_transition(AttemptStatus.COMPLETED):
             attempt.transition(AttemptStatus.COMPLETED)
-            attempt.completed_at = at
+            attempt.completed_at = attempt.ended_at = at
             attempt.next_send_at = None
         elif attempt.is_active:
             attempt.transition(AttemptStatus.CANCELLED)
+            attempt.ended_at = at
             attempt.next_send_at = None
 
 

@@ -369,11 +369,17 @@ def close_payment_options(
     cancelled, so that a Stripe outage never holds either back.
     """
     txn = session.get(Transaction, transaction_id)
-    if txn is None or txn.status not in CLOSED_STATUSES:
+    # A cancelled recovery leaves the transaction open (failed), but what it offered the
+    # customer goes with it; a transaction recovering again keeps what its new recovery offers.
+    if txn is None or txn.status == TransactionStatus.RECOVERING:
         return []
     paid = txn.status in (TransactionStatus.RECOVERED, TransactionStatus.REFUNDED)
-    actor = Actor.system(txn.organization_id, "Stripe webhook" if paid else "Recovery cancelled")
-    why = "the transaction is paid" if paid else f"the transaction is {txn.status}"
+    if paid:
+        actor, why = Actor.system(txn.organization_id, "Stripe webhook"), "the transaction is paid"
+    elif txn.status == TransactionStatus.CANCELLED:
+        actor, why = Actor.system(txn.organization_id, "Transaction closed"), "the transaction is closed"
+    else:
+        actor, why = Actor.system(txn.organization_id, "Recovery cancelled"), "its recovery was cancelled"
     done: list[str] = []
     if txn.stripe_payment_link_id:
         if gateway.retrieve_payment_link(txn.stripe_payment_link_id).active:
