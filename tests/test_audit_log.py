@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from recovery import audit
 from recovery.audit_log.csv_export import neutralise
+from recovery.audit_log.sentences import sentence
 from recovery.audit_log.services import PAGE_SIZE
 from recovery.models import AuditEvent, Organization, User
 
@@ -243,6 +244,24 @@ def test_the_csv_export_has_every_matching_event_neutralised_and_is_itself_recor
     filtered = rows(client.get("/audit/export.csv?kind=sign_ins"))
     assert [row[4] for row in filtered[1:]] == ["user.signed_in"]
     assert len(db.session.scalars(select(AuditEvent).where(AuditEvent.action == "audit.exported")).all()) == 2
+
+
+@pytest.mark.parametrize(
+    ("action", "details", "expected"),
+    [
+        (
+            "user.role_changed",
+            {"email": "a@example.com", "old": "viewer", "new": "admin"},
+            "changed the role of a@example.com from viewer to admin",
+        ),
+        ("user.role_changed", {}, "changed a user's role"),
+        ("export.transactions", {"rows": 12}, "exported transactions to CSV (12 rows)"),
+        ("stripe.refunded", {}, "refunded"),
+        ("something.new_here", {}, "something: new here"),
+    ],
+)
+def test_each_action_reads_as_a_sentence(action, details, expected):
+    assert sentence(action, details) == expected
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from recovery.auth.reset import Signer, reset_token
 from recovery.models import AuditEvent, StaffEmail, User
 from recovery.users.invites import invite_token
+from tests.conftest import PASSWORD as STAFF_PASSWORD
 from tests.conftest import login
 from tests.fakes import providers_config, smtp_server
 
@@ -305,3 +306,32 @@ def test_a_failed_send_keeps_the_invitation_and_says_so(app, client, db, signed_
     assert find(db) is not None
     [stored] = db.session.scalars(select(StaffEmail)).all()
     assert (stored.status, stored.body_text) == ("failed", "")
+
+
+def test_signed_in_the_staff_outbox_shows_an_admin_only_whom_they_could_manage(app, db, make_org, make_user):
+    from recovery.staffmail.services import compose
+
+    org = make_org()
+    admin = make_user(org=org, role="admin")
+    owner = make_user(org=org, role="owner", email="the.owner@example.com")
+    viewer = make_user(org=org, role="viewer", email="the.viewer@example.com")
+    operator = make_user(org=org, role="operator")
+    stranger = make_user(role="viewer", email="stranger@example.com")
+    for user in (owner, viewer, stranger):
+        email = compose(db.session, user, "password_reset", f"Reset for {user.email}", "link")
+        email.provider = "outbox"
+    db.session.commit()
+
+    as_admin, as_operator = app.test_client(), app.test_client()
+    login(as_admin, admin, STAFF_PASSWORD)
+    login(as_operator, operator, STAFF_PASSWORD)
+    page = as_admin.get("/outbox/staff").get_data(as_text=True)
+
+    assert "Reset for the.viewer@example.com" in page
+    assert "the.owner@example.com" not in page, "an admin could take over an owner's account"
+    assert "stranger@example.com" not in page
+    owners_email = db.session.scalar(
+        select(StaffEmail).where(StaffEmail.recipient == "the.owner@example.com")
+    )
+    assert as_admin.get(f"/outbox/staff/{owners_email.id}").status_code == 404
+    assert as_operator.get("/outbox/staff").status_code == 403

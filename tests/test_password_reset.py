@@ -233,6 +233,7 @@ def test_requests_are_limited_per_address_and_per_client(app, client, db, make_u
     per_client = ask(client, "sixth@example.com", ip="10.0.1.1")
 
     assert per_address.status_code == per_client.status_code == 429
+    assert "Too many reset links were asked for this address" in per_client.get_data(as_text=True)
     assert get_queue().count == 10
 
 

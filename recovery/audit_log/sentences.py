@@ -173,6 +173,10 @@ def actions_of_kind(kind: str) -> tuple[list[str], list[str], list[str]]:
 def sentence(action: str, details: dict[str, Any] | None) -> str:
     """What happened, in words; the code itself (spaced) for an action nobody described yet."""
     entry = ACTIONS.get(action)
+    if entry is None and action.startswith("export."):  # one code per list (recovery/exports)
+        rows = (details or {}).get("rows")
+        what = action.removeprefix("export.").replace("_", " ")
+        return f"exported {what} to CSV" + (f" ({rows} rows)" if isinstance(rows, int) else "")
     if entry is None:
         title = AUDIT_TITLES.get(action)  # the transaction timeline's words (Stripe's events)
         return title[0].lower() + title[1:] if title else action.replace(".", ": ").replace("_", " ")

@@ -48,6 +48,7 @@ def render_index(form: InviteForm, status: int = 200) -> Any:
         role_form=RoleForm(),
         active_form=ActiveForm(),
         invitation_form=InvitationForm(),
+        staff_outbox=MessagingSettings.from_config(current_app.config).email_to_outbox,
     ), status
 
 
