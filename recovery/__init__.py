@@ -67,6 +67,7 @@ def register_security(app: Flask) -> None:
 
 def register_blueprints(app: Flask) -> None:
     from recovery.account.views import bp as account_bp
+    from recovery.api.imports import bp as imports_api_bp
     from recovery.api.openapi import bp as openapi_bp
     from recovery.api.reference import bp as api_reference_bp
     from recovery.api.transactions import bp as api_bp
@@ -107,6 +108,7 @@ def register_blueprints(app: Flask) -> None:
         payments_api_bp,
         webhooks_bp,
         recoveries_api_bp,
+        imports_api_bp,
         openapi_bp,
         api_reference_bp,
         twilio_bp,

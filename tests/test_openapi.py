@@ -572,3 +572,56 @@ def test_the_reference_page_shows_every_operation_to_staff(
             assert f'id="{entry["operationId"]}"' in html
     assert "Needs a token with role" not in html  # the badge says it once
     assert ('href="/settings/api-tokens"' in html) is (role == Role.OWNER)
+
+
+# --- real answers: CSV imports ---------------------------------------------------------
+
+
+def test_import_answers_match_the_document(
+    app: Flask,
+    client: FlaskClient,
+    check: Checker,
+    tokens: dict[str, dict[str, str]],
+    make_org: Any,
+    make_token: Any,
+) -> None:
+    operator, viewer = tokens["operator"], tokens["viewer"]
+    create = "imports_api_create"
+    body = {
+        "filename": "payments.csv",
+        "csv": "id,Amount,Currency,Status,Customer Email,Customer Phone\r\n"
+        "ch_1,50.00,usd,Failed,ann@example.com,+44 7700 900123\r\n"
+        "ch_2,5000,usd,Failed,bob@example.com,\r\n"
+        "ch_3,9.00,usd,Paid,cy@example.com,\r\n",
+        "mapping": {"customer_name": ""},
+    }
+    created = check(create, client.post("/v1/imports", json=body, headers=operator), 201)
+    check.valid_request(create, created, body)
+    result = created.json
+    assert (result["status"], result["imported_rows"], result["invalid_rows"], result["skipped_rows"]) == (
+        "done",
+        1,
+        1,
+        1,
+    )
+    assert created.headers["Location"].endswith(f"/v1/imports/{result['id']}")
+    assert [p["row"] for p in result["problems"]] == [3] and "amount_minor" in result["problems"][0]["reason"]
+    assert [w["row"] for w in result["warnings"]] == [2]
+    wrong = {**body, "mapping": {"currency": "Coupon"}}
+    refused = check(create, client.post("/v1/imports", json=wrong, headers=operator), 422)
+    assert refused.json["error"]["fields"] == {"mapping.currency": "The file has no column 'coupon'."}
+    check(create, client.post("/v1/imports", json={"csv": ""}, headers=operator), 422)
+    check(create, client.post("/v1/imports", json=body), 401)
+    check(create, client.post("/v1/imports", json=body, headers=viewer), 403)
+    app.config["CSV_MAX_BYTES"] = 1024  # the body's cap follows the file's: bad_requests' 70 kB is over it
+    for status, response in bad_requests(client, "/v1/imports", operator):
+        check(create, response, status)
+    check.assert_covered(create)
+
+    get = "imports_api_get"
+    read = check(get, client.get(f"/v1/imports/{result['id']}", headers=viewer), 200)
+    assert read.json == result
+    other = bearer(make_token(org=make_org(), role=Role.VIEWER)[1])
+    check(get, client.get(f"/v1/imports/{result['id']}", headers=other), 404)  # another organization's
+    check(get, client.get(f"/v1/imports/{result['id']}"), 401)
+    check.assert_covered(get)

@@ -18,11 +18,11 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def json_object() -> dict[str, Any]:
+def json_object(max_bytes: int = API_MAX_BODY_BYTES) -> dict[str, Any]:
     """The request body as a JSON object.
 
     415 unless the Content-Type is JSON; 400 if the body is not valid JSON or
-    not an object; 413 (from werkzeug) if it is larger than API_MAX_BODY_BYTES.
+    not an object; 413 (from werkzeug) if it is larger than `max_bytes`.
     """
     if not request.is_json:
         raise ApiError(
@@ -30,7 +30,7 @@ def json_object() -> dict[str, Any]:
             "unsupported_media_type",
             "Send the body as JSON with the header `Content-Type: application/json`.",
         )
-    request.max_content_length = API_MAX_BODY_BYTES
+    request.max_content_length = max_bytes
     data = request.get_data(cache=True)
     if not data.strip():
         raise ApiError(400, "invalid_json", "The request body is empty; send a JSON object.")
