@@ -380,3 +380,24 @@ def test_an_upload_waiting_for_its_columns_is_listed_with_a_link_to_finish_it(
     # Its progress page sends staff back to the mapping, where it waits.
     detail = client.get(location.removesuffix("/mapping"))
     assert detail.status_code == 302 and detail.headers["Location"] == location
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (["id", "Created (UTC)", "Amount", "Currency"], {"failed_at": "created (utc)"}),
+        (["id", "Customer Name", "Card Name", "Amount", "Currency"], {"customer_name": "customer name"}),
+        (["id", "Customer Country", "Card Address Country"], {"customer_country": "customer country"}),
+        (["transaction_ref", "amount_minor", "currency"], {"amount_minor": "amount_minor", "amount": None}),
+        (["  Customer   Email ", "ID"], {"customer_email": "customer email", "transaction_ref": "id"}),
+        (["Reference", "Total"], {"transaction_ref": "reference", "amount": None}),
+    ],
+)
+def test_the_proposal_knows_our_names_and_stripes_variants(
+    header: list[str], expected: dict[str, str]
+) -> None:
+    from recovery.imports import mapping as mappings
+
+    proposal = mappings.propose(header)
+    for field, column in expected.items():
+        assert proposal.get(field) == column
