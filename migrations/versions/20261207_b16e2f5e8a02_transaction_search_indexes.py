@@ -45,5 +45,7 @@ def downgrade():
     )
     op.create_index("ix_transaction_org_amount", "transaction", ["organization_id", "amount", "id"])
     op.drop_index("ix_transaction_org_currency_amount", table_name="transaction")
-    op.drop_index("ix_transaction_org_email_search", table_name="transaction")
-    op.drop_index("ix_transaction_org_ref_search", table_name="transaction")
+    # On SQLite a later downgrade that rebuilt the table (batch mode) could not carry
+    # these expression indexes over (SQLite cannot reflect them): they may be gone.
+    op.drop_index("ix_transaction_org_email_search", table_name="transaction", if_exists=True)
+    op.drop_index("ix_transaction_org_ref_search", table_name="transaction", if_exists=True)
