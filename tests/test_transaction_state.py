@@ -266,12 +266,28 @@ def test_the_api_closes_and_reopens(client, db, org, make_transaction, make_toke
     assert db.session.get(RecoveryAttempt, attempt.id).status == A.CANCELLED
 
 
+def test_a_reason_loses_direction_overrides_and_keeps_its_words(
+    client, db, org, make_transaction, make_token
+):
+    _, raw = make_token(org, role="operator")
+    transaction = make_transaction(org, transaction_ref="RLO-1")
+
+    answer = client.post(
+        "/v1/transactions/RLO-1/close", json={"reason": "Paid \u202ein cash\u202c <b>"}, headers=bearer(raw)
+    )
+
+    assert answer.status_code == 200
+    assert fresh(db, transaction).closed_reason == "Paid in cash <b>"
+
+
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [
         ({"reason": 5}, 422, "The reason must be text."),
         ({"reason": "x" * 501}, 422, "The reason is 501 characters long; keep it to 500."),
         ({"why": "no"}, 422, "Unknown field(s): why."),
+        ({"reason": "paid\x07"}, 422, "The reason holds control characters; write it as plain text."),
+        ({"reason": "\ud800"}, 422, "The reason holds control characters; write it as plain text."),
     ],
 )
 def test_the_api_close_refuses_bad_input_and_changes_nothing(

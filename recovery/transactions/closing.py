@@ -17,6 +17,7 @@ from recovery.logs import get_logger
 from recovery.models import Transaction, TransactionStatus
 from recovery.models.base import DbSession
 from recovery.recoveries import services as recoveries
+from recovery.transactions.validation import has_control_characters, strip_deceptive
 
 log = get_logger("recovery.transactions")
 
@@ -48,7 +49,12 @@ def clean_reason(raw: object) -> str | None:
         return None
     if not isinstance(raw, str):
         raise ClosingRefused("The reason must be text.", status=422, field="reason")
-    reason = " ".join(raw.split())
+    if has_control_characters(raw):
+        raise ClosingRefused(
+            "The reason holds control characters; write it as plain text.", status=422, field="reason"
+        )
+    # Direction overrides and invisible characters would let a reason misread on the page.
+    reason = " ".join(strip_deceptive(raw).split())
     if len(reason) > REASON_MAX:
         raise ClosingRefused(
             f"The reason is {len(reason)} characters long; keep it to {REASON_MAX}.",
