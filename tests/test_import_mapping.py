@@ -401,3 +401,26 @@ def test_the_proposal_knows_our_names_and_stripes_variants(
     proposal = mappings.propose(header)
     for field, column in expected.items():
         assert proposal.get(field) == column
+
+
+def test_a_second_confirmation_of_the_same_upload_is_refused_not_run_twice(
+    db: Any, make_org: Callable[..., Any]
+) -> None:
+    from recovery.audit import Actor
+    from recovery.imports import mapping as mappings
+    from recovery.imports import services
+
+    organization = make_org()
+    actor = Actor.system(organization.id, "test")
+    data = stripe_export([stripe_row("ch_1", "Failed", "50.00")])
+    csv_import = services.create_import(db.session, actor, "p.csv", data, 1 << 20)
+    db.session.commit()
+    chosen = mappings.propose(STRIPE_HEADER)
+    services.confirm_mapping(db.session, actor, csv_import, chosen)
+    db.session.commit()
+
+    with pytest.raises(services.ImportRejected, match="already started"):
+        services.confirm_mapping(db.session, actor, csv_import, chosen)
+    db.session.rollback()
+    events = db.session.scalars(select(AuditEvent.action).where(AuditEvent.action == "import.mapped")).all()
+    assert events == ["import.mapped"]

@@ -204,6 +204,9 @@ def confirm_mapping(
     Raises MappingRefused (per field) and leaves the upload as it was, so the
     merchant can correct the choice without uploading again.
     """
+    # Locked until the caller's commit: a second confirmation sent at the same time
+    # waits, then finds the import started instead of starting it again.
+    session.refresh(csv_import, with_for_update=True)
     if csv_import.status != ImportStatus.MAPPING:
         raise ImportRejected("This import has already started; its columns cannot be changed now.")
     header = header_of(csv_import)

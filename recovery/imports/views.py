@@ -147,6 +147,10 @@ def confirm(import_id: int) -> Any:
         db.session.rollback()
         form.apply_errors(error.errors)
         return render_mapping(csv_import, form, remembered, 422)
+    except services.ImportRejected as error:  # confirmed meanwhile, from another tab
+        db.session.rollback()
+        flash(str(error), "info")
+        return redirect(url_for("imports.detail", import_id=import_id))
     db.session.commit()
     return start(csv_import)
 
