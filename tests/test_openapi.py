@@ -334,6 +334,48 @@ def test_transaction_answers_match_the_document(
     check.assert_covered(one)
 
 
+def test_close_and_reopen_answers_match_the_document(
+    client: FlaskClient,
+    check: Checker,
+    tokens: dict[str, dict[str, str]],
+    org: Organization,
+    make_org: Any,
+    make_transaction: Any,
+) -> None:
+    operator, viewer = tokens["operator"], tokens["viewer"]
+    transaction = make_transaction(org)
+    close, reopen = "api_close_transaction", "api_reopen_transaction"
+    url = f"/v1/transactions/{transaction.transaction_ref}"
+    body = {"reason": "Paid by bank transfer"}
+    closed = check(close, client.post(f"{url}/close", json=body, headers=operator), 200)
+    check.valid_request(close, closed, body)
+    assert closed.json["closed_reason"] == "Paid by bank transfer"
+    check(close, client.post(f"{url}/close", json=body, headers=operator), 409)
+    bare = make_transaction(org)  # the body may be left out
+    check.valid_request(
+        close,
+        check(close, client.post(f"/v1/transactions/{bare.transaction_ref}/close", headers=operator), 200),
+    )
+    check(close, client.post(f"{url}/close", json={"colour": "red"}, headers=operator), 422)
+    others = make_transaction(make_org())
+    check(close, client.post(f"/v1/transactions/{others.transaction_ref}/close", headers=operator), 404)
+    check(close, client.post(f"{url}/close", json=body), 401)
+    check(close, client.post(f"{url}/close", json=body, headers=viewer), 403)
+    for status, response in bad_requests(client, f"{url}/close", operator):
+        if status != 413:
+            check(close, response, status)
+    # close_transaction reads the body (request.get_data) before json_object sets its 64 KiB cap,
+    # so an oversized body is read whole and refused as not an object (400), never 413.
+    check.assert_covered(close, not_driven={"413": "the body is read before the cap applies"})
+
+    check(reopen, client.post(f"{url}/reopen", headers=viewer), 403)
+    check(reopen, client.post(f"{url}/reopen"), 401)
+    assert check(reopen, client.post(f"{url}/reopen", headers=operator), 200).json["status"] == "failed"
+    check(reopen, client.post(f"{url}/reopen", headers=operator), 409)
+    check(reopen, client.post(f"/v1/transactions/{others.transaction_ref}/reopen", headers=operator), 404)
+    check.assert_covered(reopen)
+
+
 # --- real answers: recoveries ---------------------------------------------------------
 
 
