@@ -165,6 +165,14 @@ def test_roles_and_authentication_come_from_the_code(app: Flask) -> None:
     assert any(p["name"] == "Stripe-Signature" and p["required"] for p in webhook["parameters"])
 
 
+def test_every_operation_has_a_declared_tag(app: Flask) -> None:
+    """The reference page groups by tag, in the order of recovery.api.openapi.TAGS."""
+    doc = document(app)
+    declared = {tag["name"] for tag in doc["tags"]}
+    used = {entry["tags"][0] for methods in doc["paths"].values() for entry in methods.values()}
+    assert used <= declared, f"add these to TAGS: {used - declared}"
+
+
 def test_request_schemas_are_the_fields_the_views_accept(app: Flask) -> None:
     from recovery.api.transactions import CREATE_FIELDS, LIST_ARGS
     from recovery.payments.api import CHECKOUT_FIELDS, LINK_FIELDS

@@ -219,7 +219,10 @@ def reference_from(document: dict[str, Any]) -> tuple[list[Section], list[Object
     sections = {tag["name"]: Section(tag["name"], tag.get("description", "")) for tag in document["tags"]}
     for path, methods in document["paths"].items():
         for method, entry in methods.items():
-            sections[entry["tags"][0]].endpoints.append(_endpoint(path, method, entry, schemas))
+            tag = entry["tags"][0]
+            sections.setdefault(tag, Section(tag, "")).endpoints.append(
+                _endpoint(path, method, entry, schemas)
+            )
     objects = [
         ObjectDoc(name, schema.get("description", ""), _fields(schema))
         for name, schema in schemas.items()
