@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Select, and_, or_, select
+from sqlalchemy import ColumnElement, Select, and_, or_, select
 
 from recovery.audit_log.sentences import KINDS, actions_of_kind
 from recovery.models import AuditEvent, Transaction, User
@@ -97,14 +97,15 @@ def query(organization_id: int, filters: AuditFilters, tz: str) -> Select[AuditE
         stmt = stmt.where(AuditEvent.actor_user_id == int(filters.actor.removeprefix("user:")))
     if filters.kind:
         exact, prefixes, others = actions_of_kind(filters.kind)
-        # "user.signed_in" starts like the users' actions but is a sign-in: listed kinds win.
-        by_prefix = and_(
-            or_(*(AuditEvent.action.startswith(p, autoescape=True) for p in prefixes)),
-            AuditEvent.action.not_in(others),
-        )
-        stmt = stmt.where(
-            or_(AuditEvent.action.in_(exact), by_prefix) if prefixes else AuditEvent.action.in_(exact)
-        )
+        matches: ColumnElement[bool] = AuditEvent.action.in_(exact)
+        if prefixes:
+            # "user.signed_in" starts like the users' actions but is a sign-in: listed kinds win.
+            by_prefix = and_(
+                or_(*(AuditEvent.action.startswith(p, autoescape=True) for p in prefixes)),
+                AuditEvent.action.not_in(others),
+            )
+            matches = or_(matches, by_prefix)
+        stmt = stmt.where(matches)
     if filters.start:
         stmt = stmt.where(AuditEvent.created_at >= _local_midnight(filters.start, tz))
     if filters.end:
