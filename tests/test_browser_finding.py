@@ -30,10 +30,12 @@ def app_config(live_port: int, stripe_sandbox: Any) -> dict[str, Any]:
     return live_app_config(live_port, stripe_sandbox)
 
 
-def shoot(tab: Any, name: str) -> None:
+def shoot(tab: Any, name: str, focus: str) -> None:
+    """The page at each width, scrolled so that `focus` (what the step is about) is in view."""
     for width in WIDTHS:
         tab.page.set_viewport_size({"width": width, "height": 900})
         tab.assert_fits_width()
+        tab.page.locator(focus).first.scroll_into_view_if_needed()
         SHOTS.mkdir(parents=True, exist_ok=True)
         tab.page.screenshot(path=str(SHOTS / f"{name}-{width}.png"))
     tab.page.set_viewport_size({"width": 1280, "height": 800})
@@ -55,7 +57,7 @@ def test_search_dates_sort_and_export(open_tab: Any, demo: Any, db: Any) -> None
     refs = listed_refs(page)
     assert refs and all(ref.startswith("DEMO-001") for ref in refs), refs
     assert "DEMO-0012" in refs
-    shoot(tab, "search")
+    shoot(tab, "search", "#results")
 
     # The export link carries the filter; the file holds exactly the rows listed.
     with page.expect_download() as download_info:
@@ -75,7 +77,7 @@ def test_search_dates_sort_and_export(open_tab: Any, demo: Any, db: Any) -> None
     expect(page.get_by_role("alert")).to_contain_text("'To' (1 Jan 2025) is before 'From' (1 Feb 2025)")
     expect(page.get_by_label("Failed to")).to_have_attribute("aria-invalid", "true")
     expect(page.get_by_role("heading", name="'To' is before 'From'")).to_be_visible()
-    shoot(tab, "reversed-dates")
+    shoot(tab, "reversed-dates", "#results")
     page.get_by_role("link", name=re.compile(r"^Show 1 Jan 2025 to 1 Feb 2025 instead")).click()
     expect(page.get_by_label("Failed from")).to_have_value("2025-01-01")
     expect(page.get_by_role("alert")).to_have_count(0)
@@ -86,7 +88,7 @@ def test_search_dates_sort_and_export(open_tab: Any, demo: Any, db: Any) -> None
     page.get_by_role("button", name="Apply").click()
     expect(page.get_by_role("alert")).to_contain_text("Choose a currency to sort by amount")
     expect(page.get_by_label("Currency")).to_have_attribute("aria-invalid", "true")
-    shoot(tab, "amount-needs-currency")
+    shoot(tab, "amount-needs-currency", "#filter-errors")
     page.get_by_label("Currency").fill("GBP")
     page.get_by_role("button", name="Apply").click()
     expect(page.get_by_role("alert")).to_have_count(0)
@@ -128,7 +130,7 @@ def test_select_all_names_the_exact_count_before_starting(open_tab: Any, demo: A
     choice.check()
     button = page.locator("#bulk-form button[type=submit]")
     expect(button).to_have_text(f"Start recovery for all {total:,} matching")
-    shoot(tab, "select-all-exact")
+    shoot(tab, "select-all-exact", "#bulk-form")
     messages: list[str] = []
 
     def dismiss(dialog: Any) -> None:
