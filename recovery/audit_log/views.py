@@ -10,8 +10,8 @@ from flask_login import current_user
 
 from recovery.audit import Actor, record
 from recovery.audit_log import services
-from recovery.audit_log.csv_export import rows_as_csv
 from recovery.audit_log.sentences import KINDS, sentence
+from recovery.exports.writer import csv_chunks
 from recovery.extensions import db
 from recovery.models import AuditEvent, Role, utcnow
 from recovery.security import require_role
@@ -132,7 +132,7 @@ def export() -> Any:
 
     filename = f"audit-log-{utcnow():%Y-%m-%d}.csv"
     return Response(
-        stream_with_context(rows_as_csv(CSV_HEADER, rows())),
+        stream_with_context(csv_chunks(CSV_HEADER, rows())),
         mimetype="text/csv",
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
