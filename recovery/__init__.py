@@ -85,9 +85,9 @@ def register_blueprints(app: Flask) -> None:
     from recovery.payments.views import bp as payments_bp
     from recovery.recoveries.api import bp as recoveries_api_bp
     from recovery.recoveries.views import bp as recoveries_bp
+    from recovery.staffmail.views import bp as staffmail_bp
     from recovery.tokens.views import bp as tokens_bp
     from recovery.transactions.views import bp as transactions_bp
-    from recovery.staffmail.views import bp as staffmail_bp
     from recovery.users.views import bp as users_bp
     from recovery.webhooks.views import bp as webhooks_bp
 

@@ -359,7 +359,8 @@ def test_kpi_tiles_and_bulk_start_from_the_list(
     sign_in(tab, email="operator@demo.example")
     tiles = page.locator("#kpis .kpi")
     expect(tiles).to_have_count(4)
-    expect(page.locator("#kpis .kpi-rate")).to_have_attribute("title", re.compile(r"^Of the recoveries that ended"))
+    rate = page.locator("#kpis .kpi-rate")
+    expect(rate).to_have_attribute("title", re.compile(r"^Of the recoveries that ended"))
     expect(page.locator("#kpis .kpi-in-flight .kpi-value")).to_have_text(re.compile(r"^\d+$"))
 
     page.goto("/transactions?status=failed")
