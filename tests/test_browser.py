@@ -279,7 +279,7 @@ def test_recovery_journey_email_pay_and_live_status(
     expect(page.locator("h1 .status")).to_have_text("recovering")
 
     # The worker sends the first email (to the development outbox); the open page shows it by itself.
-    expect(page.locator(".timeline")).to_contain_text("Email sent", timeout=15_000)
+    expect(page.locator(".timeline")).to_contain_text("Email handed to the provider", timeout=15_000)
     expect(recovery).to_contain_text("1 message sent")
     staff.shot("journey-recovering")
 

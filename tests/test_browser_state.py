@@ -128,12 +128,15 @@ def test_a_recovered_and_an_unrecovered_demo_row_tell_their_story(
     tab = open_tab()
     page = tab.page
     sign_in(tab, "viewer@demo.example")
-    for status, last in ((TransactionStatus.RECOVERED, "Recovered"), (TransactionStatus.UNRECOVERED, "sent")):
+    for status, last in (
+        (TransactionStatus.RECOVERED, "Recovered"),
+        (TransactionStatus.UNRECOVERED, "Recovery ran out"),
+    ):
         page.goto(f"/transactions/by-ref/{demo_ref(db, demo, status)}")
         expect(page.get_by_role("heading", level=1)).to_contain_text(status)
         timeline = page.locator(".timeline")
         expect(timeline).to_contain_text("Recovery started")
-        expect(timeline).to_contain_text("Email sent")
+        expect(timeline).to_contain_text("Email handed to the provider")
         expect(timeline.locator("li").last).to_contain_text(last)
         shots(tab, f"detail-{status}")
 

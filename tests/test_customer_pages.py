@@ -306,7 +306,7 @@ def test_cancelling_a_recovery_closes_the_session_the_customer_opened(
     db.session.expire_all()
     assert db.session.scalar(select(CheckoutSession.status)) == "expired"
     entry = db.session.scalar(select(AuditEvent).where(AuditEvent.action == "stripe.checkout_session_closed"))
-    assert entry.details["summary"] == f"Checkout session {session_id} expired: the transaction is cancelled"
+    assert entry.details["summary"] == f"Checkout session {session_id} expired: its recovery was cancelled"
 
 
 def test_a_close_that_finds_the_transaction_recovering_again_leaves_it_alone(
@@ -617,3 +617,10 @@ def test_a_closing_job_lost_with_redis_is_placed_again_by_the_reconciliation(
     get_queue().empty()
     webhook_jobs.reconcile_checkout_sessions.__wrapped__()
     assert closing_jobs() == []  # nothing payable is left: not asked again
+
+    # The transaction is still open: a link the merchant makes after the cancel is their
+    # new offer, and the reconciliation leaves it alone.
+    fresh = _payment_link(app, db, db.session.get(Transaction, attempt.transaction_id))
+    assert fresh.payment_link_id != link.payment_link_id
+    webhook_jobs.reconcile_checkout_sessions.__wrapped__()
+    assert closing_jobs() == []

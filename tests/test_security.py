@@ -317,6 +317,14 @@ def test_the_public_endpoints_are_an_explicit_short_list():
     # The pay page of a recovery link: its unguessable token is the credential.
     assert {
         "auth.login",
+        # A forgotten password and an invitation: the signed link is the credential.
+        "auth.forgot_password",
+        "auth.reset_password",
+        "users.accept_invite",
+        # The development outbox of staff emails decides itself who may read it
+        # (anyone in development without SMTP, a signed-in admin in production).
+        "staffmail.outbox",
+        "staffmail.detail",
         "health.healthz",
         "openapi.openapi_json",  # the API's OpenAPI document: no organization's data
         "static",

@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from recovery import audit, money
 from recovery.audit import Actor
 from recovery.models import (
+    AttemptStatus,
     AuditEvent,
     CsvImport,
     Message,
@@ -495,7 +496,7 @@ AUDIT_TITLES = {
 }
 MESSAGE_TITLES = {
     "sending": "{channel} being sent",
-    "sent": "{channel} sent",
+    "sent": "{channel} handed to the provider",  # accepted by it; "delivered" comes with its report
     "delivered": "{channel} delivered",
     "failed": "{channel} failed",
     "undeliverable": "{channel} undeliverable",
@@ -503,6 +504,9 @@ MESSAGE_TITLES = {
     "queued": "{channel} queued",
     "unknown": "{channel}: unknown — check the provider",
 }
+
+
+RAN_OUT = (AttemptStatus.EXPIRED, AttemptStatus.EXHAUSTED)
 
 
 def timeline(session: DbSession, transaction: Transaction) -> list[TimelineEntry]:
@@ -558,6 +562,16 @@ def timeline(session: DbSession, transaction: Transaction) -> list[TimelineEntry
         if str(attempt.id) not in started:
             entries.append(
                 TimelineEntry(attempt.created_at, "Recovery started", f"by {attempt.channel}", kind="attempt")
+            )
+        # Running out is no one's action, so no audit event tells it: the attempt does.
+        if attempt.status in RAN_OUT and attempt.ended_at is not None:
+            sent = f"{attempt.messages_sent} message{'' if attempt.messages_sent == 1 else 's'} sent"
+            if attempt.status == AttemptStatus.EXHAUSTED:
+                why = "every reminder went and the link expired unpaid"
+            else:
+                why = "the link expired unpaid before every reminder went"
+            entries.append(
+                TimelineEntry(attempt.ended_at, "Recovery ran out", f"{sent}; {why}", kind="attempt")
             )
     for message in session.scalars(
         select(Message).where(Message.transaction_id == transaction.id).order_by(Message.id)

@@ -474,13 +474,19 @@ def _link_switched_off_recorded(session: DbSession, txn: Transaction) -> bool:
 
 
 def still_payable_after_closing(session: DbSession, now: datetime, limit: int = 200) -> list[int]:
-    """Recovered, refunded or cancelled transactions that still offer a way to pay.
+    """Transactions that were closed to payment but still offer a way to pay.
 
-    An open Checkout Session of ours, or a Payment Link never switched off
-    (no `stripe.payment_link_deactivated` for it). `close_payment_options`
-    runs in a job queued after the commit that closed the transaction; if
-    Redis lost that job, the customer could still pay a closed debt.
+    Recovered, refunded or closed ones, and open ones whose recovery staff
+    cancelled (the transaction stays open, but what the recovery offered goes
+    with it): an open Checkout Session of ours, or a Payment Link never
+    switched off (no `stripe.payment_link_deactivated` for it).
+    `close_payment_options` runs in a job queued after the commit that closed
+    the transaction or cancelled the recovery; if Redis lost that job, the
+    customer could still pay a closed debt or a recovery the merchant stopped.
+    After a cancel only what was offered before it counts: a session or link
+    made for the open transaction afterwards is the merchant's new offer.
     """
+    A = AttemptStatus
     open_session = (
         select(CheckoutSession.id)
         .where(
@@ -499,18 +505,59 @@ def still_payable_after_closing(session: DbSession, now: datetime, limit: int = 
         )
         .exists()
     )
-    return list(
-        session.scalars(
-            select(Transaction.id)
-            .where(
-                Transaction.status.in_(CLOSED_STATUSES),
-                Transaction.updated_at >= now - CLOSE_LOOKBACK,
-                open_session | (Transaction.stripe_payment_link_id.is_not(None) & ~link_switched_off),
-            )
-            .order_by(Transaction.id)
-            .limit(limit)
+    closed = session.scalars(
+        select(Transaction.id)
+        .where(
+            Transaction.status.in_(CLOSED_STATUSES),
+            Transaction.updated_at >= now - CLOSE_LOOKBACK,
+            open_session | (Transaction.stripe_payment_link_id.is_not(None) & ~link_switched_off),
         )
+        .order_by(Transaction.id)
+        .limit(limit)
     )
+    cancelled = (
+        select(RecoveryAttempt.transaction_id, RecoveryAttempt.ended_at)
+        .where(RecoveryAttempt.status == A.CANCELLED, RecoveryAttempt.ended_at >= now - CLOSE_LOOKBACK)
+        .subquery()
+    )
+    running = (
+        select(RecoveryAttempt.id)
+        .where(RecoveryAttempt.transaction_id == Transaction.id, RecoveryAttempt.status.in_(A.ACTIVE))
+        .exists()
+    )
+    session_before_cancel = (
+        select(CheckoutSession.id)
+        .where(
+            CheckoutSession.transaction_id == Transaction.id,
+            CheckoutSession.status == CheckoutStatus.OPEN,
+            CheckoutSession.stripe_session_id.is_not(None),
+            CheckoutSession.created_at <= cancelled.c.ended_at,
+        )
+        .exists()
+    )
+    link_before_cancel = (
+        select(AuditEvent.id)
+        .where(
+            AuditEvent.transaction_id == Transaction.id,
+            AuditEvent.action == "stripe.payment_link_created",
+            AuditEvent.target_id == Transaction.stripe_payment_link_id,
+            AuditEvent.created_at <= cancelled.c.ended_at,
+        )
+        .exists()
+    )
+    cancelled_recovery = session.scalars(
+        select(Transaction.id)
+        .join(cancelled, cancelled.c.transaction_id == Transaction.id)
+        .where(
+            Transaction.status == TransactionStatus.FAILED,
+            ~running,
+            session_before_cancel | (link_before_cancel & ~link_switched_off),
+        )
+        .distinct()
+        .order_by(Transaction.id)
+        .limit(limit)
+    )
+    return sorted({*closed, *cancelled_recovery})[:limit]
 
 
 def sessions_to_reconcile(
