@@ -29,6 +29,8 @@ def app_config(live_port: int, stripe_sandbox: Any) -> dict[str, Any]:
 
 
 def shoot(tab: Any, name: str) -> None:
+    # A click's navigation may have committed before the stylesheet applied: measure the laid-out page.
+    tab.page.wait_for_load_state("load")
     for width in WIDTHS:
         tab.page.set_viewport_size({"width": width, "height": 900})
         tab.assert_fits_width()
@@ -50,6 +52,7 @@ def open_staff_email(page: Any, subject: str) -> None:
         link = page.get_by_role("link", name=subject).first
         if link.count():
             link.click()
+            page.wait_for_load_state("load")
             return
         page.wait_for_timeout(200)
     raise AssertionError(f"no staff email {subject!r} reached the outbox")
