@@ -63,7 +63,7 @@ def check_pages(paths: dict[str, str], cookie: str) -> None:
             sys.exit(f"{name}: {rows} rows on {path}, expected {expected}")
         if name == "status" and body.count("status-recovering") < 50:
             sys.exit(f"{name}: rows that are not recovering on {path}")
-        if name == "email" and body.count(f'<span class="sub">{common.SEARCH_EMAIL}</span>') != 4:
+        if name == "email" and body.count(f'<span class="sub"><bdi>{common.SEARCH_EMAIL}</bdi></span>') != 4:
             sys.exit(f"{name}: the search did not find {common.SEARCH_EMAIL}")
 
 
