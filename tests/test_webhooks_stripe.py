@@ -9,17 +9,14 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from flask import Flask
 from sqlalchemy import func, select
-from werkzeug.serving import make_server
 
 from recovery.audit import Actor
 from recovery.extensions import db as _db
@@ -39,13 +36,6 @@ from recovery.payments import services as payments
 from recovery.payments.gateway import StripeGateway, StripeSettings
 from recovery.webhooks import jobs, services
 from tests import stripe_events as se
-
-
-@pytest.fixture
-def live_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
@@ -183,16 +173,7 @@ def test_a_recovery_closes_the_other_ways_to_pay(
 # --- end to end over HTTP ----------------------------------------------------------------------
 
 
-@pytest.fixture
-def live_server(app: Flask, live_port: int) -> Iterator[str]:
-    server = make_server("127.0.0.1", live_port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="live-server", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(timeout=5)
+# `live_port` and `live_server` come from tests/browser.py (a plugin).
 
 
 def wait_for(condition: Any, timeout: float = 15.0) -> None:
