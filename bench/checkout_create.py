@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.checkout_create [--requests 1000] [--clients 1 --clients 4]
 
-Starts the Stripe sandbox (`python -m recovery.sandbox`, fresh state) and
+Starts the Stripe sandbox (`python -m stripe_sandbox`, fresh state) and
 gunicorn with 2 sync workers on the benchmark database, creates fresh failed
 transactions (each with its own customer email, so each create also makes a
 Stripe Customer) and an operator API token, then POSTs
@@ -77,7 +77,7 @@ def start_sandbox(state_dir: str) -> subprocess.Popen[bytes]:
         "SANDBOX_WEBHOOK_URLS": "",
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "recovery.sandbox"],
+        [sys.executable, "-m", "stripe_sandbox"],
         cwd=common.ROOT,
         env=env,
         stdout=log,

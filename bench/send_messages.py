@@ -56,7 +56,7 @@ from bench.common import (
     raw_connection,
     write_json,
 )
-from recovery.sandbox.harness import free_port
+from stripe_sandbox.harness import free_port
 
 MESSAGE_ID = re.compile(rb"^Message-ID:\s*(\S+)", re.IGNORECASE | re.MULTILINE)
 SEND_ORG = ("bench-send", "Bench Sends", "owner@bench-send.example")

@@ -30,7 +30,7 @@ from recovery.extensions import db as _db
 from recovery.models import ApiToken, Base, Organization, Role, Transaction, User
 from recovery.tokens.services import create_token
 
-pytest_plugins = ["tests.browser"]  # Chromium, live server and tab fixtures for the browser tests
+pytest_plugins = ["tests.fixtures.browser"]  # Chromium, live server and tab fixtures for the browser tests
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/recovery_test")
@@ -303,13 +303,13 @@ def rq_worker(app: Flask) -> Callable[[], None]:
 
 @pytest.fixture(scope="session")
 def stripe_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A real `python -m recovery.sandbox` on a free port for the whole run (see recovery/sandbox/harness.py).
+    """A real `python -m stripe_sandbox` on a free port for the whole run (see stripe_sandbox/harness.py).
 
     Yields a `SandboxProcess`: `base_url`, `api_key`, `webhook_secret`, and `reset()`,
     `fault(status=None, count=1, delay_ms=None)`, `add_webhook_endpoint(url, secret)`,
     `pay(session_id, card)`, `requests()`, `deliveries()`, `advance_clock(seconds)`.
     """
-    from recovery.sandbox.harness import SandboxError, SandboxProcess
+    from stripe_sandbox.harness import SandboxError, SandboxProcess
 
     sandbox = SandboxProcess(
         tmp_path_factory.mktemp("stripe-sandbox") / "sandbox.sqlite3", webhook_retry_base_seconds=0.2

@@ -37,8 +37,8 @@ from recovery.transactions.validation import (
     strip_deceptive,
 )
 from tests.conftest import base_config, bearer
-from tests.csvdata import HEADER, csv_bytes, row
-from tests.test_imports import problems, upload
+from tests.fixtures.csvdata import HEADER, csv_bytes, row
+from tests.imports.test_imports import problems, upload
 
 ROOT = Path(__file__).resolve().parent.parent
 VALID = {"transaction_ref": "TXN-BAD-1", "amount": 5000, "currency": "usd"}

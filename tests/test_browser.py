@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from recovery.models import Transaction
-from tests.browser import (
+from tests.fixtures.browser import (
     BROWSER,
     DESKTOP,
     PHONE,

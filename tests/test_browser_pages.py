@@ -30,7 +30,7 @@ from recovery.models import (
     WebhookEvent,
     utcnow,
 )
-from tests.browser import BROWSER, Tab, live_app_config, sign_in
+from tests.fixtures.browser import BROWSER, Tab, live_app_config, sign_in
 
 pytestmark = BROWSER
 

@@ -20,7 +20,7 @@ from recovery.audit import Actor
 from recovery.imports import services
 from recovery.models import Organization, Transaction
 from recovery.transactions import validation
-from tests.csvdata import HEADER, csv_bytes, row
+from tests.fixtures.csvdata import HEADER, csv_bytes, row
 
 PIECES = ["ab", "cd", "x1", "Q", "7", "mail", "shop"] * 3 + [
     "a", "Z", "0", ".", "-", "_", "+", "xn--", "--", "ab--", "com", "test", "onion", "local",

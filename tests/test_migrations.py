@@ -56,7 +56,7 @@ def _table_names() -> set[str]:
 
 
 # SQLite cannot reflect an expression index, so neither SQLAlchemy nor Alembic can compare
-# the search indexes there; tests/test_search.py checks the migrated SQLite database uses them.
+# the search indexes there; tests/transactions/test_search.py checks the migrated SQLite database uses them.
 @pytest.mark.filterwarnings(
     "ignore:Skipped unsupported reflection of expression-based index",
     "ignore:autogenerate skipping metadata-specified expression-based index",

@@ -176,7 +176,7 @@ def test_normalize_currency_good(raw: str, expected: str) -> None:
 
 
 def test_every_currency_stripe_charges_is_accepted() -> None:
-    from recovery.sandbox.objects import CURRENCIES as SANDBOX_CURRENCIES
+    from stripe_sandbox.objects import CURRENCIES as SANDBOX_CURRENCIES
 
     assert STRIPE_CURRENCIES == SANDBOX_CURRENCIES
     for code in STRIPE_CURRENCIES:

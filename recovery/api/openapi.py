@@ -6,7 +6,7 @@ Everything else comes from what the app really does, so the document cannot
 drift from it: the paths and their parameters from Flask's URL map, bearer
 authentication from `install_token_auth`, the role from `require_token_role`,
 the body's 400/413/415/422 from declaring a body at all. The serializers are
-typed with the same TypedDicts (mypy checks them), and tests/test_openapi.py
+typed with the same TypedDicts (mypy checks them), and tests/api/test_openapi.py
 fails on a `/v1` URL without a declaration and checks real answers against
 the document.
 """
@@ -338,7 +338,7 @@ def build_document(app: Flask) -> dict[str, Any]:
         view = app.view_functions[rule.endpoint]
         operation = operation_of(view)
         if operation is None:
-            continue  # tests/test_openapi.py fails on it
+            continue  # tests/api/test_openapi.py fails on it
         auth: Auth = "bearer" if _uses_bearer(app, rule.endpoint) else "none"
         role: Role | None = getattr(view, "required_token_role", None)
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):

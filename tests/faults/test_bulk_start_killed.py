@@ -30,7 +30,7 @@ from recovery.models import AuditEvent, BulkStart, Message, Organization, Recove
 from recovery.queue import get_queue
 from recovery.recoveries import bulk, jobs
 from tests.conftest import base_config
-from tests.test_bulk_start import insert_transactions
+from tests.recoveries.test_bulk_start import insert_transactions
 
 ROOT = Path(__file__).resolve().parents[2]
 SELECTED = 100
@@ -41,7 +41,7 @@ WORKER = [sys.executable, "-m", "flask", "--app", "wsgi", "worker", "--burst", "
 def postgresql_only(database_url: str) -> None:
     # The fault suite runs on PostgreSQL, as production does. On SQLite the kill could
     # only be timed by polling (a loaded machine missed chunk 1 once in 18 runs); the
-    # resume itself is covered on SQLite by tests/test_bulk_start.py.
+    # resume itself is covered on SQLite by tests/recoveries/test_bulk_start.py.
     if not database_url.startswith("postgresql"):
         pytest.skip("fault runs use PostgreSQL")
 

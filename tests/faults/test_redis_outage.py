@@ -31,8 +31,8 @@ from recovery.extensions import db as _db
 from recovery.models import AuditEvent, PaymentFulfilment, Transaction, TransactionStatus, WebhookEvent
 from recovery.recoveries.scheduling import WAITING
 from recovery.webhooks.jobs import RECONCILER_JOB_ID, SWEEPER_JOB_ID
-from tests import stripe_events as se
 from tests.conftest import base_config
+from tests.fixtures import stripe_events as se
 
 ROOT = Path(__file__).resolve().parents[2]
 # The workers' settings: the webhook sweeper every 2 s for events pending 2 s (60 s in production),

@@ -29,8 +29,8 @@ from sqlalchemy import select
 from recovery.models import Message, MessageStatus, Organization, RecoveryAttempt, Transaction, utcnow
 from recovery.recoveries import jobs, services
 from tests.conftest import base_config
-from tests.fakes import SmtpServer, _Handler, providers_config
-from tests.test_recoveries import start
+from tests.fixtures.fakes import SmtpServer, _Handler, providers_config
+from tests.recoveries.test_recoveries import start
 
 M = MessageStatus
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +42,7 @@ KILL_AT_EMAIL = 31  # mid-way through the first batch
 @pytest.fixture(autouse=True)
 def postgresql_only(database_url: str) -> None:
     # The fault suite runs on PostgreSQL, as production does; SQLite's single
-    # writer is covered by the unit tests of the same rules (tests/test_recoveries.py).
+    # writer is covered by the unit tests of the same rules (tests/recoveries/test_recoveries.py).
     if not database_url.startswith("postgresql"):
         pytest.skip("fault runs use PostgreSQL")
 
