@@ -11,7 +11,9 @@ from recovery import config as config_module
 
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     """Build the application; `config` overrides everything else (tests)."""
-    app = Flask(__name__, instance_relative_config=True)
+    from recovery.boundary import RecoveryApp
+
+    app = RecoveryApp(__name__, instance_relative_config=True)
     app.config.from_mapping(config_module.load(app.instance_path, config))
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///"):
         import os

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from flask import Flask, jsonify, render_template, request
+from urllib.parse import urlsplit, urlunsplit
+
+from flask import Flask, flash, jsonify, redirect, render_template, request, url_for
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, RequestURITooLarge, SecurityError
 from werkzeug.wrappers import Response
 
-from recovery.api.errors import ApiError, api_error_response
+from recovery.api.errors import api_error_response
+from recovery.extensions import db
 from recovery.logs import get_logger, loggable_path
+from recovery.refusals import Refused
+from recovery.security import is_safe_next
 
 log = get_logger("recovery.errors")
 
@@ -37,10 +42,34 @@ def wants_json() -> bool:
     return request.path.startswith("/v1/") or request.path in ("/v1", "/healthz")
 
 
+def back_target() -> str:
+    """Where a refused form goes back to: its safe `next`, else the page it came from, else the dashboard."""
+    target = request.form.get("next") if request.method == "POST" else None
+    if is_safe_next(target):
+        return target  # type: ignore[return-value]
+    referrer = request.referrer
+    if referrer:
+        parts = urlsplit(referrer)
+        if parts.netloc == request.host:
+            local = urlunsplit(("", "", parts.path, parts.query, parts.fragment))
+            if is_safe_next(local):
+                return local
+    return url_for("transactions.index")
+
+
+def refused(error: Refused) -> Response:
+    """A page's refusal: nothing the view wrote is kept; the person is sent back with the reason."""
+    if wants_json():
+        return api_error_response(error)
+    db.session.rollback()
+    flash(error.message, "error")
+    return redirect(back_target(), 303)
+
+
 def init_app(app: Flask) -> None:
-    # API blueprints install this handler themselves; here it also covers an
-    # ApiError raised outside them (e.g. by an app-wide before_request).
-    app.register_error_handler(ApiError, api_error_response)
+    # API blueprints install the JSON translation themselves; this one also covers
+    # a refusal raised outside them (e.g. by an app-wide before_request) and every page.
+    app.register_error_handler(Refused, refused)
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> tuple[Response | str, int]:

@@ -43,9 +43,11 @@ def _own_pool() -> None:
 
 
 def app_job(func: F) -> F:
-    """Run the job inside the worker's app context, on a database pool of this process's own.
+    """Run the job as one unit of work, inside the worker's app context, on a database pool of its own.
 
-    The worker is started by `flask worker`, so an app context exists.
+    What the job wrote commits once when it returns (then its follow-ups run,
+    `recovery.unit_of_work`) and rolls back if it raises. The worker is started
+    by `flask worker`, so an app context exists.
     """
 
     @wraps(func)
@@ -53,7 +55,12 @@ def app_job(func: F) -> F:
         current_app.name  # noqa: B018 -- fails loudly outside an app context (`flask worker`)
         _own_pool()
         try:
-            return func(*args, **kwargs)
+            result = func(*args, **kwargs)
+            db.session.commit()
+            return result
+        except BaseException:
+            db.session.rollback()
+            raise
         finally:
             db.session.remove()
 

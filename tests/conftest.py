@@ -234,6 +234,12 @@ def make_transaction(db: Any, make_org: Callable[..., Organization]) -> Callable
 
 
 @pytest.fixture
+def org(make_org: Callable[..., Organization]) -> Organization:
+    """An organization with the defaults; a test module that needs other settings defines its own `org`."""
+    return make_org()
+
+
+@pytest.fixture
 def make_token(db: Any, make_org: Callable[..., Organization]) -> Callable[..., tuple[ApiToken, str]]:
     """An API token (made by the command line) and its plaintext, for `bearer(raw)`."""
 

@@ -7,9 +7,15 @@ from typing import Any
 from flask import Blueprint, jsonify
 from werkzeug.wrappers import Response
 
+from recovery.extensions import db
+from recovery.refusals import Refused
 
-class ApiError(Exception):
-    """An API refusal with its HTTP status; `fields` maps input names to messages."""
+
+class ApiError(Refused):
+    """A refusal made by the API layer itself (a malformed body, an unknown field).
+
+    `fields` maps input names to messages.
+    """
 
     def __init__(
         self,
@@ -19,12 +25,14 @@ class ApiError(Exception):
         fields: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(message)
-        self.status = status
+        super().__init__(message, status=status, kind=type)
         self.type = type
-        self.message = message
-        self.fields = fields
+        self._fields = fields
         self.headers = headers or {}
+
+    @property
+    def fields(self) -> dict[str, str] | None:
+        return self._fields
 
 
 def error_body(kind: str, message: str, fields: dict[str, str] | None = None) -> dict[str, Any]:
@@ -34,13 +42,15 @@ def error_body(kind: str, message: str, fields: dict[str, str] | None = None) ->
     return {"error": error}
 
 
-def api_error_response(error: ApiError) -> Response:
-    response = jsonify(error_body(error.type, error.message, error.fields))
+def api_error_response(error: Refused) -> Response:
+    """The JSON answer to a refusal; whatever the view had written is rolled back first."""
+    db.session.rollback()
+    response = jsonify(error_body(error.api_type, error.message, error.fields))
     response.status_code = error.status
-    response.headers.update(error.headers)
+    response.headers.update(getattr(error, "headers", {}))
     return response
 
 
 def install_error_handlers(bp: Blueprint) -> None:
-    """Answer an ApiError raised in `bp`'s views (or its before_request) as JSON."""
-    bp.register_error_handler(ApiError, api_error_response)
+    """Answer a refusal raised in `bp`'s views (or its before_request) as JSON."""
+    bp.register_error_handler(Refused, api_error_response)
