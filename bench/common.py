@@ -31,6 +31,12 @@ from flask import Flask
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
+# The checkout whose app is measured (BENCH_TREE, e.g. a worktree of an older
+# main): its `recovery` is imported here and its gunicorn and workers run in it.
+# The benchmarks, their floors and the Stripe sandbox always come from ROOT.
+APP_ROOT = Path(os.environ.get("BENCH_TREE") or ROOT).resolve()
+if APP_ROOT != ROOT:
+    sys.path.insert(0, str(APP_ROOT))
 
 DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/recovery_bench")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/5")
@@ -145,7 +151,11 @@ def gunicorn(
     app: str = "wsgi:app",
     ready_path: str = "/login",
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run `gunicorn <app> -w N` (sync workers) on loopback; stop it afterwards."""
+    """Run `gunicorn <app> -w N` (sync workers) on loopback; stop it afterwards.
+
+    The app (`wsgi:app`) runs in APP_ROOT, anything else (the floors) in ROOT;
+    both read the gunicorn.conf.py of their directory.
+    """
     if not port_is_free(port):
         sys.exit(f"Port {port} is taken; set BENCH_PORT to a free one.")
     OUT.mkdir(exist_ok=True)
@@ -160,7 +170,7 @@ def gunicorn(
     ]
     process = subprocess.Popen(
         command,
-        cwd=ROOT,
+        cwd=APP_ROOT if app == "wsgi:app" else ROOT,
         env={**os.environ, **app_config(), **(extra_env or {})},
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -177,7 +177,7 @@ def run_worker(app: Any, import_id: int, log_path: Path, nice: int) -> dict[str,
     with log_path.open("wb") as log:
         subprocess.run(
             command,
-            cwd=common.ROOT,
+            cwd=common.APP_ROOT,
             env={**os.environ, **common.app_config()},
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -15,7 +15,9 @@ page before it would have linked to it). Each scenario runs in each mode:
   fixed schedule below saturation, latency measured from each request's
   scheduled time.
 
-Then it reads VmRSS of both gunicorn workers. `--explain` prints PostgreSQL's
+Then it reads VmRSS of both gunicorn workers, and measures the floor: the
+first page's loads against `bench.hello` (hello-world Flask under the same
+gunicorn command and settings), printed beside the app with the ratio. `--explain` prints PostgreSQL's
 plan (EXPLAIN ANALYZE, BUFFERS) of every query the list runs for each page.
 Results go to bench/out/list_page-*.json.
 """
@@ -65,6 +67,20 @@ def check_pages(paths: dict[str, str], cookie: str) -> None:
             sys.exit(f"{name}: rows that are not recovering on {path}")
         if name == "email" and body.count(f'<span class="sub"><bdi>{common.SEARCH_EMAIL}</bdi></span>') != 4:
             sys.exit(f"{name}: the search did not find {common.SEARCH_EMAIL}")
+
+
+def floor(
+    cookies: list[str], modes: list[float | None], seconds: float, max_requests: int
+) -> list[common.LoadResult]:
+    """The first page's loads against hello-world Flask under the same gunicorn: the floor."""
+    with common.gunicorn(log_name="gunicorn-hello.log", app="bench.hello:app", ready_path="/"):
+        common.run_load("hello", "/transactions", cookies, seconds=3, max_requests=10_000)
+        return [
+            common.run_load(
+                "hello", "/transactions", cookies, seconds=seconds, max_requests=max_requests, rate=rate
+            )
+            for rate in modes
+        ]
 
 
 def explain(app: Any, organization_id: int, paths: dict[str, str]) -> None:
@@ -146,12 +162,19 @@ def main() -> None:
                 results.append(result)
         workers = common.child_pids(server.pid)
         rss = {pid: round(common.rss_mb(pid), 1) for pid in workers}
+    hello = floor(cookies, modes, args.seconds, args.max_requests)
+    for result in hello:
+        print(result.row(), flush=True)
+    results += hello
     print(f"worker RSS (VmRSS, MiB): {', '.join(f'{pid}: {mb}' for pid, mb in rss.items())}")
     for rate in modes:
         mode = f"{rate:.0f}/s" if rate else "closed"
         by_name = {r.name: r for r in results if r.mode == mode}
         ratio = by_name["deep-10k"].p50_ms / by_name["first"].p50_ms
         print(f"{mode}: deep-10k p50 / first p50 = {ratio:.2f}")
+        print(
+            f"{mode}: first p50 / hello-world p50 = {by_name['first'].p50_ms / by_name['hello'].p50_ms:.2f}"
+        )
     written = common.write_json(
         "list_page",
         {

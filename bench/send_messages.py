@@ -19,6 +19,9 @@
    later, 80% finished), VACUUM ANALYZE, then `due_attempts()`'s own SQL runs
    200 times through psycopg (p50/p99, client side) and once under
    EXPLAIN (ANALYZE, BUFFERS).
+5. The floor (`plain-smtplib`): the emails the plain `batched` run delivered,
+   byte for byte, sent again by smtplib from this process over one connection
+   to the same server; printed beside `batched` with the ratio.
 """
 
 from __future__ import annotations
@@ -26,7 +29,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import pickle
 import re
+import smtplib
 import ssl
 import subprocess
 import sys
@@ -42,10 +47,10 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from redis import Redis
 
 from bench.common import (
+    APP_ROOT,
     DATABASE_URL,
     OUT,
     REDIS_URL,
-    ROOT,
     app_config,
     ensure_database,
     ensure_org_and_user,
@@ -79,12 +84,16 @@ class Counter:
         self.last: float | None = None
         self.message_ids: set[bytes] = set()
         self.duplicates = 0
+        # (sender, recipients, bytes) of every email, when `keep` is set: what the floor sends again
+        self.keep = False
+        self.kept: list[tuple[str, list[str], bytes]] = []
 
-    def reset(self) -> None:
+    def reset(self, keep: bool = False) -> None:
         with self.lock:
             self.connections = self.emails = self.duplicates = 0
             self.first = self.last = None
             self.message_ids = set()
+            self.keep, self.kept = keep, []
 
     async def handle_EHLO(
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: Any
@@ -119,6 +128,8 @@ class Counter:
             if message_id in self.message_ids:
                 self.duplicates += 1  # the same email twice: a send-once bug
             self.message_ids.add(message_id)
+            if self.keep:
+                self.kept.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
             self.emails += 1
             self.first = self.first or now
             self.last = now
@@ -191,6 +202,8 @@ def load_due_sends(org_id: int, count: int) -> list[tuple[int, datetime]]:
     """
     reset_org(org_id)
     with raw_connection() as conn:
+        # Any hour: the default quiet hours (night in the customer's zone) would move every send to morning.
+        conn.execute("UPDATE organization SET quiet_hours = '' WHERE id = %s", (org_id,))
         conn.execute(
             "INSERT INTO transaction (organization_id, transaction_ref, amount, currency, status,"
             " failure_code, customer_name, customer_email, customer_locale, metadata, source, failed_at,"
@@ -311,13 +324,17 @@ def deliver(
     port: int,
     args: argparse.Namespace,
     env: dict[str, str],
+    keep: bool = False,
 ) -> dict[str, Any]:
-    """Load the due sends, enqueue them, run the workers until the queue is empty; the figures."""
+    """Load the due sends, enqueue them, run the workers until the queue is empty; the figures.
+
+    With `keep`, the counter keeps every email received (for the smtplib floor).
+    """
     redis = Redis.from_url(REDIS_URL)
     redis.flushdb()
     sends = load_due_sends(org_id, args.messages)
     enqueue_s = schedule_all(app, sends)
-    counter.reset()
+    counter.reset(keep=keep)
     worker_env = {
         **os.environ,
         **app_config(),
@@ -334,7 +351,7 @@ def deliver(
     processes = [
         subprocess.Popen(
             [flask, "--app", "wsgi", "worker", "--burst", "--without-scheduler"],
-            cwd=ROOT,
+            cwd=APP_ROOT,
             env=worker_env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -375,6 +392,38 @@ def deliver(
             - (cpu_before.children_user + cpu_before.children_system),
             1,
         ),
+    }
+
+
+def plain_smtplib(counter: Counter, port: int, emails: list[tuple[str, list[str], bytes]]) -> dict[str, Any]:
+    """The floor: the same emails, byte for byte, from smtplib over one connection; counted alike.
+
+    The sender is a process of its own, as the workers are: in this one it would
+    share the GIL with the SMTP server.
+    """
+    path = OUT / "send-floor.pickle"
+    path.write_bytes(pickle.dumps(emails))
+    counter.reset()
+    began = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "bench.send_messages", "--smtplib", str(path), str(port)], check=True
+    )
+    wall = time.perf_counter() - began
+    span = (counter.last or 0) - (counter.first or 0)
+    return {
+        "name": "plain-smtplib",
+        "settings": {"SEND_BATCH_SIZE": "-", "MAIL_MESSAGES_PER_CONNECTION": str(len(emails))},
+        "workers": 1,
+        "received": counter.emails,
+        "duplicates": counter.duplicates,
+        "connections": counter.connections,
+        "emails_per_connection": float(counter.emails),
+        "wall_s": round(wall, 2),
+        "delivery_s": round(span, 2),
+        "emails_per_s": round((counter.emails - 1) / span, 1) if span > 0 else None,
+        "emails_per_s_wall": round(counter.emails / wall, 1),
+        "workers_cpu_s": 0.0,
+        "bytes_per_email": round(sum(len(content) for _, _, content in emails) / max(1, len(emails))),
     }
 
 
@@ -428,7 +477,18 @@ def due_scan(app: Any) -> dict[str, Any]:
     }
 
 
+def send_with_smtplib(path: Path, port: int) -> None:
+    """The floor's sender: every email in the file over one connection."""
+    emails: list[tuple[str, list[str], bytes]] = pickle.loads(path.read_bytes())
+    with smtplib.SMTP("127.0.0.1", port) as smtp:
+        for sender, recipients, content in emails:
+            smtp.sendmail(sender, recipients, content)
+
+
 def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--smtplib":
+        send_with_smtplib(Path(sys.argv[2]), int(sys.argv[3]))
+        return
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -473,8 +533,12 @@ def main() -> None:
         try:
             for name, env in runs:
                 env = {**env, **transport_settings(transport, certificate)}
-                results.append(deliver(name, app, send_org, counter, port, args, env))
+                keep = name == "batched"
+                results.append(deliver(name, app, send_org, counter, port, args, env, keep=keep))
                 print(f"{name}: {results[-1]}")
+                if keep:
+                    results.append(plain_smtplib(counter, port, counter.kept))
+                    print(f"plain-smtplib: {results[-1]}")
         finally:
             controller.stop()
     load_scan_rows(due_org, args.scan_rows)
@@ -506,6 +570,11 @@ def main() -> None:
         )
     for transport, ratio in ratios.items():
         print(f"reused connection / connection per email, emails/s ({transport[1:]}): {ratio}")
+    if by_name.get("plain-smtplib", {}).get("emails_per_s") and by_name["batched"]["emails_per_s"]:
+        print(
+            "batched / plain smtplib over one connection (the floor), emails/s:"
+            f" {round(by_name['batched']['emails_per_s'] / by_name['plain-smtplib']['emails_per_s'], 2)}"
+        )
     if "unbatched" in by_name and by_name["unbatched"]["emails_per_s"]:
         print(
             "batched / unbatched (a job and a connection per email), emails/s:"

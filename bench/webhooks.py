@@ -36,6 +36,7 @@ import stripe
 from redis import Redis
 
 from bench.common import (
+    APP_ROOT,
     HOST,
     OUT,
     PORT,
@@ -253,7 +254,7 @@ def _burst(workers: int, queue: list[str]) -> float:
     processes = [
         subprocess.Popen(
             [flask, "--app", "wsgi", "worker", "--burst", "--without-scheduler", *queue],
-            cwd=ROOT,
+            cwd=APP_ROOT,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
