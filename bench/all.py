@@ -242,12 +242,17 @@ def spawn(path: str, tree: Path, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def figure(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"
+
+
 def spread(values: list[float]) -> str:
+    """The median and the range: `12.3 [11.9–14.0]`."""
     if not values:
         return "-"
     if len(values) == 1:
-        return f"{values[0]:,.4g}"
-    return f"{statistics.median(values):,.4g} [{min(values):,.4g}–{max(values):,.4g}]"
+        return figure(values[0])
+    return f"{figure(statistics.median(values))} [{figure(min(values))}–{figure(max(values))}]"
 
 
 def table(trees: list[Path], rounds: list[dict[str, Any]]) -> list[str]:

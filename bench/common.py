@@ -6,6 +6,7 @@ duration and by a request count, whichever comes first.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -66,6 +67,17 @@ def make_app() -> Flask:
     from recovery import create_app
 
     return create_app(app_config())
+
+
+def first_of(*names: str) -> Any:
+    """The first of `module:attribute` names that imports: where a name lives in this tree or an older one."""
+    for name in names:
+        module, _, attribute = name.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attribute)
+        except (ImportError, AttributeError):
+            continue
+    raise ImportError(f"none of {', '.join(names)}")
 
 
 def ensure_database() -> None:

@@ -55,6 +55,7 @@ from bench.common import (
     ensure_database,
     ensure_org_and_user,
     ensure_schema,
+    first_of,
     idle_check,
     make_app,
     percentile,
@@ -432,7 +433,6 @@ def due_scan(app: Any) -> dict[str, Any]:
     from sqlalchemy.dialects import postgresql
 
     from recovery.extensions import db
-    from recovery.recoveries import services
 
     captured: list[Any] = []
     with app.app_context():
@@ -442,9 +442,12 @@ def due_scan(app: Any) -> dict[str, Any]:
                 captured.append(statement)
                 return []
 
-        services.due_attempts(Capture(), datetime.now(UTC))  # type: ignore[arg-type]
+        due_attempts = first_of(
+            "recovery.recoveries.claims:due_attempts", "recovery.recoveries.services:due_attempts"
+        )
+        due_attempts(Capture(), datetime.now(UTC))
         db.session.remove()
-    compiled = captured[0].compile(dialect=postgresql.psycopg.dialect())  # type: ignore[attr-defined]
+    compiled = captured[0].compile(dialect=postgresql.psycopg.dialect())  # type: ignore[attr-defined, no-untyped-call]
     sql = str(compiled)
     params = dict(compiled.params)
     with raw_connection() as conn:
