@@ -86,6 +86,8 @@ def commit_now(session: AnySession, why: str, *, keep_state: bool = False) -> No
 
 @event.listens_for(Session, "after_commit")
 def _run_follow_ups(session: Session) -> None:
+    if session.in_nested_transaction():
+        return  # a savepoint released: the outer transaction can still roll back
     follow_ups: list[FollowUp] = session.info.pop(_HOOKS, [])
     for follow_up in follow_ups:
         try:
