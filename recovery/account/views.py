@@ -46,10 +46,10 @@ def change_name() -> Any:
             db.session, user, Actor.for_user(user, request.remote_addr), form.name.data or ""
         )
     except UserRefused as refused:
+        # Answered on the form, next to the name, rather than flashed.
         db.session.rollback()
         form.name.errors = [str(refused)]
         return _page(name_form=form, status=422)
-    db.session.commit()
     flash("Your name is saved." if changed else "Your name is unchanged.", "success")
     return redirect(url_for("account.index"))
 
@@ -71,11 +71,12 @@ def change_password() -> Any:
             form.password.data or "",
         )
     except UserRefused as refused:
+        # Answered on the form, next to the input at fault, rather than flashed.
         db.session.rollback()
         getattr(form, refused.field, form.password).errors = [str(refused)]
         return _page(password_form=form, status=422)
     remembered = bool(user.current_login and user.current_login.is_remembered)
     logout_user()
-    start_session(user, remembered)  # commits the password and the new sign-in together
+    start_session(user, remembered)  # the request commits the password and the new sign-in together
     flash("Your password is changed. Every other device is signed out.", "success")
     return redirect(url_for("account.index"))

@@ -12,17 +12,20 @@ from sqlalchemy import ColumnElement, Select, and_, or_, select
 from recovery.audit_log.sentences import KINDS, actions_of_kind
 from recovery.models import AuditEvent, Transaction, User
 from recovery.models.base import DbSession
+from recovery.refusals import Refused
 from recovery.transactions.validation import clean_ref
 
 PAGE_SIZE = 50
 
 
-class FilterRefused(ValueError):
+class FilterRefused(Refused, ValueError):
     """A filter value the page cannot use; the message says which and why."""
 
+    status = 400
+    field: str
+
     def __init__(self, message: str, field: str) -> None:
-        super().__init__(message)
-        self.field = field
+        super().__init__(message, field=field)
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,9 @@ def target_link(event: AuditEvent, ref: str | None) -> tuple[str, str | None]:
     return "", None
 
 
-def _refused(error: services.FilterRefused) -> Any:
+@bp.errorhandler(services.FilterRefused)
+def refused(error: services.FilterRefused) -> Any:
+    """A filter the log cannot use: the page, empty, with the filter marked (not a flash and a redirect)."""
     return render_template(
         "audit_log/index.html",
         page=services.Page([], None),
@@ -80,17 +82,11 @@ def _choices() -> dict[str, Any]:
 @bp.get("")
 @require_role(Role.ADMIN)
 def index() -> Any:
-    try:
-        filters = services.parse_filters(request.args)
-    except services.FilterRefused as error:
-        return _refused(error)
+    filters = services.parse_filters(request.args)
     tz = current_user.organization.timezone or "UTC"
-    try:
-        page = services.page(
-            db.session, current_user.organization_id, filters, tz, request.args.get("before", "")
-        )
-    except services.FilterRefused as error:
-        return _refused(error)
+    page = services.page(
+        db.session, current_user.organization_id, filters, tz, request.args.get("before", "")
+    )
     return render_template(
         "audit_log/index.html", page=page, filters=filters, error=None, args=request.args, **_choices()
     )
@@ -100,10 +96,7 @@ def index() -> Any:
 @require_role(Role.ADMIN)
 def export() -> Any:
     """Every matching event as CSV, streamed; the export itself is recorded first."""
-    try:
-        filters = services.parse_filters(request.args)
-    except services.FilterRefused as error:
-        return _refused(error)
+    filters = services.parse_filters(request.args)
     organization_id = current_user.organization_id
     tz = current_user.organization.timezone or "UTC"
     record(
@@ -114,7 +107,7 @@ def export() -> Any:
         target_id=organization_id,
         filters={k: v for k, v in request.args.items() if k in FILTER_ARGS and v},
     )
-    db.session.commit()
+    # The request commits the record as the view returns, before the first row streams.
 
     def rows() -> Iterator[list[object]]:
         for event, ref in services.stream(db.session, organization_id, filters, tz):

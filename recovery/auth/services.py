@@ -7,6 +7,7 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from recovery.models import User, utcnow
 from recovery.models.base import DbSession
+from recovery.refusals import Refused
 
 # Checked when the email is unknown so that a miss costs as long as a hit.
 _DUMMY_HASH = generate_password_hash("not-a-real-password")
@@ -17,16 +18,19 @@ def find_user_by_email(session: DbSession, email: str) -> User | None:
     return session.scalar(select(User).where(func.lower(User.email) == email))
 
 
-class AccountDeactivated(Exception):
+class AccountDeactivated(Refused):
     """The email and password are right but the account is deactivated.
 
     Said only after the right password: to anyone else a deactivated account
     looks like any wrong email or password.
     """
 
+    status = 403
+
     def __init__(self, organization_name: str) -> None:
         super().__init__(
-            f"This account is deactivated; ask an admin of {organization_name} to reactivate it."
+            f"This account is deactivated; ask an admin of {organization_name} to reactivate it.",
+            field="password",
         )
 
 

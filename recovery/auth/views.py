@@ -72,12 +72,10 @@ def login() -> Any:
                 target_type="user",
                 target_id=deactivated.id,
             )
-            db.session.commit()
         form.password.errors = [str(refused)]
         return render_template("auth/login.html", form=form), 403
     if user is None:
         log.info("login_failed", email=form.email.data, ip=request.remote_addr)
-        db.session.rollback()
         form.password.errors = ["The email or password is not right."]
         return render_template("auth/login.html", form=form), 401
     start_session(user, bool(form.remember.data))
@@ -85,7 +83,7 @@ def login() -> Any:
 
 
 def start_session(user: User, remember: bool) -> None:
-    """Sign `user` in on this browser: a sign-in row, its audit entry, the commit, the cookie."""
+    """Sign `user` in on this browser: a sign-in row, its audit entry and the cookie (the request commits)."""
     config = current_app.config
     logins.start_login(
         db.session,
@@ -102,7 +100,6 @@ def start_session(user: User, remember: bool) -> None:
         target_type="user",
         target_id=user.id,
     )
-    db.session.commit()
     login_user(user, remember=remember)
     log.info("login_succeeded", user_id=user.id, organization_id=user.organization_id)
 
@@ -158,6 +155,7 @@ def reset_password(token: str) -> Any:
     try:
         reset.reset_password(db.session, signer, token, form.password.data or "", request.remote_addr)
     except UserRefused as refused:
+        # Answered on the form, next to the password, rather than flashed.
         db.session.rollback()
         form.password.errors = [str(refused)]
         return render_template("auth/reset_password.html", form=form, user=user, refused=None), 422
@@ -183,7 +181,6 @@ def logout() -> Any:
             target_type="user",
             target_id=user.id,
         )
-        db.session.commit()
         logout_user()
         flash("You are signed out.", "info")
     return redirect(url_for("auth.login"))
@@ -211,7 +208,6 @@ def sign_out_everywhere() -> Any:
         return redirect(url_for("auth.sessions"))
     user = current_user._get_current_object()
     ended = logins.sign_out_everywhere(db.session, user, Actor.for_user(user, request.remote_addr))
-    db.session.commit()
     logout_user()
     log.info("signed_out_everywhere", user_id=user.id, sessions=ended)
     flash("You are signed out on every device.", "info")

@@ -26,7 +26,9 @@ from recovery.exports.writer import csv_chunks
 from recovery.logs import get_logger
 from recovery.models import AttemptStatus, Message, Provider, RecoveryAttempt, Transaction
 from recovery.models.base import DbSession
+from recovery.refusals import Refused
 from recovery.transactions import services as transactions
+from recovery.unit_of_work import commit_now
 
 log = get_logger("recovery.exports")
 
@@ -34,13 +36,13 @@ log = get_logger("recovery.exports")
 YIELD_PER = 1000
 
 
-class ExportRefused(Exception):
+class ExportRefused(Refused):
     """A filter the export cannot use; `message` says which and how to fix it (HTTP 400)."""
 
+    status = 400
+
     def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.field = field
+        super().__init__(message, field=field)
 
 
 @dataclass(frozen=True)
@@ -299,7 +301,7 @@ def stream(session: DbSession, actor: Actor, export: Export) -> Iterator[str]:
             rows=counter["rows"],
             complete=complete,
         )
-        session.commit()
+        commit_now(session, "the stream runs after the request's commit: its audit entry is its own")
         log.info(
             "export_streamed",
             export=export.name,

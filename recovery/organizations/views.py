@@ -74,9 +74,9 @@ def save_recovery() -> Any:
             db.session, organization, Actor.for_user(current_user, request.remote_addr), values
         )
     except services.SettingsRefused as refused:
+        # Answered on the form, next to the setting at fault; nothing of the refused change is kept.
         db.session.rollback()
         getattr(form, refused.field).errors = [refused.message]
         return _render(form, organization, 422)
-    db.session.commit()
     flash("Recovery settings saved." if changed else "Nothing changed.", "success")
     return redirect(url_for("organizations.recovery"))

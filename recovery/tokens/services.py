@@ -18,6 +18,7 @@ from recovery import audit
 from recovery.audit import Actor
 from recovery.models import ApiToken, Role, User
 from recovery.models.base import DbSession, utcnow
+from recovery.refusals import Refused
 
 TOKEN_PREFIX = "rcv_"
 # secrets.token_urlsafe(32) is 43 characters of URL-safe base64 (256 bits).
@@ -32,12 +33,13 @@ MAX_EXPIRES_DAYS = 3650
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
-class TokenRefused(Exception):
+class TokenRefused(Refused):
     """The token cannot be created or revoked as asked; `field` names the input concerned."""
 
+    field: str
+
     def __init__(self, message: str, field: str = "name") -> None:
-        super().__init__(message)
-        self.field = field
+        super().__init__(message, field=field)
 
 
 class InvalidToken(Exception):

@@ -67,11 +67,11 @@ def create() -> Any:
             expires_at=services.expiry_after(form.expires_days.data),
         )
     except services.TokenRefused as error:
+        # Answered on the form, next to the input at fault; nothing of the refused token is kept.
         db.session.rollback()
         field = getattr(form, error.field, form.name)
         field.errors = [*field.errors, str(error)]
         return render_index(form, 422)
-    db.session.commit()
     # Rendered, not redirected: the plaintext must not travel through the
     # session cookie, and this response is its only appearance (no-store).
     flash(f"API token {token.name!r} created.", "success")
@@ -85,15 +85,8 @@ def revoke(token_id: int) -> Any:
     if token is None:
         abort(404)
     if RevokeForm().validate_on_submit():
-        try:
-            revoked = services.revoke_token(db.session, token, by=current_user, actor=actor())
-        except services.TokenRefused as error:
-            db.session.rollback()
-            flash(str(error), "error")
+        if services.revoke_token(db.session, token, by=current_user, actor=actor()):
+            flash(f"API token {token.name!r} is revoked; requests with it now get 401.", "success")
         else:
-            db.session.commit()
-            if revoked:
-                flash(f"API token {token.name!r} is revoked; requests with it now get 401.", "success")
-            else:
-                flash(f"API token {token.name!r} was already revoked.", "info")
+            flash(f"API token {token.name!r} was already revoked.", "info")
     return redirect(url_for("tokens.index"))

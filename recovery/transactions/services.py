@@ -1,6 +1,6 @@
 """Transactions: create, edit, list with keyset pagination, and the timeline.
 
-Plain functions over a SQLAlchemy session; callers commit.
+Plain functions over a SQLAlchemy session; the caller's boundary commits.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from recovery.models import (
 )
 from recovery.models.base import DbSession
 from recovery.models.transaction import TransactionStatus
+from recovery.refusals import Refused
 from recovery.transactions import search
 from recovery.transactions.validation import (
     CONTACT_FIELDS,
@@ -50,16 +51,34 @@ SORTS = {"date": Transaction.failed_at, "amount": Transaction.amount}
 FILTER_ARGS = ("status", "q", "currency", "date_from", "date_to", "sort", "order")
 
 
-class DuplicateRef(Exception):
-    """A transaction with this `transaction_ref` already exists in the organization."""
-
-
-class InvalidTransaction(Exception):
+class InvalidTransaction(Refused):
     """Fields that failed validation; `errors` maps field name to message."""
 
     def __init__(self, errors: dict[str, str]) -> None:
-        super().__init__("; ".join(f"{k}: {v}" for k, v in errors.items()))
+        super().__init__(f"Some fields are not valid: {', '.join(errors)}.")
         self.errors = errors
+
+    @property
+    def fields(self) -> dict[str, str] | None:
+        return self.errors
+
+
+class DuplicateRef(InvalidTransaction):
+    """A transaction with this `transaction_ref` already exists in the organization.
+
+    An InvalidTransaction too, so a form shows it next to the reference; the API
+    answers 409 with the reference it was given.
+    """
+
+    status = 409
+
+    def __init__(self, ref: str) -> None:
+        super().__init__({"transaction_ref": "A transaction with this reference already exists."})
+        self.message = f"A transaction with transaction_ref {ref!r} already exists."
+
+    @property
+    def fields(self) -> dict[str, str] | None:
+        return None
 
 
 # --- create and edit -------------------------------------------------------
@@ -72,11 +91,14 @@ def create_transaction(
     *,
     source: str = TransactionSource.FORM,
     major_units: bool = False,
+    amount_field: str = "amount",
     webhook_event_id: int | None = None,
     now: datetime | None = None,
 ) -> Transaction:
     """Validate and add one transaction; raise InvalidTransaction or DuplicateRef.
 
+    `amount_field`: the name the caller's input gives the amount (the API's
+    amount_decimal), so a refusal names what the person sent.
     `webhook_event_id`: the Stripe event it is imported from, linked on its "created" entry.
     `now`: when it is recorded, if not the clock's time (the demo tells a story in the past).
     """
@@ -84,7 +106,7 @@ def create_transaction(
         raw = _without_deceptive_text(raw)
     cleaned = clean_transaction(raw, major_units=major_units)
     if not cleaned.ok:
-        raise InvalidTransaction(cleaned.errors)
+        raise InvalidTransaction(named(cleaned.errors, amount_field))
     values = dict(cleaned.values)
     values["meta"] = values.pop("metadata")
     transaction = Transaction(organization_id=actor.organization_id, source=source, **values)
@@ -108,6 +130,14 @@ def create_transaction(
         source=source,
     )
     return transaction
+
+
+def named(errors: dict[str, str], amount_field: str) -> dict[str, str]:
+    """The validation's messages, the amount's under the name the caller used."""
+    fields = dict(errors)
+    if amount_field != "amount" and "amount" in fields:
+        fields[amount_field] = fields.pop("amount")
+    return fields
 
 
 def _without_deceptive_text(raw: dict[str, Any]) -> dict[str, Any]:

@@ -13,17 +13,19 @@ from recovery.audit import Actor
 from recovery.auth.services import find_user_by_email
 from recovery.models import Role, User
 from recovery.models.base import DbSession
+from recovery.refusals import Refused
 from recovery.transactions.validation import clean_email
 
 MIN_PASSWORD = 12
 
 
-class UserRefused(Exception):
+class UserRefused(Refused):
     """The change is not allowed; the message says why, `field` which input it concerns."""
 
+    field: str
+
     def __init__(self, message: str, field: str = "email") -> None:
-        super().__init__(message)
-        self.field = field
+        super().__init__(message, field=field)
 
 
 def check_password_strength(password: str) -> str:

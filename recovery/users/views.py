@@ -17,6 +17,7 @@ from recovery.messaging.providers import MessagingSettings, Postman
 from recovery.models import Role, StaffEmail, User
 from recovery.security import require_role
 from recovery.staffmail import services as staffmail
+from recovery.unit_of_work import commit_now
 from recovery.users import invites, services
 from recovery.users.forms import AcceptInviteForm, ActiveForm, InvitationForm, InviteForm, RoleForm
 
@@ -77,6 +78,7 @@ def invite() -> Any:
             current_app.config["BASE_URL"],
         )
     except services.UserRefused as error:
+        # Answered on the form, next to the input at fault, rather than flashed.
         db.session.rollback()
         field = getattr(form, error.field, form.email)
         field.errors = [*field.errors, str(error)]
@@ -88,13 +90,11 @@ def invite() -> Any:
 def _commit_and_send(email: StaffEmail, what: str) -> None:
     """Commit the invitation, then send its email and say how it went.
 
-    A named commit before the provider call: the invitation stands even if
-    the email fails, and can be sent again from the list.
+    Sent in the request, not by a job, so the admin reads at once whether it went.
     """
-    db.session.commit()
+    commit_now(db.session, "the invitation stands even if its email fails, and can be sent again")
     settings = MessagingSettings.from_config(current_app.config)
     result = staffmail.send(Postman(settings, mail), email, current_user.organization.name)
-    db.session.commit()
     if not result.sent:
         flash(
             f"{what} for {email.recipient} is saved, but its email could not be sent ({result.error}). "
@@ -116,19 +116,14 @@ def resend_invite(user_id: int) -> Any:
     if not InvitationForm().validate_on_submit():
         flash("This form has expired; reload the page and try again.", "error")
         return redirect(url_for("users.index"))
-    try:
-        email = invites.resend(
-            db.session,
-            Signer.from_config(current_app.config),
-            current_user,
-            actor(),
-            target,
-            current_app.config["BASE_URL"],
-        )
-    except services.UserRefused as error:
-        db.session.rollback()
-        flash(str(error), "error")
-        return redirect(url_for("users.index"))
+    email = invites.resend(
+        db.session,
+        Signer.from_config(current_app.config),
+        current_user,
+        actor(),
+        target,
+        current_app.config["BASE_URL"],
+    )
     _commit_and_send(email, "A new invitation")
     return redirect(url_for("users.index"))
 
@@ -141,13 +136,7 @@ def revoke_invite(user_id: int) -> Any:
         flash("This form has expired; reload the page and try again.", "error")
         return redirect(url_for("users.index"))
     email = target.email
-    try:
-        invites.revoke(db.session, current_user, actor(), target)
-    except services.UserRefused as error:
-        db.session.rollback()
-        flash(str(error), "error")
-        return redirect(url_for("users.index"))
-    db.session.commit()
+    invites.revoke(db.session, current_user, actor(), target)
     flash(f"The invitation for {email} is withdrawn; its link no longer works.", "success")
     return redirect(url_for("users.index"))
 
@@ -169,6 +158,7 @@ def accept_invite(token: str) -> Any:
             db.session, signer, token, form.name.data or "", form.password.data or "", request.remote_addr
         )
     except services.UserRefused as refused:
+        # Answered on the form, next to the input at fault, rather than flashed.
         db.session.rollback()
         getattr(form, refused.field, form.password).errors = [str(refused)]
         return render_template("users/accept.html", form=form, user=user, refused=None), 422
@@ -186,13 +176,8 @@ def change_role(user_id: int) -> Any:
     target = org_user(user_id)
     form = RoleForm()
     if form.validate_on_submit():
-        try:
-            services.change_role(db.session, current_user, actor(), target, form.role.data or "")
-            db.session.commit()
-            flash(f"{target.email} is now {target.role}.", "success")
-        except services.UserRefused as error:
-            db.session.rollback()
-            flash(str(error), "error")
+        services.change_role(db.session, current_user, actor(), target, form.role.data or "")
+        flash(f"{target.email} is now {target.role}.", "success")
     else:
         flash("Choose a valid role.", "error")
     return redirect(url_for("users.index"))
@@ -205,11 +190,6 @@ def set_active(user_id: int) -> Any:
     form = ActiveForm()
     if form.validate_on_submit():
         active = form.active.data == "1"
-        try:
-            services.set_active(db.session, current_user, actor(), target, active)
-            db.session.commit()
-            flash(f"{target.email} {'can sign in again' if active else 'is deactivated'}.", "success")
-        except services.UserRefused as error:
-            db.session.rollback()
-            flash(str(error), "error")
+        services.set_active(db.session, current_user, actor(), target, active)
+        flash(f"{target.email} {'can sign in again' if active else 'is deactivated'}.", "success")
     return redirect(url_for("users.index"))
