@@ -44,7 +44,7 @@ def main() -> None:
 def measure(token: str, refs: list[str], warmup: int) -> None:
     from sqlalchemy.orm import scoping
 
-    from recovery.payments import api, gateway, services
+    from recovery.payments import api, checkout, gateway
     from recovery.tokens import services as tokens
 
     spent: defaultdict[str, float] = defaultdict(float)
@@ -64,8 +64,8 @@ def measure(token: str, refs: list[str], warmup: int) -> None:
 
     timed(tokens, "verify_token", "token")
     timed(api, "get_by_ref", "transaction lookup")
-    timed(services, "_reserve", "reservation, committed")
-    timed(services, "get_or_create_customer", "Customer (Stripe call included)")
+    timed(checkout, "_reserve", "reservation, committed")
+    timed(checkout, "get_or_create_customer", "Customer (Stripe call included)")
     timed(gateway.StripeGateway, "create_customer", "Stripe: create Customer")
     timed(gateway.StripeGateway, "create_checkout_session", "Stripe: create session")
     timed(scoping.scoped_session, "get", "organization (session.get)")

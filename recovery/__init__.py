@@ -39,6 +39,7 @@ def register_logging(app: Flask) -> None:
 def register_extensions(app: Flask) -> None:
     from recovery import database, queue
     from recovery.extensions import csrf, db, limiter, login_manager, mail, migrate
+    from recovery.payments import gateway as payments_gateway
 
     db.init_app(app)
     with app.app_context():
@@ -50,6 +51,7 @@ def register_extensions(app: Flask) -> None:
     limiter.init_app(app)
     login_manager.init_app(app)
     queue.init_app(app)
+    payments_gateway.init_app(app)
 
 
 def register_request_limits(app: Flask) -> None:

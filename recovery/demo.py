@@ -23,11 +23,12 @@ from recovery.models import Organization, RecoveryAttempt, Role, Transaction, Tr
 from recovery.models.base import DbSession
 from recovery.models.transaction import TransactionStatus
 from recovery.organizations.services import create_organization, get_by_slug
-from recovery.recoveries import services as recoveries
+from recovery.recoveries import lifecycle, sending
 from recovery.transactions import closing
 from recovery.transactions.services import create_transaction
 from recovery.users.services import create_user
-from recovery.webhooks.services import process_event, store_event
+from recovery.webhooks.receiving import store_event
+from recovery.webhooks.services import process_event
 
 DEMO_SLUG = "demo"
 DEMO_PASSWORD = "demo-password-1"  # printed by seed-demo; demo only
@@ -165,7 +166,7 @@ class _Story:
                 self.send_until(attempt, self.now)
                 return
             self.send_until(attempt, paid_at)
-            recoveries.record_click(self.session, attempt, now=paid_at - timedelta(minutes=3))
+            lifecycle.record_click(self.session, attempt, now=paid_at - timedelta(minutes=3))
             self.pay(transaction, attempt, paid_at)
         elif outcome == TransactionStatus.UNRECOVERED:
             # Every message sent and the link ran out unpaid; one that started less than its
@@ -177,7 +178,7 @@ class _Story:
             attempt = self.start(transaction, started_at)
             cancelled_at = min(started_at + timedelta(days=1, hours=2), self.now)
             self.send_until(attempt, cancelled_at)
-            recoveries.cancel_recovery(self.session, attempt, self.actor, now=cancelled_at)
+            lifecycle.cancel_recovery(self.session, attempt, self.actor, now=cancelled_at)
         elif number % EVERY == CLOSED:
             closing.close_transaction(
                 self.session,
@@ -189,13 +190,13 @@ class _Story:
         self.session.flush()
 
     def start(self, transaction: Transaction, at: datetime) -> RecoveryAttempt:
-        return recoveries.start_recovery(self.session, transaction, self.actor, now=at).attempt
+        return lifecycle.start_recovery(self.session, transaction, self.actor, now=at).attempt
 
     def send_until(self, attempt: RecoveryAttempt, until: datetime) -> None:
         """Run each send the attempt's schedule had due by `until`, as the worker would have then."""
         attempt_id = attempt.id
         while attempt.is_active and attempt.next_send_at is not None and attempt.next_send_at <= until:
-            recoveries.send_batch(
+            sending.send_batch(
                 self.session,
                 self.postman,
                 [(attempt_id, attempt.step)],

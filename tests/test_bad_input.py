@@ -162,11 +162,6 @@ def test_metadata_values_within_the_rules_are_kept(value):
 
 
 @pytest.fixture
-def org(make_org: Callable[..., Organization]) -> Organization:
-    return make_org()
-
-
-@pytest.fixture
 def api(client: FlaskClient, make_token: Any, org: Organization) -> Callable[..., Any]:
     _, raw = make_token(org=org, role="operator")
 
@@ -483,15 +478,15 @@ def test_past_gunicorns_maximum_gunicorn_answers_itself(served):
     [{"order": "abc\u202egnp.exe"}, {"ord\u200ber": "1"}, {"order": "pay\u200dpal"}, {"order": "\ufeff1"}],
 )
 def test_checkout_metadata_refuses_text_that_displays_otherwise(metadata) -> None:
-    from recovery.payments.services import PaymentRefused
-    from recovery.payments.services import clean_metadata as clean_checkout_metadata
+    from recovery.payments.rules import PaymentRefused
+    from recovery.payments.rules import clean_metadata as clean_checkout_metadata
 
     with pytest.raises(PaymentRefused, match="invisible or text-direction"):
         clean_checkout_metadata(metadata)
 
 
 def test_checkout_metadata_keeps_joined_names() -> None:
-    from recovery.payments.services import clean_metadata as clean_checkout_metadata
+    from recovery.payments.rules import clean_metadata as clean_checkout_metadata
 
     persian = "می\u200cخواهم"
     assert clean_checkout_metadata({"note": persian}) == {"note": persian}

@@ -11,11 +11,11 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, abort, current_app, g, redirect, render_template, request, url_for
+from flask import Blueprint, abort, g, redirect, render_template, request, url_for
 from flask_limiter import RateLimitExceeded, RouteLimit
 from sqlalchemy import select
 from werkzeug.wrappers import Response
@@ -32,9 +32,12 @@ from recovery.models import (
     TransactionStatus,
     utcnow,
 )
-from recovery.payments import services as payments
-from recovery.payments.gateway import CheckoutSessionInfo, StripeFailure, StripeGateway, StripeSettings
-from recovery.recoveries import services
+from recovery.payments import checkout as payments
+from recovery.payments.gateway import StripeFailure, StripeGateway, stripe_gateway, stripe_settings
+from recovery.payments.pages import transaction_of_link
+from recovery.payments.rules import PaymentRefused
+from recovery.payments.stripe_objects import CheckoutSessionInfo
+from recovery.recoveries import lifecycle, paying
 
 bp = Blueprint("customer", __name__, url_prefix="/pay")
 
@@ -59,10 +62,6 @@ class Receipt:
     card_last4: str | None = None
 
 
-def _gateway() -> StripeGateway:
-    return StripeGateway(StripeSettings.from_config(current_app.config))
-
-
 @bp.before_request
 def brand_nonce() -> None:
     g.style_nonce = secrets.token_urlsafe(16)
@@ -82,7 +81,7 @@ def branded_csp(response: Response) -> Response:
 def _checkout_origins() -> list[str]:
     """Where the Pay now form may lead: Stripe Checkout (or the sandbox the app is pointed at)."""
     origins = ["https://checkout.stripe.com"]
-    base = urlsplit(str(current_app.config.get("STRIPE_API_BASE") or ""))
+    base = urlsplit(stripe_settings().api_base)
     if base.scheme and base.netloc:
         origins.append(f"{base.scheme}://{base.netloc}")
     return origins
@@ -104,7 +103,7 @@ def _page_locale(transaction: Transaction | None) -> str:
 
 
 def _attempt_or_404(token: str) -> tuple[RecoveryAttempt, Transaction, Organization]:
-    attempt = services.get_by_token(db.session, token)
+    attempt = lifecycle.get_by_token(db.session, token)
     if attempt is None:
         abort(404)
     organization = db.session.get(Organization, attempt.organization_id)
@@ -153,7 +152,7 @@ def _render_state(
             **_brand(organization, transaction),
         )
         return _html(body, 200)
-    paid = services.paid_session(db.session, transaction.id)
+    paid = paying.paid_session(db.session, transaction.id)
     if paid is not None:
         # Paid at Stripe, not yet confirmed by its webhook: never a second session.
         receipt = Receipt(
@@ -186,8 +185,7 @@ def pay(token: str) -> Any:
     ended = _render_state(attempt, transaction, organization, now)
     if ended is not None:
         return ended
-    if services.record_click(db.session, attempt, now=now):
-        db.session.commit()
+    lifecycle.record_click(db.session, attempt, now=now)
     return render_template(
         "customer/pay.html",
         attempt=attempt,
@@ -206,18 +204,18 @@ def checkout(token: str) -> Any:
     ended = _render_state(attempt, transaction, organization, now)
     if ended is not None:
         return ended
-    minutes = current_app.config["STRIPE_CHECKOUT_EXPIRES_MINUTES"]
+    settings = stripe_settings()
     try:
-        record = services.checkout_for_attempt(
+        record = paying.checkout_for_attempt(
             db.session,
-            _gateway(),
+            stripe_gateway(),
             attempt,
-            base_url=current_app.config["BASE_URL"],
-            expires_in=timedelta(minutes=minutes),
+            base_url=settings.base_url,
+            expires_in=settings.checkout_expires,
             now=now,
         )
-    except (StripeFailure, payments.PaymentRefused) as error:
-        db.session.commit()  # keep a closed reservation
+    except (StripeFailure, PaymentRefused) as error:
+        # The page answers it (the service kept what a refused reservation leaves).
         # Only an outage or a rate limit passes; anything else Stripe refused will be
         # refused again, and telling the customer to retry would have them retry forever.
         passing = isinstance(error, StripeFailure) and error.retryable
@@ -241,7 +239,6 @@ def checkout(token: str) -> Any:
             **_brand(organization, transaction),
         )
         return page, 503 if passing else 502
-    db.session.commit()
     if not record.url:
         abort(503)
     return redirect(record.url, code=303)
@@ -257,7 +254,7 @@ def success() -> Any:
         record = db.session.scalar(
             select(CheckoutSession).where(CheckoutSession.stripe_session_id == session_id)
         )
-    attempt = services.get_by_token(db.session, token) if token else None
+    attempt = lifecycle.get_by_token(db.session, token) if token else None
     if record is not None and token and (attempt is None or record.attempt_id != attempt.id):
         record = None  # a session that is not this link's: show nothing of it
     if record is None:
@@ -268,19 +265,17 @@ def success() -> Any:
     assert organization is not None and transaction is not None
     state, receipt = "processing", None
     try:
-        gateway = _gateway()
+        gateway = stripe_gateway()
         with _stripe_lookups():
-            info = payments.refresh_checkout_session(db.session, gateway, record)
+            info = gateway.retrieve_checkout_session(session_id)
             # Belt and braces: Stripe's own copy must name this organization and transaction.
             if info.id != session_id or info.metadata.get("transaction_id") != str(transaction.id):
                 return _unknown()
+            payments.follow_status(record, info)  # only the session record: the webhook fulfils
             state, receipt = _confirmation(gateway, info, organization, transaction)
-        db.session.commit()
     except RateLimitExceeded:
-        db.session.rollback()
         log.warning("customer_success_lookups_limited", session_id=session_id)
-    except (StripeFailure, payments.PaymentRefused) as error:
-        db.session.rollback()
+    except StripeFailure as error:
         log.warning("customer_success_check_failed", session_id=session_id, error=error.message)
     return _success_page(state, receipt, transaction, organization, token if attempt is not None else None)
 
@@ -291,8 +286,7 @@ def _link_success(session_id: str, signed: str) -> Any:
     Stripe is asked only when the URL carries our signature of the transaction
     (the link's success URL does), so a made-up address costs no Stripe call.
     """
-    keys = [*current_app.config["SECRET_KEY_FALLBACKS"], current_app.config["SECRET_KEY"]]
-    transaction_id = payments.transaction_of_link(keys, signed)
+    transaction_id = transaction_of_link(stripe_settings().link_keys, signed)
     transaction = db.session.get(Transaction, transaction_id) if transaction_id is not None else None
     if transaction is None or not payments.STRIPE_SESSION_ID.fullmatch(session_id):
         return _unknown()
@@ -300,7 +294,7 @@ def _link_success(session_id: str, signed: str) -> Any:
     assert organization is not None
     state, receipt = "processing", None
     try:
-        gateway = _gateway()
+        gateway = stripe_gateway()
         with _stripe_lookups():
             info = gateway.retrieve_checkout_session(session_id)
         if info.payment_link_id is None or info.metadata.get("transaction_id") != str(transaction.id):
@@ -322,7 +316,7 @@ def _stripe_lookups() -> RouteLimit:
     browser: reloading it must not let anyone spend our Stripe rate limit,
     which all merchants share. Over the limit the page says "confirming".
     """
-    return limiter.limit(f"{current_app.config['SUCCESS_LOOKUPS_PER_MINUTE']}/minute")
+    return limiter.limit(f"{stripe_settings().success_lookups_per_minute}/minute")
 
 
 def _success_page(
@@ -387,7 +381,7 @@ def _with_card(gateway: StripeGateway, payment_intent_id: str, receipt: Receipt)
 def cancel() -> Any:
     """Nothing was charged; offer to try again when we know whose link it was."""
     token = request.args.get("t", "")[:64]
-    attempt = services.get_by_token(db.session, token) if token else None
+    attempt = lifecycle.get_by_token(db.session, token) if token else None
     organization = db.session.get(Organization, attempt.organization_id) if attempt else None
     retry_url = None
     if attempt is not None and not _closed(attempt, utcnow()) and attempt.transaction.status not in PAID:
@@ -413,8 +407,7 @@ def unsubscribe_confirm(token: str) -> Any:
 def unsubscribe(token: str) -> Any:
     """Stop emailing this customer for this organization (one click, idempotent)."""
     attempt, transaction, organization = _attempt_or_404(token)
-    if services.unsubscribe_email(db.session, attempt, now=utcnow()):
-        db.session.commit()
+    lifecycle.unsubscribe_email(db.session, attempt, now=utcnow())
     return render_template(
         "customer/unsubscribe.html",
         done=True,

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import time
-from datetime import timedelta
 from typing import Annotated, Any, Required
 
-from flask import Blueprint, current_app, g, jsonify, request
+from flask import Blueprint, g, jsonify, request
 from pydantic import Field, with_config
 from typing_extensions import TypedDict
 from werkzeug.wrappers import Response
@@ -18,14 +17,9 @@ from recovery.api.openapi import CLOSED, Timestamp, documented
 from recovery.api.serializers import iso
 from recovery.extensions import db
 from recovery.models import Role, Transaction
-from recovery.payments import services
-from recovery.payments.gateway import (
-    StripeFailure,
-    StripeGateway,
-    StripeSettings,
-    reset_stripe_time,
-    stripe_time,
-)
+from recovery.payments import checkout, links
+from recovery.payments.gateway import reset_stripe_time, stripe_gateway, stripe_time
+from recovery.payments.rules import clean_metadata
 from recovery.transactions.services import get_by_ref
 from recovery.transactions.validation import clean_email
 
@@ -129,23 +123,6 @@ def server_timing(response: Response) -> Response:
 install_token_auth(bp)
 
 
-def _gateway() -> StripeGateway:
-    try:
-        return StripeGateway(StripeSettings.from_config(current_app.config))
-    except StripeFailure as failure:
-        raise ApiError(failure.http_status, "stripe_not_configured", failure.message) from None
-
-
-def _stripe_error(failure: StripeFailure) -> ApiError:
-    return ApiError(failure.http_status, f"stripe_{failure.kind}", failure.message)
-
-
-def _refused(refusal: services.PaymentRefused) -> ApiError:
-    fields = {refusal.field: refusal.message} if refusal.field else None
-    kind = {409: "conflict", 404: "not_found", 502: "stripe_api_error"}.get(refusal.status, "invalid_request")
-    return ApiError(refusal.status, kind, refusal.message, fields)
-
-
 def _body(allowed: frozenset[str]) -> dict[str, Any]:
     body = json_object()
     unknown = sorted(set(body) - allowed)
@@ -233,39 +210,27 @@ def create_checkout_session() -> tuple[Response, int]:
             email = clean_email(email)
         except ValueError as error:
             raise ApiError(422, "validation_error", str(error), {"customer_email": str(error)}) from None
-    try:
-        metadata = services.clean_metadata(body.get("metadata"))
-        record = services.create_checkout_session(
-            db.session,
-            _gateway(),
-            transaction,
-            token_actor(),
-            services.CheckoutRequest(
-                action=f"api:{key}" if (key := _idempotency_key()) else None,
-                action_from_client=True,
-                customer_email=email,
-                metadata=metadata,
-                amount=amount,
-                currency=currency,
-            ),
-            pages=services.PaymentPages(current_app.config["BASE_URL"]),
-            expires_in=timedelta(minutes=current_app.config["STRIPE_CHECKOUT_EXPIRES_MINUTES"]),
-        )
-    except services.PaymentRefused as refusal:
-        db.session.commit()
-        raise _refused(refusal) from None
-    except StripeFailure as failure:
-        db.session.commit()  # keep the closed reservation, so a repeat answers the same
-        raise _stripe_error(failure) from None
-    # Read before the commit expires the record, which would cost another round trip.
-    body = {
-        "session_id": record.stripe_session_id,
-        "payment_intent_id": record.stripe_payment_intent_id,
-        "checkout_url": record.url,
-        "expires_at": iso(record.expires_at),
-    }
-    db.session.commit()
-    return jsonify(body), 201
+    metadata = clean_metadata(body.get("metadata"))
+    record = checkout.create_checkout_session(
+        db.session,
+        stripe_gateway(),
+        transaction,
+        token_actor(),
+        checkout.CheckoutRequest(
+            action=f"api:{key}" if (key := _idempotency_key()) else None,
+            action_from_client=True,
+            customer_email=email,
+            metadata=metadata,
+            amount=amount,
+            currency=currency,
+        ),
+    )
+    return jsonify(
+        session_id=record.stripe_session_id,
+        payment_intent_id=record.stripe_payment_intent_id,
+        checkout_url=record.url,
+        expires_at=iso(record.expires_at),
+    ), 201
 
 
 @bp.post("/payment-links")
@@ -291,24 +256,9 @@ def create_payment_link() -> tuple[Response, int]:
     body = _body(LINK_FIELDS)
     transaction = _transaction(body)
     amount, currency = _amount_and_currency(body)
-    try:
-        result = services.create_payment_link(
-            db.session,
-            _gateway(),
-            transaction,
-            token_actor(),
-            pages=services.link_pages(
-                current_app.config["BASE_URL"], current_app.config["SECRET_KEY"], transaction.id
-            ),
-            amount=amount,
-            currency=currency,
-        )
-    except services.PaymentRefused as refusal:
-        raise _refused(refusal) from None
-    except StripeFailure as failure:
-        db.session.commit()  # Product and Price made before the failure are reused next time
-        raise _stripe_error(failure) from None
-    db.session.commit()
+    result = links.create_payment_link(
+        db.session, stripe_gateway(), transaction, token_actor(), amount=amount, currency=currency
+    )
     return jsonify(
         payment_link_id=result.payment_link_id,
         url=result.url,
@@ -345,19 +295,15 @@ def create_payment_link() -> tuple[Response, int]:
 def session_status(session_id: str) -> Response:
     """The live status of one of this organization's Checkout Sessions."""
     organization_id = current_token().organization_id
-    record = services.find_checkout_session(db.session, organization_id, session_id)
-    gateway = _gateway()
-    try:
-        if record is not None:
-            info = services.refresh_checkout_session(db.session, gateway, record)
-        else:  # opened from one of our Payment Links, say
-            found = services.unrecorded_checkout_session(db.session, gateway, organization_id, session_id)
-            if found is None:
-                raise ApiError(404, "not_found", "Checkout session not found")
-            info = found
-    except StripeFailure as failure:
-        raise _stripe_error(failure) from None
-    db.session.commit()
+    record = checkout.find_checkout_session(db.session, organization_id, session_id)
+    gateway = stripe_gateway()
+    if record is not None:
+        info = checkout.refresh_checkout_session(db.session, gateway, record)
+    else:  # opened from one of our Payment Links, say
+        found = checkout.unrecorded_checkout_session(db.session, gateway, organization_id, session_id)
+        if found is None:
+            raise ApiError(404, "not_found", "Checkout session not found")
+        info = found
     return jsonify(
         session_id=info.id,
         status=info.status,

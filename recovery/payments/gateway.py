@@ -1,23 +1,24 @@
-"""The one module that talks to Stripe, through stripe-python's StripeClient.
+"""The app's Stripe gateway: stripe-python's StripeClient behind the calls the app makes.
 
-Nothing else imports `stripe`. Callers pass explicit settings and get plain
-values back (`CheckoutSessionInfo`, `PaymentLinkInfo`, ...) or a `StripeFailure`
-that says what went wrong in words a person can act on.
+Built once per app (`init_app`, in `app.extensions`); `stripe_gateway()` is
+how views and jobs reach it, and the one place tests point it elsewhere.
+With `stripe_objects.py` and `webhook_signature.py` it is all that imports
+`stripe`. Callers get plain values back (`CheckoutSessionInfo`, ...) or a
+`StripeFailure` that says what went wrong in words a person can act on.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import re
 import time
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import stripe
+from flask import Flask, current_app
 from stripe.params import (
     CustomerCreateParams,
     PaymentIntentRetrieveParams,
@@ -29,6 +30,19 @@ from stripe.params import (
 from stripe.params.checkout import SessionCreateParams
 
 from recovery.logs import get_logger
+from recovery.payments.stripe_objects import (
+    CheckoutSessionInfo,
+    PaymentIntentInfo,
+    PaymentLinkInfo,
+    charge_info,
+    checkout_locale,
+    epoch,
+    link_info,
+    metadata_of,
+    object_id,
+    session_info,
+)
+from recovery.refusals import Refused
 
 log = get_logger("recovery.stripe")
 
@@ -39,53 +53,6 @@ NOT_CONFIGURED = "Stripe API key not configured"
 # changes the objects we read. It is the version this stripe-python release is
 # typed against (stripe/_api_version.py); upgrade the two together.
 STRIPE_API_VERSION = "2026-10-28.endive"
-
-# The locales Stripe Checkout can show (stripe-python's SessionCreateParams.locale).
-CHECKOUT_LOCALES = frozenset(
-    [
-        "bg",
-        "cs",
-        "da",
-        "de",
-        "el",
-        "en",
-        "en-GB",
-        "es",
-        "es-419",
-        "et",
-        "fi",
-        "fil",
-        "fr",
-        "fr-CA",
-        "hi-IN",
-        "hr",
-        "hu",
-        "id",
-        "it",
-        "ja",
-        "ko",
-        "lt",
-        "lv",
-        "ms",
-        "mt",
-        "nb",
-        "nl",
-        "pl",
-        "pt",
-        "pt-BR",
-        "ro",
-        "ru",
-        "sk",
-        "sl",
-        "sv",
-        "th",
-        "tr",
-        "vi",
-        "zh",
-        "zh-HK",
-        "zh-TW",
-    ]
-)
 
 T = TypeVar("T")
 
@@ -109,6 +76,14 @@ class StripeSettings:
     api_base: str = ""
     timeout_seconds: int = 10
     max_network_retries: int = 2
+    # How long a Checkout Session we create stays payable (Stripe allows 30 minutes to 24 hours).
+    checkout_expires: timedelta = timedelta(hours=24)
+    # Where Stripe sends customers back to (our customer pages).
+    base_url: str = ""
+    # What signs a Payment Link's success URL: the app's secret key after the ones it replaced.
+    link_keys: tuple[str, ...] = ()
+    # Stripe lookups a client's success pages may cause per minute (the rate limit is shared by all).
+    success_lookups_per_minute: int = 20
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> StripeSettings:
@@ -117,6 +92,13 @@ class StripeSettings:
             api_base=str(config.get("STRIPE_API_BASE") or "").strip().rstrip("/"),
             timeout_seconds=int(config.get("STRIPE_TIMEOUT_SECONDS", 10)),
             max_network_retries=int(config.get("STRIPE_MAX_NETWORK_RETRIES", 2)),
+            checkout_expires=timedelta(minutes=int(config.get("STRIPE_CHECKOUT_EXPIRES_MINUTES", 24 * 60))),
+            base_url=str(config.get("BASE_URL") or ""),
+            link_keys=(
+                *(str(key) for key in config.get("SECRET_KEY_FALLBACKS") or ()),
+                str(config.get("SECRET_KEY") or ""),
+            ),
+            success_lookups_per_minute=int(config.get("SUCCESS_LOOKUPS_PER_MINUTE", 20)),
         )
 
     @property
@@ -140,8 +122,12 @@ class StripeSettings:
         return tries * self.timeout_seconds + self.max_network_retries * 2.0
 
 
-class StripeFailure(Exception):
-    """Stripe refused or could not be reached; `message` is safe to show staff and API clients."""
+class StripeFailure(Refused):
+    """Stripe refused or could not be reached; `message` is safe to show staff and API clients.
+
+    A refusal like any other: a page flashes it, the API answers it with its
+    status and `stripe_<kind>` as the error type.
+    """
 
     def __init__(
         self,
@@ -155,75 +141,22 @@ class StripeFailure(Exception):
         param: str | None = None,
         request_id: str | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, status=http_status)
+        # What went wrong at Stripe (card_error, connection, ...); not Refused's class-level default.
         self.kind = kind
-        self.message = message
-        self.http_status = http_status
         self.retryable = retryable
         self.code = code
         self.decline_code = decline_code
         self.param = param
         self.request_id = request_id
 
+    @property
+    def http_status(self) -> int:
+        return self.status
 
-@dataclass(frozen=True)
-class CheckoutSessionInfo:
-    id: str
-    url: str | None
-    status: str | None  # open, complete, expired
-    payment_status: str  # unpaid, paid, no_payment_required
-    amount_total: int | None
-    currency: str | None
-    customer_id: str | None
-    customer_email: str | None
-    payment_intent_id: str | None
-    payment_link_id: str | None
-    client_reference_id: str | None
-    expires_at: datetime
-    metadata: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class PaymentLinkInfo:
-    id: str
-    url: str
-    active: bool
-    metadata: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class ChargeInfo:
-    id: str
-    status: str
-    paid: bool
-    created_at: datetime
-    card_brand: str | None
-    card_last4: str | None
-
-
-@dataclass(frozen=True)
-class PaymentIntentInfo:
-    id: str
-    status: str
-    amount: int
-    currency: str
-    metadata: dict[str, str]
-    latest_charge_id: str | None
-    failure_code: str | None
-    decline_code: str | None
-    failure_message: str | None
-    # The latest charge itself: read in the same request (expand), for receipts.
-    latest_charge: ChargeInfo | None = None
-
-
-def checkout_locale(locale: str | None) -> str:
-    """Map a customer's BCP 47 locale (en-US) to one Checkout shows, else let the browser decide."""
-    if not locale:
-        return "auto"
-    if locale in CHECKOUT_LOCALES:
-        return locale
-    language = locale.split("-")[0].lower()
-    return language if language in CHECKOUT_LOCALES else "auto"
+    @property
+    def api_type(self) -> str:
+        return f"stripe_{self.kind}"
 
 
 @functools.lru_cache(maxsize=8)
@@ -313,63 +246,6 @@ def _translate(error: stripe.StripeError) -> StripeFailure:
         retryable=True,
         request_id=request_id,
     )
-
-
-def _epoch(value: datetime) -> int:
-    return int(value.timestamp())
-
-
-def _from_epoch(value: int | None) -> datetime:
-    return datetime.fromtimestamp(value or 0, tz=UTC)
-
-
-def _id(value: Any) -> str | None:
-    """An expandable field is an id, an object with an id, or null."""
-    if value is None or isinstance(value, str):
-        return value
-    return str(value.id)
-
-
-def _metadata(value: Any) -> dict[str, str]:
-    # A StripeObject is not a dict (stripe-python 13+): convert before iterating.
-    data = value.to_dict() if isinstance(value, stripe.StripeObject) else (value or {})
-    return {str(k): str(v) for k, v in data.items()}
-
-
-def _session_info(session: stripe.checkout.Session) -> CheckoutSessionInfo:
-    details = session.customer_details
-    return CheckoutSessionInfo(
-        id=session.id,
-        url=session.url,
-        status=session.status,
-        payment_status=session.payment_status,
-        amount_total=session.amount_total,
-        currency=session.currency,
-        customer_id=_id(session.customer),
-        customer_email=session.customer_email or (details.email if details else None),
-        payment_intent_id=_id(session.payment_intent),
-        payment_link_id=_id(session.payment_link),
-        client_reference_id=session.client_reference_id,
-        expires_at=_from_epoch(session.expires_at),
-        metadata=_metadata(session.metadata),
-    )
-
-
-def _charge_info(charge: stripe.Charge) -> ChargeInfo:
-    details = charge.payment_method_details
-    card = details.card if details is not None else None
-    return ChargeInfo(
-        id=charge.id,
-        status=charge.status,
-        paid=bool(charge.paid),
-        created_at=_from_epoch(charge.created),
-        card_brand=card.brand if card is not None else None,
-        card_last4=card.last4 if card is not None else None,
-    )
-
-
-def _link_info(link: stripe.PaymentLink) -> PaymentLinkInfo:
-    return PaymentLinkInfo(id=link.id, url=link.url, active=link.active, metadata=_metadata(link.metadata))
 
 
 class StripeGateway:
@@ -464,7 +340,7 @@ class StripeGateway:
             "payment_intent_data": {"metadata": metadata},
             "success_url": success_url,
             "cancel_url": cancel_url,
-            "expires_at": _epoch(expires_at),
+            "expires_at": epoch(expires_at),
             "locale": checkout_locale(locale),
         }
         if customer_id:
@@ -476,7 +352,7 @@ class StripeGateway:
             lambda: self._stripe.v1.checkout.sessions.create(params, {"idempotency_key": key}),
             client_reference_id=client_reference_id,
         )
-        return _session_info(session)
+        return session_info(session)
 
     def retrieve_checkout_session(self, session_id: str) -> CheckoutSessionInfo:
         session = self._call(
@@ -484,7 +360,7 @@ class StripeGateway:
             lambda: self._stripe.v1.checkout.sessions.retrieve(session_id),
             session_id=session_id,
         )
-        return _session_info(session)
+        return session_info(session)
 
     def expire_checkout_session(self, session_id: str) -> CheckoutSessionInfo:
         """Expire an open session so it can no longer be paid."""
@@ -493,7 +369,7 @@ class StripeGateway:
             lambda: self._stripe.v1.checkout.sessions.expire(session_id),
             session_id=session_id,
         )
-        return _session_info(session)
+        return session_info(session)
 
     def create_payment_link(
         self, *, price_id: str, metadata: dict[str, str], success_url: str, key: str
@@ -511,7 +387,7 @@ class StripeGateway:
             lambda: self._stripe.v1.payment_links.create(params, {"idempotency_key": key}),
             price_id=price_id,
         )
-        return _link_info(link)
+        return link_info(link)
 
     def retrieve_payment_link(self, link_id: str) -> PaymentLinkInfo:
         link = self._call(
@@ -519,7 +395,7 @@ class StripeGateway:
             lambda: self._stripe.v1.payment_links.retrieve(link_id),
             payment_link_id=link_id,
         )
-        return _link_info(link)
+        return link_info(link)
 
     def deactivate_payment_link(self, link_id: str) -> PaymentLinkInfo:
         """Switch a Payment Link off; safe to repeat."""
@@ -529,7 +405,7 @@ class StripeGateway:
             lambda: self._stripe.v1.payment_links.update(link_id, params),
             payment_link_id=link_id,
         )
-        return _link_info(link)
+        return link_info(link)
 
     def retrieve_payment_intent(self, payment_intent_id: str) -> PaymentIntentInfo:
         """A PaymentIntent with its latest charge (the card, for a receipt) in one request."""
@@ -546,100 +422,55 @@ class StripeGateway:
             status=intent.status,
             amount=intent.amount,
             currency=intent.currency,
-            metadata=_metadata(intent.metadata),
-            latest_charge_id=_id(intent.latest_charge),
+            metadata=metadata_of(intent.metadata),
+            latest_charge_id=object_id(intent.latest_charge),
             failure_code=error.code if error else None,
             decline_code=error.decline_code if error else None,
             failure_message=error.message if error else None,
-            latest_charge=_charge_info(charge) if isinstance(charge, stripe.Charge) else None,
+            latest_charge=charge_info(charge) if isinstance(charge, stripe.Charge) else None,
         )
 
 
-# --- webhooks ---------------------------------------------------------------
+# --- the app's gateway ---------------------------------------------------------
+
+_EXTENSION = "stripe_gateway"
 
 
-class WebhookRejected(Exception):
-    """A webhook request we refuse: `reason` is a short code for logs, `message` the answer body."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
+@dataclass(frozen=True)
+class _Stripe:
+    settings: StripeSettings
+    gateway: StripeGateway | None
 
 
-def _signature_timestamp(header: str) -> int | None:
-    for item in header.split(","):
-        key, _, value = item.strip().partition("=")
-        if key == "t":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+def init_app(app: Flask, settings: StripeSettings | None = None) -> None:
+    """Build the app's Stripe settings and gateway once; `settings` (tests) instead of the app's config.
 
-
-def verify_webhook(
-    payload: bytes, header: str | None, secrets: list[str], tolerance: int, *, now: float | None = None
-) -> dict[str, Any]:
-    """Check the `Stripe-Signature` header over the raw body and return the event as a plain dict.
-
-    Every secret is tried (rotation: Stripe signs with the old and new secret,
-    one `v1` each, while both are live). Timestamps more than `tolerance`
-    seconds old or in the future are refused: a captured request cannot be
-    replayed later. `json.loads`, not `construct_event`: building StripeObjects
-    costs ~100x the HMAC and processing works on the stored dict anyway.
+    No gateway without a secret key: `stripe_gateway()` then refuses with
+    NOT_CONFIGURED, and jobs that need Stripe skip their work.
     """
-    if not header:
-        raise WebhookRejected("missing_signature", "missing signature")
-    if tolerance <= 0:
-        raise ValueError("tolerance must be positive")
-    if not secrets:
-        raise WebhookRejected("not_configured", "webhook secret not configured")
-    timestamp = _signature_timestamp(header)
-    if timestamp is None:
-        raise WebhookRejected("malformed_signature", "invalid signature")
-    current = time.time() if now is None else now
-    if timestamp > current + tolerance:
-        raise WebhookRejected("timestamp_in_future", "invalid signature: timestamp outside the tolerance")
-    if timestamp < current - tolerance:
-        raise WebhookRejected("timestamp_too_old", "invalid signature: timestamp outside the tolerance")
-    for secret in secrets:
-        try:
-            stripe.WebhookSignature.verify_header(payload, header, secret, tolerance)
-        except stripe.SignatureVerificationError:
-            continue
-        except UnicodeDecodeError:
-            raise WebhookRejected("not_utf8", "invalid body: not UTF-8") from None
-        break
-    else:
-        raise WebhookRejected("bad_signature", "invalid signature")
-    try:
-        event = json.loads(payload)
-    except ValueError:
-        raise WebhookRejected("not_json", "invalid body: not JSON") from None
-    if not _looks_like_event(event):
-        raise WebhookRejected("not_an_event", "invalid body: not a Stripe event")
-    return event  # type: ignore[no-any-return]
+    settings = settings or StripeSettings.from_config(app.config)
+    gateway = StripeGateway(settings) if settings.secret_key else None
+    app.extensions[_EXTENSION] = _Stripe(settings, gateway)
 
 
-def is_event_id(value: str) -> bool:
-    """Whether `value` has the shape of a Stripe event id (any of the shapes Stripe uses)."""
-    return _EVENT_ID.fullmatch(value) is not None
+def _stripe(app: Flask | None) -> _Stripe:
+    found: _Stripe = (app or current_app).extensions[_EXTENSION]
+    return found
 
 
-# Stripe's event ids in every shape it uses: evt_1NG8Du2eZvKYlo2CUI79vXWy,
-# evt_3..., thin events' evt_test_65R..., up to the 255 characters Stripe allows
-# an id (and our column holds). Letters, digits and underscores only.
-_EVENT_ID = re.compile(r"evt_[A-Za-z0-9_]{1,251}")
+def stripe_settings(app: Flask | None = None) -> StripeSettings:
+    """The app's Stripe settings, as built by `init_app`."""
+    return _stripe(app).settings
 
 
-def _looks_like_event(event: Any) -> bool:
-    return (
-        isinstance(event, dict)
-        and event.get("object") == "event"
-        and isinstance(event.get("id"), str)
-        and isinstance(event.get("type"), str)
-        and 0 < len(event["type"]) <= 100
-        and isinstance(event.get("data"), dict)
-        and isinstance(event["data"].get("object"), dict)
-    )
+def stripe_gateway_or_none(app: Flask | None = None) -> StripeGateway | None:
+    """The app's Stripe gateway; None when no secret key is configured."""
+    return _stripe(app).gateway
+
+
+def stripe_gateway(app: Flask | None = None) -> StripeGateway:
+    """The app's Stripe gateway; refuses (503, NOT_CONFIGURED) when no secret key is configured."""
+    gateway = _stripe(app).gateway
+    if gateway is None:
+        raise StripeFailure("not_configured", NOT_CONFIGURED, 503)
+    return gateway

@@ -26,8 +26,9 @@ from recovery import logs
 from recovery.api.openapi import CLOSED, Operation
 from recovery.extensions import db
 from recovery.logs import get_logger
-from recovery.payments.gateway import STRIPE_API_VERSION, WebhookRejected, is_event_id, verify_webhook
-from recovery.webhooks import jobs, services
+from recovery.payments.gateway import STRIPE_API_VERSION
+from recovery.payments.webhook_signature import WebhookRejected, is_event_id, verify_webhook
+from recovery.webhooks import jobs, receiving
 
 log = get_logger("recovery.webhooks")
 
@@ -149,7 +150,7 @@ class StripeWebhookReceiver:
             )
             log.warning(name, reason=rejected.reason, client=client, bytes=len(payload))
             return _answer(400, "invalid_request", rejected.message)
-        unstorable = services.unstorable_field(event)
+        unstorable = receiving.unstorable_field(event)
         if unstorable is not None:
             # Signed, so ours to answer; but no retry will ever store it (PostgreSQL
             # text holds no NUL), so 400 rather than a 503 Stripe would repeat for days.
@@ -207,7 +208,7 @@ class StripeWebhookReceiver:
         return _json(200, {"received": True, "duplicate": not received.created})
 
 
-def store(event: dict[str, Any]) -> services.Received:
+def store(event: dict[str, Any]) -> receiving.Received:
     """Store the event with one statement that commits itself, on a connection of its own.
 
     Autocommit spares the BEGIN and COMMIT round trips around the INSERT, and
@@ -215,7 +216,7 @@ def store(event: dict[str, Any]) -> services.Received:
     """
     with db.engine.connect() as connection:
         connection.execution_options(isolation_level="AUTOCOMMIT")
-        return services.store_event(connection, event)
+        return receiving.store_event(connection, event)
 
 
 def install(app: Flask) -> None:

@@ -1,20 +1,19 @@
-"""Stripe webhooks: store each verified event, process it once in effect, replay, sweep, reconcile.
+"""Stripe webhooks: process each stored event once in effect, replay, sweep, reconcile.
 
-Plain functions over a SQLAlchemy session; callers (the receiving view, the
-RQ jobs, the admin views) commit. Nothing here reads Flask's request globals.
+Plain functions over a SQLAlchemy session; callers (the RQ jobs, the admin
+views) commit. Nothing here reads Flask's request globals. Receiving is in
+receiving.py, the admin page's queries in events.py.
 """
 
 from __future__ import annotations
 
-import re
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, select
+from sqlalchemy import select
 
 from recovery import audit
 from recovery.audit import Actor
@@ -32,99 +31,19 @@ from recovery.models import (
     WebhookState,
     utcnow,
 )
-from recovery.models.base import DbSession, insert_ignoring_duplicates
-from recovery.payments import services as payments
-from recovery.payments.gateway import CheckoutSessionInfo, StripeFailure, StripeGateway
-from recovery.payments.services import CLOSED_STATUSES
-from recovery.transactions.validation import has_control_characters
-from recovery.webhooks.handlers import (
-    HANDLERS,
-    RECONCILIATION_LABEL,
-    Context,
-    Refused,
-    session_object,
-    session_paid,
-)
+from recovery.models.base import DbSession
+from recovery.payments import links
+from recovery.payments.fulfilment import EventContradicts
+from recovery.payments.gateway import StripeFailure, StripeGateway
+from recovery.payments.rules import CLOSED_STATUSES
+from recovery.payments.stripe_objects import CheckoutSessionInfo
+from recovery.webhooks.context import RECONCILIATION_LABEL, Context
+from recovery.webhooks.handlers import HANDLERS, session_object, session_paid
 
 log = get_logger("recovery.webhooks")
 
 GatewayFactory = Callable[[], StripeGateway | None]
 DONE = frozenset({WebhookState.PROCESSED, WebhookState.IGNORED})
-
-
-# --- receiving ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Received:
-    stripe_event_id: str
-    type: str
-    created: bool  # False: a redelivery of an id we already hold
-
-
-def _text(value: Any, limit: int) -> str | None:
-    return value[:limit] if isinstance(value, str) else None
-
-
-# The event's fields that become columns of their own (event_row), by where they are in the event.
-_STORED_FIELDS = (("id",), ("type",), ("data", "object", "id"), ("api_version",), ("account",))
-
-
-def unstorable_field(event: dict[str, Any]) -> str | None:
-    """The first of the event's column fields that holds control characters, e.g. "data.object.id".
-
-    NUL cannot be stored in PostgreSQL text, a lone surrogate in no encoding;
-    no Stripe id or type holds any control character, so all are refused.
-    """
-    for path in _STORED_FIELDS:
-        value: Any = event
-        for key in path:
-            value = value.get(key) if isinstance(value, dict) else None
-        if isinstance(value, str) and has_control_characters(value):
-            return ".".join(path)
-    return None
-
-
-def event_row(event: dict[str, Any]) -> dict[str, Any]:
-    """The WebhookEvent columns for a verified event dict (verify_webhook checked its shape)."""
-    created = event.get("created")
-    obj = event["data"]["object"]
-    return {
-        "stripe_event_id": event["id"],
-        "type": event["type"],
-        "object_id": _text(obj.get("id"), 255),
-        "api_version": _text(event.get("api_version"), 32),
-        "livemode": bool(event.get("livemode")),
-        "account": _text(event.get("account"), 255),
-        "stripe_created_at": (
-            datetime.fromtimestamp(created, UTC) if isinstance(created, int) and created > 0 else None
-        ),
-        "payload": event,
-        "status": WebhookState.PENDING,
-        "attempts": 0,
-        "received_at": utcnow(),
-    }
-
-
-def store_event(connection: Connection, event: dict[str, Any]) -> Received:
-    """Insert the event unless its id is already stored: one INSERT .. ON CONFLICT DO NOTHING.
-
-    Safe to run twice or concurrently: the unique stripe_event_id decides, so a
-    redelivery (or two deliveries racing) stores one row and changes nothing.
-    """
-    dialect = connection.dialect.name
-    statement = _STORE_STATEMENTS.get(dialect)
-    if statement is None:
-        # Built once: values go in as parameters, so each event costs a cached statement, not a new one.
-        statement = insert_ignoring_duplicates(connection, WebhookEvent, ["stripe_event_id"]).returning(
-            WebhookEvent.id
-        )
-        _STORE_STATEMENTS[dialect] = statement
-    new_id = connection.execute(statement, event_row(event)).scalar()
-    return Received(event["id"], event["type"], created=new_id is not None)
-
-
-_STORE_STATEMENTS: dict[str, Any] = {}
 
 
 # --- processing --------------------------------------------------------------
@@ -203,7 +122,7 @@ def apply_event(
     try:
         # Unknown types are kept (the page shows them) and marked ignored.
         state = WebhookState.IGNORED if handler is None else handler(ctx, event.payload["data"]["object"])
-    except Refused as refusal:
+    except EventContradicts as refusal:
         state, error = WebhookState.UNMATCHED, f"Refused: {refusal}"
         ctx.organization_id = None  # shown to neither organization's staff
         log.warning("stripe_webhook_refused", event_id=stripe_event_id, type=event.type, reason=str(refusal))
@@ -383,7 +302,7 @@ def close_payment_options(
     done: list[str] = []
     if txn.stripe_payment_link_id:
         if gateway.retrieve_payment_link(txn.stripe_payment_link_id).active:
-            payments.deactivate_payment_link(session, gateway, txn, actor)
+            links.deactivate_payment_link(session, gateway, txn, actor)
             done.append(txn.stripe_payment_link_id)
         elif not _link_switched_off_recorded(session, txn):
             # Off already (a one-payment link Stripe closed): said once, so that
@@ -599,7 +518,7 @@ def reconcile_session(session: DbSession, gateway: StripeGateway, record_id: int
         ctx = Context(session, None, lambda: gateway, label=RECONCILIATION_LABEL)
         try:
             session_paid(ctx, session_object(info))
-        except Refused as refusal:
+        except EventContradicts as refusal:
             log.warning("stripe_reconcile_refused", session_id=info.id, reason=str(refusal))
             return
         if ctx.closed_transaction_id is not None:
@@ -618,142 +537,3 @@ def reconcile_session(session: DbSession, gateway: StripeGateway, record_id: int
         _follow(record, info)
         if record.status == CheckoutStatus.EXPIRED:
             result.expired += 1
-
-
-def caused_entries(session: DbSession, event: WebhookEvent) -> list[AuditEvent]:
-    """The timeline entries this event wrote, oldest first."""
-    return list(
-        session.scalars(
-            select(AuditEvent).where(AuditEvent.webhook_event_id == event.id).order_by(AuditEvent.id)
-        )
-    )
-
-
-def fulfilment_of(session: DbSession, transaction_id: int) -> PaymentFulfilment | None:
-    return session.scalar(select(PaymentFulfilment).where(PaymentFulfilment.transaction_id == transaction_id))
-
-
-# --- the admin page ----------------------------------------------------------
-
-PAGE_SIZE = 50
-
-
-@dataclass
-class EventPage:
-    events: list[WebhookEvent]
-    next_before: int | None
-
-
-def list_events(
-    session: DbSession,
-    organization_id: int,
-    *,
-    state: str | None = None,
-    type: str | None = None,
-    object_id: str | None = None,
-    before: int | None = None,
-    limit: int = PAGE_SIZE,
-) -> EventPage:
-    """The organization's events, newest first, by keyset on id."""
-    statement = select(WebhookEvent).where(WebhookEvent.organization_id == organization_id)
-    if state:
-        statement = statement.where(WebhookEvent.status == state)
-    if type:
-        statement = statement.where(WebhookEvent.type == type)
-    if object_id:
-        statement = statement.where(
-            (WebhookEvent.object_id == object_id) | (WebhookEvent.stripe_event_id == object_id)
-        )
-    if before is not None:
-        statement = statement.where(WebhookEvent.id < before)
-    rows = list(session.scalars(statement.order_by(WebhookEvent.id.desc()).limit(limit + 1)))
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return EventPage(rows, rows[-1].id if more and rows else None)
-
-
-def event_types(session: DbSession, organization_id: int) -> list[str]:
-    return sorted(
-        session.scalars(
-            select(WebhookEvent.type).where(WebhookEvent.organization_id == organization_id).distinct()
-        )
-    )
-
-
-def get_event(session: DbSession, organization_id: int, event_id: int) -> WebhookEvent | None:
-    return session.scalar(
-        select(WebhookEvent).where(
-            WebhookEvent.id == event_id, WebhookEvent.organization_id == organization_id
-        )
-    )
-
-
-class SettingsRefused(Exception):
-    pass
-
-
-STRIPE_ACCOUNT_ID = re.compile(r"acct_[A-Za-z0-9]{1,250}")
-
-
-def update_import_settings(
-    session: DbSession, organization: Any, actor: Actor, *, import_failures: bool
-) -> bool:
-    """Switch "import failed payments from Stripe"; return whether it changed."""
-    if organization.import_stripe_failures == import_failures:
-        return False
-    audit.record(
-        session,
-        actor,
-        "organization.stripe_settings_changed",
-        target_type="organization",
-        target_id=organization.id,
-        changes={"import_stripe_failures": [organization.import_stripe_failures, import_failures]},
-    )
-    organization.import_stripe_failures = import_failures
-    return True
-
-
-def link_stripe_account(session: DbSession, organization: Any, actor: Actor, account_id: str | None) -> bool:
-    """Make a Stripe Connect account's events this organization's (None unlinks); return whether it changed.
-
-    Whoever links an account receives its customers' failed payments, so only
-    the platform's operator does it (`flask link-stripe-account`), never a
-    merchant's admin: the id alone proves nothing about who owns the account.
-    """
-    from sqlalchemy.exc import IntegrityError
-
-    from recovery.models import Organization
-
-    account_id = (account_id or "").strip() or None
-    if account_id is not None and not STRIPE_ACCOUNT_ID.fullmatch(account_id):
-        raise SettingsRefused(
-            f"{account_id[:60]!r} is not a Stripe account id (they look like acct_1Nv0FGQ9RKHgCVdK)."
-        )
-    if organization.stripe_account_id == account_id:
-        return False
-    if account_id is not None:
-        taken = session.scalar(
-            select(Organization.slug).where(
-                Organization.stripe_account_id == account_id, Organization.id != organization.id
-            )
-        )
-        if taken is not None:
-            raise SettingsRefused(
-                f"{account_id} is already linked to the organization {taken!r}; unlink it there first."
-            )
-    previous = organization.stripe_account_id
-    organization.stripe_account_id = account_id
-    try:
-        with session.begin_nested():
-            session.flush()
-    except IntegrityError:
-        raise SettingsRefused(f"{account_id} was just linked to another organization.") from None
-    audit.record(
-        session,
-        actor,
-        "organization.stripe_account_linked" if account_id else "organization.stripe_account_unlinked",
-        target_type="organization",
-        target_id=organization.id,
-        changes={"stripe_account_id": [previous, account_id]},
-    )
-    return True

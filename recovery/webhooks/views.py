@@ -14,6 +14,7 @@ from flask_login import current_user
 from redis.exceptions import RedisError
 from werkzeug.wrappers import Response
 
+from recovery import audit
 from recovery.audit import Actor
 from recovery.extensions import db
 from recovery.logs import get_logger
@@ -21,7 +22,7 @@ from recovery.models import Organization, Role, WebhookState
 from recovery.queue import get_queue
 from recovery.security import require_role
 from recovery.templating import row_id_arg
-from recovery.webhooks import jobs, services
+from recovery.webhooks import events, jobs, services, stripe_account
 from recovery.webhooks.forms import ImportSettingsForm, ProcessAgainForm, ReconcileForm
 
 log = get_logger("recovery.webhooks")
@@ -37,7 +38,7 @@ def _actor() -> Actor:
 
 
 def _org_event(event_id: int) -> Any:
-    event = services.get_event(db.session, current_user.organization_id, event_id)
+    event = events.get_event(db.session, current_user.organization_id, event_id)
     if event is None:
         abort(404)
     return event
@@ -50,12 +51,12 @@ def index() -> Any:
     state = request.args.get("state") or None
     if state not in (None, *WebhookState.ALL):
         state = None
-    types = services.event_types(db.session, org_id)
+    types = events.event_types(db.session, org_id)
     type_ = request.args.get("type") or None
     if type_ not in (None, *types):
         type_ = None
     q = (request.args.get("q") or "").strip()[:255] or None
-    page = services.list_events(
+    page = events.list_events(
         db.session, org_id, state=state, type=type_, object_id=q, before=row_id_arg("before")
     )
     organization = db.session.get(Organization, org_id)
@@ -84,7 +85,7 @@ def detail(event_id: int) -> Any:
         "webhooks/detail.html",
         event=event,
         payload=json.dumps(event.payload, indent=2, sort_keys=True),
-        entries=services.caused_entries(db.session, event),
+        entries=events.caused_entries(db.session, event),
         form=ProcessAgainForm(),
         can_replay=event.status in (WebhookState.FAILED, WebhookState.UNMATCHED),
     )
@@ -125,12 +126,9 @@ def reconcile() -> Response:
     except RedisError:
         flash("The job queue is unreachable; try again in a minute.", "error")
         return redirect(url_for("webhooks.index"))
-    from recovery import audit
-
     audit.record(
         db.session, _actor(), "webhook.reconcile_requested", target_type="organization", target_id=org_id
     )
-    db.session.commit()
     minutes = current_app.config["STRIPE_RECONCILE_AFTER_MINUTES"]
     flash(
         f"Checking every open checkout session older than {minutes} minutes with Stripe; "
@@ -148,9 +146,8 @@ def settings() -> Response:
         flash(" ".join(e for errors in form.errors.values() for e in errors) or "Invalid form.", "error")
         return redirect(url_for("webhooks.index"))
     organization = db.session.get(Organization, current_user.organization_id)
-    changed = services.update_import_settings(
+    changed = stripe_account.update_import_settings(
         db.session, organization, _actor(), import_failures=bool(form.import_stripe_failures.data)
     )
-    db.session.commit()
     flash("Stripe settings saved." if changed else "Nothing changed.", "success")
     return redirect(url_for("webhooks.index"))

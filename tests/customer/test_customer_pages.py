@@ -15,6 +15,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from recovery.audit import Actor
+from recovery.messaging import contacts
 from recovery.models import (
     AttemptStatus,
     AuditEvent,
@@ -25,9 +26,10 @@ from recovery.models import (
     TransactionStatus,
     utcnow,
 )
-from recovery.payments import services as payments
+from recovery.payments import gateway, links
 from recovery.payments.gateway import StripeGateway, StripeSettings
-from recovery.recoveries import services
+from recovery.payments.pages import link_pages
+from recovery.recoveries import lifecycle
 from tests.conftest import csrf_token
 
 
@@ -49,13 +51,19 @@ def org(make_org: Callable[..., Organization]) -> Organization:
 @pytest.fixture
 def attempt_for(db: Any) -> Callable[..., RecoveryAttempt]:
     def make(transaction: Transaction, **options: Any) -> RecoveryAttempt:
-        started = services.start_recovery(
+        started = lifecycle.start_recovery(
             db.session, transaction, Actor.system(transaction.organization_id), now=utcnow(), **options
         )
         db.session.commit()
         return started.attempt
 
     return make
+
+
+def reconfigure(app: Flask, **config: Any) -> None:
+    """Change settings mid-test: the Stripe gateway and its settings are built once per app, so again."""
+    app.config.update(config)
+    gateway.init_app(app)
 
 
 def stripe_creates(stripe_sandbox: Any) -> list[dict[str, Any]]:
@@ -295,7 +303,7 @@ def test_cancelling_a_recovery_closes_the_session_the_customer_opened(
     attempt = attempt_for(make_transaction(org, transaction_ref="TXN-STOP"))
     client.post(f"/pay/{attempt.token}")  # the customer has the Stripe page open
     session_id = db.session.scalar(select(CheckoutSession.stripe_session_id))
-    cancelled = services.cancel_recovery(db.session, attempt, Actor.system(org.id), now=utcnow())
+    cancelled = lifecycle.cancel_recovery(db.session, attempt, Actor.system(org.id), now=utcnow())
     db.session.commit()
 
     recovery_jobs.after_cancel(cancelled)
@@ -316,7 +324,7 @@ def test_a_close_that_finds_the_transaction_recovering_again_leaves_it_alone(
 
     attempt = attempt_for(make_transaction(org))
     client.post(f"/pay/{attempt.token}")
-    services.cancel_recovery(db.session, attempt, Actor.system(org.id), now=utcnow())
+    lifecycle.cancel_recovery(db.session, attempt, Actor.system(org.id), now=utcnow())
     db.session.commit()
     again = attempt_for(db.session.get(Transaction, attempt.transaction_id))  # restarted before the job ran
     assert again.transaction.status == TransactionStatus.RECOVERING
@@ -349,7 +357,7 @@ def test_an_ended_link_explains_how_to_reach_the_merchant(
     elif how == "exhausted":
         attempt.transition(AttemptStatus.EXHAUSTED)
     else:
-        services.cancel_recovery(db.session, attempt, Actor.system(org.id), now=utcnow())
+        lifecycle.cancel_recovery(db.session, attempt, Actor.system(org.id), now=utcnow())
     db.session.commit()
 
     for response in (client.get(f"/pay/{attempt.token}"), client.post(f"/pay/{attempt.token}")):
@@ -393,7 +401,7 @@ def test_success_asks_stripe_only_so_often(
 ) -> None:
     # The address is in the customer's browser; reloading it must not spend the
     # Stripe rate limit that every merchant shares.
-    app.config["SUCCESS_LOOKUPS_PER_MINUTE"] = 2
+    reconfigure(app, SUCCESS_LOOKUPS_PER_MINUTE=2)
     attempt = attempt_for(make_transaction(org, transaction_ref="TXN-RELOAD"))
     client.post(f"/pay/{attempt.token}")
     session_id = db.session.scalar(select(CheckoutSession.stripe_session_id))
@@ -434,13 +442,12 @@ def test_a_forged_or_foreign_session_id_shows_nothing(
     assert stripe_sandbox.requests() == []
 
 
-def _payment_link(app: Flask, db: Any, transaction: Transaction) -> payments.PaymentLinkResult:
-    result = payments.create_payment_link(
+def _payment_link(app: Flask, db: Any, transaction: Transaction) -> links.PaymentLinkResult:
+    result = links.create_payment_link(
         db.session,
         StripeGateway(StripeSettings.from_config(app.config)),
         transaction,
         Actor.system(transaction.organization_id),
-        pages=payments.link_pages(app.config["BASE_URL"], app.config["SECRET_KEY"], transaction.id),
     )
     db.session.commit()
     return result
@@ -481,7 +488,7 @@ def test_a_payment_links_success_page_asks_stripe_only_so_often(
     app: Flask, client: FlaskClient, db, org, make_transaction, stripe_sandbox
 ) -> None:
     # The signed address is in every paying customer's browser; Stripe's rate limit is everyone's.
-    app.config["SUCCESS_LOOKUPS_PER_MINUTE"] = 2
+    reconfigure(app, SUCCESS_LOOKUPS_PER_MINUTE=2)
     link = _payment_link(app, db, make_transaction(org, transaction_ref="TXN-BUSY"))
     session_id = (
         requests.get(link.url, allow_redirects=False, timeout=5).headers["Location"].rsplit("/", 1)[1]
@@ -510,9 +517,9 @@ def test_a_payment_links_success_page_survives_a_secret_key_rotation(
     path = _success_path(stripe_sandbox, link.payment_link_id, session_id)
     old_key = app.config["SECRET_KEY"]
 
-    app.config["SECRET_KEY"] = "a-new-secret-key-after-rotation"
+    reconfigure(app, SECRET_KEY="a-new-secret-key-after-rotation")
     assert "We could not find the details" in text(client.get(path))
-    app.config["SECRET_KEY_FALLBACKS"] = [old_key]
+    reconfigure(app, SECRET_KEY_FALLBACKS=[old_key])
     assert "Payment received" in text(client.get(path))
 
 
@@ -526,7 +533,7 @@ def test_a_forged_or_foreign_link_success_address_shows_nothing(
     mine = make_transaction(org, transaction_ref="MINE-1")
     my_link = _payment_link(app, db, mine)
     my_l = parse_qs(urlsplit(_success_path(stripe_sandbox, my_link.payment_link_id, "x")).query)["l"][0]
-    forged = payments.link_pages("http://localhost", "not-our-secret", theirs.id).link
+    forged = link_pages("http://localhost", "not-our-secret", theirs.id).link
 
     for url, asks_stripe in (
         (f"/pay/success?session_id={their_session}&l={forged}", False),
@@ -571,19 +578,19 @@ class TestUnsubscribe:
 
         confirm = cookieless.get(f"/pay/{attempt.token}/unsubscribe")
         assert confirm.status_code == 200 and "Stop these emails?" in text(confirm)
-        assert services.suppressed_channels(db.session, transaction) == {}  # a GET changes nothing
+        assert contacts.suppressed_channels(db.session, transaction) == {}  # a GET changes nothing
 
         response = cookieless.post(
             f"/pay/{attempt.token}/unsubscribe", data={"List-Unsubscribe": "One-Click"}
         )
         assert response.status_code == 200 and "You are unsubscribed" in text(response)
-        assert services.suppressed_channels(db.session, transaction) == {"email": "opted_out"}
+        assert contacts.suppressed_channels(db.session, transaction) == {"email": "opted_out"}
         assert cookieless.post(f"/pay/{attempt.token}/unsubscribe").status_code == 200  # idempotent
         assert db.session.query(AuditEvent).filter_by(action="recovery.unsubscribed").count() == 1
         # The running recovery carries on by SMS only.
         db.session.expire_all()
         attempt = db.session.get(RecoveryAttempt, attempt.id)
-        assert services.effective_channels(db.session, attempt, attempt.transaction) == ["sms"]
+        assert contacts.effective_channels(db.session, attempt, attempt.transaction) == ["sms"]
 
     def test_unknown_token_is_404(self, app) -> None:
         assert app.test_client().post("/pay/nope/unsubscribe").status_code == 404
@@ -602,7 +609,7 @@ def test_a_closing_job_lost_with_redis_is_placed_again_by_the_reconciliation(
     client.post(f"/pay/{attempt.token}")  # the customer has the Stripe page open
     session_id = db.session.scalar(select(CheckoutSession.stripe_session_id))
     link = _payment_link(app, db, db.session.get(Transaction, attempt.transaction_id))
-    services.cancel_recovery(db.session, attempt, Actor.system(org.id), now=utcnow())
+    lifecycle.cancel_recovery(db.session, attempt, Actor.system(org.id), now=utcnow())
     db.session.commit()
     # The job jobs.after_cancel would queue now is lost with Redis: nothing is queued.
     assert closing_jobs() == []

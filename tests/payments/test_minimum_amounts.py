@@ -21,11 +21,11 @@ from sqlalchemy import select
 from recovery.audit import Actor
 from recovery.models import AuditEvent, Organization, RecoveryAttempt, Role, Transaction, TransactionStatus
 from recovery.money import card_charge_problem, exponent, minimum_charge
-from recovery.payments import services as payments
+from recovery.payments import links
 from recovery.payments.gateway import StripeFailure, StripeGateway, StripeSettings
+from recovery.payments.rules import PaymentRefused
 from recovery.queue import redis_connection
-from recovery.recoveries import bulk
-from recovery.recoveries import services as recoveries
+from recovery.recoveries import bulk, lifecycle, refusals
 from recovery.tokens.services import create_token
 from tests.fixtures import stripe_events as se
 
@@ -365,15 +365,14 @@ def test_services_refuse_with_their_own_refusal_types(
     db: Any, org: Organization, make_transaction: Any
 ) -> None:
     transaction = make_transaction(org, amount=10, currency="usd")
-    with pytest.raises(recoveries.RecoveryRefused) as started:
-        recoveries.start_recovery(db.session, transaction, Actor.system(org.id), now=transaction.created_at)
-    with pytest.raises(payments.PaymentRefused) as linked:
-        payments.create_payment_link(
+    with pytest.raises(refusals.RecoveryRefused) as started:
+        lifecycle.start_recovery(db.session, transaction, Actor.system(org.id), now=transaction.created_at)
+    with pytest.raises(PaymentRefused) as linked:
+        links.create_payment_link(
             db.session,
             None,
             transaction,
             Actor.system(org.id),
-            pages=payments.PaymentPages("http://x"),  # type: ignore[arg-type]
         )
     for refused in (started.value, linked.value):
         assert (refused.status, refused.field) == (422, "amount")

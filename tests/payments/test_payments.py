@@ -26,8 +26,9 @@ from recovery.models import (
     utcnow,
 )
 from recovery.models.transaction import STATUS_LABELS
-from recovery.payments import services
+from recovery.payments import checkout, gateway, links
 from recovery.payments.gateway import StripeGateway, StripeSettings, checkout_locale
+from recovery.payments.pages import PaymentPages
 from recovery.tokens.services import create_token
 
 CHECKOUT = "/v1/payments/stripe/checkout-sessions"
@@ -61,6 +62,12 @@ def token_for(db: Any) -> Callable[..., dict[str, str]]:
 @pytest.fixture
 def org(make_org: Callable[..., Organization]) -> Organization:
     return make_org(name="Acme Shop")
+
+
+def reconfigure(app: Flask, **config: Any) -> None:
+    """Change the app's Stripe settings mid-test: the gateway is built once per app, so build it again."""
+    app.config.update(config)
+    gateway.init_app(app)
 
 
 def sandbox_client(stripe_sandbox: Any) -> stripe.StripeClient:
@@ -315,7 +322,7 @@ def test_creates_are_logged_with_their_ids(
 def test_wrong_key_is_a_clear_500(
     app: Flask, client: FlaskClient, org: Organization, make_transaction: Any, token_for: Any
 ) -> None:
-    app.config["STRIPE_SECRET_KEY"] = "sk_test_wrong_key_123456"
+    reconfigure(app, STRIPE_SECRET_KEY="sk_test_wrong_key_123456")
     transaction = make_transaction(org)
     for path in (CHECKOUT, LINKS):
         response = client.post(
@@ -333,13 +340,13 @@ def test_a_request_refused_for_our_key_goes_through_once_the_key_is_fixed(
 ) -> None:
     """Stripe runs nothing for a rejected key, so a repeat with the same Idempotency-Key is a new try."""
     good_key = app.config["STRIPE_SECRET_KEY"]
-    app.config["STRIPE_SECRET_KEY"] = "sk_test_wrong_key_123456"
+    reconfigure(app, STRIPE_SECRET_KEY="sk_test_wrong_key_123456")
     transaction = make_transaction(org, customer_email=None)  # the session create is the first call
     headers = token_for(org, **{"Idempotency-Key": "order-88"})
     body = {"transaction_ref": transaction.transaction_ref}
     assert client.post(CHECKOUT, json=body, headers=headers).status_code == 500
 
-    app.config["STRIPE_SECRET_KEY"] = good_key
+    reconfigure(app, STRIPE_SECRET_KEY=good_key)
     response = client.post(CHECKOUT, json=body, headers=headers)
 
     assert response.status_code == 201, response.json
@@ -386,9 +393,9 @@ def test_a_request_sent_again_long_after_it_was_reserved_asks_for_a_fresh_expiry
 ) -> None:
     # Refused for our key, then sent again once the key is fixed, 28 minutes on:
     # the reserved expiry would leave Stripe less than its 30 minutes.
-    app.config["STRIPE_CHECKOUT_EXPIRES_MINUTES"] = 30
+    reconfigure(app, STRIPE_CHECKOUT_EXPIRES_MINUTES=30)
     good_key = app.config["STRIPE_SECRET_KEY"]
-    app.config["STRIPE_SECRET_KEY"] = "sk_test_wrong_key_123456"
+    reconfigure(app, STRIPE_SECRET_KEY="sk_test_wrong_key_123456")
     transaction = make_transaction(org, customer_email=None)
     headers = token_for(org, **{"Idempotency-Key": "order-99"})
     body = {"transaction_ref": transaction.transaction_ref}
@@ -396,7 +403,7 @@ def test_a_request_sent_again_long_after_it_was_reserved_asks_for_a_fresh_expiry
     reservation = db.session.scalar(select(CheckoutSession))
     reservation.expires_at = utcnow() + timedelta(minutes=4)
     db.session.commit()
-    app.config["STRIPE_SECRET_KEY"] = good_key
+    reconfigure(app, STRIPE_SECRET_KEY=good_key)
 
     response = client.post(CHECKOUT, json=body, headers=headers)
 
@@ -533,10 +540,10 @@ def test_a_client_key_cannot_take_over_a_customers_session(
     stripe_sandbox: Any,
 ) -> None:
     """Pay now keys its sessions attempt:<id>:checkout:<n>; an API key of that text is another key."""
-    from recovery.recoveries import services as recoveries
+    from recovery.recoveries import lifecycle
 
     transaction = make_transaction(org)
-    attempt = recoveries.start_recovery(db.session, transaction, Actor.system(org.id), now=utcnow()).attempt
+    attempt = lifecycle.start_recovery(db.session, transaction, Actor.system(org.id), now=utcnow()).attempt
     db.session.commit()
     headers = token_for(org, **{"Idempotency-Key": f"attempt:{attempt.id}:checkout:0"})
     taken = client.post(
@@ -560,10 +567,10 @@ def test_rerun_after_a_lost_commit_gets_the_same_stripe_session(
     """A job that crashed after Stripe answered but before our commit: the re-run reuses the key."""
     transaction = make_transaction(org)
     gateway = StripeGateway(StripeSettings.from_config(app.config))
-    request = services.CheckoutRequest(action="attempt-7-message-1")
-    pages = services.PaymentPages("http://localhost")
+    request = checkout.CheckoutRequest(action="attempt-7-message-1")
+    pages = PaymentPages("http://localhost")
     actor = Actor.system(org.id)
-    first = services.create_checkout_session(
+    first = checkout.create_checkout_session(
         db.session, gateway, transaction, actor, request, pages=pages, expires_in=timedelta(hours=2)
     )
     first_id = first.stripe_session_id
@@ -571,7 +578,7 @@ def test_rerun_after_a_lost_commit_gets_the_same_stripe_session(
     transaction = db.session.get(Transaction, transaction.id)
     assert db.session.scalar(select(CheckoutSession.status)) == CheckoutStatus.PENDING
 
-    again = services.create_checkout_session(
+    again = checkout.create_checkout_session(
         db.session, gateway, transaction, actor, request, pages=pages, expires_in=timedelta(hours=2)
     )
     db.session.commit()
@@ -590,7 +597,7 @@ def test_checkout_expiry_is_configurable(
     token_for: Any,
     stripe_sandbox: Any,
 ) -> None:
-    app.config["STRIPE_CHECKOUT_EXPIRES_MINUTES"] = 120
+    reconfigure(app, STRIPE_CHECKOUT_EXPIRES_MINUTES=120)
     transaction = make_transaction(org)
     before = datetime.now(UTC)
     body = client.post(
@@ -612,7 +619,7 @@ def test_the_shortest_expiry_leaves_stripe_its_30_minutes(
     # Stripe counts its 30 minutes from its own creation of the session, after our
     # reservation, the Customer and perhaps a retry (two 500s here): the sandbox,
     # like Stripe, refuses anything shorter.
-    app.config["STRIPE_CHECKOUT_EXPIRES_MINUTES"] = 30
+    reconfigure(app, STRIPE_CHECKOUT_EXPIRES_MINUTES=30)
     transaction = make_transaction(org)
     stripe_sandbox.fault(status=500, count=2)
     response = client.post(
@@ -757,7 +764,7 @@ def test_create_payment_link(
     assert len(creates(stripe_sandbox, "/v1/payment_links")) == 1
 
     # Once it is switched off, a new link reuses the Product and Price.
-    services.deactivate_payment_link(
+    links.deactivate_payment_link(
         db.session,
         StripeGateway(StripeSettings.from_config(client.application.config)),
         transaction,

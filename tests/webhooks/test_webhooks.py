@@ -41,7 +41,8 @@ from recovery.models import (
     utcnow,
 )
 from recovery.queue import get_queue
-from recovery.webhooks import handlers, jobs, services
+from recovery.webhooks import handlers, jobs, matching, receiving, services
+from recovery.webhooks.context import Context
 from tests.conftest import base_config
 from tests.fixtures import stripe_events as se
 
@@ -410,7 +411,7 @@ def test_a_database_outage_answers_5xx_so_stripe_retries(client, monkeypatch):
     def down(*args: Any, **kwargs: Any) -> None:
         raise OperationalError("INSERT INTO webhook_event", {}, Exception("connection refused"))
 
-    monkeypatch.setattr(services, "store_event", down)
+    monkeypatch.setattr(receiving, "store_event", down)
 
     response = se.post(client, se.event("customer.created", {"id": "cus_1", "object": "customer"}))
 
@@ -467,12 +468,15 @@ class TestRedisDown:
 
 
 def test_the_worker_arms_the_sweeper_and_the_reconciliation_once(app):
-    queue = get_queue()
+    from recovery.queue import RECONCILIATION, WEBHOOK_SWEEP, arm_periodic, periodic
 
-    assert jobs.schedule_periodic(queue) == [jobs.SWEEPER_JOB_ID, jobs.RECONCILER_JOB_ID]
-    assert jobs.schedule_periodic(queue) == []  # a second worker start leaves them alone
-    scheduled = set(queue.scheduled_job_registry.get_job_ids())
-    assert {jobs.SWEEPER_JOB_ID, jobs.RECONCILER_JOB_ID} <= scheduled
+    now = utcnow()
+    assert {WEBHOOK_SWEEP, RECONCILIATION} <= set(arm_periodic(now))
+    assert arm_periodic(now) == []  # a second worker start leaves them alone
+    queued = set(get_queue().job_ids)
+    assert {
+        periodic(name).job_id(periodic(name).slot(now)) for name in (WEBHOOK_SWEEP, RECONCILIATION)
+    } <= queued
 
 
 # --- processing: checkout sessions ---------------------------------------------------------
@@ -644,7 +648,7 @@ def test_stored_ids_find_the_best_row_first(db, recovering, make_transaction):
     db.session.commit()
 
     def best(session_id=None, payment_intent_id=None, link_id=None):
-        found = handlers._by_stored_ids(db.session, session_id, payment_intent_id, link_id)
+        found = matching._by_stored_ids(db.session, session_id, payment_intent_id, link_id)
         return found and (found.transaction.id, found.attempt_id, found.by)
 
     assert best(recovering["session_id"], "pi_record", "plink_a") == (*ours, "session")  # 0 over 1-5
@@ -1095,7 +1099,7 @@ def test_a_handler_error_is_recorded_rolled_back_retried_then_replayed_from_the_
 ):
     real = handlers.HANDLERS["checkout.session.completed"]
 
-    def broken(ctx: handlers.Context, obj: dict[str, Any]) -> str:
+    def broken(ctx: Context, obj: dict[str, Any]) -> str:
         real(ctx, obj)  # does everything, then fails: all of it must roll back
         raise RuntimeError("the database hiccuped")
 
@@ -1221,7 +1225,7 @@ def test_a_batch_of_one_applies_only_its_own_event(client):
 
 
 def test_a_taken_along_event_that_fails_keeps_its_job_and_fails_nobody_else(client, monkeypatch, log_lines):
-    def broken(ctx: handlers.Context, obj: dict[str, Any]) -> str:
+    def broken(ctx: Context, obj: dict[str, Any]) -> str:
         raise RuntimeError("this one is broken")
 
     monkeypatch.setitem(handlers.HANDLERS, "invoice.created", broken)
@@ -1249,7 +1253,7 @@ def test_a_taken_along_event_that_fails_keeps_its_job_and_fails_nobody_else(clie
 
 def test_a_failing_event_without_a_job_is_left_for_the_sweeper(client, monkeypatch, app):
     # Redis was down when it arrived: stored, no job. A take-along must not fail it for good.
-    def broken(ctx: handlers.Context, obj: dict[str, Any]) -> str:
+    def broken(ctx: Context, obj: dict[str, Any]) -> str:
         raise RuntimeError("this one is broken")
 
     monkeypatch.setitem(handlers.HANDLERS, "invoice.created", broken)

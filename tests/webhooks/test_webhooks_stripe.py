@@ -32,9 +32,10 @@ from recovery.models import (
     WebhookState,
     utcnow,
 )
-from recovery.payments import services as payments
+from recovery.payments import checkout, links
 from recovery.payments.gateway import StripeGateway, StripeSettings
-from recovery.webhooks import jobs, services
+from recovery.payments.pages import PaymentPages
+from recovery.webhooks import jobs, receiving, services
 from tests.fixtures import stripe_events as se
 
 
@@ -67,13 +68,13 @@ def run_job(job: Any, *args: Any) -> Any:
 
 
 def open_session(gateway: StripeGateway, txn: Transaction, action: str) -> tuple[int, str]:
-    record = payments.create_checkout_session(
+    record = checkout.create_checkout_session(
         _db.session,
         gateway,
         txn,
         Actor.system(txn.organization_id),
-        payments.CheckoutRequest(action=action),
-        pages=payments.PaymentPages("http://127.0.0.1"),
+        checkout.CheckoutRequest(action=action),
+        pages=PaymentPages("http://127.0.0.1"),
         expires_in=timedelta(hours=2),
     )
     _db.session.commit()
@@ -120,7 +121,7 @@ def test_reconciliation_recovers_a_payment_whose_webhook_was_dropped(
         "checkout.session.completed",
         se.checkout_session(txn, id=session_id, payment_intent=txn.stripe_payment_intent_id),
     )
-    services.store_event(_db.session.connection(), late)
+    receiving.store_event(_db.session.connection(), late)
     _db.session.commit()
     assert run_job(jobs.process_webhook_event, late["id"]) == WebhookState.PROCESSED
     assert _db.session.scalar(select(func.count()).select_from(PaymentFulfilment)) == 1
@@ -144,9 +145,7 @@ def test_a_recovery_closes_the_other_ways_to_pay(
 ):
     txn = make_transaction()
     txn_id = txn.id
-    payments.create_payment_link(
-        _db.session, gateway, txn, Actor.system(txn.organization_id), pages=payments.PaymentPages("http://x")
-    )
+    links.create_payment_link(_db.session, gateway, txn, Actor.system(txn.organization_id))
     _db.session.commit()
     paid_record, paid_session = open_session(gateway, reload(Transaction, txn_id), "one")
     other_record, other_session = open_session(gateway, reload(Transaction, txn_id), "two")
@@ -156,7 +155,7 @@ def test_a_recovery_closes_the_other_ways_to_pay(
     evt = se.event(
         "checkout.session.completed", se.checkout_session(txn, id=paid_session, payment_intent="pi_x")
     )
-    services.store_event(_db.session.connection(), evt)
+    receiving.store_event(_db.session.connection(), evt)
     _db.session.commit()
 
     run_job(jobs.process_webhook_event, evt["id"])
@@ -267,7 +266,7 @@ def test_two_workers_on_one_event_have_one_effect(app, postgres_only, make_trans
     txn = make_transaction()
     txn_id = txn.id
     evt = se.event("checkout.session.completed", se.checkout_session(txn, payment_intent="pi_conc"))
-    services.store_event(_db.session.connection(), evt)
+    receiving.store_event(_db.session.connection(), evt)
     _db.session.commit()
     _db.session.remove()
 
@@ -303,7 +302,7 @@ def test_two_events_for_one_payment_processed_concurrently_fulfil_once(app, post
         se.event("payment_intent.succeeded", se.payment_intent(txn, id="pi_two")),
     ]
     for evt in pair:
-        services.store_event(_db.session.connection(), evt)
+        receiving.store_event(_db.session.connection(), evt)
     _db.session.commit()
     _db.session.remove()
 

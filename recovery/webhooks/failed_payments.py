@@ -1,0 +1,116 @@
+"""A failed payment Stripe reports that we do not hold: a new transaction, if its organization wants it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from recovery.audit import Actor
+from recovery.logs import get_logger
+from recovery.models import (
+    Organization,
+    Transaction,
+    TransactionSource,
+    WebhookEvent,
+)
+from recovery.payments.fulfilment import (
+    EventContradicts,
+)
+from recovery.webhooks.context import Context
+from recovery.webhooks.matching import account_organization, as_dict, claims_of, stripe_id
+
+log = get_logger("recovery.webhooks")
+
+
+def _import_organization(ctx: Context, obj: dict[str, Any]) -> Organization | None:
+    """Whose unknown failed PaymentIntent this is: the connected account's organization, else the metadata's.
+
+    A connected account's event belongs to the organization linked to that
+    account; metadata naming another one is refused, never followed.
+    """
+    claimed = claims_of(obj).organization_id
+    if ctx.event is not None and ctx.event.account:
+        organization = account_organization(ctx, ctx.event.account)
+        if organization is not None and claimed is not None and claimed != organization.id:
+            raise EventContradicts(
+                f"metadata names organization {claimed} but connected account {ctx.event.account} "
+                f"is linked to organization {organization.id}"
+            )
+        return organization
+    return ctx.session.get(Organization, claimed) if claimed else None
+
+
+def _succeeded_since(ctx: Context, intent_id: str) -> bool:
+    """Whether we hold a payment_intent.succeeded for the PaymentIntent (it can arrive before the failure)."""
+    return (
+        ctx.session.scalar(
+            select(WebhookEvent.id)
+            .where(WebhookEvent.object_id == intent_id, WebhookEvent.type == "payment_intent.succeeded")
+            .limit(1)
+        )
+        is not None
+    )
+
+
+def import_failure(
+    ctx: Context, obj: dict[str, Any], code: str | None, decline_code: str | None, message: str | None
+) -> Transaction | None:
+    from recovery.transactions.services import (
+        DuplicateRef,
+        InvalidTransaction,
+        create_transaction,
+        get_by_ref,
+    )
+
+    organization = _import_organization(ctx, obj)
+    if organization is None or not organization.import_stripe_failures:
+        return None
+    ctx.organization_id = organization.id
+    intent_id = stripe_id(obj.get("id")) or ""
+    if _succeeded_since(ctx, intent_id):
+        # Stripe's events come in any order: the customer paid, so there is nothing to chase.
+        log.info("stripe_failure_import_skipped", payment_intent_id=intent_id, reason="succeeded since")
+        return None
+    error = as_dict(obj.get("last_payment_error"))
+    billing = as_dict(as_dict(error.get("payment_method")).get("billing_details"))
+    shipping = as_dict(obj.get("shipping"))
+    created = obj.get("created")
+    raw: dict[str, Any] = {
+        "transaction_ref": intent_id,
+        "amount": obj.get("amount"),
+        "currency": obj.get("currency"),
+        "failure_code": code,
+        "failure_message": message,
+        "customer_email": obj.get("receipt_email") or billing.get("email"),
+        "customer_name": billing.get("name") or shipping.get("name"),
+        "metadata": {"stripe_decline_code": decline_code} if decline_code else {},
+    }
+    if isinstance(created, int):
+        raw["failed_at"] = datetime.fromtimestamp(created, UTC).isoformat()
+    actor = Actor.system(organization.id, ctx.label)
+    try:
+        txn = create_transaction(
+            ctx.session,
+            actor,
+            raw,
+            source=TransactionSource.STRIPE,
+            webhook_event_id=ctx.event.id if ctx.event else None,
+        )
+    except DuplicateRef:
+        return get_by_ref(ctx.session, organization.id, intent_id)
+    except InvalidTransaction as invalid:
+        log.warning("stripe_failure_import_invalid", payment_intent_id=intent_id, errors=invalid.errors)
+        return None
+    txn.stripe_payment_intent_id = intent_id
+    txn.stripe_customer_id = stripe_id(obj.get("customer"))
+    ctx.imported_transaction_id = txn.id
+    log.info(
+        "stripe_failure_imported",
+        payment_intent_id=intent_id,
+        organization_id=organization.id,
+        transaction_id=txn.id,
+        failure_code=code,
+    )
+    return txn
