@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -303,6 +304,8 @@ def main() -> None:
     parser.add_argument("--measure", choices=PATHS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
+        # Stopped from outside: leave through the context managers, which stop gunicorn and the sandbox.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         print("RESULT " + json.dumps(MEASURES[args.measure](args)), flush=True)
         return
 
