@@ -37,6 +37,8 @@ from recovery.payments.fulfilment import EventContradicts
 from recovery.payments.gateway import StripeFailure, StripeGateway
 from recovery.payments.rules import CLOSED_STATUSES
 from recovery.payments.stripe_objects import CheckoutSessionInfo
+from recovery.refusals import Refused
+from recovery.unit_of_work import on_commit
 from recovery.webhooks.context import RECONCILIATION_LABEL, Context
 from recovery.webhooks.handlers import HANDLERS, session_object, session_paid
 
@@ -218,12 +220,17 @@ def record_failure(session: DbSession, failure: ProcessingFailed) -> WebhookEven
 # --- replay and sweeping -----------------------------------------------------
 
 
-class ReplayRefused(Exception):
+class ReplayRefused(Refused):
     """Only failed or unmatched events can be processed again."""
+
+    status = 409
 
 
 def replay(session: DbSession, event: WebhookEvent, actor: Actor) -> None:
-    """Put a failed or unmatched event back to pending; the caller commits, then enqueues it."""
+    """Put a failed or unmatched event back to pending; its processing job is queued once that commits."""
+    # The jobs module imports this one: a job function is reached at call time.
+    from recovery.webhooks.jobs import enqueue_processing
+
     if event.status not in (WebhookState.FAILED, WebhookState.UNMATCHED):
         raise ReplayRefused(
             f"This event is {event.status}; only failed or unmatched events can be processed again."
@@ -239,6 +246,8 @@ def replay(session: DbSession, event: WebhookEvent, actor: Actor) -> None:
         type=event.type,
         previous_state=previous,
     )
+    # If the queue is down, the event stays pending and the sweeper queues it within minutes.
+    on_commit(session, enqueue_processing, event.stripe_event_id)
     log.info("stripe_webhook_replayed", event_id=event.stripe_event_id, type=event.type, by=actor.label)
 
 

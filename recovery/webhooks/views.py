@@ -97,21 +97,8 @@ def process_again(event_id: int) -> Response:
     event = _org_event(event_id)
     if not ProcessAgainForm().validate_on_submit():
         abort(400)
-    try:
-        services.replay(db.session, event, _actor())
-    except services.ReplayRefused as refused:
-        flash(str(refused), "error")
-        return redirect(url_for("webhooks.detail", event_id=event.id))
-    db.session.commit()
-    try:
-        jobs.enqueue_processing(event.stripe_event_id)
-        flash(f"{event.stripe_event_id} will be processed again in a moment.", "success")
-    except RedisError:
-        flash(
-            f"{event.stripe_event_id} is pending again; the queue is unreachable, "
-            "so the sweeper will pick it up within a couple of minutes.",
-            "warning",
-        )
+    services.replay(db.session, event, _actor())
+    flash(f"{event.stripe_event_id} will be processed again in a moment.", "success")
     return redirect(url_for("webhooks.detail", event_id=event.id))
 
 

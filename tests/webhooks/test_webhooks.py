@@ -1356,8 +1356,9 @@ def test_admins_see_their_events_filtered_by_state_and_type(client, signed_in, r
     assert "stripe.payment_recovered" in detail  # the timeline entry it caused
     assert recovering["session_id"] in detail  # the raw payload
     assert "Process again" not in detail
-    assert client.post(f"/webhooks/{stored(paid['id']).id}/process").status_code == 302
-    assert stored(paid["id"]).status == WebhookState.PROCESSED  # refused: only failed or unmatched
+    refused = client.post(f"/webhooks/{stored(paid['id']).id}/process")
+    assert refused.status_code == 303  # refused (only failed or unmatched events), flashed, sent back
+    assert stored(paid["id"]).status == WebhookState.PROCESSED
 
     assert client.get(f"/webhooks/{stored(foreign['id']).id}").status_code == 404
 
