@@ -7,8 +7,9 @@ import click
 from flask import Flask, current_app
 
 from recovery.audit import Actor
+from recovery.config import settings
 from recovery.extensions import db
-from recovery.models import Role
+from recovery.models import Role, utcnow
 from recovery.organizations.services import OrganizationRefused, create_organization, get_by_slug
 from recovery.tokens.services import MAX_EXPIRES_DAYS, TokenRefused, create_token, expiry_after
 from recovery.users.services import UserRefused, create_user
@@ -110,8 +111,8 @@ def link_stripe_account(org_slug: str, account_id: str | None, unlink: bool) -> 
     platform: the organization then receives that account's failed payments and
     its customers' details, so merchants cannot link accounts themselves.
     """
-    from recovery.webhooks.services import SettingsRefused
-    from recovery.webhooks.services import link_stripe_account as link
+    from recovery.webhooks.stripe_account import StripeAccountRefused
+    from recovery.webhooks.stripe_account import link_stripe_account as link
 
     if unlink == bool(account_id):
         raise click.UsageError("Give an account id (acct_...) to link, or --unlink, not both.")
@@ -120,7 +121,7 @@ def link_stripe_account(org_slug: str, account_id: str | None, unlink: bool) -> 
         raise click.UsageError(f"No organization with slug {org_slug!r}; create it with `flask create-org`.")
     try:
         changed = link(db.session, organization, Actor.system(organization.id, "command line"), account_id)
-    except SettingsRefused as error:
+    except StripeAccountRefused as error:
         raise click.UsageError(str(error)) from None
     db.session.commit()
     if not changed:
@@ -218,11 +219,10 @@ def worker(queues: tuple[str, ...], with_scheduler: bool, burst: bool, fork: boo
     outage does not: the worker waits for Redis and works on (recovery/worker.py),
     except with --burst.
     """
-    from recovery.queue import redis_connection
-    from recovery.recoveries.jobs import start_sweeper
+    from recovery.queue import arm_periodic, get_queue, redis_connection
     from recovery.worker import make_worker, wait_until_redis_answers
 
-    names = list(queues) or current_app.config["RQ_QUEUES"].split(",")
+    names = list(queues) or list(settings().queues)
     connection = redis_connection()
     if not burst:
         wait_until_redis_answers(connection)
@@ -231,11 +231,11 @@ def worker(queues: tuple[str, ...], with_scheduler: bool, burst: bool, fork: boo
         connection,
         fork=fork,
         with_scheduler=with_scheduler,
-        check_every=int(current_app.config["WORKER_CHECK_SECONDS"]),
+        check_every=settings().worker_check_seconds,
     )
     if with_scheduler:
-        # The periodic jobs are placed by the worker's first maintenance round, at start
-        # (recovery/worker.py). A sweep now, not at the next minute: a restart is when
-        # sends are likeliest overdue.
-        start_sweeper()
+        # The worker's maintenance rounds keep the periodic jobs placed (recovery/worker.py);
+        # this first round also runs the send sweep now, not at the next minute: a restart
+        # is when sends are likeliest overdue.
+        arm_periodic(utcnow(), get_queue(names[0]), starting=True)
     rq_worker.work(with_scheduler=with_scheduler, burst=burst)

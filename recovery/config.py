@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar, overload
 from urllib.parse import urlsplit
+
+from flask import Flask, current_app
 
 DEFAULT_SECRET_KEY = "dev-insecure-change-me"
 
@@ -290,3 +294,77 @@ def _check_webhooks(config: dict[str, Any]) -> None:
         # A rate limit of 0 would refuse every request it guards.
         if int(config[key]) < 1:
             raise ConfigError(f"{key} must be at least 1.")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The typed settings of the app's plumbing (queue, worker, sweepers, imports, logs).
+
+    A feature with settings of its own keeps its own dataclass (StripeSettings,
+    MessagingSettings); `settings(kind)` builds any of them once per app.
+    """
+
+    base_url: str
+    redis_url: str
+    queues: tuple[str, ...]
+    worker_check_seconds: int
+    send_batch_size: int
+    webhook_sweep_seconds: int
+    webhook_batch_size: int
+    webhook_retry_intervals: tuple[int, ...]
+    reconcile_after_minutes: int
+    csv_chunk_rows: int
+    log_level: str
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Settings:
+        return cls(
+            base_url=str(config["BASE_URL"]),
+            redis_url=str(config["REDIS_URL"]),
+            queues=tuple(name.strip() for name in str(config["RQ_QUEUES"]).split(",") if name.strip()),
+            worker_check_seconds=int(config["WORKER_CHECK_SECONDS"]),
+            send_batch_size=max(1, int(config["SEND_BATCH_SIZE"])),
+            webhook_sweep_seconds=max(1, int(config["STRIPE_WEBHOOK_SWEEP_SECONDS"])),
+            webhook_batch_size=int(config["STRIPE_WEBHOOK_BATCH_SIZE"]),
+            webhook_retry_intervals=tuple(config["STRIPE_WEBHOOK_RETRY_INTERVALS"]),
+            reconcile_after_minutes=int(config["STRIPE_RECONCILE_AFTER_MINUTES"]),
+            csv_chunk_rows=int(config["CSV_CHUNK_ROWS"]),
+            log_level=str(config["LOG_LEVEL"]),
+        )
+
+
+class _FromConfig(Protocol):
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], /) -> Any: ...
+
+
+S = TypeVar("S", bound=_FromConfig)
+
+
+@overload
+def settings(kind: None = None, app: Flask | None = None) -> Settings: ...
+
+
+@overload
+def settings(kind: type[S], app: Flask | None = None) -> S: ...
+
+
+def settings(kind: type[Any] | None = None, app: Flask | None = None) -> Any:
+    """The app's `kind` settings (`kind.from_config(app.config)`; default `Settings`), built once and kept.
+
+    Built once per app, in `app.extensions`, rather than on every call: the
+    configuration does not change once the app is made (tests that change it
+    build a new app, or call `forget_settings`).
+    """
+    kind = kind or Settings
+    app = app or current_app
+    built: dict[type[Any], Any] = app.extensions.setdefault("recovery_settings", {})
+    found = built.get(kind)
+    if found is None:
+        found = built[kind] = kind.from_config(app.config)
+    return found
+
+
+def forget_settings(app: Flask) -> None:
+    """Drop the built settings, so the next read sees `app.config` as it is now (tests)."""
+    app.extensions.pop("recovery_settings", None)

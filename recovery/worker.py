@@ -1,5 +1,8 @@
 """The RQ workers `flask worker` runs: RQ's, riding out Redis outages and keeping our periodic jobs placed.
 
+The periodic jobs themselves are `recovery.queue.PERIODIC`; the workers with
+the scheduler check their chains (`recovery.queue.arm_periodic`).
+
 RQ 3.0's work loop quits on any Redis error outside its dequeue (the heartbeat
 after a job, the job's end bookkeeping, maintenance), and its scheduler
 process dies on the first one. Our workers end that run of the loop instead,
@@ -23,6 +26,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
@@ -36,6 +40,7 @@ from rq.job import Job
 from rq.scheduler import RQScheduler
 from rq.worker import BaseWorker
 
+from recovery import queue as jobs_queue
 from recovery.logs import get_logger
 
 log = get_logger("recovery.worker")
@@ -52,24 +57,6 @@ _PR_SET_PDEATHSIG = 1
 
 class RedisLost(StopRequested):
     """Redis failed under RQ's work loop: end this run of the loop as a stop request would."""
-
-
-def arm_periodic_jobs(queue_name: str) -> None:
-    """Place the sweepers and the reconciliation unless they are waiting already.
-
-    Safe to call from every worker, as often as every `check_every` seconds:
-    each job has a fixed id and is left alone when it waits. After Redis loses
-    its data they are back within one check.
-    """
-    from recovery.queue import get_queue
-    from recovery.recoveries.jobs import keep_sweeper_armed
-    from recovery.webhooks.jobs import schedule_periodic
-
-    schedule_periodic(get_queue(queue_name))  # the webhook sweeper and the reconciliation
-    try:
-        keep_sweeper_armed()
-    except RedisError as error:
-        log.warning("recovery_sweeper_arm_failed", error=str(error))
 
 
 def wait_for_redis(connection: Redis, error: BaseException) -> float:
@@ -275,7 +262,7 @@ class _ArmsPeriodicJobs(BaseWorker):
         if super().should_run_maintenance_tasks:
             super().run_maintenance_tasks()
         self._checked_at = time.monotonic()
-        arm_periodic_jobs(self.queues[0].name)
+        jobs_queue.arm_periodic(datetime.now(UTC), self.queues[0])
         scheduler = self.scheduler
         if scheduler is not None and not self._burst:
             process = scheduler._process

@@ -335,19 +335,16 @@ def test_worker_runs_jobs_in_process_unless_told_to_fork(run, app, db, flag, for
 def test_worker_with_its_scheduler_places_the_periodic_jobs_and_sweeps_at_once(run, app, db):
     from rq.registry import ScheduledJobRegistry
 
-    from recovery.queue import redis_connection
-    from recovery.recoveries import scheduling
-    from recovery.webhooks.jobs import RECONCILER_JOB_ID, SWEEPER_JOB_ID
+    from recovery.queue import PERIODIC, is_waiting, redis_connection
 
     redis = redis_connection(app)
     result = run("worker", "--burst")
 
     assert result.exit_code == 0, result.output
     scheduled = set(ScheduledJobRegistry("default", connection=redis).get_job_ids())
-    assert {SWEEPER_JOB_ID, RECONCILER_JOB_ID} <= scheduled
-    # The sweep placed at start ran in the burst and placed the next minute's.
-    assert any(job_id.startswith("recovery-sweep-") for job_id in scheduled)
-    assert all(scheduling.is_waiting(redis, job_id) for job_id in scheduled)
+    # Each periodic job ran in the burst (the send sweep at once) and placed its next slot's run.
+    assert {job_id.rsplit("-", 1)[0] for job_id in scheduled} == {job.name for job in PERIODIC}
+    assert all(is_waiting(redis, job_id) for job_id in scheduled)
 
 
 def test_a_worker_waits_for_redis_with_capped_jittered_backoff(monkeypatch):

@@ -1,22 +1,25 @@
-"""RQ jobs of the recovery engine: one send per step, and the sweeper that re-enqueues lost sends."""
+"""RQ jobs of the recovery engine: one send per step, the sweeper that re-enqueues lost sends, auto-starts.
+
+The sweeper runs every minute as one of the periodic jobs of `recovery.queue`.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import suppress
 from datetime import datetime, timedelta
 
-from flask import current_app
 from rq import Retry
-from rq.exceptions import DuplicateJobError
 
+from recovery import queue
+from recovery.config import settings
 from recovery.extensions import db, mail
 from recovery.jobs import app_job
 from recovery.logs import get_logger
 from recovery.messaging.providers import DATA_ANSWER_SECONDS, MessagingSettings, Outcome, Postman
 from recovery.models import RecoveryAttempt, utcnow
-from recovery.queue import discard_waiting, get_queue, redis_connection
-from recovery.recoveries import bulk, repair, scheduling, services
+from recovery.recoveries import automatic, bulk, repair, services
+from recovery.recoveries.scheduling import send_job_id
+from recovery.unit_of_work import commit_now, on_commit
 from recovery.webhooks.jobs import queue_close_payment_options
 
 log = get_logger("recovery.recoveries")
@@ -30,30 +33,30 @@ assert services.HANDOFF_ABANDONED.total_seconds() > SEND_JOB_TIMEOUT
 LOOK_UP_AFTER = timedelta(minutes=1)
 
 
+SEND_STEP = "recovery.recoveries.jobs.send_step"
+
+
 def postman() -> Postman:
-    return Postman(MessagingSettings.from_config(current_app.config), mail)
+    return Postman(settings(MessagingSettings), mail)
 
 
 def schedule_send(attempt_id: int, step: int, due: datetime, now: datetime | None = None) -> bool:
     """Make sure a job will send the attempt's step at `due`; call after the commit that set it."""
-    return scheduling.place(
-        get_queue(),
-        send_step,
-        scheduling.send_job_id(attempt_id, step, due),
+    return queue.place(
+        SEND_STEP,
+        send_job_id(attempt_id, step, due),
         due,
-        now or utcnow(),
         attempt_id,
         step,
+        now=now or utcnow(),
         timeout=SEND_JOB_TIMEOUT,
     )
 
 
 def schedule_many(sends: Sequence[tuple[int, int, datetime]], now: datetime | None = None) -> int:
     """`schedule_send` for many (attempt id, step, due) at once, in two Redis round trips; how many placed."""
-    jobs = [(scheduling.send_job_id(*send), send[2], send[:2]) for send in sends]
-    return (
-        scheduling.place_many(get_queue(), send_step, jobs, now or utcnow(), SEND_JOB_TIMEOUT) if jobs else 0
-    )
+    jobs = [(send_job_id(*send), send[2], send[:2]) for send in sends]
+    return queue.place_many(SEND_STEP, jobs, now=now or utcnow(), timeout=SEND_JOB_TIMEOUT)
 
 
 def schedule_next(attempt: RecoveryAttempt) -> bool:
@@ -64,7 +67,7 @@ def schedule_next(attempt: RecoveryAttempt) -> bool:
 
 
 def unschedule(job_id: str | None) -> bool:
-    return scheduling.remove(redis_connection(), job_id)
+    return queue.remove(job_id)
 
 
 def after_cancel(cancelled: services.RecoveryCancelled) -> None:
@@ -104,9 +107,9 @@ def send_step(attempt_id: int, step: int) -> str:
         db.session,
         postman(),
         [(attempt_id, step)],
-        base_url=current_app.config["BASE_URL"],
+        base_url=settings().base_url,
         now=utcnow(),
-        size=max(1, int(current_app.config["SEND_BATCH_SIZE"])),
+        size=settings().send_batch_size,
     )
     schedule_many(
         [
@@ -116,7 +119,7 @@ def send_step(attempt_id: int, step: int) -> str:
         ]
     )
     if batch.taken:
-        discard_waiting(redis_connection(), [scheduling.send_job_id(*taken) for taken in batch.taken])
+        queue.discard_waiting(queue.redis_connection(), [send_job_id(*taken) for taken in batch.taken])
     for message_id, tries in batch.unknown_sms:
         queue_look_up(message_id, tries)
     return batch.results[0].outcome
@@ -128,7 +131,7 @@ def sweep_once(now: datetime) -> int:
     Returns how many sends were placed.
     """
     repaired = repair.repair_abandoned(db.session, now)
-    db.session.commit()
+    commit_now(db.session, "the settled claims must hold before their sends are placed again")
     for message_id, tries in repaired.to_look_up:
         queue_look_up(message_id, tries)
     if repaired.reclaimed or repaired.unknown:
@@ -149,9 +152,12 @@ def queue_look_up(message_id: int, tries: int) -> None:
 
     One look-up per claim of the message (`tries`): a resend left unknown is looked up too.
     """
-    job_id = f"recovery-lookup-{message_id}-{tries}"
-    with suppress(DuplicateJobError):  # placed already (a repeated batch or sweep)
-        get_queue().enqueue_in(LOOK_UP_AFTER, look_up_sms, message_id, job_id=job_id, unique=True)
+    queue.enqueue_once(  # a repeated batch or sweep finds it placed already
+        "recovery.recoveries.jobs.look_up_sms",
+        message_id,
+        job_id=queue.job_id("recovery-lookup", message_id, tries),
+        at=utcnow() + LOOK_UP_AFTER,
+    )
 
 
 @app_job
@@ -162,11 +168,11 @@ def look_up_sms(message_id: int) -> str:
 
 def queue_resend(resend: repair.ResendQueued) -> None:
     """Place a staff member's resend; call after the commit that claimed it."""
-    get_queue().enqueue(
-        resend_message,
+    queue.enqueue(
+        "recovery.recoveries.jobs.resend_message",
         resend.message_id,
         resend.tries,
-        job_id=f"recovery-resend-{resend.message_id}-{resend.tries}",
+        job_id=queue.job_id("recovery-resend", resend.message_id, resend.tries),
         job_timeout=SEND_JOB_TIMEOUT,
     )
 
@@ -174,57 +180,31 @@ def queue_resend(resend: repair.ResendQueued) -> None:
 @app_job
 def resend_message(message_id: int, tries: int) -> str:
     """Send a message again that a staff member chose to resend (repair.send_claimed). Safe to run twice."""
-    outcome = repair.send_claimed(
-        db.session, postman(), message_id, tries, base_url=current_app.config["BASE_URL"]
-    )
+    outcome = repair.send_claimed(db.session, postman(), message_id, tries, base_url=settings().base_url)
     if outcome == Outcome.UNKNOWN:
         queue_look_up(message_id, tries)  # a text: looked up at Twilio; an email: skipped there
     return outcome
-
-
-def start_sweeper(now: datetime | None = None) -> bool:
-    """Run a sweep now and keep one running every minute (called by `flask worker`). Idempotent."""
-    now = now or utcnow()
-    return scheduling.place(
-        get_queue(),
-        sweep,
-        scheduling.sweep_job_id(scheduling.next_sweep_at(now) - scheduling.SWEEP_EVERY),
-        now,
-        now,
-    )
-
-
-def keep_sweeper_armed(now: datetime | None = None) -> bool:
-    """Start the sweep chain again if Redis has lost it (a flush, a failover); True if it had.
-
-    The chain re-places itself each minute, but only from a run: once its
-    waiting job is gone, nothing else would start it before a worker restarts,
-    and a send job lost with it would never be retried.
-    """
-    now = now or utcnow()
-    connection = get_queue().connection
-    at = scheduling.next_sweep_at(now)
-    for minute in (at - scheduling.SWEEP_EVERY, at):
-        if scheduling.is_waiting(connection, scheduling.sweep_job_id(minute)):
-            return False
-    log.warning("recovery_sweeper_rearmed")
-    return start_sweeper(now)
 
 
 @app_job
 def sweep() -> int:
     """The database is the source of truth: find due attempts without a waiting job and enqueue them.
 
-    Re-enqueues itself for the next whole minute; the job id is the minute, so
-    however many workers run, there is one sweep per minute. The next run is
-    placed before this one works: only worker start arms the chain, so an
-    error, a timeout or a killed worker here must not end it.
+    A periodic job (`recovery.queue.PERIODIC`): one run a minute however
+    many workers run, and the next run is placed before this one works.
     """
-    now = utcnow()
-    at = scheduling.next_sweep_at(now)
-    scheduling.place(get_queue(), sweep, scheduling.sweep_job_id(at), at, now)
     try:
-        return sweep_once(now)
+        return sweep_once(utcnow())
     except Exception as error:
         log.exception("recovery_sweep_failed", error=str(error))
         raise  # RQ records the failed run with its traceback; the next one is already placed
+
+
+@app_job
+def start_imported_recovery(transaction_id: int) -> str:
+    """Start the recovery of a failed payment imported from Stripe, if its organization wants that."""
+    result = automatic.auto_start(db.session, transaction_id, now=utcnow())
+    attempt = result.attempt
+    if attempt is not None and attempt.is_active and attempt.next_send_at is not None:
+        on_commit(db.session, schedule_send, attempt.id, attempt.step, attempt.next_send_at)
+    return result.outcome

@@ -1,7 +1,6 @@
 """RQ jobs for Stripe webhooks: process one event, close payment options, sweep, reconcile.
 
-The sweeper and the reconciliation repeat through RQ's scheduler (`flask
-worker --with-scheduler` arms them with `schedule_periodic`).
+The sweeper and the reconciliation are periodic jobs of `recovery.queue`.
 """
 
 from __future__ import annotations
@@ -11,56 +10,46 @@ from contextlib import suppress
 from datetime import timedelta
 from typing import Any
 
-from flask import current_app
 from redis.exceptions import RedisError
-from rq import Queue, Repeat, Retry
-from rq.exceptions import DuplicateJobError, NoSuchJobError
-from rq.job import Job, JobStatus
+from rq import Queue, Retry
+from rq.job import Job
 from sqlalchemy.exc import SQLAlchemyError
 
+from recovery import queue as jobs_queue
+from recovery.config import settings
 from recovery.extensions import db
 from recovery.jobs import app_job
 from recovery.logs import get_logger
 from recovery.models import utcnow
 from recovery.payments.gateway import StripeFailure, StripeGateway, StripeSettings
-from recovery.queue import discard_waiting, get_queue
 from recovery.webhooks import handlers, services
 
 log = get_logger("recovery.webhooks")
 
 # The sweeper runs every STRIPE_WEBHOOK_SWEEP_SECONDS (60) and enqueues events pending that
 # long: such an event has lost its job (Redis was down, or the job vanished).
-RECONCILE_EVERY_SECONDS = 300
-SWEEPER_JOB_ID = "stripe-webhooks-sweeper"
-RECONCILER_JOB_ID = "stripe-webhooks-reconciler"
 # Stripe calls a close_payment_options job makes at most before it gives up and retries.
 CLOSE_CALLS = 5
-# The reconciliation re-reads every stale open session, one Stripe call each.
-RECONCILE_TIMEOUT_SECONDS = 30 * 60
-# RQ has no "repeat forever": a year of minutes, and every worker re-arms it when it is gone.
-_REPEAT_TIMES = 600_000
 # A processing job stops taking other pending events along after this long.
 TAKE_ALONG_SECONDS = 5
-_IN_FLIGHT = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.SCHEDULED, JobStatus.DEFERRED}
 
 
 def stripe_job_timeout(calls: int) -> int:
     """A job timeout that covers `calls` Stripe calls even when every try of each times out."""
-    settings = StripeSettings.from_config(current_app.config)
-    return int(settings.worst_case_seconds * calls) + 30
+    return int(settings(StripeSettings).worst_case_seconds * calls) + 30
 
 
 def job_id(stripe_event_id: str) -> str:
-    return f"stripe-event-{stripe_event_id}"
+    return jobs_queue.job_id("stripe-event", stripe_event_id)
 
 
 def _livemode() -> bool | None:
-    return StripeSettings.from_config(current_app.config).livemode
+    return settings(StripeSettings).livemode
 
 
 def gateway_or_none() -> StripeGateway | None:
     try:
-        return StripeGateway(StripeSettings.from_config(current_app.config))
+        return StripeGateway(settings(StripeSettings))
     except StripeFailure:
         return None
 
@@ -71,11 +60,11 @@ def enqueue_processing(stripe_event_id: str, queue: Queue | None = None) -> Job:
     One Redis round trip: the job and its place in the queue go in one pipeline
     (RQ alone uses two), which the webhook endpoint pays on every event.
     """
-    intervals = current_app.config["STRIPE_WEBHOOK_RETRY_INTERVALS"]
-    queue = queue or get_queue()
+    intervals = list(settings().webhook_retry_intervals)
+    queue = queue or jobs_queue.get_queue()
     with queue.connection.pipeline() as pipe:
         job = queue.enqueue_call(
-            process_webhook_event,
+            "recovery.webhooks.jobs.process_webhook_event",
             args=(stripe_event_id,),
             job_id=job_id(stripe_event_id),
             retry=Retry(max=len(intervals), interval=intervals),
@@ -88,13 +77,6 @@ def enqueue_processing(stripe_event_id: str, queue: Queue | None = None) -> Job:
         )
         pipe.execute()
     return job
-
-
-def _in_flight(queue: Queue, id_: str) -> bool:
-    try:
-        return Job.fetch(id_, connection=queue.connection).get_status() in _IN_FLIGHT
-    except NoSuchJobError:
-        return False
 
 
 @app_job
@@ -145,10 +127,10 @@ def _follow_up(outcome: services.Outcome) -> None:
         )
     if outcome.imported_transaction_id is not None:
         # A job of its own, so a refusal never fails the event.
-        _enqueue_once(
-            start_imported_recovery,
+        jobs_queue.enqueue_once(
+            "recovery.recoveries.jobs.start_imported_recovery",
             outcome.imported_transaction_id,
-            job_id=f"auto-start-{outcome.imported_transaction_id}",
+            job_id=jobs_queue.job_id("auto-start", outcome.imported_transaction_id),
             retry=Retry(max=3, interval=[10, 60, 300]),
         )
 
@@ -160,21 +142,15 @@ def queue_close_payment_options(transaction_id: int, paid_session_id: str | None
     and the reconciliation may each ask; one job id per transaction makes it
     one job, not several racing through the same Stripe calls.
     """
-    _enqueue_once(
-        close_payment_options,
+    jobs_queue.enqueue_once(
+        "recovery.webhooks.jobs.close_payment_options",
         transaction_id,
         paid_session_id,
-        job_id=f"close-payment-options-{transaction_id}",
+        job_id=jobs_queue.job_id("close-payment-options", transaction_id),
         retry=retry,
         # Deactivate the link and expire the other open sessions: a few calls.
         job_timeout=stripe_job_timeout(CLOSE_CALLS),
     )
-
-
-def _enqueue_once(func: Any, *args: Any, job_id: str, **options: Any) -> None:
-    """Enqueue unless a job of that id is already queued, running or kept after its run."""
-    with suppress(DuplicateJobError):
-        get_queue().enqueue(func, *args, job_id=job_id, unique=True, **options)
 
 
 def _take_along(asked: str) -> int:
@@ -194,7 +170,7 @@ def _take_along(asked: str) -> int:
     events are still pending and their jobs still queued. It stops taking
     more after TAKE_ALONG_SECONDS, so its timeout still covers the last one.
     """
-    size = int(current_app.config["STRIPE_WEBHOOK_BATCH_SIZE"]) - 1
+    size = settings().webhook_batch_size - 1
     if size <= 0:
         return 0
     try:
@@ -214,7 +190,9 @@ def _take_along(asked: str) -> int:
         _follow_up(outcome)
     if applied:
         with suppress(RedisError):  # best effort: a job left behind finds its event done
-            discard_waiting(get_queue().connection, [job_id(o.stripe_event_id) for o in applied])
+            jobs_queue.discard_waiting(
+                jobs_queue.redis_connection(), [job_id(o.stripe_event_id) for o in applied]
+            )
     return len(applied)
 
 
@@ -249,19 +227,6 @@ def _apply_batch(asked: str, size: int, *, isolate: bool) -> list[services.Outco
 
 
 @app_job
-def start_imported_recovery(transaction_id: int) -> str:
-    """Start the recovery of a failed payment imported from Stripe, if its organization wants that."""
-    from recovery.recoveries import jobs as recovery_jobs
-    from recovery.recoveries.automatic import auto_start
-
-    result = auto_start(db.session, transaction_id, now=utcnow())
-    db.session.commit()
-    if result.attempt is not None:
-        recovery_jobs.schedule_next(result.attempt)
-    return result.outcome
-
-
-@app_job
 def close_payment_options(transaction_id: int, paid_session_id: str | None) -> list[str]:
     """Deactivate the Payment Link and expire the other sessions of a recovered transaction."""
     gateway = gateway_or_none()
@@ -276,10 +241,15 @@ def close_payment_options(transaction_id: int, paid_session_id: str | None) -> l
 def sweep_webhook_events() -> dict[str, Any]:
     """Enqueue every event stored but still pending after a minute. Never raises (it repeats on success)."""
     try:
-        queue = get_queue()
-        stale = services.stale_pending(db.session, timedelta(seconds=sweep_seconds()))
+        queue = jobs_queue.get_queue()
+        stale = services.stale_pending(db.session, timedelta(seconds=settings().webhook_sweep_seconds))
         db.session.rollback()
-        enqueued = [event_id for event_id in stale if not _in_flight(queue, job_id(event_id))]
+        statuses = jobs_queue.job_statuses(queue.connection, [job_id(event_id) for event_id in stale])
+        enqueued = [
+            event_id
+            for event_id, status in zip(stale, statuses, strict=True)
+            if status not in jobs_queue.WAITING
+        ]
         for event_id in enqueued:
             enqueue_processing(event_id, queue)
     except Exception as error:
@@ -297,7 +267,7 @@ def reconcile_checkout_sessions(organization_id: int | None = None) -> dict[str,
     gateway = gateway_or_none()
     if gateway is None:
         return {"checked": 0, "recovered": 0, "expired": 0, "errors": 0}
-    minutes = int(current_app.config["STRIPE_RECONCILE_AFTER_MINUTES"])
+    minutes = settings().reconcile_after_minutes
     ids = services.sessions_to_reconcile(db.session, timedelta(minutes=minutes), organization_id)
     db.session.rollback()
     for record_id in ids:
@@ -318,36 +288,3 @@ def reconcile_checkout_sessions(organization_id: int | None = None) -> dict[str,
     summary = {"checked": result.checked, "recovered": result.recovered, "expired": result.expired}
     log.info("stripe_reconciled", organization_id=organization_id, errors=result.errors, **summary)
     return {**summary, "errors": result.errors}
-
-
-def sweep_seconds() -> int:
-    return max(1, int(current_app.config["STRIPE_WEBHOOK_SWEEP_SECONDS"]))
-
-
-def schedule_periodic(queue: Queue) -> list[str]:
-    """Arm the sweeper (every STRIPE_WEBHOOK_SWEEP_SECONDS) and the reconciliation (every 5 minutes).
-
-    Safe to call from every worker, every time it checks: each has a fixed job
-    id, and an id that is already queued, running or scheduled is left alone.
-    """
-    armed = []
-    for func, id_, every in (
-        (sweep_webhook_events, SWEEPER_JOB_ID, sweep_seconds()),
-        (reconcile_checkout_sessions, RECONCILER_JOB_ID, RECONCILE_EVERY_SECONDS),
-    ):
-        try:
-            if _in_flight(queue, id_):
-                continue
-            queue.enqueue_in(
-                timedelta(seconds=every),
-                func,
-                job_id=id_,
-                repeat=Repeat(times=_REPEAT_TIMES, interval=every),
-                result_ttl=every * 2,
-                job_timeout=RECONCILE_TIMEOUT_SECONDS if func is reconcile_checkout_sessions else None,
-            )
-        except RedisError as error:
-            log.warning("stripe_webhook_schedule_failed", job=id_, error=str(error))
-            continue
-        armed.append(id_)
-    return armed

@@ -23,14 +23,12 @@ import psutil
 import pytest
 from redis import Redis
 from redis.exceptions import RedisError
-from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from sqlalchemy import func, select
 
 from recovery.extensions import db as _db
 from recovery.models import AuditEvent, PaymentFulfilment, Transaction, TransactionStatus, WebhookEvent
-from recovery.recoveries.scheduling import WAITING
-from recovery.webhooks.jobs import RECONCILER_JOB_ID, SWEEPER_JOB_ID
+from recovery.queue import PERIODIC, WAITING
 from tests.conftest import base_config
 from tests.fixtures import stripe_events as se
 
@@ -192,16 +190,15 @@ def registered_workers(redis: RedisServer) -> int:
 
 
 def periodic_jobs_placed(redis: Redis) -> bool:
-    """The webhook sweeper, the reconciliation and a send sweep are waiting in Redis."""
+    """The send sweep, the webhook sweeper and the reconciliation each have a run waiting in Redis."""
     try:
-        for job_id in (SWEEPER_JOB_ID, RECONCILER_JOB_ID):
-            try:
-                if Job.fetch(job_id, connection=redis).get_status(refresh=False) not in WAITING:
-                    return False
-            except NoSuchJobError:
-                return False
         scheduled = redis.zrange("rq:scheduled:default", 0, -1) + redis.lrange("rq:queue:default", 0, -1)
-        return any(job_id.startswith(b"recovery-sweep-") for job_id in scheduled)
+        for job in PERIODIC:
+            runs = [job_id for job_id in scheduled if job_id.decode().startswith(f"{job.name}-")]
+            statuses = [redis.hget(Job.key_for(job_id.decode()), "status") for job_id in runs]
+            if not any(status is not None and status.decode() in WAITING for status in statuses):
+                return False
+        return True
     except RedisError:
         return False
 
