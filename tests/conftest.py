@@ -30,7 +30,10 @@ from recovery.extensions import db as _db
 from recovery.models import ApiToken, Base, Organization, Role, Transaction, User
 from recovery.tokens.services import create_token
 
-pytest_plugins = ["tests.fixtures.browser"]  # Chromium, live server and tab fixtures for the browser tests
+pytest_plugins = [
+    "tests.fixtures.browser",  # Chromium, live server and tab fixtures for the browser tests
+    "tests.fixtures.webhooks",  # stored events, the `recovering` transaction, reading back what a job did
+]
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 PG_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/recovery_test")
