@@ -15,7 +15,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     app = RecoveryApp(__name__, instance_relative_config=True)
     app.config.from_mapping(config_module.load(app.instance_path, config))
-    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite:///"):
+    if config_module.settings(app=app).database_uri.startswith("sqlite:///"):
         import os
 
         os.makedirs(app.instance_path, exist_ok=True)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import click
-from flask import Flask, current_app
+from flask import Flask
 
 from recovery.audit import Actor
 from recovery.config import settings
@@ -157,13 +157,13 @@ def import_csv_command(org_slug: str, maps: tuple[str, ...], path: str) -> None:
         if not equals or not field.strip():
             raise click.UsageError(f"--map {item!r}: write FIELD=COLUMN, e.g. --map amount=Amount.")
         chosen[field.strip()] = column
-    config = current_app.config
+    config = settings()
     with open(path, "rb") as file:
-        data = file.read(config["CSV_MAX_BYTES"] + 1)
+        data = file.read(config.csv_max_bytes + 1)
     actor = Actor.system(organization.id, "command line")
     try:
         csv_import = services.create_import(
-            db.session, actor, path.rsplit("/", 1)[-1], data, config["CSV_MAX_BYTES"], mapping=chosen
+            db.session, actor, path.rsplit("/", 1)[-1], data, config.csv_max_bytes, mapping=chosen
         )
     except MappingRefused as error:
         db.session.rollback()
@@ -173,7 +173,7 @@ def import_csv_command(org_slug: str, maps: tuple[str, ...], path: str) -> None:
         db.session.rollback()
         raise click.UsageError(str(error)) from None
     db.session.commit()
-    csv_import = services.run_import(db.session, csv_import.id, config["CSV_CHUNK_ROWS"])
+    csv_import = services.run_import(db.session, csv_import.id, config.csv_chunk_rows)
     click.echo(
         f"Import {csv_import.id}: {csv_import.imported_rows} imported, "
         f"{csv_import.duplicate_rows} duplicates, {csv_import.invalid_rows} invalid, "
@@ -189,7 +189,7 @@ def seed_demo() -> None:
     """Load the demo organization, its users and ~200 failed transactions (idempotent)."""
     from recovery.demo import seed
 
-    result = seed(db.session, base_url=current_app.config["BASE_URL"])
+    result = seed(db.session, base_url=settings().base_url)
     db.session.commit()
     click.echo(f"Demo organization: {result.organization.name} ({result.organization.slug})")
     click.echo(f"Transactions: {result.created} created, {result.existing} already there.")
@@ -219,7 +219,7 @@ def worker(queues: tuple[str, ...], with_scheduler: bool, burst: bool, fork: boo
     outage does not: the worker waits for Redis and works on (recovery/worker.py),
     except with --burst.
     """
-    from recovery.queue import arm_periodic, get_queue, redis_connection
+    from recovery.queue import arm_periodic, get_queue, redis_connection, remove
     from recovery.worker import make_worker, wait_until_redis_answers
 
     names = list(queues) or list(settings().queues)
@@ -238,4 +238,8 @@ def worker(queues: tuple[str, ...], with_scheduler: bool, burst: bool, fork: boo
         # this first round also runs the send sweep now, not at the next minute: a restart
         # is when sends are likeliest overdue.
         arm_periodic(utcnow(), get_queue(names[0]), starting=True)
+        # Until December 2026 these two repeated under fixed ids (RQ Repeat); a Redis kept
+        # across that upgrade still holds them, and they would run beside their chains.
+        for legacy in ("stripe-webhooks-sweeper", "stripe-webhooks-reconciler"):
+            remove(legacy, connection)
     rq_worker.work(with_scheduler=with_scheduler, burst=burst)

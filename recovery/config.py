@@ -304,8 +304,13 @@ class Settings:
     MessagingSettings); `settings(kind)` builds any of them once per app.
     """
 
+    app_env: str
     base_url: str
+    database_uri: str
     redis_url: str
+    # Reverse proxies in front of the app whose X-Forwarded-* headers are believed (0: none).
+    proxy_hops: int
+    trusted_hosts: tuple[str, ...]
     queues: tuple[str, ...]
     worker_check_seconds: int
     send_batch_size: int
@@ -313,13 +318,22 @@ class Settings:
     webhook_batch_size: int
     webhook_retry_intervals: tuple[int, ...]
     reconcile_after_minutes: int
+    csv_max_bytes: int
     csv_chunk_rows: int
     log_level: str
+
+    @property
+    def is_production(self) -> bool:
+        return self.app_env == "production"
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
         return cls(
+            app_env=str(config["APP_ENV"]),
             base_url=str(config["BASE_URL"]),
+            database_uri=str(config["SQLALCHEMY_DATABASE_URI"]),
+            proxy_hops=int(config["PROXY_FIX"] or 0),
+            trusted_hosts=tuple(config["TRUSTED_HOSTS"] or ()),
             redis_url=str(config["REDIS_URL"]),
             queues=tuple(name.strip() for name in str(config["RQ_QUEUES"]).split(",") if name.strip()),
             worker_check_seconds=int(config["WORKER_CHECK_SECONDS"]),
@@ -328,6 +342,7 @@ class Settings:
             webhook_batch_size=int(config["STRIPE_WEBHOOK_BATCH_SIZE"]),
             webhook_retry_intervals=tuple(config["STRIPE_WEBHOOK_RETRY_INTERVALS"]),
             reconcile_after_minutes=int(config["STRIPE_RECONCILE_AFTER_MINUTES"]),
+            csv_max_bytes=int(config["CSV_MAX_BYTES"]),
             csv_chunk_rows=int(config["CSV_CHUNK_ROWS"]),
             log_level=str(config["LOG_LEVEL"]),
         )

@@ -13,6 +13,8 @@ import structlog
 from flask import Flask, g, request
 from werkzeug.wrappers import Response
 
+from recovery.config import settings
+
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
 
@@ -82,7 +84,7 @@ def unbind_request_id() -> None:
 
 
 def init_app(app: Flask) -> None:
-    configure(app.config["LOG_LEVEL"])
+    configure(settings(app=app).log_level)
     log = get_logger("recovery.request")
 
     @app.before_request

@@ -13,6 +13,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 from werkzeug.wrappers import Response
 
+from recovery.config import settings
 from recovery.models import Role
 
 FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
@@ -107,17 +108,18 @@ class DatabaseId(IntegerConverter):
 
 def init_app(app: Flask) -> None:
     app.url_map.converters["int"] = DatabaseId  # before any blueprint adds its routes
-    if app.config["PROXY_FIX"]:
-        hops = int(app.config["PROXY_FIX"])
+    config = settings(app=app)
+    if config.proxy_hops:
+        hops = config.proxy_hops
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops
         )
-    production = app.config["APP_ENV"] == "production"
+    production = config.is_production
 
     @app.before_request
     def check_host() -> None:
         # Reading request.host validates it against TRUSTED_HOSTS (400 if not allowed).
-        if app.config["TRUSTED_HOSTS"]:
+        if config.trusted_hosts:
             request.host  # noqa: B018
 
     @app.before_request

@@ -347,6 +347,29 @@ def test_worker_with_its_scheduler_places_the_periodic_jobs_and_sweeps_at_once(r
     assert all(is_waiting(redis, job_id) for job_id in scheduled)
 
 
+def test_a_worker_start_removes_the_fixed_id_repeats_of_before_the_periodic_registry(run, app, db):
+    from datetime import timedelta
+
+    from rq import Repeat
+
+    from recovery.queue import get_queue, is_waiting, redis_connection
+
+    for legacy, path in (
+        ("stripe-webhooks-sweeper", "recovery.webhooks.jobs.sweep_webhook_events"),
+        ("stripe-webhooks-reconciler", "recovery.webhooks.jobs.reconcile_checkout_sessions"),
+    ):  # as the workers placed them until December 2026
+        get_queue().enqueue_in(
+            timedelta(seconds=60), path, job_id=legacy, repeat=Repeat(times=600_000, interval=60)
+        )
+
+    result = run("worker", "--burst")
+
+    assert result.exit_code == 0, result.output
+    redis = redis_connection(app)
+    assert not is_waiting(redis, "stripe-webhooks-sweeper")
+    assert not is_waiting(redis, "stripe-webhooks-reconciler")
+
+
 def test_a_worker_waits_for_redis_with_capped_jittered_backoff(monkeypatch):
     from redis.exceptions import ConnectionError as RedisConnectionError
 

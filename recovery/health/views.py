@@ -29,6 +29,8 @@ def healthz() -> tuple[Response, int]:
         "database": _check("database", lambda: db.session.execute(text("SELECT 1"))),
         "redis": _check("redis", lambda: redis_connection().ping()),
     }
+    # Not the request's commit: a failed probe leaves the transaction broken, and committing
+    # it would turn the 503 into a 500.
     db.session.rollback()
     healthy = all(c["status"] == "ok" for c in checks.values())
     return jsonify(status="ok" if healthy else "error", checks=checks), 200 if healthy else 503

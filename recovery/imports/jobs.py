@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from flask import current_app
-
+from recovery.config import settings
 from recovery.extensions import db
 from recovery.imports.services import run_import
 from recovery.jobs import app_job
@@ -12,7 +11,7 @@ from recovery.jobs import app_job
 @app_job
 def import_csv(import_id: int) -> dict[str, int]:
     """Import a stored CSV file. Safe to run twice: it resumes after the last chunk."""
-    csv_import = run_import(db.session, import_id, current_app.config["CSV_CHUNK_ROWS"])
+    csv_import = run_import(db.session, import_id, settings().csv_chunk_rows)
     return {
         "imported": csv_import.imported_rows,
         "duplicates": csv_import.duplicate_rows,
