@@ -254,3 +254,33 @@ def test_upload_limit_leaves_room_for_the_form_around_the_file(instance):
     settings = load(instance, APP_ENV="development", CSV_MAX_BYTES=1000)
 
     assert settings["MAX_CONTENT_LENGTH"] > 1000
+
+
+# --- typed settings ----------------------------------------------------------------
+
+
+def test_typed_settings_are_read_from_the_config_once_per_app(tmp_path: Path, monkeypatch) -> None:
+    from recovery.payments.gateway import StripeSettings
+
+    monkeypatch.setenv("RQ_QUEUES", "default, slow")
+    monkeypatch.setenv("PROXY_FIX", "2")
+    app = create_app(
+        {
+            "APP_ENV": "testing",
+            "DATABASE_URL": f"sqlite:///{tmp_path}/x.sqlite3",
+            "STRIPE_WEBHOOK_RETRY_SECONDS": "5,10",
+            "STRIPE_SECRET_KEY": "sk_test_123",
+        }
+    )
+
+    read = config.settings(app=app)
+    assert read.queues == ("default", "slow")
+    assert read.proxy_hops == 2 and not read.is_production
+    assert read.webhook_retry_intervals == (5, 10)
+    assert config.settings(app=app) is read  # built once, not per call
+    assert config.settings(StripeSettings, app).livemode is False  # any kind with from_config
+
+    app.config["SEND_BATCH_SIZE"] = 7  # a test changing the config after the app is made...
+    assert config.settings(app=app).send_batch_size == 50
+    config.forget_settings(app)  # ...makes the settings read it again
+    assert config.settings(app=app).send_batch_size == 7
