@@ -44,7 +44,7 @@ def main() -> None:
 def measure(token: str, refs: list[str], warmup: int) -> None:
     from sqlalchemy.orm import scoping
 
-    from recovery.payments import api, checkout, gateway
+    from recovery.payments import checkout, gateway
     from recovery.tokens import services as tokens
 
     spent: defaultdict[str, float] = defaultdict(float)
@@ -63,7 +63,7 @@ def measure(token: str, refs: list[str], warmup: int) -> None:
         setattr(owner, name, wrapper)
 
     timed(tokens, "verify_token", "token")
-    timed(api, "get_by_ref", "transaction lookup")
+    timed(checkout, "transaction_by_ref", "transaction (and organization) lookup")
     timed(checkout, "_reserve", "reservation, committed")
     timed(checkout, "get_or_create_customer", "Customer (Stripe call included)")
     timed(gateway.StripeGateway, "create_customer", "Stripe: create Customer")

@@ -27,8 +27,8 @@ from recovery.recoveries import lifecycle, sending
 from recovery.transactions import closing
 from recovery.transactions.services import create_transaction
 from recovery.users.services import create_user
+from recovery.webhooks.processing import process_event
 from recovery.webhooks.receiving import store_event
-from recovery.webhooks.services import process_event
 
 DEMO_SLUG = "demo"
 DEMO_PASSWORD = "demo-password-1"  # printed by seed-demo; demo only

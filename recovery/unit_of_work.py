@@ -20,7 +20,8 @@ whose job was lost (docs/architecture.md, "What is never lost").
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +83,19 @@ def commit_now(session: AnySession, why: str, *, keep_state: bool = False) -> No
         real.commit()
     finally:
         real.expire_on_commit = previous
+
+
+@contextmanager
+def savepoint(session: AnySession) -> Iterator[None]:
+    """A savepoint (`begin_nested`) whose follow-ups are dropped with it if it rolls back."""
+    real = _session(session)
+    mark = len(real.info.get(_HOOKS, ()))
+    try:
+        with real.begin_nested():
+            yield
+    except BaseException:
+        del real.info.get(_HOOKS, [])[mark:]
+        raise
 
 
 @event.listens_for(Session, "after_commit")

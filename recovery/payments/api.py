@@ -16,11 +16,10 @@ from recovery.api.errors import ApiError
 from recovery.api.openapi import CLOSED, Timestamp, documented
 from recovery.api.serializers import iso
 from recovery.extensions import db
-from recovery.models import Role, Transaction
+from recovery.models import Organization, Role, Transaction
 from recovery.payments import checkout, links
 from recovery.payments.gateway import reset_stripe_time, stripe_gateway, stripe_time
 from recovery.payments.rules import clean_metadata
-from recovery.transactions.services import get_by_ref
 from recovery.transactions.validation import clean_email
 
 bp = Blueprint("payments_api", __name__, url_prefix="/v1/payments/stripe")
@@ -136,16 +135,16 @@ def _body(allowed: frozenset[str]) -> dict[str, Any]:
     return body
 
 
-def _transaction(body: dict[str, Any]) -> Transaction:
+def _transaction(body: dict[str, Any]) -> tuple[Transaction, Organization]:
     ref = body.get("transaction_ref")
     if not isinstance(ref, str) or not ref.strip():
         raise ApiError(
             422, "validation_error", "transaction_ref is required.", {"transaction_ref": "Required."}
         )
-    transaction = get_by_ref(db.session, current_token().organization_id, ref.strip())
-    if transaction is None:
+    found = checkout.transaction_by_ref(db.session, current_token().organization_id, ref.strip())
+    if found is None:
         raise ApiError(404, "not_found", "Transaction not found")
-    return transaction
+    return found
 
 
 def _amount_and_currency(body: dict[str, Any]) -> tuple[int | None, str | None]:
@@ -202,7 +201,7 @@ def _idempotency_key() -> str | None:
 def create_checkout_session() -> tuple[Response, int]:
     """Create a Checkout Session for a transaction (SPEC.md's fixed shape)."""
     body = _body(CHECKOUT_FIELDS)
-    transaction = _transaction(body)
+    transaction, organization = _transaction(body)
     amount, currency = _amount_and_currency(body)
     email = body.get("customer_email")
     if email is not None:
@@ -224,6 +223,7 @@ def create_checkout_session() -> tuple[Response, int]:
             amount=amount,
             currency=currency,
         ),
+        organization=organization,
     )
     return jsonify(
         session_id=record.stripe_session_id,
@@ -254,7 +254,7 @@ def create_checkout_session() -> tuple[Response, int]:
 def create_payment_link() -> tuple[Response, int]:
     """Create (or return the still active) Payment Link for a transaction."""
     body = _body(LINK_FIELDS)
-    transaction = _transaction(body)
+    transaction, _ = _transaction(body)
     amount, currency = _amount_and_currency(body)
     result = links.create_payment_link(
         db.session, stripe_gateway(), transaction, token_actor(), amount=amount, currency=currency

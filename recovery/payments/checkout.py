@@ -40,6 +40,7 @@ from recovery.payments.rules import (
     product_name,
 )
 from recovery.payments.stripe_objects import CheckoutSessionInfo
+from recovery.transactions.validation import has_control_characters
 from recovery.unit_of_work import commit_now
 
 log = get_logger("recovery.payments")
@@ -81,6 +82,20 @@ class CheckoutRequest:
 
 
 # --- customers --------------------------------------------------------------
+
+
+def transaction_by_ref(
+    session: DbSession, organization_id: int, ref: str
+) -> tuple[Transaction, Organization] | None:
+    """The organization's transaction by reference, and the organization (for product names): one query."""
+    if has_control_characters(ref):
+        return None  # no transaction has such a reference (clean_ref refuses it)
+    found = session.execute(
+        select(Transaction, Organization)
+        .join(Organization, Organization.id == Transaction.organization_id)
+        .where(Transaction.organization_id == organization_id, Transaction.transaction_ref == ref)
+    ).first()
+    return (found[0], found[1]) if found is not None else None
 
 
 def get_or_create_customer(
@@ -164,22 +179,9 @@ def _reserve(
     if request.action is not None:
         # One key space per organization, so a key reused for another transaction is caught.
         key = idempotency_key(org_id, "checkout", request.action)
-        found = session.scalar(
-            select(CheckoutSession).where(
-                CheckoutSession.organization_id == org_id, CheckoutSession.idempotency_key == key
-            )
-        )
+        found = _by_key(session, org_id, key)
         if found is not None:
-            if found.transaction_id != transaction.id:
-                raise PaymentRefused(
-                    "This idempotency key was already used for another transaction.", status=409
-                )
-            if request.action_from_client and found.request_fingerprint != _fingerprint(email, metadata):
-                raise PaymentRefused(
-                    "This idempotency key was already used with a different customer_email or "
-                    "metadata; send a new key for a new request.",
-                    status=409,
-                )
+            _check_same_request(found, transaction, request, _fingerprint(email, metadata))
             return found
     else:
         reusable = _reusable(session, transaction, email, metadata, now)
@@ -202,17 +204,36 @@ def _reserve(
     try:
         _commit_reservation(session)
     except IntegrityError:
-        # The same action raced us to the reservation; use theirs.
+        # The same action raced us to the reservation; use theirs (the failed commit
+        # leaves nothing else to keep: the reservation is the request's first write).
         session.rollback()
-        found = session.scalar(
-            select(CheckoutSession).where(
-                CheckoutSession.organization_id == org_id, CheckoutSession.idempotency_key == key
-            )
-        )
+        found = _by_key(session, org_id, key)
         if found is None:
             raise
         return found
     return reservation
+
+
+def _by_key(session: DbSession, organization_id: int, key: str) -> CheckoutSession | None:
+    return session.scalar(
+        select(CheckoutSession).where(
+            CheckoutSession.organization_id == organization_id, CheckoutSession.idempotency_key == key
+        )
+    )
+
+
+def _check_same_request(
+    found: CheckoutSession, transaction: Transaction, request: CheckoutRequest, fingerprint: str
+) -> None:
+    """Refuse a key used before for another transaction, or (a client's key) with other details."""
+    if found.transaction_id != transaction.id:
+        raise PaymentRefused("This idempotency key was already used for another transaction.", status=409)
+    if request.action_from_client and found.request_fingerprint != fingerprint:
+        raise PaymentRefused(
+            "This idempotency key was already used with a different customer_email or "
+            "metadata; send a new key for a new request.",
+            status=409,
+        )
 
 
 def _lifetime(expires_in: timedelta) -> timedelta:
@@ -257,11 +278,13 @@ def create_checkout_session(
     *,
     pages: PaymentPages | None = None,
     expires_in: timedelta | None = None,
+    organization: Organization | None = None,
 ) -> CheckoutSession:
     """Create (or return the already created) Checkout Session for the transaction.
 
     `pages` and `expires_in` default to the gateway's settings (our customer
-    pages under BASE_URL, STRIPE_CHECKOUT_EXPIRES_MINUTES).
+    pages under BASE_URL, STRIPE_CHECKOUT_EXPIRES_MINUTES); `organization`,
+    the transaction's, if the caller loaded it (else one SELECT).
 
     Safe to run twice: the same logical action gets the same reservation and
     idempotency key, hence the same Stripe session. Commits twice on purpose
@@ -288,28 +311,12 @@ def create_checkout_session(
         return reservation
     _renew_if_stale(session, reservation, expires_in)
     customer_id = get_or_create_customer(session, gateway, transaction, email) if email else None
-    info = _ask_stripe(session, gateway, transaction, reservation, customer_id, email, metadata, pages)
-    _record_session(session, transaction, reservation, info, customer_id)
-    audit.record(
-        session,
-        actor,
-        "stripe.checkout_session_created",
-        transaction_id=transaction.id,
-        target_type="checkout_session",
-        target_id=info.id,
-        session_id=info.id,
-        url=info.url,
-        expires_at=info.expires_at.isoformat(),
+    if organization is None:
+        organization = session.get(Organization, transaction.organization_id)
+    info = _ask_stripe(
+        session, gateway, transaction, organization, reservation, customer_id, email, metadata, pages
     )
-    log.info(
-        "stripe_checkout_session_created",
-        session_id=info.id,
-        transaction_ref=transaction.transaction_ref,
-        amount=reservation.amount,
-        currency=reservation.currency,
-        organization_id=transaction.organization_id,
-        attempt_id=reservation.attempt_id,
-    )
+    _record_session(session, actor, transaction, reservation, info, customer_id)
     return reservation
 
 
@@ -317,6 +324,7 @@ def _ask_stripe(
     session: DbSession,
     gateway: StripeGateway,
     transaction: Transaction,
+    organization: Organization | None,
     reservation: CheckoutSession,
     customer_id: str | None,
     email: str | None,
@@ -324,7 +332,6 @@ def _ask_stripe(
     pages: PaymentPages,
 ) -> CheckoutSessionInfo:
     """Send the reservation to Stripe under its key; on a refusal keep what must outlive the request."""
-    organization = session.get(Organization, transaction.organization_id)
     try:
         return gateway.create_checkout_session(
             amount=reservation.amount,
@@ -354,11 +361,13 @@ def _ask_stripe(
 
 def _record_session(
     session: DbSession,
+    actor: Actor,
     transaction: Transaction,
     reservation: CheckoutSession,
     info: CheckoutSessionInfo,
     customer_id: str | None,
 ) -> None:
+    """Note Stripe's answer on the reservation and the transaction, in the timeline and the log."""
     reservation.stripe_session_id = info.id
     reservation.url = info.url
     reservation.expires_at = info.expires_at
@@ -372,6 +381,26 @@ def _record_session(
         transaction.stripe_customer_id = customer_id
     if info.payment_intent_id and not transaction.stripe_payment_intent_id:
         transaction.stripe_payment_intent_id = info.payment_intent_id
+    audit.record(
+        session,
+        actor,
+        "stripe.checkout_session_created",
+        transaction_id=transaction.id,
+        target_type="checkout_session",
+        target_id=info.id,
+        session_id=info.id,
+        url=info.url,
+        expires_at=info.expires_at.isoformat(),
+    )
+    log.info(
+        "stripe_checkout_session_created",
+        session_id=info.id,
+        transaction_ref=transaction.transaction_ref,
+        amount=reservation.amount,
+        currency=reservation.currency,
+        organization_id=transaction.organization_id,
+        attempt_id=reservation.attempt_id,
+    )
 
 
 def follow_status(record: CheckoutSession, info: CheckoutSessionInfo) -> None:

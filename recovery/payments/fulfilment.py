@@ -4,7 +4,8 @@ Stripe tells us a payment happened in several ways (a Checkout Session
 completed, a PaymentIntent succeeded, a charge refunded before its payment's
 own events arrived, the reconciliation re-reading a session); each is parsed
 and matched to a transaction by the webhook handlers, then comes here.
-Nothing here commits: the caller's unit of work does.
+Nothing here commits: the caller's unit of work does, and then the closing
+of the transaction's other ways to pay is queued (an on_commit follow-up).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from recovery.models import (
     TransactionStatus,
 )
 from recovery.models.base import DbSession
+from recovery.payments.jobs import queue_close_after_payment
+from recovery.unit_of_work import on_commit
 
 log = get_logger("recovery.webhooks")
 
@@ -152,6 +155,7 @@ def fulfil(
     finish_attempts(session, txn, attempt_id, at)
     cancelled = cancel_pending_messages(session, txn)
     _note_recovered(session, witness, txn, payment, cancelled)
+    on_commit(session, queue_close_after_payment, txn.id, payment.session_id)
     return True
 
 

@@ -50,25 +50,10 @@ def create_payment_link(
     check_collectable(transaction)
     check_amount(transaction, amount, currency)
     pages = link_pages(gateway.settings.base_url, gateway.settings.link_keys[-1], transaction.id)
-    org_id = transaction.organization_id
     previous = transaction.stripe_payment_link_id
-    if previous and transaction.stripe_product_id and transaction.stripe_price_id:
-        try:
-            current = gateway.retrieve_payment_link(previous)
-        except StripeFailure as failure:
-            if failure.code != "resource_missing":
-                raise
-            # Made under another Stripe account or mode (a test key before going
-            # live): its Product and Price are not there either, so start afresh.
-            log.warning(
-                "stripe_payment_link_missing", payment_link_id=previous, transaction_id=transaction.id
-            )
-            transaction.stripe_product_id = transaction.stripe_price_id = None
-        else:
-            if current.active:
-                return PaymentLinkResult(
-                    current.id, current.url, transaction.stripe_product_id, transaction.stripe_price_id, False
-                )
+    active = _still_active(gateway, transaction)
+    if active is not None:
+        return active
     try:
         link = _make_link(session, gateway, transaction, pages, previous)
     except StripeFailure:
@@ -98,10 +83,32 @@ def create_payment_link(
         transaction_ref=transaction.transaction_ref,
         amount=transaction.amount,
         currency=transaction.currency,
-        organization_id=org_id,
+        organization_id=transaction.organization_id,
     )
     return PaymentLinkResult(
         link.id, link.url, transaction.stripe_product_id, transaction.stripe_price_id, True
+    )
+
+
+def _still_active(gateway: StripeGateway, transaction: Transaction) -> PaymentLinkResult | None:
+    """The transaction's Payment Link if Stripe says it is still active; forget one Stripe does not know."""
+    previous = transaction.stripe_payment_link_id
+    if not (previous and transaction.stripe_product_id and transaction.stripe_price_id):
+        return None
+    try:
+        current = gateway.retrieve_payment_link(previous)
+    except StripeFailure as failure:
+        if failure.code != "resource_missing":
+            raise
+        # Made under another Stripe account or mode (a test key before going
+        # live): its Product and Price are not there either, so start afresh.
+        log.warning("stripe_payment_link_missing", payment_link_id=previous, transaction_id=transaction.id)
+        transaction.stripe_product_id = transaction.stripe_price_id = None
+        return None
+    if not current.active:
+        return None
+    return PaymentLinkResult(
+        current.id, current.url, transaction.stripe_product_id, transaction.stripe_price_id, False
     )
 
 

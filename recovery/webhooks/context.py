@@ -39,11 +39,8 @@ class Context:
     gateway_factory: Callable[[], StripeGateway | None]
     label: str = ACTOR_LABEL
     organization_id: int | None = None
-    # Set by a fulfilment: the job then closes the transaction's other ways to pay.
-    closed_transaction_id: int | None = None
-    paid_session_id: str | None = None
-    # Set by an import of a failed payment: the job may then start its recovery.
-    imported_transaction_id: int | None = None
+    # Set by a fulfilment (the reconciliation counts them).
+    recovered_transaction_id: int | None = None
     _gateway: StripeGateway | None = field(default=None, repr=False)
 
     def gateway(self) -> StripeGateway | None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from rq import Retry
 from sqlalchemy import select
 
+from recovery import queue as jobs_queue
 from recovery.audit import Actor
 from recovery.logs import get_logger
 from recovery.models import (
@@ -18,6 +20,7 @@ from recovery.models import (
 from recovery.payments.fulfilment import (
     EventContradicts,
 )
+from recovery.unit_of_work import on_commit
 from recovery.webhooks.context import Context
 from recovery.webhooks.matching import account_organization, as_dict, claims_of, stripe_id
 
@@ -57,6 +60,11 @@ def _succeeded_since(ctx: Context, intent_id: str) -> bool:
 def import_failure(
     ctx: Context, obj: dict[str, Any], code: str | None, decline_code: str | None, message: str | None
 ) -> Transaction | None:
+    """A new failed transaction for an unknown failed PaymentIntent, if its organization imports them.
+
+    None when it is not imported (no such organization, import off, paid
+    since, or not a valid transaction); the one we already hold for a repeat.
+    """
     from recovery.transactions.services import (
         DuplicateRef,
         InvalidTransaction,
@@ -73,22 +81,7 @@ def import_failure(
         # Stripe's events come in any order: the customer paid, so there is nothing to chase.
         log.info("stripe_failure_import_skipped", payment_intent_id=intent_id, reason="succeeded since")
         return None
-    error = as_dict(obj.get("last_payment_error"))
-    billing = as_dict(as_dict(error.get("payment_method")).get("billing_details"))
-    shipping = as_dict(obj.get("shipping"))
-    created = obj.get("created")
-    raw: dict[str, Any] = {
-        "transaction_ref": intent_id,
-        "amount": obj.get("amount"),
-        "currency": obj.get("currency"),
-        "failure_code": code,
-        "failure_message": message,
-        "customer_email": obj.get("receipt_email") or billing.get("email"),
-        "customer_name": billing.get("name") or shipping.get("name"),
-        "metadata": {"stripe_decline_code": decline_code} if decline_code else {},
-    }
-    if isinstance(created, int):
-        raw["failed_at"] = datetime.fromtimestamp(created, UTC).isoformat()
+    raw = _transaction_fields(obj, intent_id, code, decline_code, message)
     actor = Actor.system(organization.id, ctx.label)
     try:
         txn = create_transaction(
@@ -105,7 +98,8 @@ def import_failure(
         return None
     txn.stripe_payment_intent_id = intent_id
     txn.stripe_customer_id = stripe_id(obj.get("customer"))
-    ctx.imported_transaction_id = txn.id
+    # A job of its own after the commit, so that a refusal to start never fails the event.
+    on_commit(ctx.session, queue_auto_start, txn.id)
     log.info(
         "stripe_failure_imported",
         payment_intent_id=intent_id,
@@ -114,3 +108,36 @@ def import_failure(
         failure_code=code,
     )
     return txn
+
+
+def _transaction_fields(
+    obj: dict[str, Any], intent_id: str, code: str | None, decline_code: str | None, message: str | None
+) -> dict[str, Any]:
+    """The PaymentIntent as the fields of a new transaction (what create_transaction validates)."""
+    error = as_dict(obj.get("last_payment_error"))
+    billing = as_dict(as_dict(error.get("payment_method")).get("billing_details"))
+    shipping = as_dict(obj.get("shipping"))
+    created = obj.get("created")
+    raw: dict[str, Any] = {
+        "transaction_ref": intent_id,
+        "amount": obj.get("amount"),
+        "currency": obj.get("currency"),
+        "failure_code": code,
+        "failure_message": message,
+        "customer_email": obj.get("receipt_email") or billing.get("email"),
+        "customer_name": billing.get("name") or shipping.get("name"),
+        "metadata": {"stripe_decline_code": decline_code} if decline_code else {},
+    }
+    if isinstance(created, int):
+        raw["failed_at"] = datetime.fromtimestamp(created, UTC).isoformat()
+    return raw
+
+
+def queue_auto_start(transaction_id: int) -> None:
+    """Queue the start of an imported failed payment's recovery, once (if its organization wants one)."""
+    jobs_queue.enqueue_once(
+        "recovery.recoveries.jobs.start_imported_recovery",
+        transaction_id,
+        job_id=jobs_queue.job_id("auto-start", transaction_id),
+        retry=Retry(max=3, interval=[10, 60, 300]),
+    )

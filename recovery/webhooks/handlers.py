@@ -40,7 +40,6 @@ from recovery.payments.stripe_objects import CheckoutSessionInfo
 from recovery.webhooks.context import Context
 from recovery.webhooks.failed_payments import import_failure
 from recovery.webhooks.matching import Match, as_dict, claims_of, match, stripe_id
-from recovery.webhooks.matching import load_claimed_transactions as load_claimed_transactions
 
 log = get_logger("recovery.webhooks")
 
@@ -56,8 +55,7 @@ def fulfil(
         ctx.session, ctx.witness, found.transaction, payment, found.attempt_id, record=record
     )
     if fulfilled:
-        ctx.closed_transaction_id = found.transaction.id
-        ctx.paid_session_id = payment.session_id
+        ctx.recovered_transaction_id = found.transaction.id
     return fulfilled
 
 

@@ -1,6 +1,9 @@
-"""RQ jobs for Stripe webhooks: process one event, close payment options, sweep, reconcile.
+"""RQ jobs for Stripe webhooks: process one event (and others pending), sweep, reconcile.
 
 The sweeper and the reconciliation are periodic jobs of `recovery.queue`.
+What an event calls for afterwards (closing the other ways to pay, starting
+an imported payment's recovery) the services queue themselves, after the
+commit that applied it (`recovery.unit_of_work.on_commit`).
 """
 
 from __future__ import annotations
@@ -21,22 +24,20 @@ from recovery.extensions import db
 from recovery.jobs import app_job
 from recovery.logs import get_logger
 from recovery.models import utcnow
-from recovery.payments.gateway import StripeFailure, StripeGateway, StripeSettings
-from recovery.webhooks import handlers, services
+from recovery.payments import closing
+from recovery.payments import jobs as payment_jobs
+from recovery.payments.gateway import stripe_gateway_or_none, stripe_settings
+
+# recoveries and transactions queue it from here; its home is recovery.payments.jobs.
+from recovery.payments.jobs import queue_close_payment_options as queue_close_payment_options
+from recovery.payments.jobs import stripe_job_timeout
+from recovery.unit_of_work import commit_now, savepoint
+from recovery.webhooks import matching, processing, reconciliation
 
 log = get_logger("recovery.webhooks")
 
-# The sweeper runs every STRIPE_WEBHOOK_SWEEP_SECONDS (60) and enqueues events pending that
-# long: such an event has lost its job (Redis was down, or the job vanished).
-# Stripe calls a close_payment_options job makes at most before it gives up and retries.
-CLOSE_CALLS = 5
 # A processing job stops taking other pending events along after this long.
 TAKE_ALONG_SECONDS = 5
-
-
-def stripe_job_timeout(calls: int) -> int:
-    """A job timeout that covers `calls` Stripe calls even when every try of each times out."""
-    return int(settings(StripeSettings).worst_case_seconds * calls) + 30
 
 
 def job_id(stripe_event_id: str) -> str:
@@ -44,14 +45,7 @@ def job_id(stripe_event_id: str) -> str:
 
 
 def _livemode() -> bool | None:
-    return settings(StripeSettings).livemode
-
-
-def gateway_or_none() -> StripeGateway | None:
-    try:
-        return StripeGateway(settings(StripeSettings))
-    except StripeFailure:
-        return None
+    return stripe_settings().livemode
 
 
 def enqueue_processing(stripe_event_id: str, queue: Queue | None = None) -> Job:
@@ -83,74 +77,38 @@ def enqueue_processing(stripe_event_id: str, queue: Queue | None = None) -> Job:
 def process_webhook_event(stripe_event_id: str) -> str:
     """Process one stored event, then other pending ones (see `_take_along`).
 
-    Safe to run twice or concurrently (see services.process_event). A failure
+    Safe to run twice or concurrently (see processing.process_event). A failure
     of this job's own event is raised, so RQ retries it with backoff.
     """
     # Not waiting for a lock: the event may sit in another job's batch, which
     # holds it until that batch commits. Two workers waiting on each other's
     # batches in turn drained no faster than one.
     result = _apply(stripe_event_id, wait=False)
-    if isinstance(result, services.ProcessingFailed):
+    if isinstance(result, processing.ProcessingFailed):
         raise result.error from None
     _take_along(stripe_event_id)
     if result.state == "busy":
         # That batch has usually applied it by now; otherwise wait for it and apply it here.
         result = _apply(stripe_event_id)
-        if isinstance(result, services.ProcessingFailed):
+        if isinstance(result, processing.ProcessingFailed):
             raise result.error from None
     return result.state
 
 
-def _apply(stripe_event_id: str, *, wait: bool = True) -> services.Outcome | services.ProcessingFailed:
-    """Process the event in its own database transaction, then queue what follows from it."""
+def _apply(stripe_event_id: str, *, wait: bool = True) -> processing.Outcome | processing.ProcessingFailed:
+    """Process the event in its own database transaction; what follows from it is queued once that commits."""
     try:
-        outcome = services.process_event(
-            db.session, stripe_event_id, gateway_or_none, skip_locked=not wait, livemode=_livemode()
+        outcome = processing.process_event(
+            db.session, stripe_event_id, stripe_gateway_or_none, skip_locked=not wait, livemode=_livemode()
         )
-        db.session.commit()
-    except services.ProcessingFailed as failure:
+        commit_now(db.session, "the job's own event, before it takes others along")
+    except processing.ProcessingFailed as failure:
+        # Undo everything the handler did before recording why it failed.
         db.session.rollback()
-        services.record_failure(db.session, failure)
-        db.session.commit()
+        processing.record_failure(db.session, failure)
+        commit_now(db.session, "the failure of the job's own event, before the job raises it")
         return failure
-    _follow_up(outcome)
     return outcome
-
-
-def _follow_up(outcome: services.Outcome) -> None:
-    """Queue the jobs an applied event calls for; after the commit that applied it."""
-    if outcome.closed_transaction_id is not None:
-        queue_close_payment_options(
-            outcome.closed_transaction_id,
-            outcome.paid_session_id,
-            retry=Retry(max=5, interval=[10, 60, 300, 1800, 3600]),
-        )
-    if outcome.imported_transaction_id is not None:
-        # A job of its own, so a refusal never fails the event.
-        jobs_queue.enqueue_once(
-            "recovery.recoveries.jobs.start_imported_recovery",
-            outcome.imported_transaction_id,
-            job_id=jobs_queue.job_id("auto-start", outcome.imported_transaction_id),
-            retry=Retry(max=3, interval=[10, 60, 300]),
-        )
-
-
-def queue_close_payment_options(transaction_id: int, paid_session_id: str | None, *, retry: Retry) -> None:
-    """Queue the closing of a recovered transaction's other ways to pay, once per transaction.
-
-    The event's job, a job run again for it (see services._already_applied)
-    and the reconciliation may each ask; one job id per transaction makes it
-    one job, not several racing through the same Stripe calls.
-    """
-    jobs_queue.enqueue_once(
-        "recovery.webhooks.jobs.close_payment_options",
-        transaction_id,
-        paid_session_id,
-        job_id=jobs_queue.job_id("close-payment-options", transaction_id),
-        retry=retry,
-        # Deactivate the link and expire the other open sessions: a few calls.
-        job_timeout=stripe_job_timeout(CLOSE_CALLS),
-    )
 
 
 def _take_along(asked: str) -> int:
@@ -175,9 +133,10 @@ def _take_along(asked: str) -> int:
         return 0
     try:
         applied = _apply_batch(asked, size, isolate=False)
-    except (services.ProcessingFailed, SQLAlchemyError) as error:
+    except (processing.ProcessingFailed, SQLAlchemyError) as error:
+        # The batch goes back to before it began (its follow-ups with it), to be applied again isolated.
         db.session.rollback()
-        failed = error.stripe_event_id if isinstance(error, services.ProcessingFailed) else None
+        failed = error.stripe_event_id if isinstance(error, processing.ProcessingFailed) else None
         log.warning(
             "stripe_webhook_take_along_isolating",
             event_id=asked,
@@ -185,9 +144,7 @@ def _take_along(asked: str) -> int:
             error=str(error)[:300],
         )
         applied = _apply_batch(asked, size, isolate=True)
-    db.session.commit()
-    for outcome in applied:
-        _follow_up(outcome)
+    commit_now(db.session, "the events taken along, in one commit, before their jobs are discarded")
     if applied:
         with suppress(RedisError):  # best effort: a job left behind finds its event done
             jobs_queue.discard_waiting(
@@ -196,25 +153,27 @@ def _take_along(asked: str) -> int:
     return len(applied)
 
 
-def _apply_batch(asked: str, size: int, *, isolate: bool) -> list[services.Outcome]:
+def _apply_batch(asked: str, size: int, *, isolate: bool) -> list[processing.Outcome]:
     """Lock up to `size` pending events and apply them; `isolate`: each in a savepoint, failures skipped."""
     began = time.monotonic()
-    waiting = services.pending_events(db.session, size, exclude=asked)
-    claimed = handlers.load_claimed_transactions(db.session, [e.payload["data"]["object"] for e in waiting])
+    waiting = processing.pending_events(db.session, size, exclude=asked)
+    claimed = matching.load_claimed_transactions(db.session, [e.payload["data"]["object"] for e in waiting])
     livemode = _livemode()
-    applied: list[services.Outcome] = []
+    applied: list[processing.Outcome] = []
     for event in waiting:
         if time.monotonic() - began > TAKE_ALONG_SECONDS:
             break
         if not isolate:
-            outcome = services.apply_event(db.session, event, gateway_or_none, livemode=livemode)
+            outcome = processing.apply_event(db.session, event, stripe_gateway_or_none, livemode=livemode)
         else:
             stripe_event_id = event.stripe_event_id
             try:
-                with db.session.begin_nested():
-                    outcome = services.apply_event(db.session, event, gateway_or_none, livemode=livemode)
-            except (services.ProcessingFailed, SQLAlchemyError) as error:
-                # Its savepoint is rolled back and it stays pending: its own job (or, if
+                with savepoint(db.session):
+                    outcome = processing.apply_event(
+                        db.session, event, stripe_gateway_or_none, livemode=livemode
+                    )
+            except (processing.ProcessingFailed, SQLAlchemyError) as error:
+                # Its savepoint (and follow-ups) rolled back, it stays pending: its own job (or, if
                 # it has none, the sweeper's) records the failure and retries it with backoff.
                 log.warning(
                     "stripe_webhook_take_along_failed", event_id=stripe_event_id, error=str(error)[:300]
@@ -226,15 +185,8 @@ def _apply_batch(asked: str, size: int, *, isolate: bool) -> list[services.Outco
     return applied
 
 
-@app_job
-def close_payment_options(transaction_id: int, paid_session_id: str | None) -> list[str]:
-    """Deactivate the Payment Link and expire the other sessions of a recovered transaction."""
-    gateway = gateway_or_none()
-    if gateway is None:
-        return []
-    done = services.close_payment_options(db.session, gateway, transaction_id, paid_session_id)
-    db.session.commit()
-    return done
+# Jobs queued before this job moved to recovery/payments/jobs.py name it here.
+close_payment_options = payment_jobs.close_payment_options
 
 
 @app_job
@@ -242,8 +194,8 @@ def sweep_webhook_events() -> dict[str, Any]:
     """Enqueue every event stored but still pending after a minute. Never raises (it repeats on success)."""
     try:
         queue = jobs_queue.get_queue()
-        stale = services.stale_pending(db.session, timedelta(seconds=settings().webhook_sweep_seconds))
-        db.session.rollback()
+        stale = processing.stale_pending(db.session, timedelta(seconds=settings().webhook_sweep_seconds))
+        db.session.rollback()  # nothing written: end the read before the Redis calls
         statuses = jobs_queue.job_statuses(queue.connection, [job_id(event_id) for event_id in stale])
         enqueued = [
             event_id
@@ -262,29 +214,30 @@ def sweep_webhook_events() -> dict[str, Any]:
 
 @app_job
 def reconcile_checkout_sessions(organization_id: int | None = None) -> dict[str, int]:
-    """Re-read open sessions older than STRIPE_RECONCILE_AFTER_MINUTES and apply completed ones."""
-    result = services.Reconciled()
-    gateway = gateway_or_none()
+    """Re-read open sessions older than STRIPE_RECONCILE_AFTER_MINUTES and apply completed ones.
+
+    Each session is applied and committed on its own: one that fails is
+    rolled back and counted, and the others stand.
+    """
+    result = reconciliation.Reconciled()
+    gateway = stripe_gateway_or_none()
     if gateway is None:
         return {"checked": 0, "recovered": 0, "expired": 0, "errors": 0}
     minutes = settings().reconcile_after_minutes
-    ids = services.sessions_to_reconcile(db.session, timedelta(minutes=minutes), organization_id)
-    db.session.rollback()
+    ids = reconciliation.sessions_to_reconcile(db.session, timedelta(minutes=minutes), organization_id)
+    db.session.rollback()  # nothing written: end the read before the Stripe calls
     for record_id in ids:
         try:
-            services.reconcile_session(db.session, gateway, record_id, result)
-            db.session.commit()
+            reconciliation.reconcile_session(db.session, gateway, record_id, result)
+            commit_now(db.session, "one reconciled session, kept whatever happens to the next")
         except Exception as error:
-            db.session.rollback()
+            db.session.rollback()  # this session's changes only: the ones before are committed
             result.errors += 1
             log.warning("stripe_reconcile_failed", checkout_session_id=record_id, error=str(error))
-    for transaction_id, session_id in result.closed_transaction_ids or []:
-        queue_close_payment_options(transaction_id, session_id, retry=Retry(max=5, interval=60))
     if organization_id is None:
         # Closing jobs lost with Redis: a closed debt must not stay payable.
-        for transaction_id in services.still_payable_after_closing(db.session, utcnow()):
+        for transaction_id in closing.still_payable_after_closing(db.session, utcnow()):
             queue_close_payment_options(transaction_id, None, retry=Retry(max=5, interval=60))
-        db.session.rollback()
     summary = {"checked": result.checked, "recovered": result.recovered, "expired": result.expired}
     log.info("stripe_reconciled", organization_id=organization_id, errors=result.errors, **summary)
     return {**summary, "errors": result.errors}

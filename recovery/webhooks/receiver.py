@@ -112,7 +112,12 @@ class StripeWebhookReceiver:
             return _answer(500, "internal_error", "the event could not be taken; retry later")
 
     def receive(self, request: Request) -> Response:
-        """Verify, store, enqueue, answer: in that order, so a stored event is never lost."""
+        """Verify, store, enqueue, answer: in that order, so a stored event is never lost.
+
+        One straight path on purpose: it is every Stripe delivery's (the app's
+        busiest request), and each refusal is answered where it is found, with
+        its own log line, rather than through helpers that return answers.
+        """
         config = self.app.config
         limit = config["STRIPE_WEBHOOK_MAX_BYTES"]
         # One byte over the limit: a chunked body has no Content-Length to refuse it

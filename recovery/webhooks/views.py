@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from redis.exceptions import RedisError
 from werkzeug.wrappers import Response
 
-from recovery import audit
+from recovery import audit, config
 from recovery.audit import Actor
 from recovery.extensions import db
 from recovery.logs import get_logger
@@ -22,7 +22,7 @@ from recovery.models import Organization, Role, WebhookState
 from recovery.queue import get_queue
 from recovery.security import require_role
 from recovery.templating import row_id_arg
-from recovery.webhooks import events, jobs, services, stripe_account
+from recovery.webhooks import events, jobs, processing, stripe_account
 from recovery.webhooks.forms import ImportSettingsForm, ProcessAgainForm, ReconcileForm
 
 log = get_logger("recovery.webhooks")
@@ -97,7 +97,7 @@ def process_again(event_id: int) -> Response:
     event = _org_event(event_id)
     if not ProcessAgainForm().validate_on_submit():
         abort(400)
-    services.replay(db.session, event, _actor())
+    processing.replay(db.session, event, _actor())
     flash(f"{event.stripe_event_id} will be processed again in a moment.", "success")
     return redirect(url_for("webhooks.detail", event_id=event.id))
 
@@ -116,7 +116,7 @@ def reconcile() -> Response:
     audit.record(
         db.session, _actor(), "webhook.reconcile_requested", target_type="organization", target_id=org_id
     )
-    minutes = current_app.config["STRIPE_RECONCILE_AFTER_MINUTES"]
+    minutes = config.settings().reconcile_after_minutes
     flash(
         f"Checking every open checkout session older than {minutes} minutes with Stripe; "
         "paid ones show as recovered in a moment.",

@@ -308,7 +308,7 @@ def test_cancelling_a_recovery_closes_the_session_the_customer_opened(
 
     recovery_jobs.after_cancel(cancelled)
     [job] = [j for j in get_queue().jobs if j.func_name.endswith("close_payment_options")]
-    assert webhook_jobs.close_payment_options.__wrapped__(*job.args) == [session_id]
+    assert webhook_jobs.close_payment_options(*job.args) == [session_id]
 
     assert stripe_sandbox_session(stripe_sandbox, session_id)["status"] == "expired"
     db.session.expire_all()
@@ -329,7 +329,7 @@ def test_a_close_that_finds_the_transaction_recovering_again_leaves_it_alone(
     again = attempt_for(db.session.get(Transaction, attempt.transaction_id))  # restarted before the job ran
     assert again.transaction.status == TransactionStatus.RECOVERING
 
-    assert webhook_jobs.close_payment_options.__wrapped__(attempt.transaction_id, None) == []
+    assert webhook_jobs.close_payment_options(attempt.transaction_id, None) == []
     assert db.session.scalar(select(CheckoutSession.status)) == "open"
 
 
@@ -606,20 +606,19 @@ def test_a_closing_job_lost_with_redis_is_placed_again_by_the_reconciliation(
         return [j for j in get_queue().jobs if j.func_name.endswith("close_payment_options")]
 
     attempt = attempt_for(make_transaction(org, transaction_ref="TXN-LOST"))
+    transaction_id = attempt.transaction_id  # the job below ends the session the attempt was loaded in
     client.post(f"/pay/{attempt.token}")  # the customer has the Stripe page open
     session_id = db.session.scalar(select(CheckoutSession.stripe_session_id))
     link = _payment_link(app, db, db.session.get(Transaction, attempt.transaction_id))
     lifecycle.cancel_recovery(db.session, attempt, Actor.system(org.id), now=utcnow())
-    db.session.commit()
-    # The job jobs.after_cancel would queue now is lost with Redis: nothing is queued.
+    db.session.commit()  # the cancel queues its closing job after this commit...
+    get_queue().empty()  # ...which Redis then loses
     assert closing_jobs() == []
 
     webhook_jobs.reconcile_checkout_sessions.__wrapped__()
 
     [job] = closing_jobs()
-    assert sorted(webhook_jobs.close_payment_options.__wrapped__(*job.args)) == sorted(
-        [link.payment_link_id, session_id]
-    )
+    assert sorted(webhook_jobs.close_payment_options(*job.args)) == sorted([link.payment_link_id, session_id])
     assert stripe_sandbox_session(stripe_sandbox, session_id)["status"] == "expired"
     get_queue().empty()
     webhook_jobs.reconcile_checkout_sessions.__wrapped__()
@@ -627,7 +626,7 @@ def test_a_closing_job_lost_with_redis_is_placed_again_by_the_reconciliation(
 
     # The transaction is still open: a link the merchant makes after the cancel is their
     # new offer, and the reconciliation leaves it alone.
-    fresh = _payment_link(app, db, db.session.get(Transaction, attempt.transaction_id))
+    fresh = _payment_link(app, db, db.session.get(Transaction, transaction_id))
     assert fresh.payment_link_id != link.payment_link_id
     webhook_jobs.reconcile_checkout_sessions.__wrapped__()
     assert closing_jobs() == []

@@ -23,7 +23,7 @@ from recovery.models import (
     WebhookState,
 )
 from recovery.queue import get_queue
-from recovery.webhooks import jobs, matching, services
+from recovery.webhooks import jobs, matching, processing
 from tests.fixtures import stripe_events as se
 from tests.fixtures.webhooks import (
     deliver,
@@ -82,7 +82,7 @@ def test_the_same_event_processed_twice_applies_once(client, recovering):
     )
     deliver(client, evt)
 
-    outcome = services.process_event(_db.session, evt["id"], lambda: None)
+    outcome = processing.process_event(_db.session, evt["id"], lambda: None)
 
     assert outcome.ran is False and outcome.state == WebhookState.PROCESSED
     assert stored(evt["id"]).attempts == 1

@@ -35,7 +35,7 @@ from recovery.models import (
 from recovery.payments import checkout, links
 from recovery.payments.gateway import StripeGateway, StripeSettings
 from recovery.payments.pages import PaymentPages
-from recovery.webhooks import jobs, receiving, services
+from recovery.webhooks import jobs, processing, receiving
 from tests.fixtures import stripe_events as se
 
 
@@ -61,10 +61,8 @@ def reload(model: type, id_: int) -> Any:
 
 
 def run_job(job: Any, *args: Any) -> Any:
-    try:
-        return job.__wrapped__(*args)
-    finally:
-        _db.session.remove()
+    """Run an RQ job in this process as the work horse would: one unit of work, committed at its end."""
+    return job(*args)
 
 
 def open_session(gateway: StripeGateway, txn: Transaction, action: str) -> tuple[int, str]:
@@ -271,7 +269,7 @@ def test_two_workers_on_one_event_have_one_effect(app, postgres_only, make_trans
     _db.session.remove()
 
     def work(_index: int) -> Any:
-        outcome = services.process_event(_db.session, evt["id"], lambda: None)
+        outcome = processing.process_event(_db.session, evt["id"], lambda: None)
         time.sleep(0.2)  # hold the row lock a while: the other worker must wait, then see it done
         _db.session.commit()
         return outcome.ran
@@ -307,7 +305,7 @@ def test_two_events_for_one_payment_processed_concurrently_fulfil_once(app, post
     _db.session.remove()
 
     def work(index: int) -> str:
-        outcome = services.process_event(_db.session, pair[index]["id"], lambda: None)
+        outcome = processing.process_event(_db.session, pair[index]["id"], lambda: None)
         time.sleep(0.2)
         _db.session.commit()
         return outcome.state
