@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import statistics
@@ -96,9 +97,8 @@ def measure_webhook(args: argparse.Namespace) -> dict[str, Any]:
     from bench import webhooks as wh
     from bench.bare_webhook import TABLE
 
-    app = common.make_app()
-    transactions = wh.ensure_transactions(common.ensure_org_and_user(app))
-    org_id = common.ensure_org_and_user(app)
+    org_id = common.ensure_org_and_user(common.make_app())
+    transactions = wh.ensure_transactions(org_id)
     with common.raw_connection(autocommit=True) as conn:
         conn.execute(TABLE)
         conn.execute("VACUUM ANALYZE webhook_event, bench_bare_event")
@@ -260,7 +260,7 @@ def table(trees: list[Path], rounds: list[dict[str, Any]]) -> list[str]:
     """path, tree, app, floor, ratio: median [min–max] over the rounds."""
     lines = [f"{'path':<9} {'measure':<16} {'tree':<16} {'app':>26} {'floor':>26} {'app/floor':>22}"]
     for path, metric, unit in METRICS:
-        medians = []
+        medians, ratio_medians = [], []
         for tree in trees:
             app, floor, ratio = [], [], []
             for one in rounds:
@@ -275,14 +275,18 @@ def table(trees: list[Path], rounds: list[dict[str, Any]]) -> list[str]:
             if not app:
                 continue
             medians.append(statistics.median(app))
+            ratio_medians.append(statistics.median(ratio) if ratio else math.nan)
             ratios = spread([round(r, 2) for r in ratio])
             lines.append(
                 f"{path:<9} {unit:<16} {tree.name:<16} {spread(app):>26} {spread(floor):>26} {ratios:>22}"
             )
         if len(medians) == 2 and medians[0]:
             change = 100 * (medians[1] / medians[0] - 1)
+            better = "slower" if (change > 0) == unit.startswith("ms") else "faster"
+            versus = f"{trees[1].name} vs {trees[0].name}"
+            ratios_moved = f"app/floor {ratio_medians[0]:.2f} → {ratio_medians[1]:.2f}"
             lines.append(
-                f"{'':<9} {'':<16} {trees[1].name + ' vs ' + trees[0].name:<16} app median {change:+.1f}%"
+                f"{'':<9} {'':<16} {versus:<16} app median {change:+.1f}% ({better}); {ratios_moved}"
             )
     return lines
 
