@@ -462,7 +462,7 @@ def test_an_unknown_message_offers_send_again_and_sessions_end_everywhere(
 
     from recovery.audit import Actor
     from recovery.models import Message, MessageStatus, utcnow
-    from recovery.recoveries import repair, services
+    from recovery.recoveries import lifecycle, repair
 
     transaction = db.session.scalar(
         sa.select(Transaction)
@@ -470,7 +470,7 @@ def test_an_unknown_message_offers_send_again_and_sessions_end_everywhere(
         .order_by(Transaction.id)
         .limit(1)
     )
-    started = services.start_recovery(
+    started = lifecycle.start_recovery(
         db.session, transaction, Actor.system(transaction.organization_id, "test"), now=utcnow()
     )
     db.session.flush()

@@ -63,10 +63,10 @@ def test_a_customers_link_token_never_reaches_the_log(client, db, make_transacti
     """The token is the customer's only credential for their pay and unsubscribe pages."""
     from recovery.audit import Actor
     from recovery.models import utcnow
-    from recovery.recoveries import services
+    from recovery.recoveries import lifecycle
 
     transaction = make_transaction()
-    attempt = services.start_recovery(
+    attempt = lifecycle.start_recovery(
         db.session, transaction, Actor.system(transaction.organization_id), now=utcnow()
     ).attempt
     db.session.commit()

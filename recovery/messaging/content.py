@@ -26,7 +26,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from markupsafe import Markup
 
 from recovery import money
-from recovery.recoveries.quiet_hours import country_zone, customer_zones
+from recovery.messaging.quiet_hours import country_zone, customer_zones
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates" / "messages"
 TRANSLATIONS = Path(__file__).resolve().parents[1] / "translations"

@@ -1,8 +1,9 @@
 """What Twilio tells us after a send: delivery reports, and customers replying STOP or START.
 
-Plain functions over a SQLAlchemy session; the caller (recovery/messaging/twilio_hooks.py)
-commits. Twilio's callbacks arrive out of order and may repeat: a report only
-ever moves a message's delivery status forward.
+Plain functions over a SQLAlchemy session; the request that carried the
+callback (recovery/messaging/twilio_hooks.py) commits. Twilio's callbacks
+arrive out of order and may repeat: a report only ever moves a message's
+delivery status forward.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from sqlalchemy import delete, func, select
 from recovery import audit
 from recovery.audit import Actor
 from recovery.logs import get_logger
+from recovery.messaging.contacts import suppress
 from recovery.messaging.providers import TWILIO_UNDELIVERABLE, TWILIO_UNSUBSCRIBED
 from recovery.models import (
     Channel,
@@ -27,8 +29,8 @@ from recovery.models import (
 )
 from recovery.models.base import DbSession
 from recovery.models.message import DELIVERY_FAILED
+from recovery.recoveries.claims import MAX_TRIES
 from recovery.recoveries.repair import mark_found
-from recovery.recoveries.services import MAX_TRIES, suppress
 
 log = get_logger("recovery.messaging")
 
@@ -122,40 +124,7 @@ def apply_status(
         if message.status == M.SENT:
             message.transition(M.DELIVERED)
     elif status in DELIVERY_FAILED:
-        message.error = f"Twilio {error_code or 'delivery'}: {status}"
-        dead = error_code in TWILIO_DEAD_NUMBER or error_code == TWILIO_UNSUBSCRIBED
-        if message.status == M.SENT:
-            if dead:
-                message.transition(M.UNDELIVERABLE)
-            else:
-                message.transition(M.FAILED)
-                message.tries = MAX_TRIES  # failed after the provider took it: never re-sent
-        if dead:
-            reason = (
-                SuppressionReason.OPTED_OUT
-                if error_code == TWILIO_UNSUBSCRIBED
-                else SuppressionReason.UNDELIVERABLE
-            )
-            suppress(
-                session,
-                message.organization_id,
-                Channel.SMS,
-                message.recipient,
-                reason,
-                detail=message.error,
-                message_id=message.id,
-            )
-        audit.record(
-            session,
-            Actor.system(message.organization_id, TWILIO_LABEL),
-            "recovery.sms_undelivered",
-            transaction_id=message.transaction_id,
-            target_type="message",
-            target_id=message.id,
-            status=status,
-            error_code=error_code,
-            suppressed=dead,
-        )
+        _undelivered(session, message, status, error_code)
     log.info(
         "twilio_status_applied",
         message_id=message.id,
@@ -164,6 +133,44 @@ def apply_status(
         error_code=error_code,
     )
     return ReportApplied(True, message.id, status)
+
+
+def _undelivered(session: DbSession, message: Message, status: str, error_code: int | None) -> None:
+    """A text Twilio could not deliver: failed for good, its number suppressed if the error proves it dead."""
+    message.error = f"Twilio {error_code or 'delivery'}: {status}"
+    dead = error_code in TWILIO_DEAD_NUMBER or error_code == TWILIO_UNSUBSCRIBED
+    if message.status == M.SENT:
+        if dead:
+            message.transition(M.UNDELIVERABLE)
+        else:
+            message.transition(M.FAILED)
+            message.tries = MAX_TRIES  # failed after the provider took it: never re-sent
+    if dead:
+        reason = (
+            SuppressionReason.OPTED_OUT
+            if error_code == TWILIO_UNSUBSCRIBED
+            else SuppressionReason.UNDELIVERABLE
+        )
+        suppress(
+            session,
+            message.organization_id,
+            Channel.SMS,
+            message.recipient,
+            reason,
+            detail=message.error,
+            message_id=message.id,
+        )
+    audit.record(
+        session,
+        Actor.system(message.organization_id, TWILIO_LABEL),
+        "recovery.sms_undelivered",
+        transaction_id=message.transaction_id,
+        target_type="message",
+        target_id=message.id,
+        status=status,
+        error_code=error_code,
+        suppressed=dead,
+    )
 
 
 # --- replies ------------------------------------------------------------------------

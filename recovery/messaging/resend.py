@@ -11,8 +11,7 @@ from recovery.audit import Actor
 from recovery.extensions import db
 from recovery.messaging.forms import ResendForm
 from recovery.models import Message, Role, utcnow
-from recovery.recoveries import jobs, repair
-from recovery.recoveries.services import RecoveryRefused
+from recovery.recoveries import repair
 from recovery.security import require_role
 
 bp = Blueprint("messages", __name__, url_prefix="/messages")
@@ -31,14 +30,6 @@ def resend(message_id: int) -> Response:
     if not ResendForm().validate():
         flash("This form has expired; reload the page and try again.", "error")
         return back
-    try:
-        actor = Actor.for_user(current_user, request.remote_addr)
-        queued = repair.resend(db.session, message, actor, utcnow())
-    except RecoveryRefused as error:
-        db.session.rollback()
-        flash(error.message, "error")
-        return back
-    db.session.commit()
-    jobs.queue_resend(queued)
+    repair.resend(db.session, message, Actor.for_user(current_user, request.remote_addr), utcnow())
     flash("Sending the message again: the timeline shows how it went.", "success")
     return back

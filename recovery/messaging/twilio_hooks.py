@@ -63,7 +63,6 @@ def status() -> Response:
         delivery.apply_status(
             db.session, provider_id=sid, status=report, error_code=code, now=utcnow(), message_id=message_id
         )
-        db.session.commit()
     return Response(status=204)
 
 
@@ -73,7 +72,6 @@ def inbound() -> Response:
     require_signature()
     phone = (request.form.get("From") or "").strip()
     changed = delivery.apply_reply(db.session, phone=phone, body=request.form.get("Body"), now=utcnow())
-    db.session.commit()
     if changed:
         log.info(
             "twilio_reply_applied", keyword=delivery.keyword(request.form.get("Body")), organizations=changed

@@ -11,9 +11,10 @@ from werkzeug.wrappers import Response
 
 from recovery.extensions import db
 from recovery.messaging.content import sms_length
-from recovery.messaging.providers import MessagingSettings, OutgoingEmail, email_headers
+from recovery.messaging.providers import OutgoingEmail, email_headers
+from recovery.messaging.sender import messaging_settings
 from recovery.models import Channel, Message, Organization, Provider, RecoveryAttempt, Transaction
-from recovery.recoveries.services import outgoing, pay_url
+from recovery.recoveries.messages import outgoing, pay_url
 
 bp = Blueprint("messaging", __name__, url_prefix="/outbox")
 
@@ -45,8 +46,7 @@ def outbox() -> Any:
         .order_by(Message.id.desc())
         .limit(PAGE_SIZE)
     ).all()
-    settings = MessagingSettings.from_config(current_app.config)
-    return render_template("messaging/outbox.html", rows=rows, settings=settings)
+    return render_template("messaging/outbox.html", rows=rows, settings=messaging_settings())
 
 
 @bp.get("/<int:message_id>")
@@ -57,11 +57,7 @@ def detail(message_id: int) -> Any:
     assert attempt is not None and organization is not None
     base_url = current_app.config["BASE_URL"]
     item = outgoing(message, organization, base_url, attempt.token)
-    headers = (
-        email_headers(item, MessagingSettings.from_config(current_app.config))
-        if isinstance(item, OutgoingEmail)
-        else []
-    )
+    headers = email_headers(item, messaging_settings()) if isinstance(item, OutgoingEmail) else []
     return render_template(
         "messaging/detail.html",
         message=message,

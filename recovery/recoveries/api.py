@@ -6,6 +6,7 @@ from typing import Annotated, Any, Required
 
 from flask import Blueprint, jsonify, url_for
 from pydantic import Field, with_config
+from sqlalchemy import select
 from typing_extensions import TypedDict
 
 from recovery.api.auth import current_token, install_token_auth, require_token_role, token_actor
@@ -16,7 +17,7 @@ from recovery.api.serializers import iso
 from recovery.extensions import db
 from recovery.logs import get_logger
 from recovery.models import AttemptStatus, Channel, Message, MessageStatus, RecoveryAttempt, Role, utcnow
-from recovery.recoveries import jobs, services
+from recovery.recoveries import lifecycle
 from recovery.transactions.services import get_by_ref
 
 bp = Blueprint("recoveries_api", __name__, url_prefix="/v1/recoveries")
@@ -131,19 +132,11 @@ def recovery_json(attempt: RecoveryAttempt) -> Recovery:
 
 
 def attempt_messages(attempt: RecoveryAttempt) -> list[Message]:
-    from sqlalchemy import select
-
     return list(db.session.scalars(select(Message).where(Message.attempt_id == attempt.id)))
 
 
-def _refused(error: services.RecoveryRefused) -> ApiError:
-    kind = "conflict" if error.status == 409 else "validation_error"
-    fields = {error.field: error.message} if error.field else None
-    return ApiError(error.status, kind, error.message, fields)
-
-
 def _attempt(attempt_id: int) -> RecoveryAttempt:
-    attempt = services.get_for_org(db.session, current_token().organization_id, attempt_id)
+    attempt = lifecycle.get_for_org(db.session, current_token().organization_id, attempt_id)
     if attempt is None:
         raise ApiError(404, "not_found", "Recovery not found")
     return attempt
@@ -214,21 +207,15 @@ def start() -> Any:
     transaction = get_by_ref(db.session, current_token().organization_id, ref.strip())
     if transaction is None:
         raise ApiError(404, "not_found", "Transaction not found")
-    try:
-        started = services.start_recovery(
-            db.session,
-            transaction,
-            token_actor(),
-            now=utcnow(),
-            channels=channels,
-            schedule=schedule,
-            allow_fallback=allow_fallback,
-        )
-    except services.RecoveryRefused as error:
-        db.session.rollback()
-        raise _refused(error) from None
-    db.session.commit()
-    jobs.schedule_next(started.attempt)
+    started = lifecycle.start_recovery(
+        db.session,
+        transaction,
+        token_actor(),
+        now=utcnow(),
+        channels=channels,
+        schedule=schedule,
+        allow_fallback=allow_fallback,
+    )
     response = jsonify(recovery_json(started.attempt))
     response.status_code = 201
     response.headers["Location"] = url_for("recoveries_api.get", attempt_id=started.attempt.id)
@@ -263,11 +250,5 @@ def get(attempt_id: int) -> Any:
 @require_token_role(Role.OPERATOR)
 def cancel(attempt_id: int) -> Any:
     attempt = _attempt(attempt_id)
-    try:
-        cancelled = services.cancel_recovery(db.session, attempt, token_actor(), now=utcnow())
-    except services.RecoveryRefused as error:
-        db.session.rollback()
-        raise _refused(error) from None
-    db.session.commit()
-    jobs.after_cancel(cancelled)
+    lifecycle.cancel_recovery(db.session, attempt, token_actor(), now=utcnow())
     return jsonify(recovery_json(attempt))

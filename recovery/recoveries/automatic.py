@@ -12,7 +12,8 @@ from recovery.audit import Actor
 from recovery.logs import get_logger
 from recovery.models import Organization, RecoveryAttempt, Transaction, TransactionSource, TransactionStatus
 from recovery.models.base import DbSession
-from recovery.recoveries import services
+from recovery.recoveries import lifecycle
+from recovery.recoveries.refusals import RecoveryRefused
 
 log = get_logger("recovery.recoveries")
 
@@ -33,8 +34,8 @@ def auto_start(session: DbSession, transaction_id: int, *, now: datetime) -> Aut
 
     Safe to run twice: a transaction that has had any recovery, or is no longer
     failed, is left alone. A refusal (no usable contact, excluded failure code)
-    is put on the transaction's timeline, not raised. The caller commits, then
-    schedules the first send.
+    is put on the transaction's timeline, not raised. The first send is placed
+    once the caller's commit makes the recovery true.
     """
     transaction = session.get(Transaction, transaction_id, with_for_update=True)
     if transaction is None:
@@ -53,8 +54,8 @@ def auto_start(session: DbSession, transaction_id: int, *, now: datetime) -> Aut
     actor = Actor.system(organization.id, ACTOR_LABEL)
     try:
         with session.begin_nested():
-            started = services.start_recovery(session, transaction, actor, now=now)
-    except services.RecoveryRefused as refused:
+            started = lifecycle.start_recovery(session, transaction, actor, now=now)
+    except RecoveryRefused as refused:
         audit.record(
             session,
             actor,

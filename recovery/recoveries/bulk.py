@@ -1,6 +1,6 @@
 """Start recoveries for many transactions at once: a BulkStart row, worked through by an RQ job.
 
-Each transaction goes through `services.start_recovery`, so every rule (one
+Each transaction goes through `lifecycle.start_recovery`, so every rule (one
 active attempt, reachable channels, excluded failure codes, paid already)
 holds exactly as for one. A refusal is counted and listed, never stops the
 batch.
@@ -11,10 +11,10 @@ list's filter matches (`select_matching`), resolved in the request with the
 list's own parsing and query, ids only.
 
 The database is the source of truth. The request stores the selection in a
-BulkStart row and commits, then queues a job carrying the row's id. The job
-takes the next CHUNK ids after `processed`, with the row locked, and commits
-the chunk's recoveries together with the row's new counts; then it schedules
-that chunk's first sends. So a run killed at any point loses nothing and
+BulkStart row; once that commits, a job carrying the row's id is queued. The
+job takes the next CHUNK ids after `processed`, with the row locked, and
+commits the chunk's recoveries together with the row's new counts; then the
+chunk's first sends are placed. So a run killed at any point loses nothing and
 repeats nothing: the next run continues from `processed`. The send sweeper
 queues that next run (`resume_stalled`) for a row that stopped moving.
 """
@@ -41,8 +41,12 @@ from recovery.logs import get_logger
 from recovery.models import BulkStart, BulkStatus, Organization, RecoveryAttempt, Transaction, utcnow
 from recovery.models.base import DbSession
 from recovery.queue import get_queue, job_statuses
-from recovery.recoveries import jobs, services
+from recovery.recoveries import lifecycle
+from recovery.recoveries.refusals import RecoveryRefused
+from recovery.recoveries.schedule import send_time
+from recovery.refusals import Refused
 from recovery.transactions import services as transactions
+from recovery.unit_of_work import commit_now, on_commit
 
 log = get_logger("recovery.recoveries")
 
@@ -74,7 +78,7 @@ _WILL_RUN = frozenset({JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED
 CHANNEL_OPTIONS = {"any": None, "email": ["email"], "sms": ["sms"]}
 
 
-class BulkRefused(Exception):
+class BulkRefused(Refused):
     """The request itself is unusable (nothing selected, too many, a bad filter)."""
 
 
@@ -133,7 +137,7 @@ def create(
     channel: str,
     filters: dict[str, str] | None = None,
 ) -> BulkStart:
-    """Add the bulk start with its first run counted; the caller commits, then calls `enqueue_run`."""
+    """Add the bulk start with its first run counted; the run is queued once this commits."""
     if channel not in CHANNEL_OPTIONS:
         raise BulkRefused("Choose how to send: email, SMS, or both.")
     bulk = BulkStart(
@@ -160,24 +164,34 @@ def create(
         channel=channel,
         filters=filters,
     )
+    on_commit(session, queue_run, bulk.id, bulk.runs, bulk.total)
     return bulk
 
 
 def job_id(bulk: BulkStart) -> str:
     """The RQ job id of the bulk start's current run: one job per run, however often it is queued."""
-    return f"{JOB_PREFIX}{bulk.id}-{bulk.runs}"
+    return run_job_id(bulk.id, bulk.runs)
+
+
+def run_job_id(bulk_id: int, run: int) -> str:
+    return f"{JOB_PREFIX}{bulk_id}-{run}"
 
 
 def enqueue_run(bulk: BulkStart) -> str:
-    """Queue the current run (after the commit that counted it); raises RedisError if unreachable.
+    """Queue the current run (after the commit that counted it); raises RedisError if unreachable."""
+    return queue_run(bulk.id, bulk.runs, bulk.total)
+
+
+def queue_run(bulk_id: int, run: int, total: int) -> str:
+    """Queue run `run` of the bulk start; raises RedisError if unreachable.
 
     Safe to call twice: the second finds the job and adds none.
     """
-    run_id = job_id(bulk)
-    description = f"Start {bulk.total} recoveries (bulk start {bulk.id}, run {bulk.runs})"
+    run_id = run_job_id(bulk_id, run)
+    description = f"Start {total} recoveries (bulk start {bulk_id}, run {run})"
     with suppress(DuplicateJobError):  # queued already
         get_queue().enqueue(
-            run_job, bulk.id, job_id=run_id, unique=True, job_timeout=JOB_TIMEOUT, description=description
+            run_job, bulk_id, job_id=run_id, unique=True, job_timeout=JOB_TIMEOUT, description=description
         )
     return run_id
 
@@ -200,7 +214,7 @@ class FirstSends:
 def first_sends(session: DbSession, bulk: BulkStart) -> FirstSends:
     """Count the bulk start's recoveries by when their first message goes, by the sending rule itself.
 
-    The first send is `services.send_time` of the attempt's start plus its
+    The first send is `schedule.send_time` of the attempt's start plus its
     schedule's first day (as `start_recovery` sets it); recomputed here
     because `next_send_at` moves on once that message is out.
     """
@@ -222,7 +236,7 @@ def first_sends(session: DbSession, bulk: BulkStart) -> FirstSends:
         planned = attempt.created_at + timedelta(days=(attempt.schedule_days or [0])[0])
         if planned > attempt.created_at:
             later += 1
-        elif services.send_time(organization, transaction, planned) > planned:
+        elif send_time(organization, transaction, planned) > planned:
             quiet += 1
         else:
             now += 1
@@ -268,8 +282,8 @@ def step(session: DbSession, bulk_id: int) -> bool:
     Safe to run twice, and at once: the row is locked while its chunk is
     worked, and the chunk is the one after `processed` as committed. (A
     transaction started anyway would be refused by start_recovery as already
-    running.) The chunk's first sends are scheduled after the commit; a crash
-    between the two leaves them to the send sweeper.
+    running.) The chunk's first sends are placed after its commit (`start_recovery`
+    registers them); a crash between the two leaves them to the send sweeper.
     """
     bulk = _lock(session, bulk_id)
     if bulk is None or bulk.status not in (BS.QUEUED, BS.RUNNING):
@@ -289,17 +303,14 @@ def step(session: DbSession, bulk_id: int) -> bool:
     }
     # Plain JSON columns: changes are seen by assigning new values, not by mutating.
     reasons, refusals = dict(bulk.reasons or {}), list(bulk.refusals or [])
-    sends: list[tuple[int, int, datetime]] = []
     for transaction_id in chunk:
         transaction = found.get(transaction_id)
         try:
             if transaction is None:
-                raise services.RecoveryRefused("Transaction not found.")
+                raise RecoveryRefused("Transaction not found.")
             with session.begin_nested():
-                attempt = services.start_recovery(
-                    session, transaction, actor, now=utcnow(), channels=channels
-                ).attempt
-        except services.RecoveryRefused as error:
+                lifecycle.start_recovery(session, transaction, actor, now=utcnow(), channels=channels)
+        except RecoveryRefused as error:
             bulk.refused += 1
             reasons[error.message] = reasons.get(error.message, 0) + 1
             if len(refusals) < MAX_LISTED:
@@ -307,15 +318,12 @@ def step(session: DbSession, bulk_id: int) -> bool:
                 refusals.append({"ref": ref, "reason": error.message})
             continue
         bulk.started += 1
-        if attempt.next_send_at is not None:
-            sends.append((attempt.id, attempt.step, attempt.next_send_at))
     bulk.reasons, bulk.refusals = reasons, refusals
     bulk.processed += len(chunk)
     more = bulk.processed < bulk.total
     if not more:
         _finish(session, bulk, actor)
-    session.commit()
-    jobs.schedule_many(sends)
+    commit_now(session, "each chunk holds on its own: a run that dies resumes after it")
     return more
 
 
@@ -359,7 +367,7 @@ def _fail(session: DbSession, bulk_id: int, error: Exception) -> None:
         if bulk is not None and bulk.can_transition(BS.FAILED):
             bulk.transition(BS.FAILED)
             bulk.error = message
-        session.commit()
+        commit_now(session, "the failure is on record though the job that hit it fails")
     except SQLAlchemyError:
         # The database itself is failing: the row stays running and the sweeper resumes it.
         session.rollback()
@@ -394,7 +402,7 @@ def start_many(*args: Any, **kwargs: Any) -> None:
 
 
 def resume(session: DbSession, bulk: BulkStart, actor: Actor) -> None:
-    """Run a failed bulk start again from its last committed chunk; the caller commits, then enqueues."""
+    """Run a failed bulk start again from its last committed chunk; queued once this commits."""
     if bulk.status != BS.FAILED:
         raise BulkRefused("Only a bulk start that stopped on an error can be resumed.")
     bulk.transition(BS.RUNNING)
@@ -409,6 +417,7 @@ def resume(session: DbSession, bulk: BulkStart, actor: Actor) -> None:
         processed=bulk.processed,
         total=bulk.total,
     )
+    on_commit(session, queue_run, bulk.id, bulk.runs, bulk.total)
 
 
 def resume_stalled(session: DbSession, now: datetime) -> int:
@@ -435,7 +444,7 @@ def resume_stalled(session: DbSession, now: datetime) -> int:
     for bulk in resumed:
         bulk.runs += 1
         bulk.updated_at = now
-    session.commit()
+    commit_now(session, "the runs are counted before they are queued: the next sweeps leave them alone")
     placed = 0
     for bulk in resumed:
         try:

@@ -1,7 +1,7 @@
 """What a send that stopped half-way left behind, put right; and unknown messages, looked up or sent again.
 
 A send batch commits each message's claim, then its hand-off just before the
-provider call, then the provider's answer (services.send_batch). A worker
+provider call, then the provider's answer (sending.send_batch). A worker
 killed in between (SIGKILL, OOM, a lost machine) leaves messages `sending`:
 
 - claimed, never handed off (`handed_off_at` empty): the provider never saw
@@ -28,6 +28,7 @@ from sqlalchemy import ColumnElement, and_, or_, select
 from recovery import audit
 from recovery.audit import Actor
 from recovery.logs import get_logger
+from recovery.messaging.contacts import BatchContacts, suppressed_channels
 from recovery.messaging.providers import Postman
 from recovery.models import (
     AttemptStatus,
@@ -41,14 +42,13 @@ from recovery.models import (
 )
 from recovery.models.base import DbSession
 from recovery.models.message import DELIVERY_FAILED
-from recovery.recoveries import services
-from recovery.recoveries.services import (
-    BATCH_SENDING_SECONDS,
-    CLAIM_ABANDONED,
-    HANDOFF_ABANDONED,
-    BatchContacts,
-    RecoveryRefused,
-)
+from recovery.recoveries import scheduling
+from recovery.recoveries.answers import record_answers
+from recovery.recoveries.claims import MAX_TRIES, lock_attempt
+from recovery.recoveries.handoff import BATCH_SENDING_SECONDS, CLAIM_ABANDONED, HANDOFF_ABANDONED, hand_off
+from recovery.recoveries.messages import outgoing
+from recovery.recoveries.refusals import RecoveryRefused
+from recovery.unit_of_work import on_commit
 
 log = get_logger("recovery.recoveries")
 
@@ -120,7 +120,7 @@ def repair_abandoned(session: DbSession, now: datetime, *, limit: int = REPAIR_L
     )
     repaired = Repaired()
     for attempt_id in attempt_ids:
-        attempt = services.lock_attempt(session, attempt_id)
+        attempt = lock_attempt(session, attempt_id)
         assert attempt is not None  # attempts are never deleted
         messages = session.scalars(
             select(Message)
@@ -162,7 +162,7 @@ def repair_abandoned(session: DbSession, now: datetime, *, limit: int = REPAIR_L
 
 def _never_handed_off(message: Message, attempt: RecoveryAttempt) -> None:
     if message.step == attempt.step or not attempt.is_active:
-        # `tries` stays: it fences the dead run's claim (services._claim).
+        # `tries` stays: it fences the dead run's claim (claims.claim).
         message.transition(M.FAILED)
         message.error = NEVER_HANDED_OFF if attempt.is_active else None
     else:
@@ -204,7 +204,7 @@ def look_up_sms(session: DbSession, postman: Postman, message_id: int, now: date
     if found is None:
         message.error = note
     else:
-        attempt = services.lock_attempt(session, message.attempt_id)
+        attempt = lock_attempt(session, message.attempt_id)
         assert attempt is not None
         mark_found(message, attempt, provider_id=found.sid, status=found.status)
         audit.record(
@@ -216,7 +216,6 @@ def look_up_sms(session: DbSession, postman: Postman, message_id: int, now: date
             target_id=message.id,
             provider_id=found.sid,
         )
-    session.commit()
     log.info("recovery_sms_looked_up", message_id=message_id, outcome=outcome)
     return outcome
 
@@ -232,7 +231,7 @@ def mark_found(message: Message, attempt: RecoveryAttempt, *, provider_id: str, 
     message.error = None
     if status in DELIVERY_FAILED:
         message.transition(M.FAILED)
-        message.tries = services.MAX_TRIES  # failed after the provider took it: never re-sent
+        message.tries = MAX_TRIES  # failed after the provider took it: never re-sent
         message.error = f"Twilio: {status}"
         return
     message.transition(M.DELIVERED if status == "delivered" else M.SENT)
@@ -246,7 +245,7 @@ def mark_found(message: Message, attempt: RecoveryAttempt, *, provider_id: str, 
 
 @dataclass(frozen=True)
 class ResendQueued:
-    """A resend claimed; the caller commits, then places `jobs.resend_message(message_id, tries)`."""
+    """A resend claimed; `jobs.resend_message(message_id, tries)` is placed once it commits."""
 
     message_id: int
     tries: int
@@ -259,17 +258,17 @@ def resend(session: DbSession, message: Message, actor: Actor, now: datetime) ->
     recovery has ended (paid, cancelled, expired) or the address may no
     longer be used.
     """
-    attempt = services.lock_attempt(session, message.attempt_id)
+    attempt = lock_attempt(session, message.attempt_id)
     assert attempt is not None
     session.refresh(message, with_for_update=True)
-    behind = message.step < attempt.step or message.tries >= services.MAX_TRIES
+    behind = message.step < attempt.step or message.tries >= MAX_TRIES
     if not (message.status == M.UNKNOWN or (message.status == M.FAILED and behind)):
         raise RecoveryRefused(
             "Only a message whose fate is unknown, or that failed for good, can be sent again."
         )
     if not attempt.is_active:
         raise RecoveryRefused("This recovery has ended; start a new one to contact the customer.", status=409)
-    if message.channel in services.suppressed_channels(session, attempt.transaction):
+    if message.channel in suppressed_channels(session, attempt.transaction):
         raise RecoveryRefused("The customer can no longer be reached at this address.", status=409)
     message.transition(M.SENDING)
     message.tries += 1
@@ -285,11 +284,12 @@ def resend(session: DbSession, message: Message, actor: Actor, now: datetime) ->
         target_id=message.id,
         channel=message.channel,
     )
+    on_commit(session, scheduling.queue_resend, message.id, message.tries)
     return ResendQueued(message.id, message.tries)
 
 
 def send_claimed(session: DbSession, postman: Postman, message_id: int, tries: int, *, base_url: str) -> str:
-    """Send one claimed message (a staff member's resend): hand-off, delivery, answer. Commits.
+    """Send one claimed message (a staff member's resend): hand-off (committed), delivery, answer.
 
     "lost" if the claim is no longer this job's (sent already by an earlier
     run of it, or settled by `repair_abandoned`).
@@ -301,14 +301,13 @@ def send_claimed(session: DbSession, postman: Postman, message_id: int, tries: i
     attempt = session.get(RecoveryAttempt, message.attempt_id)
     organization = session.get(Organization, message.organization_id)
     assert attempt is not None and organization is not None
-    item = services.outgoing(message, organization, base_url, attempt.token)
+    item = outgoing(message, organization, base_url, attempt.token)
     with postman.session():
-        delivery = services.hand_off(session, postman, item, tries, time.monotonic() + BATCH_SENDING_SECONDS)
+        delivery = hand_off(session, postman, item, tries, time.monotonic() + BATCH_SENDING_SECONDS)
     if delivery is None:
         return "lost"
-    attempt = services.lock_attempt(session, message.attempt_id)
+    attempt = lock_attempt(session, message.attempt_id)
     assert attempt is not None
     contacts = BatchContacts(session, [attempt.transaction])
-    services.record_answers(session, attempt, [(message_id, tries, delivery)], utcnow(), contacts)
-    session.commit()
+    record_answers(session, attempt, [(message_id, tries, delivery)], utcnow(), contacts)
     return delivery.outcome

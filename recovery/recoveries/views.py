@@ -8,13 +8,12 @@ from typing import Any
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from flask_wtf import FlaskForm
-from redis.exceptions import RedisError
 from sqlalchemy import select
 from werkzeug.wrappers import Response
 
 from recovery.audit import Actor
 from recovery.extensions import db
-from recovery.logs import get_logger
+from recovery.messaging.contacts import available_channels
 from recovery.models import (
     AttemptStatus,
     AuditEvent,
@@ -26,21 +25,20 @@ from recovery.models import (
     TransactionStatus,
     utcnow,
 )
-from recovery.recoveries import bulk, jobs, services
+from recovery.recoveries import bulk, lifecycle
 from recovery.recoveries.forms import (
     CHANNEL_CHOICES,
     BulkStartForm,
     CancelRecoveryForm,
     StartRecoveryForm,
 )
-from recovery.security import is_safe_next, require_role
+from recovery.refusals import Refused
+from recovery.security import require_role
 from recovery.templating import format_datetime, row_id_arg
 from recovery.transactions import live
 from recovery.transactions.services import get_for_org
 
 bp = Blueprint("recoveries", __name__)
-
-log = get_logger("recovery.recoveries")
 
 PAGE_SIZE = 50
 
@@ -51,8 +49,8 @@ def _actor() -> Actor:
 
 def panel_context(transaction: Transaction) -> dict[str, Any]:
     """What the transaction page needs for its Recovery card."""
-    active = services.active_attempt(db.session, transaction.id)
-    available = services.available_channels(db.session, transaction)
+    active = lifecycle.active_attempt(db.session, transaction.id)
+    available = available_channels(db.session, transaction)
     organization = db.session.get(Organization, transaction.organization_id)
     form = StartRecoveryForm(
         channels=available, allow_fallback=bool(organization and organization.fallback_set)
@@ -104,22 +102,15 @@ def start(transaction_id: int) -> Response:
     if not form.validate():
         flash("This form has expired; reload the page and try again.", "error")
         return _back(transaction.id)
-    try:
-        started = services.start_recovery(
-            db.session,
-            transaction,
-            _actor(),
-            now=utcnow(),
-            channels=list(form.channels.data or []),
-            schedule=(form.schedule.data or "").strip() or None,
-            allow_fallback=bool(form.allow_fallback.data),
-        )
-    except services.RecoveryRefused as error:
-        db.session.rollback()
-        flash(error.message, "error")
-        return _back(transaction.id)
-    db.session.commit()
-    jobs.schedule_next(started.attempt)
+    started = lifecycle.start_recovery(
+        db.session,
+        transaction,
+        _actor(),
+        now=utcnow(),
+        channels=list(form.channels.data or []),
+        schedule=(form.schedule.data or "").strip() or None,
+        allow_fallback=bool(form.allow_fallback.data),
+    )
     first = started.attempt.next_send_at
     if first is not None and first > utcnow() + timedelta(minutes=1):
         # Quiet hours in the customer's time zone moved the first message.
@@ -136,20 +127,13 @@ def start(transaction_id: int) -> Response:
 @bp.post("/recoveries/<int:attempt_id>/cancel")
 @require_role(Role.OPERATOR)
 def cancel(attempt_id: int) -> Response:
-    attempt = services.get_for_org(db.session, current_user.organization_id, attempt_id)
+    attempt = lifecycle.get_for_org(db.session, current_user.organization_id, attempt_id)
     if attempt is None:
         abort(404)
     if not CancelRecoveryForm().validate():
         flash("This form has expired; reload the page and try again.", "error")
         return _back(attempt.transaction_id)
-    try:
-        cancelled = services.cancel_recovery(db.session, attempt, _actor(), now=utcnow())
-    except services.RecoveryRefused as error:
-        db.session.rollback()
-        flash(error.message, "error")
-        return _back(attempt.transaction_id)
-    db.session.commit()
-    jobs.after_cancel(cancelled)
+    lifecycle.cancel_recovery(db.session, attempt, _actor(), now=utcnow())
     flash("Recovery cancelled: no more messages will be sent.", "success")
     return _back(attempt.transaction_id)
 
@@ -165,35 +149,12 @@ def _bulk_selection() -> bulk.Selection:
 @require_role(Role.OPERATOR)
 def bulk_start() -> Response:
     """Store the transactions selected on the list and queue their start; follow it on the progress page."""
-    target = request.form.get("next")
-    back = redirect(target if is_safe_next(target) else url_for("transactions.index"))  # type: ignore[arg-type]
     form = BulkStartForm()
     if not form.validate():
-        flash("This form has expired; reload the page and try again.", "error")
-        return back
-    try:
-        selection = _bulk_selection()
-        started = bulk.create(
-            db.session, _actor(), selection.ids, form.channel.data or "any", selection.filters
-        )
-    except bulk.BulkRefused as error:
-        flash(str(error), "error")
-        return back
-    db.session.commit()
-    _queue_bulk_run(started)
+        raise Refused("This form has expired; reload the page and try again.")
+    selection = _bulk_selection()
+    started = bulk.create(db.session, _actor(), selection.ids, form.channel.data or "any", selection.filters)
     return redirect(url_for("recoveries.bulk_progress", bulk_id=started.id))
-
-
-def _queue_bulk_run(started: BulkStart) -> None:
-    """Queue the bulk start's run after its commit; if Redis is down, the sweeper queues it later."""
-    try:
-        bulk.enqueue_run(started)
-    except RedisError:
-        log.exception("recovery_bulk_enqueue_failed", bulk_start_id=started.id)
-        flash(
-            "The job queue is unreachable right now; the recoveries start by themselves once it is back.",
-            "warning",
-        )
 
 
 def _bulk_for_org(bulk_id: int) -> BulkStart:
@@ -225,13 +186,7 @@ def bulk_resume(bulk_id: int) -> Response:
     if not FlaskForm().validate():  # the CSRF token only
         flash("This form has expired; reload the page and try again.", "error")
         return progress
-    try:
-        bulk.resume(db.session, found, _actor())
-    except bulk.BulkRefused as error:
-        flash(str(error), "error")
-        return progress
-    db.session.commit()
-    _queue_bulk_run(found)
+    bulk.resume(db.session, found, _actor())
     return progress
 
 

@@ -27,7 +27,7 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import select
 
 from recovery.models import Message, MessageStatus, Organization, RecoveryAttempt, Transaction, utcnow
-from recovery.recoveries import jobs, services
+from recovery.recoveries import answers, handoff, jobs
 from tests.conftest import base_config
 from tests.fixtures.fakes import SmtpServer, _Handler, providers_config
 from tests.recoveries.test_recoveries import start
@@ -266,12 +266,12 @@ def _killed_mid_batch(db, org, make_transaction, smtp, flask_worker, kill_at: st
     # 2. A worker is back: the other queued sends go out; the dead batch's claims wait (they may be live).
     flask_worker()
     # 3. Two minutes on (CLAIM_ABANDONED): the sweeper fails the claims never handed off, they go out.
-    _age(db, services.CLAIM_ABANDONED + timedelta(seconds=1))
+    _age(db, handoff.CLAIM_ABANDONED + timedelta(seconds=1))
     # (the in-flight one's step is placed too, and finds its claim still in the provider's hands)
     assert jobs.sweep_once(utcnow()) >= BATCH - KILL_AT_EMAIL
     flask_worker()
     # 4. Ten minutes on (HANDOFF_ABANDONED): the one in flight becomes unknown, its schedule goes on.
-    _age(db, services.HANDOFF_ABANDONED)
+    _age(db, handoff.HANDOFF_ABANDONED)
     assert jobs.sweep_once(utcnow()) == 1
     flask_worker()
 
@@ -309,7 +309,7 @@ def test_the_smtp_server_stopping_mid_batch_delays_messages_and_loses_none(
     assert retry_at and min(retry_at) > utcnow()  # retried on schedule (a minute on), not at once
 
     smtp.restart()  # type: ignore[attr-defined]
-    _age(db, services.RETRY_DELAYS[0] + timedelta(seconds=1))
+    _age(db, answers.RETRY_DELAYS[0] + timedelta(seconds=1))
     jobs.sweep_once(utcnow())
     flask_worker()
 

@@ -30,7 +30,7 @@ from recovery.messaging import content
 from recovery.messaging.content import writing_locale
 from recovery.models import Message, Organization, RecoveryAttempt, Transaction, utcnow
 from recovery.queue import redis_connection
-from recovery.recoveries import jobs, services
+from recovery.recoveries import lifecycle
 
 # Every message of a customer whose language has no copy is written in this English.
 WORLD = "en_001"
@@ -75,11 +75,10 @@ def send_first_messages(
     db: Any, worker: Callable[[], None], transaction: Transaction
 ) -> tuple[RecoveryAttempt, Message, Message]:
     """Start a recovery as the dashboard does and let the worker send its first email and SMS."""
-    started = services.start_recovery(
+    started = lifecycle.start_recovery(
         db.session, transaction, Actor.system(transaction.organization_id, "test"), now=utcnow()
     )
-    db.session.commit()
-    jobs.schedule_next(started.attempt)
+    db.session.commit()  # which places the first send
     worker()
     db.session.expire_all()
     email, sms = db.session.scalars(
@@ -201,11 +200,10 @@ def test_a_translated_language_gets_its_own_formats(
         customer_phone=None,
     )
     for transaction in (french, german):
-        started = services.start_recovery(
+        lifecycle.start_recovery(
             db.session, transaction, Actor.system(org.id, "test"), now=utcnow(), channels=["email"]
         )
-        db.session.commit()
-        jobs.schedule_next(started.attempt)
+        db.session.commit()  # which places the first send
     worker()
     db.session.expire_all()
     subjects = {m.transaction_id: (m.subject, m.body_text) for m in db.session.scalars(select(Message)).all()}

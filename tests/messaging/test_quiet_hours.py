@@ -18,9 +18,8 @@ import pytest
 from sqlalchemy import select
 
 from recovery.audit import Actor
-from recovery.models import Message, Organization, RecoveryAttempt, Transaction
-from recovery.recoveries import jobs, services
-from recovery.recoveries.quiet_hours import (
+from recovery.messaging import sender
+from recovery.messaging.quiet_hours import (
     QuietHours,
     allowed_at,
     country_zone,
@@ -30,6 +29,8 @@ from recovery.recoveries.quiet_hours import (
     defer_in_all,
     parse_quiet_hours,
 )
+from recovery.models import Message, Organization, RecoveryAttempt, Transaction
+from recovery.recoveries import answers, claims, lifecycle, sending
 
 NIGHT = QuietHours(time(21), time(8))
 NIGHTLY = "21:00-08:00"
@@ -230,18 +231,18 @@ def org(make_org: Callable[..., Organization]) -> Organization:
 
 
 def start(db: Any, transaction: Transaction, now: datetime) -> RecoveryAttempt:
-    started = services.start_recovery(
+    started = lifecycle.start_recovery(
         db.session, transaction, Actor.system(transaction.organization_id, "test"), now=now
     )
     db.session.commit()
     return started.attempt
 
 
-def send(db: Any, attempt: RecoveryAttempt, now: datetime) -> services.SendResult:
+def send(db: Any, attempt: RecoveryAttempt, now: datetime) -> answers.SendResult:
     db.session.expire_all()
     attempt = db.session.get(RecoveryAttempt, attempt.id)
-    return services.send_due(
-        db.session, jobs.postman(), attempt.id, attempt.step, base_url="http://x", now=now
+    return sending.send_due(
+        db.session, sender.postman(), attempt.id, attempt.step, base_url="http://x", now=now
     )
 
 
@@ -316,5 +317,5 @@ def test_the_next_step_is_scheduled_out_of_quiet_hours(db, org, make_transaction
 def test_the_sweeper_does_not_pick_up_a_deferred_send_early(db, org, make_transaction):
     attempt = start(db, make_transaction(org, customer_country="JP"), SAME_INSTANT)
 
-    assert services.due_attempts(db.session, SAME_INSTANT) == []
-    assert [row[0] for row in services.due_attempts(db.session, utc(2025, 1, 15, 23))] == [attempt.id]
+    assert claims.due_attempts(db.session, SAME_INSTANT) == []
+    assert [row[0] for row in claims.due_attempts(db.session, utc(2025, 1, 15, 23))] == [attempt.id]

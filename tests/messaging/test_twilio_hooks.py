@@ -16,6 +16,7 @@ from sqlalchemy import select
 from twilio.request_validator import RequestValidator
 
 from recovery.audit import Actor
+from recovery.messaging import contacts
 from recovery.models import (
     AuditEvent,
     ContactSuppression,
@@ -28,8 +29,8 @@ from recovery.models import (
     utcnow,
 )
 from recovery.queue import redis_connection
-from recovery.recoveries import jobs, services
-from recovery.transactions.services import timeline
+from recovery.recoveries import claims, jobs, lifecycle
+from recovery.transactions.timeline import timeline
 from tests.fixtures.fakes import TWILIO_TOKEN, _twilio_server, fake_twilio, providers_config, smtp_server
 
 __all__ = ["_twilio_server", "fake_twilio", "smtp_server"]
@@ -68,11 +69,10 @@ def post_signed(client: Any, path: str, form: dict[str, str], base: str = "http:
 
 def send_sms(db: Any, run_worker: Callable[[], None], transaction: Transaction, **options: Any) -> Message:
     """Start an SMS recovery and let the worker send its first message to the fake Twilio."""
-    started = services.start_recovery(
+    started = lifecycle.start_recovery(
         db.session, transaction, Actor.system(transaction.organization_id, "test"), now=utcnow(), **options
     )
-    db.session.commit()
-    jobs.schedule_next(started.attempt)
+    db.session.commit()  # which places the first send
     run_worker()
     db.session.expire_all()
     return db.session.scalars(
@@ -185,7 +185,7 @@ def test_transient_delivery_failure_is_not_retried_and_suppresses_nothing(client
     report(client, sent, "undelivered", ErrorCode="30003")  # unreachable handset: may be off
 
     message = reload(db, sent)
-    assert message.status == M.FAILED and message.tries == services.MAX_TRIES
+    assert message.status == M.FAILED and message.tries == claims.MAX_TRIES
     assert "30003" in message.error
     assert db.session.scalars(select(ContactSuppression)).all() == []
 
@@ -211,7 +211,7 @@ def test_permanent_delivery_error_marks_the_number_dead(client, db, sent, code, 
     )
     assert suppression.reason == reason and suppression.message_id == sent.id
     transaction = db.session.get(Transaction, sent.transaction_id)
-    assert "sms" not in services.available_channels(db.session, transaction)
+    assert "sms" not in contacts.available_channels(db.session, transaction)
 
 
 def test_report_for_another_sid_on_the_message_url_changes_nothing(client, db, sent):
@@ -365,7 +365,7 @@ def test_start_opts_back_in(client, db, sent):
     assert response.status_code == 200
     assert suppressions(db) == []
     transaction = db.session.get(Transaction, sent.transaction_id)
-    assert "sms" in services.available_channels(db.session, transaction)
+    assert "sms" in contacts.available_channels(db.session, transaction)
     actions = db.session.scalars(
         select(AuditEvent.action).where(AuditEvent.action.like("recovery.sms_opted%"))
     )

@@ -15,7 +15,7 @@ from recovery.audit import Actor
 from recovery.messaging import delivery
 from recovery.models import AuditEvent, Message, MessageStatus, Organization, RecoveryAttempt, Role, utcnow
 from recovery.queue import get_queue
-from recovery.recoveries import jobs, repair, services
+from recovery.recoveries import handoff, jobs, repair
 from tests.conftest import csrf_token, login
 from tests.fixtures.fakes import _twilio_server, fake_twilio, providers_config, smtp_server
 from tests.recoveries.test_recoveries import messages, reload, start, worker
@@ -127,7 +127,7 @@ def _unknown_email(db, org, make_transaction, worker) -> Any:
         body_text="Pay here",
         status=M.SENDING,
         tries=1,
-        handed_off_at=utcnow() - services.HANDOFF_ABANDONED - timedelta(seconds=1),
+        handed_off_at=utcnow() - handoff.HANDOFF_ABANDONED - timedelta(seconds=1),
     )
     db.session.add(claim)
     db.session.commit()
@@ -210,7 +210,7 @@ def test_a_resend_whose_worker_dies_before_the_hand_off_is_unknown_again(
     client.post(f"/messages/{message_id}/resend", data={"csrf_token": csrf_token(html)})
     get_queue().empty()  # the resend job is lost with its worker
 
-    jobs.sweep_once(utcnow() + services.CLAIM_ABANDONED + timedelta(seconds=1))
+    jobs.sweep_once(utcnow() + handoff.CLAIM_ABANDONED + timedelta(seconds=1))
 
     db.session.expire_all()
     message = db.session.get(Message, message_id)

@@ -8,8 +8,9 @@ import pytest
 from sqlalchemy import select
 
 from recovery.audit import Actor
+from recovery.messaging import contacts
 from recovery.models import AuditEvent, Organization, RecoveryAttempt, Role, utcnow
-from recovery.recoveries import services
+from recovery.recoveries import lifecycle
 from recovery.recoveries.forms import StartRecoveryForm
 from tests.conftest import bearer
 
@@ -134,7 +135,7 @@ def test_only_owners_and_admins_change_settings(client, db, signed_in, role):
 
 
 def start(db: Any, transaction: Any, **options: Any) -> RecoveryAttempt:
-    started = services.start_recovery(
+    started = lifecycle.start_recovery(
         db.session, transaction, Actor.system(transaction.organization_id), now=utcnow(), **options
     )
     db.session.commit()
@@ -158,10 +159,10 @@ def test_a_dead_email_falls_back_only_where_allowed(
     transaction = make_transaction(org, customer_email="ann@example.com", customer_phone="+14155550123")
     attempt = start(db, transaction, channels=["email"], allow_fallback=allow_fallback)
     assert attempt.allow_fallback is (bool(fallback_channels) if allow_fallback is None else allow_fallback)
-    services.suppress(db.session, org.id, "email", "ann@example.com", "undeliverable")
+    contacts.suppress(db.session, org.id, "email", "ann@example.com", "undeliverable")
     db.session.commit()
 
-    assert services.effective_channels(db.session, attempt, transaction) == expected
+    assert contacts.effective_channels(db.session, attempt, transaction) == expected
 
 
 def test_the_start_form_has_the_fallback_choice(app):

@@ -22,7 +22,7 @@ from stripe._api_version import _ApiVersion
 from recovery.audit import Actor
 from recovery.models import CheckoutSession, Organization, Role, WebhookEvent, utcnow
 from recovery.payments.gateway import STRIPE_API_VERSION, StripeGateway, StripeSettings
-from recovery.recoveries import services as recoveries
+from recovery.recoveries import lifecycle
 from recovery.tokens.services import create_token
 from stripe_sandbox.config import API_VERSION as SANDBOX_VERSION
 from tests.fixtures import stripe_events as se
@@ -61,7 +61,7 @@ def log_lines(app: Flask) -> Iterator[Callable[[], list[dict[str, Any]]]]:
 def paid_attempt(client: FlaskClient, db: Any, org: Organization, make_transaction: Any, sandbox: Any) -> str:
     """A recovery whose customer opened Checkout and paid with 4242; the success page's URL."""
     transaction = make_transaction(org, transaction_ref="TXN-V", amount=5000, currency="usd")
-    started = recoveries.start_recovery(db.session, transaction, Actor.system(org.id), now=utcnow())
+    started = lifecycle.start_recovery(db.session, transaction, Actor.system(org.id), now=utcnow())
     db.session.commit()
     token = started.attempt.token
     assert client.post(f"/pay/{token}").status_code == 303

@@ -15,8 +15,10 @@ from flask import Flask
 from flask.testing import FlaskClient
 from redis.exceptions import RedisError
 from rq import Worker
+from rq.job import Job
 
 from recovery.audit import Actor
+from recovery.boundary import QUEUE_DOWN
 from recovery.models import (
     AttemptStatus,
     AuditEvent,
@@ -27,7 +29,7 @@ from recovery.models import (
     utcnow,
 )
 from recovery.queue import get_queue, redis_connection
-from recovery.recoveries import bulk, jobs, services
+from recovery.recoveries import bulk, jobs, lifecycle
 
 HX = {"HX-Request": "true"}
 
@@ -103,7 +105,7 @@ def test_hundreds_start_in_one_job_and_refusals_are_listed(
     user = signed_in("operator", org=org)
     good = [make_transaction(org) for _ in range(230)]
     running = make_transaction(org, transaction_ref="RUNNING-1")
-    services.start_recovery(db.session, running, Actor.system(org.id), now=utcnow())
+    lifecycle.start_recovery(db.session, running, Actor.system(org.id), now=utcnow())
     db.session.commit()
     no_contact = make_transaction(org, transaction_ref="NOCONTACT-1", customer_email=None)
     excluded = make_transaction(org, transaction_ref="EXCLUDED-1", failure_code="stolen_card")
@@ -188,9 +190,10 @@ def test_the_channel_choice_applies_to_every_transaction(
 
 
 def create(db: Any, org: Organization, ids: list[int], channel: str = "any") -> int:
-    """A committed bulk start of `ids`, as the request leaves it (its job not queued); its id."""
+    """A committed bulk start of `ids` whose job is not in the queue (run by hand, or lost); its id."""
     row = bulk.create(db.session, Actor.system(org.id), ids, channel)
-    db.session.commit()
+    db.session.commit()  # which queues its run
+    Job.fetch(bulk.run_job_id(row.id, 1), connection=redis_connection()).delete()
     return row.id
 
 
@@ -384,7 +387,7 @@ def test_a_run_that_fails_is_marked_failed_and_an_operator_resumes_it(
     user = signed_in("operator", org=org)
     ids = [make_transaction(org).id for _ in range(bulk.CHUNK + 1)]
     url = progress_url(client.post("/recoveries/bulk", data={"ids": ids, "channel": "any"}))
-    real_start = services.start_recovery
+    real_start = lifecycle.start_recovery
     calls = 0
 
     def broken_after_one_chunk(*args: Any, **kwargs: Any) -> Any:
@@ -394,7 +397,7 @@ def test_a_run_that_fails_is_marked_failed_and_an_operator_resumes_it(
             raise RuntimeError("the disk is full")
         return real_start(*args, **kwargs)
 
-    monkeypatch.setattr(services, "start_recovery", broken_after_one_chunk)
+    monkeypatch.setattr(lifecycle, "start_recovery", broken_after_one_chunk)
     work()  # a forked work horse: it has the broken start_recovery too
 
     row = bulk_row(db, url)
@@ -405,7 +408,7 @@ def test_a_run_that_fails_is_marked_failed_and_an_operator_resumes_it(
     # An error in our code is no crash: the sweeper leaves it to the operator.
     assert bulk.resume_stalled(db.session, utcnow() + timedelta(hours=1)) == 0
 
-    monkeypatch.setattr(services, "start_recovery", real_start)
+    monkeypatch.setattr(lifecycle, "start_recovery", real_start)
     response = client.post(f"{url}/resume")
     assert response.status_code == 302 and response.headers["Location"] == url
     work()
@@ -479,7 +482,7 @@ def test_an_unusable_request_goes_back_to_the_list_and_says_why(
 
     response = client.post("/recoveries/bulk", data={**data, "next": "/transactions?status=failed"})
 
-    assert response.status_code == 302 and response.headers["Location"] == "/transactions?status=failed"
+    assert response.status_code == 303 and response.headers["Location"] == "/transactions?status=failed"
     assert message in client.get(response.headers["Location"]).get_data(as_text=True)
     assert get_queue().count == 0
 
@@ -512,7 +515,7 @@ def test_queue_down_keeps_the_bulk_start_for_the_sweeper(
         url = progress_url(client.post("/recoveries/bulk", data={"ids": [transaction.id], "channel": "any"}))
 
     page = client.get(url).get_data(as_text=True)
-    assert "The job queue is unreachable right now; the recoveries start by themselves" in page
+    assert QUEUE_DOWN in page
     assert attempts(db, org) == [] and bulk_row(db, url).status == "queued"
     # Redis is back: the sweeper finds the bulk start that never moved and queues it.
     assert bulk.resume_stalled(db.session, utcnow() + bulk.STALLED_AFTER + timedelta(seconds=1)) == 1
@@ -586,7 +589,7 @@ def insert_transactions(
 
 def flashed_after(client: FlaskClient, response: Any, back: str = "/transactions") -> str:
     """Follow the refusal's redirect back to the list and return the page (with its flash)."""
-    assert response.status_code == 302 and response.headers["Location"] == back, response.data
+    assert response.status_code == 303 and response.headers["Location"] == back, response.data
     return client.get(back).get_data(as_text=True)
 
 

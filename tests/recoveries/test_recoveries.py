@@ -19,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from recovery.audit import Actor
+from recovery.messaging import contacts
 from recovery.models import (
     AttemptStatus,
     AuditEvent,
@@ -31,8 +32,8 @@ from recovery.models import (
     TransactionStatus,
     utcnow,
 )
-from recovery.queue import get_queue, redis_connection
-from recovery.recoveries import jobs, scheduling, services
+from recovery.queue import RECOVERY_SWEEP, get_queue, periodic, redis_connection, start_periodic
+from recovery.recoveries import claims, handoff, jobs, lifecycle, refusals, scheduling
 from tests.fixtures.fakes import _twilio_server, fake_twilio, providers_config, smtp_server
 
 __all__ = ["_twilio_server", "fake_twilio", "smtp_server"]
@@ -62,13 +63,12 @@ def worker(app: Flask) -> Callable[..., None]:
 
 
 def start(db: Any, transaction: Transaction, **options: Any) -> RecoveryAttempt:
-    """Start a recovery as the dashboard does: service, commit, then schedule the first send."""
+    """Start a recovery as the dashboard does: the service, then the commit that places the first send."""
     options.setdefault("now", utcnow())
-    started = services.start_recovery(
+    started = lifecycle.start_recovery(
         db.session, transaction, Actor.system(transaction.organization_id, "test"), **options
     )
     db.session.commit()
-    jobs.schedule_next(started.attempt)
     return started.attempt
 
 
@@ -134,7 +134,7 @@ def test_one_active_attempt_per_transaction(db, org, make_transaction):
     transaction = make_transaction(org)
     attempt = start(db, transaction)
 
-    with pytest.raises(services.AlreadyActive) as refused:
+    with pytest.raises(refusals.AlreadyActive) as refused:
         start(db, transaction)
     assert refused.value.status == 409 and refused.value.attempt_id == attempt.id
     db.session.rollback()
@@ -154,7 +154,7 @@ def test_one_active_attempt_per_transaction(db, org, make_transaction):
         db.session.commit()
     db.session.rollback()
 
-    services.cancel_recovery(db.session, reload(db, attempt), Actor.system(org.id), now=utcnow())
+    lifecycle.cancel_recovery(db.session, reload(db, attempt), Actor.system(org.id), now=utcnow())
     db.session.commit()
     again = start(db, reload(db, transaction))
     assert again.id != attempt.id and again.is_active
@@ -181,7 +181,7 @@ def test_start_refusals(db, make_org, make_transaction, transaction_values, opti
     org = make_org(excluded_failure_codes="fraudulent, do_not_honor")
     transaction = make_transaction(org, **transaction_values)
 
-    with pytest.raises(services.RecoveryRefused) as refused:
+    with pytest.raises(refusals.RecoveryRefused) as refused:
         start(db, transaction, **options)
 
     assert refused.value.status == status
@@ -192,11 +192,11 @@ def test_start_refusals(db, make_org, make_transaction, transaction_values, opti
 
 def test_opted_out_number_is_not_a_channel(db, org, make_transaction):
     transaction = make_transaction(org, customer_phone="+14155550123")
-    services.suppress(db.session, org.id, "sms", "+14155550123", "opted_out")
+    contacts.suppress(db.session, org.id, "sms", "+14155550123", "opted_out")
     db.session.commit()
 
-    assert services.available_channels(db.session, transaction) == ["email"]
-    with pytest.raises(services.RecoveryRefused, match="opted out"):
+    assert contacts.available_channels(db.session, transaction) == ["email"]
+    with pytest.raises(refusals.RecoveryRefused, match="opted out"):
         start(db, transaction, channels=["sms"])
 
 
@@ -268,15 +268,16 @@ def test_sweeper_reenqueues_sends_lost_with_redis(db, org, make_transaction, smt
     attempt = start(db, make_transaction(org, customer_phone=None))
     redis_connection(app).flushdb()  # the job is gone; the database still says it is due
 
-    assert jobs.start_sweeper() is True
-    assert jobs.start_sweeper() is False  # one sweep a minute, however many workers start
+    assert start_periodic(RECOVERY_SWEEP, utcnow()) is True
+    assert start_periodic(RECOVERY_SWEEP, utcnow()) is False  # one sweep a minute, however many workers start
     worker(with_scheduler=True)
 
     assert len(smtp_server.received) == 1
     assert reload(db, attempt).step == 1
     # The sweep put its next run on the schedule for the next minute.
     scheduled = ScheduledJobRegistry("default", connection=redis_connection(app)).get_job_ids()
-    assert scheduling.sweep_job_id(scheduling.next_sweep_at(utcnow())) in scheduled
+    sweep = periodic(RECOVERY_SWEEP)
+    assert sweep.job_id(sweep.next_slot(utcnow())) in scheduled
 
 
 def test_due_and_later_sends_are_placed_together_once(db, org, make_transaction, app):
@@ -287,8 +288,8 @@ def test_due_and_later_sends_are_placed_together_once(db, org, make_transaction,
     later, due = (second.id, 1, now + timedelta(days=1)), (first.id, 0, now - timedelta(seconds=1))
 
     # A later send, then a due one, in one pipeline (RQ's enqueue wants MULTI first).
-    assert jobs.schedule_many([later, due], now) == 2
-    assert jobs.schedule_many([later, due], now) == 0  # both wait already
+    assert scheduling.schedule_many([later, due], now) == 2
+    assert scheduling.schedule_many([later, due], now) == 0  # both wait already
 
     assert get_queue().job_ids == [scheduling.send_job_id(*due)]
     scheduled = ScheduledJobRegistry("default", connection=redis_connection(app)).get_job_ids()
@@ -303,7 +304,7 @@ def test_a_half_written_job_record_does_not_stop_placement(db, org, make_transac
     # What a worker leaves when its job's record was removed as it started and it then died.
     redis.hset(Job.key_for(scheduling.send_job_id(*due)), mapping={"status": "finished", "ended_at": "x"})
 
-    assert jobs.schedule_many([due]) == 1
+    assert scheduling.schedule_many([due]) == 1
     assert get_queue().job_ids == [scheduling.send_job_id(*due)]
     assert Job.fetch(scheduling.send_job_id(*due), connection=redis).func_name.endswith("send_step")
 
@@ -313,11 +314,11 @@ def test_due_scan_uses_only_active_attempts(db, org, make_transaction):
     due = start(db, make_transaction(org), now=now - timedelta(minutes=5))
     later = start(db, make_transaction(org), now=now, schedule="1,2")
     cancelled = start(db, make_transaction(org), now=now - timedelta(minutes=5))
-    services.cancel_recovery(db.session, cancelled, Actor.system(org.id), now=now)
+    lifecycle.cancel_recovery(db.session, cancelled, Actor.system(org.id), now=now)
     db.session.commit()
 
-    assert [row[0] for row in services.due_attempts(db.session, now)] == [due.id]
-    assert later.id not in [row[0] for row in services.due_attempts(db.session, now + timedelta(hours=1))]
+    assert [row[0] for row in claims.due_attempts(db.session, now)] == [due.id]
+    assert later.id not in [row[0] for row in claims.due_attempts(db.session, now + timedelta(hours=1))]
 
 
 # --- stopping --------------------------------------------------------------------------------
@@ -327,10 +328,13 @@ def test_cancel_stops_a_send_already_in_the_queue(db, org, make_transaction, smt
     transaction = make_transaction(org, customer_phone=None)
     attempt = start(db, transaction)
     assert get_queue().count == 1  # the first send is waiting
+    due = attempt.next_send_at
 
-    cancelled = services.cancel_recovery(db.session, attempt, Actor.system(org.id), now=utcnow())
-    db.session.commit()
-    # The job is not removed here: it must refuse on its own.
+    cancelled = lifecycle.cancel_recovery(db.session, attempt, Actor.system(org.id), now=utcnow())
+    db.session.commit()  # which takes the waiting send off the queue
+    assert scheduling.send_job_id(attempt.id, 0, due) not in get_queue().job_ids
+    # One that got past that (a worker had fetched it, a sweep placed it again) must refuse on its own.
+    scheduling.schedule_send(attempt.id, 0, due)
     worker()
 
     assert smtp_server.received == []
@@ -346,13 +350,13 @@ def test_cancel_removes_the_waiting_job(db, org, make_transaction, app):
     registry = ScheduledJobRegistry("default", connection=redis_connection(app))
     assert len(registry.get_job_ids()) == 1
 
-    cancelled = services.cancel_recovery(db.session, attempt, Actor.system(org.id), now=utcnow())
-    db.session.commit()
-    assert jobs.unschedule(cancelled.pending_job_id) is True
+    cancelled = lifecycle.cancel_recovery(db.session, attempt, Actor.system(org.id), now=utcnow())
+    db.session.commit()  # which removes the waiting job
 
     assert registry.get_job_ids() == []
-    with pytest.raises(services.RecoveryRefused, match="already cancelled"):
-        services.cancel_recovery(db.session, attempt, Actor.system(org.id), now=utcnow())
+    assert scheduling.unschedule(cancelled.pending_job_id) is False  # nothing left to remove
+    with pytest.raises(refusals.RecoveryRefused, match="already cancelled"):
+        lifecycle.cancel_recovery(db.session, attempt, Actor.system(org.id), now=utcnow())
 
 
 def test_a_paid_transaction_gets_no_more_messages(db, org, make_transaction, smtp_server, worker):
@@ -427,7 +431,7 @@ def test_a_claim_a_dead_worker_never_handed_off_is_sent_again(db, org, make_tran
 
     # Past CLAIM_ABANDONED (two minutes), not the fifteen it used to take: the provider never
     # saw it, so the sweeper fails the claim and makes the step due again; the email goes out once.
-    _age_messages(db, services.CLAIM_ABANDONED + timedelta(seconds=5))
+    _age_messages(db, handoff.CLAIM_ABANDONED + timedelta(seconds=5))
     assert jobs.sweep_once(utcnow()) == 1
     worker()
 
@@ -448,13 +452,13 @@ def test_a_hand_off_a_dead_worker_never_answered_is_unknown_not_sent(
     attempt = start(db, transaction)
     _dead_claim(db, org, transaction, attempt, handed_off=True)
 
-    _age_messages(db, services.CLAIM_ABANDONED + timedelta(seconds=5))
+    _age_messages(db, handoff.CLAIM_ABANDONED + timedelta(seconds=5))
     jobs.sweep_once(utcnow())
     worker()
     assert smtp_server.received == []
     assert [m.status for m in messages(db, attempt)] == [M.SENDING]  # the provider call may still be running
 
-    _age_messages(db, services.HANDOFF_ABANDONED)
+    _age_messages(db, handoff.HANDOFF_ABANDONED)
     assert jobs.sweep_once(utcnow()) == 1  # the step is due again, to move on
     worker()
 

@@ -24,7 +24,7 @@ from recovery.models import (
     utcnow,
 )
 from recovery.queue import get_queue, redis_connection
-from recovery.recoveries import services
+from recovery.recoveries import lifecycle
 from tests.conftest import bearer
 
 
@@ -47,7 +47,7 @@ def attempt_of(db: Any, transaction: Transaction) -> RecoveryAttempt | None:
 
 
 def start_directly(db: Any, transaction: Transaction) -> RecoveryAttempt:
-    started = services.start_recovery(
+    started = lifecycle.start_recovery(
         db.session, transaction, Actor.system(transaction.organization_id), now=utcnow()
     )
     db.session.commit()
@@ -143,7 +143,7 @@ def test_recoveries_page_lists_and_filters(client, db, signed_in, org, make_tran
     signed_in("viewer", org=org)
     running = start_directly(db, make_transaction(org, transaction_ref="RUN-1"))
     stopped = start_directly(db, make_transaction(org, transaction_ref="STOP-1"))
-    services.cancel_recovery(db.session, stopped, Actor.system(org.id), now=utcnow())
+    lifecycle.cancel_recovery(db.session, stopped, Actor.system(org.id), now=utcnow())
     db.session.commit()
 
     everything = client.get("/recoveries").get_data(as_text=True)
@@ -174,10 +174,7 @@ def test_outbox_shows_messages_as_they_would_be_sent(
 ):
     signed_in("viewer", org=org)
     transaction = make_transaction(org, transaction_ref="OUT-1", customer_phone="+14155550123")
-    attempt = start_directly(db, transaction)
-    from recovery.recoveries import jobs
-
-    jobs.schedule_next(attempt)
+    attempt = start_directly(db, transaction)  # its commit places the first send
     run_worker()
 
     listing = client.get("/outbox").get_data(as_text=True)

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from recovery.audit import Actor
+from recovery.messaging import contacts, sender
 from recovery.models import (
     AttemptStatus,
     AuditEvent,
@@ -31,7 +32,7 @@ from recovery.models import (
     WebhookEvent,
     utcnow,
 )
-from recovery.recoveries import jobs, services
+from recovery.recoveries import answers, claims, lifecycle, schedule, sending
 from tests.fixtures.fakes import _twilio_server, fake_twilio, providers_config, smtp_server
 
 __all__ = ["_twilio_server", "fake_twilio", "smtp_server"]
@@ -56,27 +57,27 @@ def org(make_org: Callable[..., Organization]) -> Organization:
 
 
 def start(db: Any, transaction: Transaction, now: datetime, **options: Any) -> RecoveryAttempt:
-    started = services.start_recovery(
+    started = lifecycle.start_recovery(
         db.session, transaction, Actor.system(transaction.organization_id, "test"), now=now, **options
     )
     db.session.commit()
     return started.attempt
 
 
-def send(db: Any, attempt_id: int, now: datetime) -> services.SendResult:
+def send(db: Any, attempt_id: int, now: datetime) -> answers.SendResult:
     """Run the attempt's current step as its send job would, at `now`."""
     db.session.expire_all()
     attempt = db.session.get(RecoveryAttempt, attempt_id)
     assert attempt is not None
-    return services.send_due(
-        db.session, jobs.postman(), attempt_id, attempt.step, base_url="http://localhost", now=now
+    return sending.send_due(
+        db.session, sender.postman(), attempt_id, attempt.step, base_url="http://localhost", now=now
     )
 
 
 def send_all_due(db: Any, now: datetime) -> None:
     """What the sweeper and workers do at `now`: send whatever is due, until nothing is."""
-    for _ in range(services.MAX_STEPS + 1):
-        due = services.due_attempts(db.session, now)
+    for _ in range(schedule.MAX_STEPS + 1):
+        due = claims.due_attempts(db.session, now)
         db.session.rollback()
         if not due:
             return
@@ -108,7 +109,7 @@ def opt_out(client: Any, db: Any, attempt: RecoveryAttempt, channel: str) -> Non
         assert response.status_code == 200
     else:
         # What the inbound STOP webhook records (tests/messaging/test_twilio_hooks.py covers the webhook).
-        services.suppress(db.session, attempt.organization_id, "sms", PHONE, SuppressionReason.OPTED_OUT)
+        contacts.suppress(db.session, attempt.organization_id, "sms", PHONE, SuppressionReason.OPTED_OUT)
         db.session.commit()
 
 
@@ -263,7 +264,7 @@ def test_a_payment_settling_at_stripe_holds_the_reminders(db, org, make_transact
     assert len(smtp_server.received) == 1
     attempt = attempt_of(db, attempt_id)
     assert attempt.is_active and attempt.step == 1
-    assert attempt.next_send_at == day_one + services.PAYMENT_PENDING_RECHECK
+    assert attempt.next_send_at == day_one + claims.PAYMENT_PENDING_RECHECK
     assert db.session.get(Transaction, transaction.id).status == TransactionStatus.RECOVERING
 
     # The debit fails: the customer may pay again, and is reminded at the next check.

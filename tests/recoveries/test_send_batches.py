@@ -16,6 +16,7 @@ from rq import SimpleWorker
 from rq.registry import FinishedJobRegistry
 
 from recovery.audit import Actor
+from recovery.messaging import sender
 from recovery.models import (
     AttemptStatus,
     Message,
@@ -26,7 +27,7 @@ from recovery.models import (
     utcnow,
 )
 from recovery.queue import get_queue, redis_connection
-from recovery.recoveries import jobs, services
+from recovery.recoveries import claims, jobs, lifecycle, sending
 from tests.fixtures.fakes import SmtpServer, _Handler, providers_config
 from tests.recoveries.test_recoveries import messages, start, travel
 
@@ -130,12 +131,12 @@ def test_a_batch_of_emails_shares_one_smtp_connection(
         [message] = messages(db, attempt)
         assert message.status == M.SENT and message.provider_id
     # Each attempt's next send is scheduled on its own.
-    assert len(services.due_attempts(db.session, utcnow() + timedelta(days=1, minutes=1))) == 5
+    assert len(claims.due_attempts(db.session, utcnow() + timedelta(days=1, minutes=1))) == 5
 
 
 def test_an_attempt_stopped_after_scheduling_is_skipped_by_the_batch(db, org, make_transaction, smtp, worker):
     cancelled, paid, due = start_many(db, org, make_transaction, 3)
-    services.cancel_recovery(db.session, get(db, cancelled), Actor.system(org.id), now=utcnow())
+    lifecycle.cancel_recovery(db.session, get(db, cancelled), Actor.system(org.id), now=utcnow())
     db.session.commit()
     get(db, paid).transaction.transition(TransactionStatus.RECOVERED)  # as the payment webhook does
     db.session.commit()
@@ -213,7 +214,7 @@ def test_a_connection_lost_after_the_message_was_handed_over_is_not_retried(
 def test_a_batch_past_its_time_sends_nothing_more_and_retries_the_rest(
     db, org, make_transaction, smtp, worker, monkeypatch
 ):
-    monkeypatch.setattr(services, "BATCH_SENDING_SECONDS", -1)  # out of time from the start
+    monkeypatch.setattr(sending, "BATCH_SENDING_SECONDS", -1)  # out of time from the start
     attempts = start_many(db, org, make_transaction, 3)
 
     worker()
@@ -225,7 +226,7 @@ def test_a_batch_past_its_time_sends_nothing_more_and_retries_the_rest(
         assert message.status == M.FAILED and "ran out of time" in (message.error or "")
         assert attempt.step == 0 and attempt.next_send_at > utcnow()  # retried a minute later
 
-    monkeypatch.setattr(services, "BATCH_SENDING_SECONDS", 60)
+    monkeypatch.setattr(sending, "BATCH_SENDING_SECONDS", 60)
     for attempt_id in attempts:
         travel(db, get(db, attempt_id), timedelta(minutes=2))
     jobs.sweep_once(utcnow())
@@ -249,16 +250,16 @@ def test_a_claim_another_run_stored_first_leaves_the_step_to_it(db, org, make_tr
     )
     db.session.add(other_run)
     db.session.commit()
-    real = services._messages_at_steps
+    real = sending.messages_at_steps
     monkeypatch.setattr(
-        services, "_messages_at_steps", lambda session, attempts: {a.id: [] for a in attempts}
+        sending, "messages_at_steps", lambda session, attempts: {a.id: [] for a in attempts}
     )  # this run read before the other stored its claim
 
-    batch = services.send_batch(
-        db.session, jobs.postman(), [(attempt_id, 0)], base_url="https://recovery.example", now=utcnow()
+    batch = sending.send_batch(
+        db.session, sender.postman(), [(attempt_id, 0)], base_url="https://recovery.example", now=utcnow()
     )
 
-    monkeypatch.setattr(services, "_messages_at_steps", real)
+    monkeypatch.setattr(sending, "messages_at_steps", real)
     [result] = batch.results
     assert result.outcome == "in_progress"
     assert smtp.received == []

@@ -21,8 +21,8 @@ from sqlalchemy.exc import OperationalError
 
 from recovery.messaging.providers import MessagingSettings, Outcome, OutgoingSms, Postman
 from recovery.models import utcnow
-from recovery.queue import redis_connection
-from recovery.recoveries import jobs, scheduling, services
+from recovery.queue import RECOVERY_SWEEP, arm_periodic, periodic, redis_connection, start_periodic
+from recovery.recoveries import jobs
 from stripe_sandbox.harness import free_port
 from tests.fixtures.fakes import (
     TWILIO_FROM,
@@ -52,7 +52,7 @@ def worker(app: Flask) -> Callable[[], None]:
 @pytest.mark.parametrize(
     ("module", "name", "error"),
     [
-        (services, "due_attempts", OperationalError("SELECT", {}, Exception("server closed the connection"))),
+        (jobs, "due_attempts", OperationalError("SELECT", {}, Exception("server closed the connection"))),
         (jobs, "schedule_many", RedisError("Connection reset by peer")),
     ],
 )
@@ -61,19 +61,20 @@ def test_a_failed_sweep_still_places_the_next_one(app, worker, monkeypatch, modu
         raise error
 
     monkeypatch.setattr(module, name, fail)
+    sweep = periodic(RECOVERY_SWEEP)
     before = utcnow()
-    assert jobs.start_sweeper(before) is True
+    assert start_periodic(RECOVERY_SWEEP, before) is True
     worker()
     after = utcnow()
 
     redis = redis_connection(app)
     # RQ keeps the failed run and why it failed...
     [failed_id] = FailedJobRegistry("default", connection=redis).get_job_ids()
-    assert failed_id == scheduling.sweep_job_id(scheduling.next_sweep_at(before) - scheduling.SWEEP_EVERY)
+    assert failed_id == sweep.job_id(sweep.slot(before))
     result = Job.fetch(failed_id, connection=redis).latest_result()
     assert result is not None and type(error).__name__ in (result.exc_string or "")
     # ...and the chain goes on: the next minute's sweep waits (the minute may turn while the worker runs).
-    expected = {scheduling.sweep_job_id(scheduling.next_sweep_at(t)) for t in (before, after)}
+    expected = {sweep.job_id(sweep.next_slot(t)) for t in (before, after)}
     scheduled = ScheduledJobRegistry("default", connection=redis).get_job_ids()
     assert expected & set(scheduled)
 
@@ -81,11 +82,11 @@ def test_a_failed_sweep_still_places_the_next_one(app, worker, monkeypatch, modu
 def test_a_workers_maintenance_round_rearms_what_redis_lost(app):
     # A flush (or a failover to an empty replica) takes every waiting job with it;
     # the chains only re-place themselves from a run, so nothing would run again.
-    from recovery.webhooks.jobs import RECONCILER_JOB_ID, SWEEPER_JOB_ID
+    from recovery.queue import PERIODIC
     from recovery.worker import ArmingSimpleWorker
 
     redis = redis_connection(app)
-    assert jobs.start_sweeper() is True
+    assert arm_periodic(utcnow()) == [job.name for job in PERIODIC]
     redis.flushdb()
     before = utcnow()
 
@@ -94,10 +95,10 @@ def test_a_workers_maintenance_round_rearms_what_redis_lost(app):
 
     after = utcnow()
     scheduled = set(ScheduledJobRegistry("default", connection=redis).get_job_ids())
-    assert {SWEEPER_JOB_ID, RECONCILER_JOB_ID} <= scheduled
-    # The re-armed sweep ran in the burst and placed the next minute's.
-    assert {scheduling.sweep_job_id(scheduling.next_sweep_at(t)) for t in (before, after)} & scheduled
-    assert jobs.keep_sweeper_armed() is False  # armed: a second round adds nothing
+    # Each re-armed job ran in the burst and placed its next slot's run.
+    for job in PERIODIC:
+        assert {job.job_id(job.next_slot(t)) for t in (before, after)} & scheduled, job.name
+    assert arm_periodic(utcnow()) == []  # armed: a second round adds nothing
 
 
 # --- SMS whose request may have reached Twilio ---------------------------------------------

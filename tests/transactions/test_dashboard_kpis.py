@@ -23,7 +23,7 @@ from recovery.models import (
     utcnow,
 )
 from recovery.queue import redis_connection
-from recovery.recoveries import services
+from recovery.recoveries import lifecycle
 from recovery.transactions import kpis
 
 S = TransactionStatus
@@ -32,7 +32,7 @@ MONTH = datetime(2026, 11, 1, tzinfo=UTC)
 
 
 def started(db: Any, transaction: Transaction, **values: Any) -> RecoveryAttempt:
-    attempt = services.start_recovery(
+    attempt = lifecycle.start_recovery(
         db.session, transaction, Actor.system(transaction.organization_id), now=utcnow()
     ).attempt
     for name, value in values.items():
@@ -100,7 +100,7 @@ def ended(db: Any, transaction: Transaction, status: str, at: datetime) -> Recov
     """An attempt of the transaction that reached `status` at `at`."""
     attempt = started(db, transaction)
     if status == AttemptStatus.CANCELLED:
-        services.cancel_recovery(db.session, attempt, Actor.system(transaction.organization_id), now=at)
+        lifecycle.cancel_recovery(db.session, attempt, Actor.system(transaction.organization_id), now=at)
     else:
         attempt.transition(status)
         attempt.ended_at = at
@@ -167,7 +167,7 @@ def test_attempts_in_flight_and_messages_sent_this_month(db, make_org, make_tran
     running = [started(db, make_transaction(org)) for _ in range(2)]
     clicked = started(db, make_transaction(org), status=AttemptStatus.CLICKED)
     done = started(db, make_transaction(org))
-    services.cancel_recovery(db.session, done, Actor.system(org.id), now=utcnow())
+    lifecycle.cancel_recovery(db.session, done, Actor.system(org.id), now=utcnow())
     db.session.commit()
     started(db, make_transaction(make_org()))  # another organization's
 

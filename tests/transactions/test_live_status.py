@@ -23,7 +23,7 @@ from recovery.models import (
     TransactionStatus,
     utcnow,
 )
-from recovery.recoveries import services
+from recovery.recoveries import lifecycle
 from recovery.transactions import live
 
 HX = {"HX-Request": "true"}
@@ -41,7 +41,7 @@ def poll_url(html: str) -> str | None:
 
 
 def start(db: Any, transaction: Transaction) -> Any:
-    started = services.start_recovery(
+    started = lifecycle.start_recovery(
         db.session, transaction, Actor.system(transaction.organization_id), now=utcnow()
     )
     db.session.commit()
@@ -153,7 +153,7 @@ def test_the_fingerprint_follows_what_the_page_shows(
     elif change == "contact":
         transaction.customer_name = "Ana Souza"
     else:
-        services.cancel_recovery(db.session, attempt, Actor.system(org.id), now=utcnow())
+        lifecycle.cancel_recovery(db.session, attempt, Actor.system(org.id), now=utcnow())
     db.session.commit()
 
     assert live.transaction_fingerprint(db.session, transaction.id) != before
