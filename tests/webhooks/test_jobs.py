@@ -208,6 +208,30 @@ def test_a_taken_along_event_that_fails_keeps_its_job_and_fails_nobody_else(clie
     assert row.status == WebhookState.FAILED and row.last_error == "RuntimeError: this one is broken"
 
 
+def test_a_taken_along_payment_that_fails_after_fulfilling_queues_no_closing(client, monkeypatch, recovering):
+    """Its savepoint rolls the fulfilment back, and the closing job it asked for goes with it."""
+    real = handlers.HANDLERS["checkout.session.completed"]
+
+    def broken(ctx: Context, obj: dict[str, Any]) -> str:
+        real(ctx, obj)  # fulfils, and so asks for the closing job after the commit
+        raise RuntimeError("fails after fulfilling")
+
+    monkeypatch.setitem(handlers.HANDLERS, "checkout.session.completed", broken)
+    [first] = unknown_events(1)
+    paid = se.event(
+        "checkout.session.completed", se.checkout_session(txn_of(recovering), id=recovering["session_id"])
+    )
+    for evt in (first, paid):
+        assert se.post(client, evt).status_code == 200
+
+    run_job(jobs.process_webhook_event, first["id"])
+
+    assert stored(first["id"]).status == WebhookState.IGNORED
+    assert stored(paid["id"]).status == WebhookState.PENDING  # rolled back, its own job still waiting
+    assert reload(Transaction, recovering["txn_id"]).status == TransactionStatus.RECOVERING
+    assert [j for j in get_queue().jobs if j.func_name.endswith("close_payment_options")] == []
+
+
 def test_a_failing_event_without_a_job_is_left_for_the_sweeper(client, monkeypatch, app):
     # Redis was down when it arrived: stored, no job. A take-along must not fail it for good.
     def broken(ctx: Context, obj: dict[str, Any]) -> str:
