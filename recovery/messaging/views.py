@@ -11,8 +11,9 @@ from werkzeug.wrappers import Response
 
 from recovery.extensions import db
 from recovery.messaging.content import sms_length
-from recovery.messaging.providers import OutgoingEmail, email_headers
+from recovery.messaging.providers import OutgoingEmail
 from recovery.messaging.sender import messaging_settings
+from recovery.messaging.smtp import email_headers
 from recovery.models import Channel, Message, Organization, Provider, RecoveryAttempt, Transaction
 from recovery.recoveries.messages import outgoing, pay_url
 

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from rq import Retry
 
 from recovery import queue
-from recovery.messaging.providers import DATA_ANSWER_SECONDS
+from recovery.messaging.smtp import DATA_ANSWER_SECONDS
 from recovery.models import utcnow
 from recovery.models.base import DbSession
 from recovery.recoveries.handoff import BATCH_SENDING_SECONDS, HANDOFF_ABANDONED
