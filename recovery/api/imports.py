@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Required
 
-from flask import Blueprint, current_app, jsonify, url_for
+from flask import Blueprint, jsonify, url_for
 from pydantic import Field, with_config
-from redis.exceptions import RedisError
 from sqlalchemy import select
 from typing_extensions import TypedDict
 
@@ -23,16 +22,12 @@ from recovery.api.openapi import CLOSED, Timestamp, documented, enum_of
 from recovery.api.serializers import iso
 from recovery.extensions import db
 from recovery.imports import services
-from recovery.imports.jobs import import_csv
-from recovery.imports.mapping import TARGET_NAMES, MappingRefused
-from recovery.logs import get_logger
+from recovery.imports.mapping import TARGET_NAMES
+from recovery.imports.starting import import_settings, start_import
 from recovery.models import CsvImport, ImportStatus, Role
-from recovery.queue import enqueue
 
 bp = Blueprint("imports_api", __name__, url_prefix="/v1/imports")
 install_token_auth(bp)
-
-log = get_logger("recovery.api")
 
 STATUSES = (
     ImportStatus.MAPPING,
@@ -41,7 +36,6 @@ STATUSES = (
     ImportStatus.DONE,
     ImportStatus.FAILED,
 )
-JOB_TIMEOUT = 30 * 60  # as the upload page's: the largest file, chunk after chunk
 
 
 @with_config(CLOSED)
@@ -170,43 +164,26 @@ def _type_errors(body: dict[str, Any]) -> dict[str, str]:
 )
 @require_token_role(Role.OPERATOR)
 def create() -> Any:
-    config = current_app.config
+    limits = import_settings()
     # The file's text inside JSON: escaping can double it; the file itself is checked below.
-    body = json_object(max_bytes=config["CSV_MAX_BYTES"] * 2 + API_MAX_BODY_BYTES)
+    body = json_object(max_bytes=limits.max_bytes * 2 + API_MAX_BODY_BYTES)
     errors = _type_errors(body)
     if errors:
         raise _invalid(errors)
-    try:
-        csv_import = services.create_import(
-            db.session,
-            token_actor(),
-            body.get("filename") or "upload.csv",
-            body["csv"].encode("utf-8", "surrogatepass"),
-            config["CSV_MAX_BYTES"],
-            mapping=dict(body.get("mapping", {})),
-        )
-    except MappingRefused as error:
-        db.session.rollback()
-        raise _invalid({f"mapping.{field}": message for field, message in error.errors.items()}) from None
-    except services.ImportRejected as error:
-        db.session.rollback()
-        raise _invalid({"csv": str(error)}) from None
-    db.session.commit()
-    import_id = csv_import.id
-    if csv_import.total_rows <= config["CSV_INLINE_MAX_ROWS"]:
-        try:
-            csv_import = services.run_import(db.session, import_id, config["CSV_CHUNK_ROWS"])
-        except Exception:  # logged and stored as the import's error; the answer shows it failed
-            db.session.rollback()
-            csv_import = db.session.get(CsvImport, import_id)  # type: ignore[assignment]
-    else:
-        try:
-            enqueue(import_csv, import_id, job_timeout=JOB_TIMEOUT, description=f"CSV import {import_id}")
-        except RedisError:  # it stays queued; staff can press Start again on its page
-            log.exception("csv_import_enqueue_failed", import_id=import_id)
+    csv_import = services.create_import(
+        db.session,
+        token_actor(),
+        body.get("filename") or "upload.csv",
+        body["csv"].encode("utf-8", "surrogatepass"),
+        limits.max_bytes,
+        mapping=dict(body.get("mapping", {})),
+    )
+    # How it went is in the answer: done, failed (with its error), or queued (a queue
+    # that could not be reached leaves it so: staff can press Start again on its page).
+    start_import(db.session, csv_import, limits)
     response = jsonify(import_json(csv_import))
     response.status_code = 201
-    response.headers["Location"] = url_for("imports_api.get", import_id=import_id)
+    response.headers["Location"] = url_for("imports_api.get", import_id=csv_import.id)
     return response
 
 

@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from recovery.models import ImportMapping, utcnow
 from recovery.models.base import DbSession
+from recovery.refusals import Refused
 
 
 @dataclass(frozen=True)
@@ -64,12 +65,17 @@ ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 
-class MappingRefused(ValueError):
+class MappingRefused(Refused, ValueError):
     """The mapping cannot be used; `errors` says why per field (empty key: the mapping as a whole)."""
 
     def __init__(self, errors: dict[str, str]) -> None:
         super().__init__(" ".join(errors.values()))
         self.errors = errors
+
+    @property
+    def fields(self) -> dict[str, str] | None:
+        """The API's names: `mapping.<field>`."""
+        return {f"mapping.{field}": message for field, message in self.errors.items()}
 
 
 def normalise(name: str) -> str:

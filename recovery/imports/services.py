@@ -33,7 +33,9 @@ from recovery.logs import get_logger
 from recovery.models import CsvImport, ImportStatus, Transaction, TransactionSource, utcnow
 from recovery.models.base import DbSession, insert_ignoring_duplicates
 from recovery.models.transaction import TransactionStatus
+from recovery.refusals import Refused
 from recovery.transactions.validation import clean_transaction
+from recovery.unit_of_work import commit_now
 
 log = get_logger("recovery.imports")
 
@@ -50,8 +52,11 @@ DROPPABLE = ("customer_email", "customer_phone", "customer_country", "customer_l
 FAILED_STATUSES = frozenset({"failed"})
 
 
-class ImportRejected(Exception):
+class ImportRejected(Refused):
     """The file as a whole cannot be imported; the message says why and what to do."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, field="csv")
 
 
 @dataclass(frozen=True)
@@ -297,7 +302,11 @@ def _copy_rows(session: DbSession, records: list[dict[str, Any]]) -> set[str]:
 
 
 def run_import(session: DbSession, import_id: int, chunk_rows: int) -> CsvImport:
-    """Import (or resume) the file; commits once per chunk. Safe to run twice."""
+    """Import (or resume) the file; commits once per chunk, the last one with the import's end.
+
+    Safe to run twice: a re-run resumes after the last committed chunk. Its
+    length is the failure path, which must sit around every chunk it covers.
+    """
     csv_import = session.get(CsvImport, import_id)
     if csv_import is None:
         raise LookupError(f"import {import_id} not found")
@@ -306,7 +315,7 @@ def run_import(session: DbSession, import_id: int, chunk_rows: int) -> CsvImport
     if csv_import.status == ImportStatus.MAPPING:
         raise ImportRejected("Confirm which column holds which field before importing.")
     csv_import.transition(ImportStatus.RUNNING)
-    session.commit()
+    commit_now(session, "the import's page shows it running while its chunks go in")
     log.info("csv_import_started", import_id=import_id, rows=csv_import.total_rows)
     text = (csv_import.content or b"").decode("utf-8-sig")
     skip = csv_import.processed_rows
@@ -330,20 +339,21 @@ def run_import(session: DbSession, import_id: int, chunk_rows: int) -> CsvImport
             chunk.append(row)
             if len(chunk) >= chunk_rows:
                 _import_chunk(session, csv_import, chunk, seen_refs)
+                commit_now(session, "each chunk is kept once done: a re-run resumes after it")
                 chunk = []
         if chunk:
             _import_chunk(session, csv_import, chunk, seen_refs)
+        csv_import.transition(ImportStatus.DONE)
+        csv_import.finished_at = utcnow()
+        csv_import.content = None
+        commit_now(session, "the last chunk and the import's end, in one transaction")
     except Exception as error:
         session.rollback()  # the chunk's rows go; the counters reload as last committed
         csv_import.transition(ImportStatus.FAILED)
         csv_import.error = f"{type(error).__name__}: {error}"[:1000]
-        session.commit()
+        commit_now(session, "the failure is shown on the import's page, whoever ran it")
         log.exception("csv_import_failed", import_id=import_id, processed=csv_import.processed_rows)
         raise
-    csv_import.transition(ImportStatus.DONE)
-    csv_import.finished_at = utcnow()
-    csv_import.content = None
-    session.commit()
     log.info(
         "csv_import_finished",
         import_id=import_id,
@@ -415,7 +425,11 @@ def _import_chunk(
     chunk: list[tuple[int, dict[str, str]]],
     seen_refs: set[str],
 ) -> None:
-    """Validate and insert one chunk, and advance the counters, in one transaction."""
+    """Validate and insert one chunk, and advance the counters; the caller commits them together.
+
+    One function because the rows' verdicts, the insert and the counters share
+    six tallies; split, each part would pass them all along.
+    """
     now = utcnow()
     problems: list[dict[str, Any]] = []
     warnings: list[dict[str, Any]] = []
@@ -484,4 +498,3 @@ def _import_chunk(
     room = MAX_PROBLEMS - len(csv_import.warnings or [])
     if room > 0 and warnings:
         csv_import.warnings = [*(csv_import.warnings or []), *sorted(warnings, key=lambda p: p["row"])[:room]]
-    session.commit()

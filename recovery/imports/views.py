@@ -4,29 +4,32 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, abort, current_app, flash, redirect, render_template, request, url_for
+from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
-from redis.exceptions import RedisError
 from sqlalchemy import select
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from recovery import money
-from recovery.audit import Actor, record
+from recovery.audit import Actor
 from recovery.extensions import db
 from recovery.imports import mapping as mappings
 from recovery.imports import services, template
 from recovery.imports.forms import UploadForm, mapping_form
-from recovery.imports.jobs import import_csv
-from recovery.logs import get_logger
+from recovery.imports.starting import Started, import_settings, restart_import, start_import
 from recovery.models import CsvImport, ImportStatus, Role
-from recovery.queue import enqueue
 from recovery.security import require_role
 
 bp = Blueprint("imports", __name__)
-log = get_logger("recovery.imports")
 
-# Long enough for the largest file the size limit admits, chunk after chunk.
-JOB_TIMEOUT = 30 * 60
+# What the page says after starting an import, by how it went; nothing when it just went.
+STARTED_MESSAGES = {
+    Started.FAILED: ("The import stopped; rows saved so far are kept. See below.", "error"),
+    Started.QUEUE_DOWN: (
+        "The file is saved but the import could not start: the job queue is unreachable. "
+        "Press “Start again” in a moment.",
+        "error",
+    ),
+}
 
 
 def org_import(import_id: int) -> CsvImport:
@@ -54,7 +57,7 @@ def render_index(form: UploadForm, status: int = 200) -> Any:
         targets=mappings.TARGETS,
         amount_rule=money.AMOUNT_RULE,
         amount_minor_rule=money.AMOUNT_MINOR_RULE,
-        max_size=services.format_size(current_app.config["CSV_MAX_BYTES"]),
+        max_size=services.format_size(import_settings().max_bytes),
     ), status
 
 
@@ -72,7 +75,7 @@ def index() -> Any:
 def too_large(error: RequestEntityTooLarge) -> Any:
     """A body past MAX_CONTENT_LENGTH: say the limit next to the field, as for a smaller overshoot."""
     form = UploadForm(formdata=None)  # reading the request again would raise again
-    limit = services.format_size(current_app.config["CSV_MAX_BYTES"])
+    limit = services.format_size(import_settings().max_bytes)
     form.file.errors = [
         f"The file is larger than the limit of {limit}. Split it into smaller files and upload each."
     ]
@@ -81,16 +84,16 @@ def too_large(error: RequestEntityTooLarge) -> Any:
 
 def upload(form: UploadForm) -> Any:
     file = form.file.data
-    config = current_app.config
-    data = file.read(config["CSV_MAX_BYTES"] + 1)
+    max_bytes = import_settings().max_bytes
+    data = file.read(max_bytes + 1)
     actor = Actor.for_user(current_user, request.remote_addr)
     try:
-        csv_import = services.create_import(db.session, actor, file.filename, data, config["CSV_MAX_BYTES"])
+        csv_import = services.create_import(db.session, actor, file.filename, data, max_bytes)
     except services.ImportRejected as error:
+        # Answered next to the file field; nothing of the refused upload is kept.
         db.session.rollback()
         form.file.errors = [str(error)]
         return render_index(form, 422)
-    db.session.commit()
     return redirect(url_for("imports.mapping", import_id=csv_import.id))
 
 
@@ -144,36 +147,13 @@ def confirm(import_id: int) -> Any:
     try:
         services.confirm_mapping(db.session, actor, csv_import, form.chosen())
     except mappings.MappingRefused as error:
+        # Answered next to each choice; the upload stays as it was, to be mapped again.
         db.session.rollback()
         form.apply_errors(error.errors)
         return render_mapping(csv_import, form, remembered, 422)
-    except services.ImportRejected as error:  # confirmed meanwhile, from another tab
-        db.session.rollback()
-        flash(str(error), "info")
-        return redirect(url_for("imports.detail", import_id=import_id))
-    db.session.commit()
-    return start(csv_import)
-
-
-def start(csv_import: CsvImport) -> Any:
-    """Import a mapped file now if it is small, else hand it to the worker."""
-    config = current_app.config
-    import_id = csv_import.id
-    if csv_import.total_rows <= config["CSV_INLINE_MAX_ROWS"]:
-        try:
-            services.run_import(db.session, import_id, config["CSV_CHUNK_ROWS"])
-        except Exception:  # logged, and stored as the import's error: its page explains
-            flash("The import stopped; rows saved so far are kept. See below.", "error")
-    else:
-        try:
-            enqueue(import_csv, import_id, job_timeout=JOB_TIMEOUT, description=f"CSV import {import_id}")
-        except RedisError:
-            log.exception("csv_import_enqueue_failed", import_id=import_id)
-            flash(
-                "The file is saved but the import could not start: the job queue is unreachable. "
-                "Press “Start again” in a moment.",
-                "error",
-            )
+    started = start_import(db.session, csv_import, import_settings())
+    if started in STARTED_MESSAGES:
+        flash(*STARTED_MESSAGES[started])
     return redirect(url_for("imports.detail", import_id=import_id))
 
 
@@ -190,13 +170,9 @@ def detail(import_id: int) -> Any:
 @require_role(Role.OPERATOR)
 def retry(import_id: int) -> Any:
     csv_import = org_import(import_id)
-    if csv_import.status in (ImportStatus.QUEUED, ImportStatus.FAILED):
-        actor = Actor.for_user(current_user, request.remote_addr)
-        record(db.session, actor, "import.restarted", target_type="csv_import", target_id=import_id)
-        db.session.commit()
-        try:
-            enqueue(import_csv, import_id, job_timeout=JOB_TIMEOUT, description=f"CSV import {import_id}")
-            flash("Import started again; it continues after the last saved chunk.", "info")
-        except RedisError:
-            flash("The job queue is unreachable; try again in a moment.", "error")
+    started = restart_import(db.session, Actor.for_user(current_user, request.remote_addr), csv_import)
+    if started == Started.QUEUED:
+        flash("Import started again; it continues after the last saved chunk.", "info")
+    elif started == Started.QUEUE_DOWN:
+        flash("The job queue is unreachable; try again in a moment.", "error")
     return redirect(url_for("imports.detail", import_id=import_id))
