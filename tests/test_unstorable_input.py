@@ -24,11 +24,6 @@ VALID = {"transaction_ref": "TXN-EDGE", "amount": 5000, "currency": "usd"}
 
 
 @pytest.fixture
-def org(make_org: Callable[..., Organization]) -> Organization:
-    return make_org()
-
-
-@pytest.fixture
 def api(client: FlaskClient, make_token: Any, org: Organization) -> Callable[..., Any]:
     _, raw = make_token(org=org, role="operator")
 

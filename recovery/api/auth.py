@@ -20,6 +20,7 @@ from recovery.audit import Actor
 from recovery.extensions import csrf, db
 from recovery.models import ApiToken, Role, utcnow
 from recovery.tokens import services
+from recovery.unit_of_work import commit_now
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -58,9 +59,8 @@ def authenticate_request() -> None:
     except services.InvalidToken as error:
         raise _unauthorized(str(error), invalid_token=True) from None
     if services.mark_used(token, now):
-        # At most once a minute per token; committed now because a read-only
-        # request never commits.
-        db.session.commit()
+        # At most once a minute per token; kept even if the request is then refused.
+        commit_now(db.session, "a token's last use is recorded even when its request is refused")
     g.api_token = token
     structlog.contextvars.bind_contextvars(api_token_id=token.id, organization_id=token.organization_id)
 

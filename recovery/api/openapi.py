@@ -262,6 +262,11 @@ def _operation_entry(
     path_parameters: list[dict[str, Any]],
     schemas: _Schemas,
 ) -> dict[str, Any]:
+    """The OpenAPI operation object of one endpoint.
+
+    Long because it follows the operation object's fields in the specification's
+    order (parameters, body, answers, security), so each can be checked against it.
+    """
     entry: dict[str, Any] = {
         "operationId": operation_id,
         "summary": operation.summary,

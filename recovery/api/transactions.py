@@ -21,7 +21,6 @@ from recovery.api.serializers import TransactionObject, transaction_json
 from recovery.extensions import db
 from recovery.logs import get_logger
 from recovery.models import Role, Transaction, TransactionSource, TransactionStatus, utcnow
-from recovery.recoveries import jobs as recovery_jobs
 from recovery.transactions import closing, services
 from recovery.transactions.validation import clean_transaction
 
@@ -183,14 +182,6 @@ def _type_errors(body: dict[str, Any]) -> dict[str, str]:
     return errors
 
 
-def _rule_errors(errors: dict[str, str], major_units: bool) -> dict[str, str]:
-    """The validation's messages, the amount's under the name the client used."""
-    fields = dict(errors)
-    if major_units and "amount" in fields:
-        fields["amount_decimal"] = fields.pop("amount")
-    return fields
-
-
 @bp.post("/transactions")
 @documented(
     summary="Record a failed payment",
@@ -207,6 +198,7 @@ def _rule_errors(errors: dict[str, str], major_units: bool) -> dict[str, str]:
 def create_transaction() -> Any:
     body = json_object()
     major_units = body.get("amount_decimal") is not None and body.get("amount") is None
+    amount_field = "amount_decimal" if major_units else "amount"
     raw = {name: body[name] for name in CREATE_FIELDS - {"amount_decimal"} if name in body}
     if major_units:
         raw["amount"] = body["amount_decimal"]
@@ -217,7 +209,7 @@ def create_transaction() -> Any:
         rule_errors = clean_transaction(rest, major_units=major_units).errors
         if {"amount", "amount_decimal"} & set(wrong_types):
             rule_errors.pop("amount", None)  # judged already; not also "Amount is required."
-        fields = {**_rule_errors(rule_errors, major_units), **wrong_types}
+        fields = {**services.named(rule_errors, amount_field), **wrong_types}
         unknown = [name for name, message in wrong_types.items() if message == "Unknown field."]
         others = [name for name in fields if name not in unknown]
         message = None
@@ -225,21 +217,14 @@ def create_transaction() -> Any:
             message = f"Unknown fields: {', '.join(unknown)}."
             message += f" Not valid: {', '.join(others)}." if others else ""
         raise invalid(fields, message)
-    try:
-        transaction = services.create_transaction(
-            db.session, token_actor(), raw, source=TransactionSource.API, major_units=major_units
-        )
-    except services.InvalidTransaction as error:
-        db.session.rollback()
-        raise invalid(_rule_errors(error.errors, major_units)) from None
-    except services.DuplicateRef:
-        db.session.rollback()
-        raise ApiError(
-            409,
-            "conflict",
-            f"A transaction with transaction_ref {raw['transaction_ref'].strip()!r} already exists.",
-        ) from None
-    db.session.commit()
+    transaction = services.create_transaction(
+        db.session,
+        token_actor(),
+        raw,
+        source=TransactionSource.API,
+        major_units=major_units,
+        amount_field=amount_field,
+    )
     log.info(
         "api_transaction_created",
         transaction_ref=transaction.transaction_ref,
@@ -344,11 +329,6 @@ class TransactionClose(TypedDict, total=False):
     reason: Annotated[str | None, Field(max_length=closing.REASON_MAX, description="Shown to staff.")]
 
 
-def _closing_refused(error: closing.ClosingRefused) -> ApiError:
-    kind = "conflict" if error.status == 409 else "validation_error"
-    return ApiError(error.status, kind, error.message, {error.field: error.message} if error.field else None)
-
-
 def _org_transaction(transaction_ref: str) -> Transaction:
     transaction = services.get_by_ref(db.session, current_token().organization_id, transaction_ref)
     if transaction is None:
@@ -382,15 +362,7 @@ def close_transaction(transaction_ref: str) -> Any:
     if unknown:
         raise invalid(dict.fromkeys(unknown, "Unknown field."), f"Unknown field(s): {', '.join(unknown)}.")
     transaction = _org_transaction(transaction_ref)
-    try:
-        closed = closing.close_transaction(
-            db.session, transaction, token_actor(), now=utcnow(), reason=body.get("reason")
-        )
-    except closing.ClosingRefused as error:
-        db.session.rollback()
-        raise _closing_refused(error) from None
-    db.session.commit()
-    recovery_jobs.after_close(transaction.id, closed.cancelled)
+    closing.close_transaction(db.session, transaction, token_actor(), now=utcnow(), reason=body.get("reason"))
     return jsonify(transaction_json(transaction, with_attempts=True))
 
 
@@ -406,10 +378,5 @@ def close_transaction(transaction_ref: str) -> Any:
 @require_token_role(Role.OPERATOR)
 def reopen_transaction(transaction_ref: str) -> Any:
     transaction = _org_transaction(transaction_ref)
-    try:
-        closing.reopen_transaction(db.session, transaction, token_actor(), now=utcnow())
-    except closing.ClosingRefused as error:
-        db.session.rollback()
-        raise _closing_refused(error) from None
-    db.session.commit()
+    closing.reopen_transaction(db.session, transaction, token_actor(), now=utcnow())
     return jsonify(transaction_json(transaction, with_attempts=True))

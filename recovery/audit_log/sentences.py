@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from recovery.transactions.services import AUDIT_TITLES
+from recovery.transactions.timeline import AUDIT_TITLES
 
 # code: (kind, sentence with {detail} placeholders, sentence without details)
 ACTIONS: dict[str, tuple[str, str, str]] = {

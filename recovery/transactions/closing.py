@@ -2,8 +2,9 @@
 
 The state model is written down on `Transaction`: cancelling a recovery leaves
 the transaction open; closing it is a separate, explicit act that stops
-everything, until a reopen. Plain functions; callers commit, then run the
-follow-up jobs (`Closed.cancelled`, `Closed.transaction_id`).
+everything, until a reopen. Plain functions; the caller's boundary commits,
+and the close's follow-ups (the cancelled send's job removed, the Payment Link
+and open checkouts switched off) run after that commit.
 """
 
 from __future__ import annotations
@@ -11,13 +12,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from rq import Retry
+
 from recovery import audit
 from recovery.audit import Actor
 from recovery.logs import get_logger
 from recovery.models import Transaction, TransactionStatus
 from recovery.models.base import DbSession
-from recovery.recoveries import services as recoveries
+from recovery.recoveries import lifecycle
+from recovery.refusals import Refused
 from recovery.transactions.validation import has_control_characters, strip_deceptive
+from recovery.unit_of_work import on_commit
+from recovery.webhooks.jobs import queue_close_payment_options
 
 log = get_logger("recovery.transactions")
 
@@ -25,22 +31,21 @@ S = TransactionStatus
 REASON_MAX = 500
 
 
-class ClosingRefused(Exception):
-    """The transaction cannot be closed or reopened as asked; `status` is the HTTP answer."""
+# Switching off a Payment Link is a Stripe call that may fail for a while.
+CLOSE_RETRY = (5, [10, 60, 300, 1800, 3600])
 
-    def __init__(self, message: str, *, status: int = 409, field: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.field = field
+
+class ClosingRefused(Refused):
+    """The transaction cannot be closed or reopened as asked (409), or the reason is not usable (422)."""
+
+    status = 409
 
 
 @dataclass(frozen=True)
 class Closed:
     transaction: Transaction
-    # The recovery the close cancelled, if one was running: its waiting send is to be
-    # removed after the commit (recovery.recoveries.jobs.after_cancel).
-    cancelled: recoveries.RecoveryCancelled | None
+    # The recovery the close cancelled, if one was running.
+    cancelled: lifecycle.RecoveryCancelled | None
 
 
 def clean_reason(raw: object) -> str | None:
@@ -69,10 +74,9 @@ def close_transaction(
 ) -> Closed:
     """Close an open transaction: cancel its running recovery, and offer nothing more.
 
-    Raises ClosingRefused for a paid or already closed transaction. The caller
-    commits, then calls `jobs.after_cancel(closed.cancelled)` if set, else
-    queues the closing of its Payment Link and open checkouts
-    (`jobs.queue_close_payment_options`).
+    Raises ClosingRefused for a paid or already closed transaction. Once the
+    close commits, the cancelled recovery's waiting send is removed and the
+    transaction's Payment Link and open checkouts are switched off.
     """
     why = clean_reason(reason)
     if transaction.status == S.CANCELLED:
@@ -83,9 +87,9 @@ def close_transaction(
             "there is nothing left to close."
         )
     cancelled = None
-    running = recoveries.active_attempt(session, transaction.id)
+    running = lifecycle.active_attempt(session, transaction.id)
     if running is not None:
-        cancelled = recoveries.cancel_recovery(session, running, actor, now=now)
+        cancelled = lifecycle.cancel_recovery(session, running, actor, now=now)
     transaction.transition(S.CANCELLED)
     transaction.closed_at = now
     transaction.closed_by = actor.label
@@ -108,11 +112,15 @@ def close_transaction(
         organization_id=transaction.organization_id,
         recovery_cancelled=running.id if running is not None else None,
     )
+    if cancelled is None:
+        # A cancelled recovery switches them off itself (recoveries.cancel_recovery).
+        tries, intervals = CLOSE_RETRY
+        on_commit(session, queue_close_payment_options, transaction.id, None, retry=Retry(tries, intervals))
     return Closed(transaction, cancelled)
 
 
 def reopen_transaction(session: DbSession, transaction: Transaction, actor: Actor, *, now: datetime) -> None:
-    """Take a closed transaction back to failed: open, with no recovery running. The caller commits."""
+    """Take a closed transaction back to failed: open, with no recovery running."""
     if transaction.status != S.CANCELLED:
         raise ClosingRefused(
             f"Transaction {transaction.transaction_ref} is {transaction.status_label}, not closed: "

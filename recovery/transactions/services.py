@@ -1,4 +1,4 @@
-"""Transactions: create, edit, list with keyset pagination, and the timeline.
+"""Transactions: create, edit, and list with keyset pagination (the timeline: timeline.py).
 
 Plain functions over a SQLAlchemy session; the caller's boundary commits.
 """
@@ -18,17 +18,9 @@ from sqlalchemy.exc import IntegrityError
 from recovery import audit, money
 from recovery.audit import Actor
 from recovery.models import (
-    AttemptStatus,
-    AuditEvent,
-    CsvImport,
-    Message,
-    MessageStatus,
     Organization,
-    Provider,
-    RecoveryAttempt,
     Transaction,
     TransactionSource,
-    User,
 )
 from recovery.models.base import DbSession
 from recovery.models.transaction import TransactionStatus
@@ -228,7 +220,10 @@ class ListQuery:
 
     @classmethod
     def from_args(cls, args: Any) -> ListQuery:
-        """Parse query-string arguments; a bad one is dropped and explained in `errors`."""
+        """Parse query-string arguments; a bad one is dropped and explained in `errors`.
+
+        Long because each argument has its own rule and message, read best in one place, in order.
+        """
         query = cls()
         status = (args.get("status") or "").strip()
         if status:
@@ -476,169 +471,3 @@ def matching_ids(session: DbSession, organization_id: int, query: ListQuery, *, 
 def count_matching(session: DbSession, organization_id: int, query: ListQuery, *, cap: int) -> int:
     """How many transactions the list's filter matches, counting no further than cap + 1."""
     return session.scalar(_capped_count(list_filters(session, organization_id, query), cap)) or 0
-
-
-# --- the timeline ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TimelineEntry:
-    at: datetime
-    title: str
-    detail: str = ""
-    actor: str = ""
-    kind: str = "event"
-    # The Stripe event that caused the entry, if one did (the page links to it).
-    webhook_event_id: int | None = None
-    # A message staff may send again (its fate is unknown): the page offers to.
-    resend_message_id: int | None = None
-
-
-AUDIT_TITLES = {
-    "transaction.created": "Created",
-    "transaction.contact_updated": "Contact details changed",
-    "stripe.checkout_session_created": "Checkout session created",
-    "stripe.payment_link_created": "Payment link created",
-    "stripe.payment_link_deactivated": "Payment link deactivated",
-    "stripe.payment_recovered": "Recovered",
-    "stripe.payment_succeeded": "Payment succeeded",
-    "stripe.payment_failed": "Payment attempt failed",
-    "stripe.checkout_session_expired": "Checkout session expired",
-    "stripe.checkout_session_closed": "Checkout session closed",
-    "stripe.checkout_session_awaiting_payment": "Checkout completed, payment pending",
-    "stripe.async_payment_failed": "Delayed payment failed",
-    "stripe.refunded": "Refunded",
-    "stripe.partially_refunded": "Partially refunded",
-    "stripe.duplicate_payment": "Paid twice",
-    "transaction.closed": "Closed",
-    "transaction.reopened": "Reopened",
-    "recovery.started": "Recovery started",
-    "recovery.cancelled": "Recovery cancelled",
-    "recovery.link_opened": "Customer opened the payment link",
-    "recovery.unsubscribed": "Customer unsubscribed from emails",
-    "recovery.sending_stopped": "No more messages; the payment link still works",
-    "recovery.sms_opted_out": "Customer replied STOP: no more text messages",
-    "recovery.sms_opted_in": "Customer replied START: text messages allowed again",
-    "recovery.sms_undelivered": "Text message not delivered",
-    "recovery.auto_start_refused": "Automatic recovery not started",
-    "recovery.message_found": "Text found at Twilio after its worker stopped",
-    "recovery.message_resent": "Message sent again",
-}
-MESSAGE_TITLES = {
-    "sending": "{channel} being sent",
-    "sent": "{channel} handed to the provider",  # accepted by it; "delivered" comes with its report
-    "delivered": "{channel} delivered",
-    "failed": "{channel} failed",
-    "undeliverable": "{channel} undeliverable",
-    "cancelled": "{channel} cancelled",
-    "queued": "{channel} queued",
-    "unknown": "{channel}: unknown — check the provider",
-}
-
-
-RAN_OUT = (AttemptStatus.EXPIRED, AttemptStatus.EXHAUSTED)
-
-
-def timeline(session: DbSession, transaction: Transaction) -> list[TimelineEntry]:
-    """Everything that happened to the transaction, oldest first."""
-    entries: list[TimelineEntry] = []
-    if transaction.source == TransactionSource.CSV and transaction.import_id:
-        csv_import = session.get(CsvImport, transaction.import_id)
-        name = csv_import.filename if csv_import else "a CSV file"
-        uploader = session.get(User, csv_import.user_id) if csv_import and csv_import.user_id else None
-        entries.append(
-            TimelineEntry(
-                transaction.created_at,
-                "Imported",
-                f"from {name}",
-                uploader.email if uploader else "",
-                kind="import",
-            )
-        )
-    events = session.scalars(
-        select(AuditEvent)
-        .where(AuditEvent.transaction_id == transaction.id)
-        .order_by(AuditEvent.created_at, AuditEvent.id)
-    )
-    has_created = False
-    events_seen: list[AuditEvent] = []
-    for event in events:
-        events_seen.append(event)
-        has_created |= event.action == "transaction.created"
-        entries.append(
-            TimelineEntry(
-                event.created_at,
-                AUDIT_TITLES.get(event.action, event.action.replace(".", " ").replace("_", " ").capitalize()),
-                _describe(event),
-                event.actor_label,
-                kind="audit",
-                webhook_event_id=event.webhook_event_id,
-            )
-        )
-    if not has_created and transaction.source != TransactionSource.CSV:
-        entries.append(TimelineEntry(transaction.created_at, "Created", f"via {transaction.source}"))
-    entries.append(
-        TimelineEntry(
-            transaction.failed_at,
-            "Payment failed",
-            transaction.failure_message or transaction.failure_code or "",
-            kind="failure",
-        )
-    )
-    started = {event.target_id for event in events_seen if event.action == "recovery.started"}
-    for attempt in session.scalars(
-        select(RecoveryAttempt).where(RecoveryAttempt.transaction_id == transaction.id)
-    ):
-        if str(attempt.id) not in started:
-            entries.append(
-                TimelineEntry(attempt.created_at, "Recovery started", f"by {attempt.channel}", kind="attempt")
-            )
-        # Running out is no one's action, so no audit event tells it: the attempt does.
-        if attempt.status in RAN_OUT and attempt.ended_at is not None:
-            sent = f"{attempt.messages_sent} message{'' if attempt.messages_sent == 1 else 's'} sent"
-            if attempt.status == AttemptStatus.EXHAUSTED:
-                why = "every reminder went and the link expired unpaid"
-            else:
-                why = "the link expired unpaid before every reminder went"
-            entries.append(
-                TimelineEntry(attempt.ended_at, "Recovery ran out", f"{sent}; {why}", kind="attempt")
-            )
-    for message in session.scalars(
-        select(Message).where(Message.transaction_id == transaction.id).order_by(Message.id)
-    ):
-        channel = "Email" if message.channel == "email" else "SMS"
-        detail = f"to {message.recipient}, message {message.step + 1}"
-        if message.provider == Provider.OUTBOX:
-            detail += " (development outbox)"
-        if message.error:
-            # The title says it already for an unknown message.
-            detail += f": {message.error.removeprefix('Unknown — check the provider: ')}"
-        entries.append(
-            TimelineEntry(
-                message.sent_at or message.updated_at or message.created_at,
-                MESSAGE_TITLES.get(message.status, "{channel} " + message.status).format(channel=channel),
-                detail,
-                kind="message",
-                resend_message_id=message.id if message.status == MessageStatus.UNKNOWN else None,
-            )
-        )
-    return sorted(entries, key=lambda e: e.at)
-
-
-def _describe(event: AuditEvent) -> str:
-    details = event.details or {}
-    if "summary" in details:
-        return str(details["summary"])
-    if "changes" in details:
-        return ", ".join(
-            f"{name.replace('customer_', '')}: {old or '—'} → {new or '—'}"
-            for name, (old, new) in details["changes"].items()
-        )
-    if "source" in details:
-        return f"via {details['source']}"
-    if "session_id" in details:
-        until = str(details.get("expires_at", "?"))[:16].replace("T", " ")
-        return f"{details['session_id']}, payable until {until} UTC"
-    if "payment_link_id" in details:
-        return str(details["payment_link_id"])
-    return ""

@@ -17,10 +17,9 @@ from recovery.models.transaction import TransactionStatus
 from recovery.payments.views import panel_context
 from recovery.queue import redis_connection
 from recovery.recoveries import bulk
-from recovery.recoveries import jobs as recovery_jobs
 from recovery.recoveries.views import panel_context as recovery_panel_context
 from recovery.security import require_role
-from recovery.transactions import closing, counting, kpis, live, services
+from recovery.transactions import closing, counting, kpis, live, services, timeline
 from recovery.transactions.forms import CloseForm, ContactForm, ReopenForm, TransactionForm
 
 bp = Blueprint("transactions", __name__)
@@ -77,7 +76,7 @@ def matching_count() -> Any:
 def _detail_context(transaction: Transaction, version: str) -> dict[str, Any]:
     return {
         "transaction": transaction,
-        "timeline": services.timeline(db.session, transaction),
+        "timeline": timeline.timeline(db.session, transaction),
         "live_version": version,
         "live_final": live.is_final(transaction.status),
         "live_seconds": live.POLL_SECONDS,
@@ -144,12 +143,9 @@ def create() -> Any:
         raw = {name: field.data for name, field in form._fields.items()}
         try:
             transaction = services.create_transaction(db.session, actor(), raw, major_units=True)
-        except services.InvalidTransaction as error:
+        except services.InvalidTransaction as error:  # a DuplicateRef too: shown next to its field
             form.apply_errors(error.errors)
-        except services.DuplicateRef:
-            form.apply_errors({"transaction_ref": "A transaction with this reference already exists."})
         else:
-            db.session.commit()
             # The amount as stored: the form takes major units, CSV and API whole numbers as minor ones.
             amount = money.format_amount(transaction.amount, transaction.currency)
             flash(f"Transaction {transaction.transaction_ref} created for {amount}.", "success")
@@ -168,10 +164,10 @@ def edit(transaction_id: int) -> Any:
         try:
             changed = services.update_contact(db.session, actor(), transaction, raw)
         except services.InvalidTransaction as error:
+            # Shown next to each field; the page answers, so nothing half-changed may stay to commit.
             db.session.rollback()
             form.apply_errors(error.errors)
         else:
-            db.session.commit()
             flash("Contact details saved." if changed else "Nothing changed.", "success")
             return redirect(url_for("transactions.detail", transaction_id=transaction.id))
     status = 422 if form.is_submitted() else 200
@@ -191,16 +187,9 @@ def close(transaction_id: int) -> Any:
     if not form.validate():
         flash("This form has expired; reload the page and try again.", "error")
         return _to_state(transaction)
-    try:
-        closed = closing.close_transaction(
-            db.session, transaction, actor(), now=utcnow(), reason=form.reason.data
-        )
-    except closing.ClosingRefused as error:
-        db.session.rollback()
-        flash(error.message, "error")
-        return _to_state(transaction)
-    db.session.commit()
-    recovery_jobs.after_close(transaction.id, closed.cancelled)
+    closed = closing.close_transaction(
+        db.session, transaction, actor(), now=utcnow(), reason=form.reason.data
+    )
     flash(
         f"Transaction {transaction.transaction_ref} closed: nothing will be sent"
         + (", and its running recovery was cancelled." if closed.cancelled else ".")
@@ -217,12 +206,6 @@ def reopen(transaction_id: int) -> Any:
     if not ReopenForm().validate():
         flash("This form has expired; reload the page and try again.", "error")
         return _to_state(transaction)
-    try:
-        closing.reopen_transaction(db.session, transaction, actor(), now=utcnow())
-    except closing.ClosingRefused as error:
-        db.session.rollback()
-        flash(error.message, "error")
-        return _to_state(transaction)
-    db.session.commit()
+    closing.reopen_transaction(db.session, transaction, actor(), now=utcnow())
     flash(f"Transaction {transaction.transaction_ref} reopened: you can start a recovery.", "success")
     return _to_state(transaction)

@@ -17,11 +17,6 @@ from tests.conftest import base_config, bearer
 
 
 @pytest.fixture
-def org(make_org) -> Any:
-    return make_org()
-
-
-@pytest.fixture
 def api(client, make_token, org) -> Any:
     """A client that calls the API with an operator token of `org`."""
     _, raw = make_token(org=org, role="operator", name="Billing")

@@ -7,7 +7,6 @@ transaction offers no way to start a recovery or to pay, anywhere.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from html import unescape
 from typing import Any
 
@@ -19,14 +18,13 @@ from recovery.audit import Actor
 from recovery.models import (
     AttemptStatus,
     AuditEvent,
-    Organization,
     RecoveryAttempt,
     Transaction,
     TransactionStatus,
     utcnow,
 )
 from recovery.models.base import IllegalTransition
-from recovery.recoveries import bulk, services
+from recovery.recoveries import bulk, lifecycle
 from recovery.transactions import closing
 from tests.conftest import bearer, login
 
@@ -35,7 +33,7 @@ A = AttemptStatus
 
 
 def start(db: Any, transaction: Transaction) -> RecoveryAttempt:
-    attempt = services.start_recovery(
+    attempt = lifecycle.start_recovery(
         db.session, transaction, Actor.system(transaction.organization_id), now=utcnow()
     ).attempt
     db.session.commit()
@@ -68,11 +66,6 @@ def app_config(stripe_sandbox: Any) -> dict[str, Any]:
     """Stripe configured, so that a checkout for a closed transaction is refused for being closed."""
     stripe_sandbox.reset()
     return {"STRIPE_SECRET_KEY": stripe_sandbox.api_key, "STRIPE_API_BASE": stripe_sandbox.base_url}
-
-
-@pytest.fixture
-def org(make_org: Callable[..., Organization]) -> Organization:
-    return make_org()
 
 
 # --- cancelling a recovery leaves the transaction open -------------------------------------
