@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, flash, redirect, render_template, request, url_for
+from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_user, logout_user
 
 from recovery.audit import Actor, record
@@ -12,9 +12,9 @@ from recovery.auth import logins, reset
 from recovery.auth.forms import ForgotPasswordForm, LoginForm, LogoutForm, NewPasswordForm
 from recovery.auth.jobs import send_password_reset
 from recovery.auth.services import AccountDeactivated, authenticate
+from recovery.auth.settings import staff_settings
 from recovery.extensions import db, limiter, login_manager
 from recovery.logs import get_logger
-from recovery.messaging.providers import MessagingSettings
 from recovery.models import Role, User
 from recovery.queue import enqueue
 from recovery.security import redirect_next, require_role
@@ -37,7 +37,7 @@ login_manager.session_protection = "basic"
 
 
 def _failure_limit() -> str:
-    return f"{current_app.config['LOGIN_FAILURES_PER_MINUTE']}/minute"
+    return f"{staff_settings().login_failures_per_minute}/minute"
 
 
 def _account_key() -> str:
@@ -84,12 +84,12 @@ def login() -> Any:
 
 def start_session(user: User, remember: bool) -> None:
     """Sign `user` in on this browser: a sign-in row, its audit entry and the cookie (the request commits)."""
-    config = current_app.config
+    settings = staff_settings()
     logins.start_login(
         db.session,
         user,
         remember=remember,
-        lifetime=config["REMEMBER_COOKIE_DURATION"] if remember else config["SIGN_IN_DURATION"],
+        lifetime=settings.remember_duration if remember else settings.sign_in_duration,
         ip_address=request.remote_addr,
         user_agent=request.user_agent.string,
     )
@@ -105,7 +105,7 @@ def start_session(user: User, remember: bool) -> None:
 
 
 def _resets_per_hour() -> str:
-    return f"{current_app.config.get('PASSWORD_RESETS_PER_HOUR', 5)}/hour"
+    return f"{staff_settings().password_resets_per_hour}/hour"
 
 
 def _reset_account_key() -> str:
@@ -114,8 +114,8 @@ def _reset_account_key() -> str:
 
 def _outbox_link() -> bool:
     """Whether to point at the development outbox: no SMTP server, and not production."""
-    config = current_app.config
-    return bool(MessagingSettings.from_config(config).email_to_outbox and config["APP_ENV"] != "production")
+    settings = staff_settings()
+    return settings.email_to_outbox and not settings.is_production
 
 
 @bp.route("/forgot-password", methods=["GET", "POST"])
@@ -143,7 +143,7 @@ def forgot_password() -> Any:
 @bp.route("/reset-password/<token>", methods=["GET", "POST"])
 def reset_password(token: str) -> Any:
     """Choose a new password through a reset link, then be signed in here (and nowhere else)."""
-    signer = reset.Signer.from_config(current_app.config)
+    signer = staff_settings().signer
     form = NewPasswordForm()
     try:
         user = reset.user_for_token(db.session, signer, token)

@@ -14,11 +14,12 @@ from recovery import audit
 from recovery.audit import Actor
 from recovery.models import Organization
 from recovery.models.base import DbSession
+from recovery.refusals import Refused
 
 _SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 
 
-class OrganizationRefused(Exception):
+class OrganizationRefused(Refused):
     """The organization cannot be created as asked; the message says why."""
 
 
@@ -53,13 +54,13 @@ MAX_LIFETIME_DAYS = 90
 FALLBACK_CHOICES = ("email", "sms")
 
 
-class SettingsRefused(Exception):
+class SettingsRefused(Refused):
     """A recovery setting is not acceptable; `field` names it."""
 
+    field: str
+
     def __init__(self, message: str, field: str) -> None:
-        super().__init__(message)
-        self.message = message
-        self.field = field
+        super().__init__(message, field=field)
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,9 @@ def clean_recovery_settings(values: RecoverySettings) -> dict[str, Any]:
     """The column values for `values`, or SettingsRefused naming the first field at fault."""
     from email_validator import EmailNotValidError, validate_email
 
-    from recovery.recoveries.quiet_hours import parse_quiet_hours
-    from recovery.recoveries.services import RecoveryRefused, format_schedule, parse_schedule
+    from recovery.messaging.quiet_hours import parse_quiet_hours
+    from recovery.recoveries.refusals import RecoveryRefused
+    from recovery.recoveries.schedule import format_schedule, parse_schedule
 
     try:
         days = parse_schedule(values.recovery_schedule)

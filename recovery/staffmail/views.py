@@ -11,11 +11,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from flask import Blueprint, abort, current_app, render_template
+from flask import Blueprint, abort, render_template
 from flask_login import current_user
 
+from recovery.auth.settings import staff_settings
 from recovery.extensions import db, login_manager
-from recovery.messaging.providers import MessagingSettings
 from recovery.models import Role, StaffEmail
 from recovery.staffmail import services
 
@@ -25,13 +25,13 @@ _URL = re.compile(r"https?://\S+")
 
 def _scope() -> tuple[int | None, Any]:
     """(organization id, viewer) the reader may see; answers 401/403/404 where they may see nothing."""
-    if not MessagingSettings.from_config(current_app.config).email_to_outbox:
+    if not staff_settings().email_to_outbox:
         abort(404)  # emails leave over SMTP: there is no outbox to read
     if current_user.is_authenticated:
         if not current_user.has_role(Role.ADMIN):
             abort(403)
         return current_user.organization_id, current_user._get_current_object()
-    if current_app.config["APP_ENV"] == "production":
+    if staff_settings().is_production:
         abort(login_manager.unauthorized())
     return None, None
 
@@ -51,6 +51,6 @@ def detail(email_id: int) -> Any:
     if email is None:
         abort(404)
     # Our own links only (reset, invitation): shown on their own so they can be clicked.
-    base = current_app.config["BASE_URL"].rstrip("/") + "/"
+    base = staff_settings().base_url.rstrip("/") + "/"
     links = [url for url in _URL.findall(email.body_text) if url.startswith(base)]
     return render_template("staffmail/detail.html", email=email, links=links, public=viewer is None)

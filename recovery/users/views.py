@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user, logout_user
 from sqlalchemy import select
 
 from recovery.audit import Actor
-from recovery.auth.reset import Signer
+from recovery.auth.settings import staff_settings
 from recovery.auth.views import start_session
 from recovery.extensions import db, mail
 from recovery.logs import get_logger
-from recovery.messaging.providers import MessagingSettings, Postman
+from recovery.messaging.providers import Postman
 from recovery.models import Role, StaffEmail, User
 from recovery.security import require_role
 from recovery.staffmail import services as staffmail
@@ -49,7 +49,7 @@ def render_index(form: InviteForm, status: int = 200) -> Any:
         role_form=RoleForm(),
         active_form=ActiveForm(),
         invitation_form=InvitationForm(),
-        staff_outbox=MessagingSettings.from_config(current_app.config).email_to_outbox,
+        staff_outbox=staff_settings().email_to_outbox,
     ), status
 
 
@@ -69,13 +69,13 @@ def invite() -> Any:
     try:
         email = invites.invite(
             db.session,
-            Signer.from_config(current_app.config),
+            staff_settings().signer,
             current_user,
             actor(),
             form.email.data or "",
             form.name.data or "",
             form.role.data or "",
-            current_app.config["BASE_URL"],
+            staff_settings().base_url,
         )
     except services.UserRefused as error:
         # Answered on the form, next to the input at fault, rather than flashed.
@@ -93,8 +93,8 @@ def _commit_and_send(email: StaffEmail, what: str) -> None:
     Sent in the request, not by a job, so the admin reads at once whether it went.
     """
     commit_now(db.session, "the invitation stands even if its email fails, and can be sent again")
-    settings = MessagingSettings.from_config(current_app.config)
-    result = staffmail.send(Postman(settings, mail), email, current_user.organization.name)
+    settings = staff_settings()
+    result = staffmail.send(Postman(settings.messaging, mail), email, current_user.organization.name)
     if not result.sent:
         flash(
             f"{what} for {email.recipient} is saved, but its email could not be sent ({result.error}). "
@@ -118,11 +118,11 @@ def resend_invite(user_id: int) -> Any:
         return redirect(url_for("users.index"))
     email = invites.resend(
         db.session,
-        Signer.from_config(current_app.config),
+        staff_settings().signer,
         current_user,
         actor(),
         target,
-        current_app.config["BASE_URL"],
+        staff_settings().base_url,
     )
     _commit_and_send(email, "A new invitation")
     return redirect(url_for("users.index"))
@@ -144,7 +144,7 @@ def revoke_invite(user_id: int) -> Any:
 @bp.route("/invitation/<token>", methods=["GET", "POST"])
 def accept_invite(token: str) -> Any:
     """The invitee chooses their name and password, and is signed in."""
-    signer = Signer.from_config(current_app.config)
+    signer = staff_settings().signer
     try:
         user = invites.user_for_token(db.session, signer, token)
     except services.UserRefused as refused:
