@@ -46,20 +46,6 @@ def insert_ignoring_duplicates(
     return stmt
 
 
-def commit_keeping_state(session: DbSession) -> None:
-    """Commit without expiring loaded objects, when the caller goes on with what it just wrote.
-
-    Saves reloading each object with a SELECT on its next attribute access.
-    """
-    real = session() if isinstance(session, scoped_session) else session
-    previous = real.expire_on_commit
-    real.expire_on_commit = False
-    try:
-        real.commit()
-    finally:
-        real.expire_on_commit = previous
-
-
 def utcnow() -> datetime:
     """Return the current time as an aware UTC datetime."""
     return datetime.now(UTC)
