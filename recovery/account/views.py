@@ -46,7 +46,7 @@ def change_name() -> Any:
             db.session, user, Actor.for_user(user, request.remote_addr), form.name.data or ""
         )
     except UserRefused as refused:
-        # Answered on the form, next to the name, rather than flashed.
+        # Answered on the form, next to the name; nothing refused is kept.
         db.session.rollback()
         form.name.errors = [str(refused)]
         return _page(name_form=form, status=422)
@@ -71,7 +71,7 @@ def change_password() -> Any:
             form.password.data or "",
         )
     except UserRefused as refused:
-        # Answered on the form, next to the input at fault, rather than flashed.
+        # Answered on the form, next to the input at fault; nothing refused is kept.
         db.session.rollback()
         getattr(form, refused.field, form.password).errors = [str(refused)]
         return _page(password_form=form, status=422)

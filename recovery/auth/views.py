@@ -155,7 +155,7 @@ def reset_password(token: str) -> Any:
     try:
         reset.reset_password(db.session, signer, token, form.password.data or "", request.remote_addr)
     except UserRefused as refused:
-        # Answered on the form, next to the password, rather than flashed.
+        # Answered on the form, next to the password; nothing refused is kept.
         db.session.rollback()
         form.password.errors = [str(refused)]
         return render_template("auth/reset_password.html", form=form, user=user, refused=None), 422

@@ -78,7 +78,7 @@ def invite() -> Any:
             staff_settings().base_url,
         )
     except services.UserRefused as error:
-        # Answered on the form, next to the input at fault, rather than flashed.
+        # Answered on the form, next to the input at fault; nothing refused is kept.
         db.session.rollback()
         field = getattr(form, error.field, form.email)
         field.errors = [*field.errors, str(error)]
@@ -158,7 +158,7 @@ def accept_invite(token: str) -> Any:
             db.session, signer, token, form.name.data or "", form.password.data or "", request.remote_addr
         )
     except services.UserRefused as refused:
-        # Answered on the form, next to the input at fault, rather than flashed.
+        # Answered on the form, next to the input at fault; nothing refused is kept.
         db.session.rollback()
         getattr(form, refused.field, form.password).errors = [str(refused)]
         return render_template("users/accept.html", form=form, user=user, refused=None), 422
