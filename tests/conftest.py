@@ -33,6 +33,7 @@ from recovery.tokens.services import create_token
 pytest_plugins = [
     "tests.fixtures.browser",  # Chromium, live server and tab fixtures for the browser tests
     "tests.fixtures.webhooks",  # stored events, the `recovering` transaction, reading back what a job did
+    "tests.fixtures.payments",  # `token_for` an organization and role, the Stripe sandbox's view
 ]
 
 IN_CI = os.environ.get("CI", "").lower() == "true"

@@ -26,11 +26,12 @@ from recovery.models import (
     TransactionStatus,
     utcnow,
 )
-from recovery.payments import gateway, links
+from recovery.payments import links
 from recovery.payments.gateway import StripeGateway, StripeSettings
 from recovery.payments.pages import link_pages
 from recovery.recoveries import lifecycle
 from tests.conftest import csrf_token
+from tests.fixtures.payments import reconfigure
 
 
 @pytest.fixture
@@ -58,12 +59,6 @@ def attempt_for(db: Any) -> Callable[..., RecoveryAttempt]:
         return started.attempt
 
     return make
-
-
-def reconfigure(app: Flask, **config: Any) -> None:
-    """Change settings mid-test: the Stripe gateway and its settings are built once per app, so again."""
-    app.config.update(config)
-    gateway.init_app(app)
 
 
 def stripe_creates(stripe_sandbox: Any) -> list[dict[str, Any]]:
