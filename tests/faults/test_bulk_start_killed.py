@@ -30,7 +30,7 @@ from recovery.models import AuditEvent, BulkStart, Message, Organization, Recove
 from recovery.queue import get_queue
 from recovery.recoveries import bulk, jobs
 from tests.conftest import base_config
-from tests.recoveries.test_bulk_start import insert_transactions
+from tests.recoveries.test_bulk_filter import insert_transactions
 
 ROOT = Path(__file__).resolve().parents[2]
 SELECTED = 100
