@@ -7,12 +7,14 @@ refused with 403 before it is read further.
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, abort, current_app, request
+from flask import Blueprint, Response, abort, request
 from twilio.request_validator import RequestValidator
 
+from recovery.config import settings
 from recovery.extensions import csrf, db, limiter
 from recovery.logs import get_logger
 from recovery.messaging import delivery
+from recovery.messaging.sender import messaging_settings
 from recovery.models import utcnow
 
 log = get_logger("recovery.messaging")
@@ -33,14 +35,14 @@ def public_urls() -> list[str]:
     """
     query = request.query_string.decode()
     suffix = request.path + (f"?{query}" if query else "")
-    urls = [current_app.config["BASE_URL"].rstrip("/") + suffix]
+    urls = [settings().base_url.rstrip("/") + suffix]
     if request.url not in urls:
         urls.append(request.url)
     return urls
 
 
 def require_signature() -> None:
-    token = current_app.config["TWILIO_AUTH_TOKEN"]
+    token = messaging_settings().twilio_auth_token
     signature = request.headers.get("X-Twilio-Signature", "")
     if not token or not signature:
         log.warning("twilio_signature_missing", path=request.path, configured=bool(token))

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, abort, current_app, render_template
+from flask import Blueprint, abort, render_template
 from flask_login import current_user
 from sqlalchemy import select
 from werkzeug.wrappers import Response
 
+from recovery.config import settings
 from recovery.extensions import db
 from recovery.messaging.content import sms_length
 from recovery.messaging.providers import OutgoingEmail
@@ -56,7 +57,7 @@ def detail(message_id: int) -> Any:
     attempt = db.session.get(RecoveryAttempt, message.attempt_id)
     organization = db.session.get(Organization, message.organization_id)
     assert attempt is not None and organization is not None
-    base_url = current_app.config["BASE_URL"]
+    base_url = settings().base_url
     item = outgoing(message, organization, base_url, attempt.token)
     headers = email_headers(item, messaging_settings()) if isinstance(item, OutgoingEmail) else []
     return render_template(
