@@ -20,6 +20,7 @@ from flask_limiter import RateLimitExceeded, RouteLimit
 from sqlalchemy import select
 from werkzeug.wrappers import Response
 
+from recovery.boundary import read_only
 from recovery.extensions import csrf, db, limiter
 from recovery.logs import get_logger
 from recovery.messaging.content import format_expiry, writing_locale
@@ -378,6 +379,7 @@ def _with_card(gateway: StripeGateway, payment_intent_id: str, receipt: Receipt)
 
 
 @bp.get("/cancel")
+@read_only
 def cancel() -> Any:
     """Nothing was charged; offer to try again when we know whose link it was."""
     token = request.args.get("t", "")[:64]
@@ -391,6 +393,7 @@ def cancel() -> Any:
 
 
 @bp.get("/<token>/unsubscribe")
+@read_only
 def unsubscribe_confirm(token: str) -> Any:
     """Ask before opting out: link checkers and mail scanners follow GET links."""
     _attempt, transaction, organization = _attempt_or_404(token)

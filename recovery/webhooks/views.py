@@ -16,6 +16,7 @@ from werkzeug.wrappers import Response
 
 from recovery import audit, config
 from recovery.audit import Actor
+from recovery.boundary import read_only
 from recovery.extensions import db
 from recovery.logs import get_logger
 from recovery.models import Organization, Role, WebhookState
@@ -45,6 +46,7 @@ def _org_event(event_id: int) -> Any:
 
 
 @bp.get("")
+@read_only
 @require_role(Role.ADMIN)
 def index() -> Any:
     org_id = current_user.organization_id
@@ -78,6 +80,7 @@ def index() -> Any:
 
 
 @bp.get("/<int:event_id>")
+@read_only
 @require_role(Role.ADMIN)
 def detail(event_id: int) -> Any:
     event = _org_event(event_id)
