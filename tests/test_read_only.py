@@ -140,3 +140,24 @@ def test_a_read_only_page_answered_before_its_view_leaves_no_transaction(
     db.session.get(Organization, pages).name = "Renamed by the test"
     db.session.commit()  # the guard went with the request
     assert stored_name(db, pages) == "Renamed by the test"
+
+
+def test_the_transactions_list_reads_without_a_transaction(
+    client: FlaskClient,
+    db: Any,
+    org: Organization,
+    signed_in: Callable[..., Any],
+    make_transaction: Callable[..., Any],
+    statements: list[Statement],
+) -> None:
+    reference = make_transaction(org=org).transaction_ref
+    signed_in("viewer", org)
+    db.session.commit()
+    statements.clear()
+
+    response = client.get("/transactions")
+    ran = list(statements)
+
+    assert response.status_code == 200
+    assert reference in response.text
+    assert ran and all(s.autocommit and not s.in_transaction for s in ran), ran

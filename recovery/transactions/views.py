@@ -11,6 +11,7 @@ from flask_login import current_user
 
 from recovery import money
 from recovery.audit import Actor
+from recovery.boundary import read_only
 from recovery.extensions import db
 from recovery.models import Role, Transaction, utcnow
 from recovery.models.transaction import TransactionStatus
@@ -44,6 +45,7 @@ def home() -> Any:
 
 
 @bp.get("/transactions")
+@read_only
 def index() -> Any:
     query = services.ListQuery.from_args(request.args)
     page = services.list_transactions(db.session, current_user.organization_id, query)
