@@ -304,8 +304,7 @@ def _copy_rows(session: DbSession, records: list[dict[str, Any]]) -> set[str]:
 def run_import(session: DbSession, import_id: int, chunk_rows: int) -> CsvImport:
     """Import (or resume) the file; commits once per chunk, the last one with the import's end.
 
-    Safe to run twice: a re-run resumes after the last committed chunk. Its
-    length is the failure path, which must sit around every chunk it covers.
+    Safe to run twice: a re-run resumes after the last committed chunk.
     """
     csv_import = session.get(CsvImport, import_id)
     if csv_import is None:
@@ -320,33 +319,28 @@ def run_import(session: DbSession, import_id: int, chunk_rows: int) -> CsvImport
     text = (csv_import.content or b"").decode("utf-8-sig")
     skip = csv_import.processed_rows
     chunk: list[tuple[int, dict[str, str]]] = []
-    # On a resume, the rows skipped count as seen only if this import inserted
-    # them: a ref that was invalid there is no duplicate, just as in a single run.
-    seen_refs: set[str] = set()
-    if skip:
-        seen_refs = set(
-            session.scalars(
-                select(Transaction.transaction_ref).where(
-                    Transaction.organization_id == csv_import.organization_id,
-                    Transaction.import_id == import_id,
-                )
-            )
-        )
+    seen_refs = _refs_imported(session, csv_import) if skip else set()
+    # A chunk commits once the next row is read, so the file's last chunk commits
+    # with the import's end: one commit fewer, whether or not the rows fill it.
+    uncommitted = False
     try:
         for index, row in enumerate(iter_rows(text, csv_import.mapping)):
             if index < skip:
                 continue
+            if uncommitted:
+                commit_now(session, "each chunk is kept once done: a re-run resumes after it")
+                uncommitted = False
             chunk.append(row)
             if len(chunk) >= chunk_rows:
                 _import_chunk(session, csv_import, chunk, seen_refs)
-                commit_now(session, "each chunk is kept once done: a re-run resumes after it")
-                chunk = []
+                chunk, uncommitted = [], True
         if chunk:
             _import_chunk(session, csv_import, chunk, seen_refs)
         csv_import.transition(ImportStatus.DONE)
         csv_import.finished_at = utcnow()
         csv_import.content = None
-        commit_now(session, "the last chunk and the import's end, in one transaction")
+        # Kept loaded: whoever ran it reads the counters next, without a SELECT.
+        commit_now(session, "the last chunk and the import's end, in one transaction", keep_state=True)
     except Exception as error:
         session.rollback()  # the chunk's rows go; the counters reload as last committed
         csv_import.transition(ImportStatus.FAILED)
@@ -363,6 +357,21 @@ def run_import(session: DbSession, import_id: int, chunk_rows: int) -> CsvImport
         skipped=csv_import.skipped_rows,
     )
     return csv_import
+
+
+def _refs_imported(session: DbSession, csv_import: CsvImport) -> set[str]:
+    """The refs this import inserted before a resume.
+
+    Only those count as seen: a ref that was invalid there is no duplicate, just as in a single run.
+    """
+    return set(
+        session.scalars(
+            select(Transaction.transaction_ref).where(
+                Transaction.organization_id == csv_import.organization_id,
+                Transaction.import_id == csv_import.id,
+            )
+        )
+    )
 
 
 @dataclass
