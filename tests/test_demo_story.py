@@ -24,7 +24,7 @@ from recovery.models import (
 )
 from recovery.models.recovery_attempt import ATTEMPT_TRANSITIONS
 from recovery.models.transaction import TRANSACTION_TRANSITIONS
-from recovery.transactions.services import timeline
+from recovery.transactions.timeline import timeline
 
 S = TransactionStatus
 A = AttemptStatus
