@@ -51,7 +51,11 @@ def _int(key: str, value: str) -> int:
 
 
 def defaults(instance_path: str) -> dict[str, Any]:
-    """Return the built-in defaults (SPEC.md's Configuration)."""
+    """Return the built-in defaults (SPEC.md's Configuration).
+
+    One entry per setting, each with why it is what it is: long because the
+    settings are many, not because it does two things.
+    """
     sqlite_path = Path(instance_path) / "recovery.sqlite3"
     return {
         "APP_ENV": "production",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select
 
@@ -78,14 +79,7 @@ def seed(
     organization = get_by_slug(session, DEMO_SLUG) or create_organization(
         session, DEMO_SLUG, "Demo Coffee Roasters", "Europe/London"
     )
-    logins = []
-    for role in reversed(Role):
-        email = f"{role.value}@demo.example"
-        if session.scalar(select(User).where(User.email == email)) is None:
-            create_user(
-                session, organization.id, email, DEMO_PASSWORD, role, f"Demo {role.value.capitalize()}"
-            )
-        logins.append((role.value, email))
+    logins = _demo_logins(session, organization)
     existing_refs = set(
         session.scalars(
             select(Transaction.transaction_ref).where(Transaction.organization_id == organization.id)
@@ -97,43 +91,65 @@ def seed(
     rng = random.Random(2025)  # the same demo every time
     created = 0
     for number in range(1, TRANSACTIONS + 1):
-        ref = f"DEMO-{number:04d}"
-        name, country, locale, phone, currency = rng.choice(CUSTOMERS)
-        code, message = rng.choice(FAILURES)
-        low, high = AMOUNTS[currency]
-        amount = rng.randrange(low, high) if currency == "jpy" else rng.randrange(low, high) // 100 * 100 + 99
-        failed_at = story.now - timedelta(days=rng.uniform(0, 60))
-        # The same draws as before, so each ref keeps its data; what the status draw
-        # names is now the story's outcome, played through the services.
-        outcome = rng.choices(
-            [TransactionStatus.FAILED, TransactionStatus.RECOVERED, TransactionStatus.UNRECOVERED],
-            weights=[82, 12, 6],
-        )[0]
-        payday = rng.uniform(0.2, 3)  # days from the first message to the payment
-        if ref in existing_refs:
+        raw, outcome, payday = _draw(rng, number, story.now)  # drawn for every ref: each keeps its data
+        if raw["transaction_ref"] in existing_refs:
             continue
-        first = name.split()[0].lower().replace("é", "e").replace("ü", "u").replace("'", "")
-        raw = {
-            "transaction_ref": ref,
-            "amount": amount,
-            "currency": currency,
-            "failure_code": code,
-            "failure_message": message,
-            "customer_name": name,
-            "customer_email": f"{first}.{number}@example.com",
-            "customer_phone": phone,
-            "customer_country": country,
-            "customer_locale": locale,
-            "metadata": {"order_id": f"ORD-{number:05d}"},
-            "failed_at": failed_at,
-        }
         transaction = create_transaction(
-            session, story.actor, raw, source=TransactionSource.DEMO, now=failed_at + timedelta(minutes=2)
+            session,
+            story.actor,
+            raw,
+            source=TransactionSource.DEMO,
+            now=raw["failed_at"] + timedelta(minutes=2),
         )
         story.tell(transaction, number, outcome, payday)
         created += 1
     session.flush()
     return SeedResult(organization, logins, DEMO_PASSWORD, created, TRANSACTIONS - created)
+
+
+def _demo_logins(session: DbSession, organization: Organization) -> list[tuple[str, str]]:
+    """One user per role, created if missing; (role, email) of each."""
+    logins = []
+    for role in reversed(Role):
+        email = f"{role.value}@demo.example"
+        if session.scalar(select(User).where(User.email == email)) is None:
+            create_user(
+                session, organization.id, email, DEMO_PASSWORD, role, f"Demo {role.value.capitalize()}"
+            )
+        logins.append((role.value, email))
+    return logins
+
+
+def _draw(rng: random.Random, number: int, now: datetime) -> tuple[dict[str, Any], str, float]:
+    """The demo transaction `number` as the create service takes it, its outcome, and its payday."""
+    name, country, locale, phone, currency = rng.choice(CUSTOMERS)
+    code, message = rng.choice(FAILURES)
+    low, high = AMOUNTS[currency]
+    amount = rng.randrange(low, high) if currency == "jpy" else rng.randrange(low, high) // 100 * 100 + 99
+    failed_at = now - timedelta(days=rng.uniform(0, 60))
+    # The same draws as before, so each ref keeps its data; what the status draw
+    # names is now the story's outcome, played through the services.
+    outcome = rng.choices(
+        [TransactionStatus.FAILED, TransactionStatus.RECOVERED, TransactionStatus.UNRECOVERED],
+        weights=[82, 12, 6],
+    )[0]
+    payday = rng.uniform(0.2, 3)  # days from the first message to the payment
+    first = name.split()[0].lower().replace("é", "e").replace("ü", "u").replace("'", "")
+    raw = {
+        "transaction_ref": f"DEMO-{number:04d}",
+        "amount": amount,
+        "currency": currency,
+        "failure_code": code,
+        "failure_message": message,
+        "customer_name": name,
+        "customer_email": f"{first}.{number}@example.com",
+        "customer_phone": phone,
+        "customer_country": country,
+        "customer_locale": locale,
+        "metadata": {"order_id": f"ORD-{number:05d}"},
+        "failed_at": failed_at,
+    }
+    return raw, outcome, payday
 
 
 class _Story:
