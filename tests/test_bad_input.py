@@ -38,7 +38,7 @@ from recovery.transactions.validation import (
 )
 from tests.conftest import base_config, bearer
 from tests.fixtures.csvdata import HEADER, csv_bytes, row
-from tests.imports.test_imports import problems, upload
+from tests.fixtures.imports import problems, upload
 
 ROOT = Path(__file__).resolve().parent.parent
 VALID = {"transaction_ref": "TXN-BAD-1", "amount": 5000, "currency": "usd"}

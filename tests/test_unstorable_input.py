@@ -18,7 +18,7 @@ from sqlalchemy import select
 from recovery.models import CheckoutSession, Organization, Transaction, User
 from tests.conftest import bearer, csrf_token
 from tests.fixtures.csvdata import csv_bytes, row
-from tests.imports.test_imports import problems, the_import, upload
+from tests.fixtures.imports import problems, the_import, upload
 
 VALID = {"transaction_ref": "TXN-EDGE", "amount": 5000, "currency": "usd"}
 

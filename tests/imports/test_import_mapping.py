@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from recovery.models import AuditEvent, CsvImport, ImportMapping, Transaction, User, utcnow
 from tests.fixtures.csvdata import csv_text
-from tests.imports.test_imports import imported_refs, problems, proposed, send_file, the_import, upload
+from tests.fixtures.imports import imported_refs, problems, proposed, send_file, the_import, upload
 
 # A Stripe Dashboard payments export's header, as it comes.
 STRIPE_HEADER_LINE = (
