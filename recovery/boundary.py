@@ -62,6 +62,9 @@ def without_transaction(session: AnySession) -> Iterator[None]:
     returns to the pool, so the next request gets a transaction again. A
     session already in a transaction keeps it (only tests, which share one
     session across requests, get here so): the block is still refused writes.
+    Both databases: sqlite3 in autocommit only stops opening transactions
+    before writes, and there are none, so SQLite reads as before and the
+    tests run the same path on both.
     """
     real = session() if not isinstance(session, Session) else session
     transaction = None
