@@ -81,13 +81,13 @@ def register_blueprints(app: Flask) -> None:
     from recovery.exports.views import bp as exports_bp
     from recovery.health.views import bp as health_bp
     from recovery.imports.views import bp as imports_bp
-    from recovery.messaging.resend import bp as messages_bp
-    from recovery.messaging.twilio_hooks import bp as twilio_bp
-    from recovery.messaging.views import bp as messaging_bp
     from recovery.organizations.views import bp as organizations_bp
     from recovery.payments.api import bp as payments_api_bp
     from recovery.payments.views import bp as payments_bp
     from recovery.recoveries.api import bp as recoveries_api_bp
+    from recovery.recoveries.outbox_views import bp as messaging_bp
+    from recovery.recoveries.resend_views import bp as messages_bp
+    from recovery.recoveries.twilio_hooks import bp as twilio_bp
     from recovery.recoveries.views import bp as recoveries_bp
     from recovery.staffmail.views import bp as staffmail_bp
     from recovery.tokens.views import bp as tokens_bp

@@ -145,7 +145,7 @@ def link_stripe_account(org_slug: str, account_id: str | None, unlink: bool) -> 
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
 def import_csv_command(org_slug: str, maps: tuple[str, ...], path: str) -> None:
     """Import a CSV of failed payments (our template or a Stripe payments export) now."""
-    from recovery.imports import services
+    from recovery.imports import running, services
     from recovery.imports.mapping import MappingRefused
 
     organization = get_by_slug(db.session, org_slug.strip().lower())
@@ -173,7 +173,7 @@ def import_csv_command(org_slug: str, maps: tuple[str, ...], path: str) -> None:
         db.session.rollback()
         raise click.UsageError(str(error)) from None
     db.session.commit()
-    csv_import = services.run_import(db.session, csv_import.id, config.csv_chunk_rows)
+    csv_import = running.run_import(db.session, csv_import.id, config.csv_chunk_rows)
     click.echo(
         f"Import {csv_import.id}: {csv_import.imported_rows} imported, "
         f"{csv_import.duplicate_rows} duplicates, {csv_import.invalid_rows} invalid, "

@@ -42,7 +42,7 @@ PUBLIC_ENDPOINTS = frozenset(
         # The email's List-Unsubscribe target: one-click, no cookie (RFC 8058).
         "customer.unsubscribe_confirm",
         "customer.unsubscribe",
-        # Twilio authenticates by signing the request (recovery/messaging/twilio_hooks.py).
+        # Twilio authenticates by signing the request (recovery/recoveries/twilio_hooks.py).
         "twilio.status",
         "twilio.inbound",
     }

@@ -185,7 +185,7 @@ def line_item(*, price_obj: dict[str, Any], description: str, quantity: int) -> 
     return obj
 
 
-def checkout_session(
+def checkout_session(  # noqa: PLR0913 -- keyword-only, one per field of Stripe's object
     *,
     now: int,
     public_url: str,

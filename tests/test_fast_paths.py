@@ -17,7 +17,7 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import select
 
 from recovery.audit import Actor
-from recovery.imports import services
+from recovery.imports import running, services
 from recovery.models import Organization, Transaction
 from recovery.transactions import validation
 from tests.fixtures.csvdata import HEADER, csv_bytes, row
@@ -113,7 +113,7 @@ def test_imported_rows_keep_every_value_and_the_files_order(db: Any, make_org: A
     )
     db.session.commit()
 
-    services.run_import(db.session, csv_import.id, chunk_rows=2)
+    running.run_import(db.session, csv_import.id, chunk_rows=2)
 
     imported = db.session.scalars(select(Transaction).order_by(Transaction.id)).all()
     assert [t.transaction_ref for t in imported] == ["CSV-000003", "CSV-000001", "CSV-000002"]

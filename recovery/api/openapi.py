@@ -325,11 +325,16 @@ def _operation_entry(
     return entry
 
 
-def _unrouted_operations() -> list[tuple[str, str, str, Operation]]:
-    """Operations answered below Flask, so absent from its URL map: (path, method, id, declaration)."""
-    from recovery.webhooks import receiver
+_UNROUTED = "recovery_openapi_unrouted"
 
-    return [(receiver.PATH, "post", "receive_stripe_webhook", receiver.OPERATION)]
+
+def document_unrouted(app: Flask, path: str, method: str, operation_id: str, operation: Operation) -> None:
+    """Declare an operation answered below Flask (absent from its URL map), as the webhook receiver is."""
+    app.extensions.setdefault(_UNROUTED, []).append((path, method, operation_id, operation))
+
+
+def _unrouted_operations(app: Flask) -> list[tuple[str, str, str, Operation]]:
+    return list(app.extensions.get(_UNROUTED, ()))
 
 
 def build_document(app: Flask) -> dict[str, Any]:
@@ -355,7 +360,7 @@ def build_document(app: Flask) -> dict[str, Any]:
                 _path_parameters(rule, operation.path_params),
                 schemas,
             )
-    for path, method, operation_id, operation in _unrouted_operations():
+    for path, method, operation_id, operation in _unrouted_operations(app):
         paths.setdefault(path, {})[method] = _operation_entry(
             operation, operation_id, operation.auth or "none", None, [], schemas
         )

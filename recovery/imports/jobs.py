@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from recovery.config import settings
 from recovery.extensions import db
-from recovery.imports.services import run_import
+from recovery.imports.running import run_import
 from recovery.jobs import app_job
 
 

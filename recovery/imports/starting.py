@@ -19,7 +19,7 @@ from redis.exceptions import RedisError
 from recovery import audit
 from recovery.audit import Actor
 from recovery.config import settings
-from recovery.imports import services
+from recovery.imports import running
 from recovery.imports.jobs import import_csv
 from recovery.logs import get_logger
 from recovery.models import CsvImport, ImportStatus
@@ -66,7 +66,7 @@ def start_import(session: DbSession, csv_import: CsvImport, limits: ImportSettin
     """Import the mapped file now if it is small, else hand it to the worker."""
     if csv_import.total_rows <= limits.inline_max_rows:
         try:
-            services.run_import(session, csv_import.id, limits.chunk_rows)
+            running.run_import(session, csv_import.id, limits.chunk_rows)
         except Exception:  # logged, and stored as the import's error: its page explains
             return Started.FAILED
         return Started.DONE

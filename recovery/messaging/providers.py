@@ -115,7 +115,7 @@ class MessagingSettings:
     twilio_api_base: str
     twilio_validity_seconds: int
     twilio_timeout_seconds: int
-    # Where Twilio reports each SMS's delivery (recovery/messaging/twilio_hooks.py); empty: nowhere.
+    # Where Twilio reports each SMS's delivery (recovery/recoveries/twilio_hooks.py); empty: nowhere.
     twilio_status_callback: str = ""
     # Emails over one SMTP connection before a fresh one; 1: a connection per email.
     mail_messages_per_connection: int = 100

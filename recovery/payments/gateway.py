@@ -306,7 +306,7 @@ class StripeGateway:
         )
         return price.id
 
-    def create_checkout_session(
+    def create_checkout_session(  # noqa: PLR0913 -- keyword-only, one per Stripe parameter we set
         self,
         *,
         amount: int,

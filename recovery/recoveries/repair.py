@@ -223,7 +223,7 @@ def look_up_sms(session: DbSession, postman: Postman, message_id: int, now: date
 def mark_found(message: Message, attempt: RecoveryAttempt, *, provider_id: str, status: str) -> None:
     """An unknown text that Twilio turns out to have: sent (or delivered), with Twilio's id.
 
-    For the look-up and for a delivery report that names it (messaging.delivery).
+    For the look-up and for a delivery report that names it (recoveries.delivery_reports).
     """
     message.provider = Provider.TWILIO
     message.provider_id = provider_id

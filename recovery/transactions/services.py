@@ -219,7 +219,7 @@ class ListQuery:
     amount_needs_currency: bool = False
 
     @classmethod
-    def from_args(cls, args: Any) -> ListQuery:
+    def from_args(cls, args: Any) -> ListQuery:  # noqa: C901, PLR0912 -- one branch per filter, read as a table
         """Parse query-string arguments; a bad one is dropped and explained in `errors`.
 
         Long because each argument has its own rule and message, read best in one place, in order.

@@ -23,7 +23,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Request, Response
 
 from recovery import logs
-from recovery.api.openapi import CLOSED, Operation
+from recovery.api.openapi import CLOSED, Operation, document_unrouted
 from recovery.extensions import db
 from recovery.logs import get_logger
 from recovery.payments.gateway import STRIPE_API_VERSION
@@ -227,6 +227,7 @@ def store(event: dict[str, Any]) -> receiving.Received:
 def install(app: Flask) -> None:
     """Answer the webhook path below Flask; call before any middleware that must see it too (ProxyFix)."""
     app.wsgi_app = StripeWebhookReceiver(app, app.wsgi_app)  # type: ignore[method-assign]
+    document_unrouted(app, PATH, "post", "receive_stripe_webhook", OPERATION)
 
 
 def _secrets(configured: object) -> list[str]:

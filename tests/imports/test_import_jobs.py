@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
-from recovery.imports import services
+from recovery.imports import running, services
 from recovery.models import Transaction, User
 from tests.fixtures.csvdata import csv_bytes, row, rows
 from tests.fixtures.imports import count, imported_refs, the_import, upload
@@ -155,7 +155,7 @@ def test_a_failing_chunk_leaves_no_rows_and_a_rerun_resumes(
     with pytest.raises(
         Exception, match="row refused by the database"
     ):  # the driver's own error (COPY) or SQLAlchemy's
-        services.run_import(db.session, import_id, app.config["CSV_CHUNK_ROWS"])
+        running.run_import(db.session, import_id, app.config["CSV_CHUNK_ROWS"])
 
     csv_import = the_import(db)
     assert csv_import.status == "failed"
@@ -204,13 +204,13 @@ def test_resume_does_not_drop_a_valid_row_whose_ref_was_invalid_earlier(
     upload(client, csv_bytes(records))
     csv_import = the_import(db)
     # As if a worker had died after the first chunk of two rows.
-    services._import_chunk(
+    running._import_chunk(
         db.session, csv_import, list(services.iter_rows(csv_import.content.decode()))[:2], set()
     )
     csv_import.status = "failed"
     db.session.commit()
 
-    services.run_import(db.session, csv_import.id, 2)
+    running.run_import(db.session, csv_import.id, 2)
 
     csv_import = the_import(db)
     assert csv_import.status == "done"

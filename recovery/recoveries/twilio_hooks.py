@@ -13,9 +13,9 @@ from twilio.request_validator import RequestValidator
 from recovery.config import settings
 from recovery.extensions import csrf, db, limiter
 from recovery.logs import get_logger
-from recovery.messaging import delivery
 from recovery.messaging.sender import messaging_settings
 from recovery.models import utcnow
+from recovery.recoveries import delivery_reports
 
 log = get_logger("recovery.messaging")
 
@@ -62,7 +62,7 @@ def status() -> Response:
     code = request.form.get("ErrorCode", type=int)
     message_id = request.args.get("message", type=int)
     if sid and report:
-        delivery.apply_status(
+        delivery_reports.apply_status(
             db.session, provider_id=sid, status=report, error_code=code, now=utcnow(), message_id=message_id
         )
     return Response(status=204)
@@ -73,10 +73,14 @@ def inbound() -> Response:
     """A customer's reply: STOP and its synonyms opt the number out, START opts it back in."""
     require_signature()
     phone = (request.form.get("From") or "").strip()
-    changed = delivery.apply_reply(db.session, phone=phone, body=request.form.get("Body"), now=utcnow())
+    changed = delivery_reports.apply_reply(
+        db.session, phone=phone, body=request.form.get("Body"), now=utcnow()
+    )
     if changed:
         log.info(
-            "twilio_reply_applied", keyword=delivery.keyword(request.form.get("Body")), organizations=changed
+            "twilio_reply_applied",
+            keyword=delivery_reports.keyword(request.form.get("Body")),
+            organizations=changed,
         )
     # Twilio itself answers STOP and START (Advanced Opt-Out): we add nothing.
     return Response(EMPTY_TWIML, mimetype="text/xml")

@@ -1,7 +1,7 @@
 """What Twilio tells us after a send: delivery reports, and customers replying STOP or START.
 
 Plain functions over a SQLAlchemy session; the request that carried the
-callback (recovery/messaging/twilio_hooks.py) commits. Twilio's callbacks
+callback (recovery/recoveries/twilio_hooks.py) commits. Twilio's callbacks
 arrive out of order and may repeat: a report only ever moves a message's
 delivery status forward.
 """

@@ -12,10 +12,9 @@ import pytest
 from sqlalchemy import select
 
 from recovery.audit import Actor
-from recovery.messaging import delivery
 from recovery.models import AuditEvent, Message, MessageStatus, Organization, RecoveryAttempt, Role, utcnow
 from recovery.queue import get_queue
-from recovery.recoveries import handoff, jobs, repair
+from recovery.recoveries import delivery_reports, handoff, jobs, repair
 from tests.conftest import csrf_token, login
 from tests.fixtures.fakes import _twilio_server, fake_twilio, providers_config, smtp_server
 from tests.recoveries.test_recoveries import messages, reload, start, worker
@@ -95,7 +94,7 @@ def test_a_delivery_report_for_an_unknown_text_settles_it(db, org, make_transact
     [message] = messages(db, attempt)
     [created] = fake_twilio.created
 
-    applied = delivery.apply_status(
+    applied = delivery_reports.apply_status(
         db.session,
         provider_id=created["sid"],
         status="delivered",
