@@ -20,9 +20,9 @@ from recovery import queue
 from recovery.messaging.smtp import DATA_ANSWER_SECONDS
 from recovery.models import utcnow
 from recovery.models.base import DbSession
+from recovery.payments.jobs import queue_close_payment_options
 from recovery.recoveries.handoff import BATCH_SENDING_SECONDS, HANDOFF_ABANDONED
 from recovery.unit_of_work import on_commit, pending
-from recovery.webhooks.jobs import queue_close_payment_options
 
 # A send job's time: the batch starts no delivery after BATCH_SENDING_SECONDS, and the
 # last one may wait out an SMTP server's slow answer (DATA_ANSWER_SECONDS). Well under

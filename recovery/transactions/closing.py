@@ -19,11 +19,11 @@ from recovery.audit import Actor
 from recovery.logs import get_logger
 from recovery.models import Transaction, TransactionStatus
 from recovery.models.base import DbSession
+from recovery.payments.jobs import queue_close_payment_options
 from recovery.recoveries import lifecycle
 from recovery.refusals import Refused
 from recovery.transactions.validation import has_control_characters, strip_deceptive
 from recovery.unit_of_work import on_commit
-from recovery.webhooks.jobs import queue_close_payment_options
 
 log = get_logger("recovery.transactions")
 

@@ -298,3 +298,16 @@ def test_a_job_whose_event_is_held_elsewhere_works_on_others_first(app, client, 
     assert stored(waiting["id"]).status == stored(mine["id"]).status == WebhookState.IGNORED
     assert stored(waiting["id"]).processed_at < stored(mine["id"]).processed_at
     assert stored(mine["id"]).attempts == 1
+
+
+def test_jobs_queued_under_their_old_paths_still_run(app):
+    """Jobs that moved in issue 17 keep a name at the old path, for the runs Redis already holds."""
+    from recovery.payments import jobs as payment_jobs
+
+    assert jobs.close_payment_options is payment_jobs.close_payment_options
+
+    jobs.start_imported_recovery(12345)
+
+    [queued] = get_queue().get_jobs()
+    assert queued.func_name == "recovery.recoveries.jobs.start_imported_recovery"
+    assert queued.args == (12345,)
