@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
 import click
 from flask import Flask
 
@@ -10,9 +14,39 @@ from recovery.audit import Actor
 from recovery.config import settings
 from recovery.extensions import db
 from recovery.models import Role, utcnow
-from recovery.organizations.services import OrganizationRefused, create_organization, get_by_slug
-from recovery.tokens.services import MAX_EXPIRES_DAYS, TokenRefused, create_token, expiry_after
-from recovery.users.services import UserRefused, create_user
+from recovery.organizations.services import create_organization, get_by_slug
+from recovery.refusals import Refused
+from recovery.tokens.services import MAX_EXPIRES_DAYS, create_token, expiry_after
+from recovery.unit_of_work import commit_now, on_commit
+from recovery.users.services import create_user
+
+
+def unit_of_work(command: Callable[..., None]) -> Callable[..., None]:
+    """Run a command as one unit of work, as a request is: one commit when it returns.
+
+    What it has to say (`say`) is printed once that commit has happened, so a
+    command never reports what did not happen; a refusal rolls everything back
+    and is shown as the command's usage error.
+    """
+
+    @wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        try:
+            command(*args, **kwargs)
+        except Refused as error:
+            db.session.rollback()
+            raise click.UsageError(str(error)) from None
+        except BaseException:
+            db.session.rollback()
+            raise
+        db.session.commit()
+
+    return run
+
+
+def say(text: str, *, err: bool = False) -> None:
+    """Print `text` once the command's work has committed."""
+    on_commit(db.session, click.echo, text, err=err)
 
 
 def init_app(app: Flask) -> None:
@@ -32,14 +66,11 @@ def init_app(app: Flask) -> None:
 @click.option("--slug", required=True, help="Short unique id, e.g. acme.")
 @click.option("--name", required=True, help="The merchant's name as customers see it.")
 @click.option("--timezone", default="UTC", show_default=True, help="IANA time zone.")
+@unit_of_work
 def create_org(slug: str, name: str, timezone: str) -> None:
     """Create an organization (a merchant)."""
-    try:
-        organization = create_organization(db.session, slug, name, timezone)
-    except OrganizationRefused as error:
-        raise click.UsageError(str(error)) from None
-    db.session.commit()
-    click.echo(f"Created organization {organization.slug} ({organization.name}).")
+    organization = create_organization(db.session, slug, name, timezone)
+    say(f"Created organization {organization.slug} ({organization.name}).")
 
 
 @click.command("create-user")
@@ -50,17 +81,14 @@ def create_org(slug: str, name: str, timezone: str) -> None:
 @click.option(
     "--password", prompt=True, hide_input=True, confirmation_prompt=True, help="Prompted if not given."
 )
+@unit_of_work
 def create_user_command(org_slug: str, email: str, role: str, name: str, password: str) -> None:
     """Create a staff user in an organization."""
     organization = get_by_slug(db.session, org_slug.strip().lower())
     if organization is None:
         raise click.UsageError(f"No organization with slug {org_slug!r}; create it with `flask create-org`.")
-    try:
-        user = create_user(db.session, organization.id, email, password, role, name)
-    except UserRefused as error:
-        raise click.UsageError(str(error)) from None
-    db.session.commit()
-    click.echo(f"Created {user.role} {user.email} in {organization.slug}.")
+    user = create_user(db.session, organization.id, email, password, role, name)
+    say(f"Created {user.role} {user.email} in {organization.slug}.")
 
 
 @click.command("create-api-token")
@@ -73,29 +101,26 @@ def create_user_command(org_slug: str, email: str, role: str, name: str, passwor
     default=None,
     help="Days until the token stops working (default: never).",
 )
+@unit_of_work
 def create_api_token(org_slug: str, role: str, name: str, expires_days: int | None) -> None:
     """Create a Bearer token for the JSON API and print it (once)."""
     organization = get_by_slug(db.session, org_slug.strip().lower())
     if organization is None:
         raise click.UsageError(f"No organization with slug {org_slug!r}; create it with `flask create-org`.")
-    try:
-        token, raw = create_token(
-            db.session,
-            organization.id,
-            name,
-            role,
-            created_by=None,
-            actor=Actor.system(organization.id, "command line"),
-            expires_at=expiry_after(expires_days),
-        )
-    except TokenRefused as error:
-        raise click.UsageError(str(error)) from None
-    db.session.commit()
+    token, raw = create_token(
+        db.session,
+        organization.id,
+        name,
+        role,
+        created_by=None,
+        actor=Actor.system(organization.id, "command line"),
+        expires_at=expiry_after(expires_days),
+    )
     expiry = f", expires {token.expires_at:%Y-%m-%d %H:%M} UTC" if token.expires_at else ""
     # Only the token on stdout, so that `TOKEN=$(flask create-api-token ...)` works.
-    click.echo(f"Created {token.role} API token {token.name!r} for {organization.slug}{expiry}:", err=True)
-    click.echo(raw)
-    click.echo("Copy it now: it is not stored and will not be shown again.", err=True)
+    say(f"Created {token.role} API token {token.name!r} for {organization.slug}{expiry}:", err=True)
+    say(raw)
+    say("Copy it now: it is not stored and will not be shown again.", err=True)
 
 
 @click.command("link-stripe-account")
@@ -104,6 +129,7 @@ def create_api_token(org_slug: str, role: str, name: str, expires_days: int | No
 @click.option(
     "--unlink", is_flag=True, help="Stop treating the linked account's events as the organization's."
 )
+@unit_of_work
 def link_stripe_account(org_slug: str, account_id: str | None, unlink: bool) -> None:
     """Treat a Stripe Connect account's events (acct_...) as an organization's.
 
@@ -111,7 +137,6 @@ def link_stripe_account(org_slug: str, account_id: str | None, unlink: bool) -> 
     platform: the organization then receives that account's failed payments and
     its customers' details, so merchants cannot link accounts themselves.
     """
-    from recovery.webhooks.stripe_account import StripeAccountRefused
     from recovery.webhooks.stripe_account import link_stripe_account as link
 
     if unlink == bool(account_id):
@@ -119,17 +144,13 @@ def link_stripe_account(org_slug: str, account_id: str | None, unlink: bool) -> 
     organization = get_by_slug(db.session, org_slug.strip().lower())
     if organization is None:
         raise click.UsageError(f"No organization with slug {org_slug!r}; create it with `flask create-org`.")
-    try:
-        changed = link(db.session, organization, Actor.system(organization.id, "command line"), account_id)
-    except StripeAccountRefused as error:
-        raise click.UsageError(str(error)) from None
-    db.session.commit()
+    changed = link(db.session, organization, Actor.system(organization.id, "command line"), account_id)
     if not changed:
-        click.echo(f"Nothing changed: {organization.slug} already has {account_id or 'no linked account'}.")
+        say(f"Nothing changed: {organization.slug} already has {account_id or 'no linked account'}.")
     elif account_id:
-        click.echo(f"Linked Stripe account {account_id} to {organization.slug}.")
+        say(f"Linked Stripe account {account_id} to {organization.slug}.")
     else:
-        click.echo(f"{organization.slug} has no linked Stripe account now.")
+        say(f"{organization.slug} has no linked Stripe account now.")
 
 
 @click.command("import-csv")
@@ -143,6 +164,7 @@ def link_stripe_account(org_slug: str, account_id: str | None, unlink: bool) -> 
     "Fields not given keep the mapping last confirmed for this header, or the one proposed.",
 )
 @click.argument("path", type=click.Path(exists=True, dir_okay=False))
+@unit_of_work
 def import_csv_command(org_slug: str, maps: tuple[str, ...], path: str) -> None:
     """Import a CSV of failed payments (our template or a Stripe payments export) now."""
     from recovery.imports import running, services
@@ -166,36 +188,32 @@ def import_csv_command(org_slug: str, maps: tuple[str, ...], path: str) -> None:
             db.session, actor, path.rsplit("/", 1)[-1], data, config.csv_max_bytes, mapping=chosen
         )
     except MappingRefused as error:
-        db.session.rollback()
         lines = "\n".join(f"  {field}: {message}" for field, message in error.errors.items())
         raise click.UsageError("The columns cannot be used as mapped:\n" + lines) from None
-    except services.ImportRejected as error:
-        db.session.rollback()
-        raise click.UsageError(str(error)) from None
-    db.session.commit()
+    commit_now(db.session, "the import exists before its chunks go in")
     csv_import = running.run_import(db.session, csv_import.id, config.csv_chunk_rows)
-    click.echo(
+    say(
         f"Import {csv_import.id}: {csv_import.imported_rows} imported, "
         f"{csv_import.duplicate_rows} duplicates, {csv_import.invalid_rows} invalid, "
         f"{csv_import.skipped_rows} skipped (not failed)."
     )
     for kind, rows in (("warning", csv_import.warnings), ("not imported", csv_import.problems)):
         for problem in rows or ():
-            click.echo(f"Row {problem['row']} ({kind}): {problem['reason']}")
+            say(f"Row {problem['row']} ({kind}): {problem['reason']}")
 
 
 @click.command("seed-demo")
+@unit_of_work
 def seed_demo() -> None:
     """Load the demo organization, its users and ~200 failed transactions (idempotent)."""
     from recovery.demo import seed
 
     result = seed(db.session, base_url=settings().base_url)
-    db.session.commit()
-    click.echo(f"Demo organization: {result.organization.name} ({result.organization.slug})")
-    click.echo(f"Transactions: {result.created} created, {result.existing} already there.")
-    click.echo("Demo logins (password for all: " + result.password + "):")
+    say(f"Demo organization: {result.organization.name} ({result.organization.slug})")
+    say(f"Transactions: {result.created} created, {result.existing} already there.")
+    say("Demo logins (password for all: " + result.password + "):")
     for role, email in result.logins:
-        click.echo(f"  {role:<9} {email}")
+        say(f"  {role:<9} {email}")
 
 
 @click.command("worker")
