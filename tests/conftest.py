@@ -239,8 +239,8 @@ def make_transaction(db: Any, make_org: Callable[..., Organization]) -> Callable
 
 @pytest.fixture
 def org(make_org: Callable[..., Organization]) -> Organization:
-    """An organization with the defaults; a test module that needs other settings defines its own `org`."""
-    return make_org()
+    """The merchant most tests work for; a test module that needs other settings defines its own `org`."""
+    return make_org(name="Acme Shop")
 
 
 @pytest.fixture

@@ -47,11 +47,6 @@ def postgresql_only(database_url: str) -> None:
 
 
 @pytest.fixture
-def org(make_org: Callable[..., Organization]) -> Organization:
-    return make_org(name="Acme Shop")
-
-
-@pytest.fixture
 def start_worker(database_url: str, redis_url: str, tmp_path: Path) -> Iterator[Callable[[], Any]]:
     """Start `flask worker --burst --without-scheduler` as production runs it; output in tmp_path."""
     env = {**os.environ, **{key: str(value) for key, value in base_config(database_url, redis_url).items()}}

@@ -137,11 +137,6 @@ def app_config(smtp: SmtpServer) -> dict[str, Any]:
     return {**providers_config(smtp, None), "SEND_BATCH_SIZE": BATCH}
 
 
-@pytest.fixture
-def org(make_org: Callable[..., Organization]) -> Organization:
-    return make_org(name="Acme Shop")
-
-
 WorkerRun = Callable[..., "subprocess.Popen[bytes]"]
 
 

@@ -9,7 +9,6 @@ payment would be asked for; the sandbox refuses exactly as Stripe does.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -55,11 +54,6 @@ def app_config(stripe_sandbox: Any) -> dict[str, Any]:
         "STRIPE_WEBHOOK_SECRET": se.SECRET,
         "STRIPE_WEBHOOK_RETRY_SECONDS": "0,0",
     }
-
-
-@pytest.fixture
-def org(make_org: Callable[..., Organization]) -> Organization:
-    return make_org(name="Acme Shop", quiet_hours="")
 
 
 def bearer(db: Any, org: Organization) -> dict[str, str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -25,11 +24,6 @@ def app_config(stripe_sandbox: Any) -> dict[str, Any]:
         "STRIPE_API_BASE": stripe_sandbox.base_url,
         "BASE_URL": "http://localhost",
     }
-
-
-@pytest.fixture
-def org(make_org: Callable[..., Organization]) -> Organization:
-    return make_org(name="Acme Shop")
 
 
 # --- POST /v1/payments/stripe/payment-links ----------------------------------

@@ -40,11 +40,6 @@ def app_config(stripe_sandbox: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-def org(make_org: Callable[..., Organization]) -> Organization:
-    return make_org(name="Acme Shop", quiet_hours="")
-
-
-@pytest.fixture
 def log_lines(app: Flask) -> Iterator[Callable[[], list[dict[str, Any]]]]:
     """What the app's JSON log handler writes, line by line."""
     root = logging.getLogger()

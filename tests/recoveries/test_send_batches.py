@@ -83,11 +83,6 @@ def app_config(smtp: SmtpServer, per_connection: int) -> dict[str, Any]:
 
 
 @pytest.fixture
-def org(make_org: Callable[..., Organization]) -> Organization:
-    return make_org(name="Acme Shop")
-
-
-@pytest.fixture
 def worker(app: Flask) -> Callable[[], None]:
     def run() -> None:
         SimpleWorker(["default"], connection=redis_connection(app)).work(burst=True, with_scheduler=False)

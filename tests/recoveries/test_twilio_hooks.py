@@ -22,7 +22,6 @@ from recovery.models import (
     ContactSuppression,
     Message,
     MessageStatus,
-    Organization,
     RecoveryAttempt,
     SuppressionReason,
     Transaction,
@@ -42,11 +41,6 @@ PHONE = "+14155550123"
 @pytest.fixture
 def app_config(smtp_server: Any, fake_twilio: Any) -> dict[str, Any]:
     return providers_config(smtp_server, fake_twilio)
-
-
-@pytest.fixture
-def org(make_org: Callable[..., Organization]) -> Organization:
-    return make_org(name="Acme Shop")
 
 
 @pytest.fixture

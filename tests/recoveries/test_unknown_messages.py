@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -12,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from recovery.audit import Actor
-from recovery.models import AuditEvent, Message, MessageStatus, Organization, RecoveryAttempt, Role, utcnow
+from recovery.models import AuditEvent, Message, MessageStatus, RecoveryAttempt, Role, utcnow
 from recovery.queue import get_queue
 from recovery.recoveries import delivery_reports, handoff, jobs, repair
 from tests.conftest import csrf_token, login
@@ -28,11 +27,6 @@ M = MessageStatus
 def app_config(smtp_server: Any, fake_twilio: Any) -> dict[str, Any]:
     # Twilio's answer is awaited one second: the tests make it come too late.
     return {**providers_config(smtp_server, fake_twilio), "TWILIO_TIMEOUT_SECONDS": 1}
-
-
-@pytest.fixture
-def org(make_org: Callable[..., Organization]) -> Organization:
-    return make_org(name="Acme Shop")
 
 
 def _sms_taken_but_answer_lost(db, org, make_transaction, fake_twilio, worker) -> Any:

@@ -7,7 +7,6 @@ tests/test_browser.py::test_recovery_journey_email_pay_and_live_status.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -28,11 +27,6 @@ from recovery.transactions import live
 
 HX = {"HX-Request": "true"}
 POLL_RE = re.compile(r'id="(?:transaction|recoveries)-live"[^>]*hx-get="([^"]+)"')
-
-
-@pytest.fixture
-def org(make_org: Callable[..., Organization]) -> Organization:
-    return make_org(name="Acme Shop")
 
 
 def poll_url(html: str) -> str | None:
