@@ -9,6 +9,7 @@ in small print, for a search in Stripe's dashboard or a call to the bank.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,10 @@ class Decline:
     code: str
     title: str
     sentence: str
+
+    @property
+    def category(self) -> str:
+        return category(self.code)
 
 
 _UNKNOWN_REASON = "The bank declined the card without giving a reason."
@@ -136,3 +141,104 @@ def describe(code: str | None) -> Decline | None:
         return Decline(code, *known)
     title = code.replace("_", " ").strip().capitalize() or code
     return Decline(code, title, "The payment failed with a code Stripe does not document as a decline.")
+
+
+# --- categories: what a recovery should do about each code ---------------------------
+#
+# retry_later: the same card may work again (funds, limits, issuer or processing trouble);
+# customer_action: the customer must pay with other details (expired, wrong number, CVC or
+# PIN, authentication, a card that cannot pay this); do_not_contact: lost, stolen, picked
+# up, fraudulent, a security violation or the merchant's own block list: never retried,
+# never messaged unless a rule says otherwise; unknown: anything else, or no code.
+RETRY_LATER: Final = "retry_later"
+CUSTOMER_ACTION: Final = "customer_action"
+DO_NOT_CONTACT: Final = "do_not_contact"
+UNKNOWN: Final = "unknown"
+CATEGORIES: Final = (RETRY_LATER, CUSTOMER_ACTION, DO_NOT_CONTACT, UNKNOWN)
+
+CATEGORY_LABELS: Final = {
+    RETRY_LATER: "Card may work again",
+    CUSTOMER_ACTION: "Customer must update card",
+    DO_NOT_CONTACT: "Do not contact",
+    UNKNOWN: "Unknown reason",
+}
+CATEGORY_SENTENCES: Final = {
+    RETRY_LATER: "The same card may pay if it is tried again later (money, limits or the bank's trouble).",
+    CUSTOMER_ACTION: "The customer has to pay with other card details; trying the same card again will fail.",
+    DO_NOT_CONTACT: "The card was reported lost or stolen, or the payment looks fraudulent: "
+    "the card is never tried again and, unless a rule says so, the customer is not contacted.",
+    UNKNOWN: "The decline gives no usable reason.",
+}
+
+_CATEGORY_CODES: Final = {
+    RETRY_LATER: (
+        "approve_with_id",
+        "call_issuer",
+        "card_declined",
+        "card_velocity_exceeded",
+        "do_not_honor",
+        "generic_decline",
+        "insufficient_funds",
+        "issuer_not_available",
+        "no_action_taken",
+        "processing_error",
+        "reenter_transaction",
+        "try_again_later",
+        "withdrawal_count_limit_exceeded",
+    ),
+    CUSTOMER_ACTION: (
+        "authentication_required",
+        "card_not_supported",
+        "currency_not_supported",
+        "do_not_try_again",
+        "expired_card",
+        "incorrect_cvc",
+        "incorrect_number",
+        "incorrect_pin",
+        "incorrect_zip",
+        "invalid_account",
+        "invalid_amount",
+        "invalid_cvc",
+        "invalid_expiry_month",
+        "invalid_expiry_year",
+        "invalid_number",
+        "invalid_pin",
+        "new_account_information_available",
+        "not_permitted",
+        "offline_pin_required",
+        "online_or_offline_pin_required",
+        "pin_try_exceeded",
+        "revocation_of_all_authorizations",
+        "revocation_of_authorization",
+        "service_not_allowed",
+        "stop_payment_order",
+        "transaction_not_allowed",
+    ),
+    DO_NOT_CONTACT: (
+        "fraudulent",
+        "lost_card",
+        "merchant_blacklist",
+        "pickup_card",
+        "restricted_card",
+        "security_violation",
+        "stolen_card",
+    ),
+    # duplicate_transaction: a retry could charge twice; testmode_decline: a test card.
+    UNKNOWN: ("duplicate_transaction", "testmode_decline"),
+}
+CODE_CATEGORY: Final = {code: cat for cat, codes in _CATEGORY_CODES.items() for code in codes}
+assert set(CODE_CATEGORY) == set(_DECLINES), set(CODE_CATEGORY) ^ set(_DECLINES)
+
+
+def category(code: str | None) -> str:
+    """The code's category; a code not in Stripe's list, or none, is `unknown`."""
+    return CODE_CATEGORY.get(code or "", UNKNOWN)
+
+
+def codes_in(name: str) -> tuple[str, ...]:
+    """The known codes of a category (for SQL: `failure_code IN (...)`; `unknown` also takes the rest)."""
+    return _CATEGORY_CODES[name]
+
+
+def category_label(name: str) -> str:
+    return CATEGORY_LABELS.get(name, name)

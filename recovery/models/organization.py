@@ -54,6 +54,11 @@ class Organization(Base):
     quiet_hours: Mapped[str] = mapped_column(
         String(11), default=DEFAULT_QUIET_HOURS, server_default=DEFAULT_QUIET_HOURS
     )
+    # Where `notify_staff` steps write; empty: the organization's owners and admins.
+    staff_alert_email: Mapped[str | None] = mapped_column(String(254))
+    # The rule set's version: each change to the rules (a new rule, an edit, an order)
+    # adds one, so that a write made from a stale page gets 409.
+    rules_version: Mapped[int] = mapped_column(default=1, server_default="1")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     @property

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ForeignKey, Index, String, text, true
+from sqlalchemy import JSON, ForeignKey, Index, String, text, true
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from recovery.models.base import Base, BigId, HasStatus, UTCDateTime, utcnow
@@ -107,6 +107,19 @@ class RecoveryAttempt(HasStatus, Base):
     # When the attempt reached its ending (completed, expired, exhausted, cancelled,
     # failed); a late payment after expiry moves it to the payment's time.
     ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    # The campaign version it follows (None: a schedule given by hand, or an
+    # attempt from before campaigns), and the rule that chose it: its id, name and
+    # version at the time, and the sentence the timeline shows ("matched because ...").
+    campaign_version_id: Mapped[int | None] = mapped_column(ForeignKey("campaign_version.id"))
+    rule_id: Mapped[int | None] = mapped_column(ForeignKey("recovery_rule.id", ondelete="SET NULL"))
+    rule_name: Mapped[str | None] = mapped_column(String(200))
+    rule_version: Mapped[int | None] = mapped_column()
+    decision: Mapped[str | None] = mapped_column(String(500))
+    # The campaign's steps as this attempt runs them, fixed at the start:
+    # [{"action": ..., "offset_minutes": ...}, ...] (recovery/campaigns/plan.py);
+    # None: every step sends a message on `channel`, on the days of `schedule`.
+    plan: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
 
     transaction: Mapped[Transaction] = relationship(back_populates="attempts")
 

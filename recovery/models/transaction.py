@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String, UniqueConstraint, func, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from recovery.declines import category
 from recovery.models.base import Base, BigId, HasStatus, UTCDateTime, utcnow
 
 
@@ -93,6 +94,13 @@ class Transaction(HasStatus, Base):
         Index("ix_transaction_org_email", "organization_id", "customer_email"),
         Index("ix_transaction_org_phone", "organization_id", "customer_phone"),
         Index("ix_transaction_org_currency_failed", "organization_id", "currency", "failed_at"),
+        Index(
+            "ix_transaction_org_review",
+            "organization_id",
+            "held_at",
+            postgresql_where=text("review_status = 'held'"),
+            sqlite_where=text("review_status = 'held'"),
+        ),
         # Search: a case-insensitive prefix of a reference or an email, as a range over
         # lower(column) compared byte by byte (transactions.search). PostgreSQL's pattern
         # operator class orders by bytes whatever the database's collation; SQLite does anyway.
@@ -128,6 +136,8 @@ class Transaction(HasStatus, Base):
     stripe_payment_intent_id: Mapped[str | None] = mapped_column(String(255), index=True)
     stripe_checkout_session_id: Mapped[str | None] = mapped_column(String(255), index=True)
     stripe_customer_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    # The reusable card the payment failed with (pm_...): what a campaign's card retry confirms with.
+    stripe_payment_method_id: Mapped[str | None] = mapped_column(String(255))
     payment_link_url: Mapped[str | None] = mapped_column(String(2048))
     stripe_payment_link_id: Mapped[str | None] = mapped_column(String(255), index=True)
     # One Product and Price per transaction, reused by every Payment Link for it.
@@ -148,9 +158,21 @@ class Transaction(HasStatus, Base):
     closed_by: Mapped[str | None] = mapped_column(String(200))
     closed_reason: Mapped[str | None] = mapped_column(String(500))
 
+    # The review queue: "held" by a rule or a campaign's end, until staff approve
+    # (start a campaign) or dismiss it; `review_reason` says why it was held.
+    review_status: Mapped[str | None] = mapped_column(String(16))
+    review_reason: Mapped[str | None] = mapped_column(String(500))
+    held_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # A rule said "do not recover": its reason, shown on the transaction; cleared by a start.
+    no_recovery_reason: Mapped[str | None] = mapped_column(String(500))
+
     attempts: Mapped[list[RecoveryAttempt]] = relationship(
         back_populates="transaction", order_by="RecoveryAttempt.created_at"
     )
+
+    @property
+    def decline_category(self) -> str:
+        return category(self.failure_code)
 
     @property
     def is_closed(self) -> bool:

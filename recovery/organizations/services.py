@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from recovery import audit
 from recovery.audit import Actor
+from recovery.campaigns import builtin
 from recovery.models import Organization
 from recovery.models.base import DbSession
 from recovery.refusals import Refused
@@ -44,6 +45,7 @@ def create_organization(session: DbSession, slug: str, name: str, timezone: str 
     organization = Organization(slug=slug, name=name, timezone=timezone)
     session.add(organization)
     session.flush()
+    builtin.install(session, organization)
     return organization
 
 

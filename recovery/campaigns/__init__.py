@@ -1,0 +1,1 @@
+"""Campaigns: what a recovery does, step by step (messages, card retries, staff alerts), in versions."""

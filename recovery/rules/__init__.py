@@ -1,0 +1,1 @@
+"""Rules: which campaign each failure gets, chosen by why it failed, previewed before it runs."""
