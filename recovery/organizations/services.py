@@ -13,6 +13,7 @@ from sqlalchemy import select
 from recovery import audit
 from recovery.audit import Actor
 from recovery.campaigns import builtin
+from recovery.campaigns import services as campaigns
 from recovery.models import Organization
 from recovery.models.base import DbSession
 from recovery.refusals import Refused
@@ -156,6 +157,8 @@ def update_recovery_settings(
     }
     for name, (_, value) in changes.items():
         setattr(organization, name, value)
+    if {"recovery_schedule", "attempt_lifetime_days"} & changes.keys():
+        _sync_default_campaign(session, organization, actor)
     if changes:
         audit.record(
             session,
@@ -166,3 +169,11 @@ def update_recovery_settings(
             changes=changes,
         )
     return list(changes)
+
+
+def _sync_default_campaign(session: DbSession, organization: Organization, actor: Actor) -> None:
+    """Keep the default campaign equal to the schedule and lifetime just saved (a new version of it)."""
+    from recovery.recoveries.schedule import parse_schedule
+
+    days = parse_schedule(organization.recovery_schedule)
+    campaigns.sync_default(session, organization, actor, days, organization.attempt_lifetime_days)
