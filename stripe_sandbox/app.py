@@ -10,7 +10,7 @@ import time
 from flask import Flask, Response, g, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from stripe_sandbox import api, control, pages, payments
+from stripe_sandbox import api, control, off_session, pages, payments
 from stripe_sandbox.config import API_VERSION, Config
 from stripe_sandbox.context import EXTENSION, Sandbox, current
 from stripe_sandbox.errors import StripeError
@@ -41,6 +41,8 @@ def create_app(config: Config | None = None) -> Flask:
     dispatcher.chore = lambda: payments.expire_due_sessions(sandbox)
     app.extensions[EXTENSION] = sandbox
 
+    # off_session adds its PaymentMethod and PaymentIntent endpoints to the API blueprint.
+    assert off_session.ROUTES_ON is api.bp
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(control.bp)

@@ -45,6 +45,12 @@ TEST_CARDS = {
         "credit",
         Decline("card_declined", "insufficient_funds", "Your card has insufficient funds."),
     ),
+    # Attaches to a Customer, then every charge fails (off_session.py); entered in Checkout it declines.
+    "4000000000000341": Card(
+        "visa", "US", "credit", Decline("card_declined", "generic_decline", "Your card was declined.")
+    ),
+    # Needs authentication once: the hosted page stands in for the challenge, so it pays.
+    "4000002500003155": Card("visa", "IE", "credit"),
     "4000002760003184": Card(
         "visa",
         "DE",
