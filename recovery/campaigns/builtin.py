@@ -145,7 +145,7 @@ def install(session: DbSession, organization: Organization, *, rules_enabled: bo
     by_key = {DEFAULT: default}
     for key, name, steps, end, days in BUILTIN_CAMPAIGNS:
         by_key[key] = _campaign(session, organization, key, name, steps, end, days)
-    for position, (name, category, action, key, reason) in enumerate(BUILTIN_RULES):
+    for position, (name, category, action, rule_key, reason) in enumerate(BUILTIN_RULES):
         session.add(
             RecoveryRule(
                 organization_id=organization.id,
@@ -154,7 +154,7 @@ def install(session: DbSession, organization: Organization, *, rules_enabled: bo
                 enabled=rules_enabled,
                 conditions=[{"type": "decline_category_in", "values": [category]}],
                 action=action,
-                campaign_id=by_key[key].id if key else None,
+                campaign_id=by_key[rule_key].id if rule_key else None,
                 reason=reason,
             )
         )
