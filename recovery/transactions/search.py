@@ -24,6 +24,7 @@ import phonenumbers
 from babel.core import get_global
 from sqlalchemy import ColumnElement, and_, false, func, or_
 
+from recovery import declines
 from recovery.models import Transaction
 from recovery.transactions.validation import has_control_characters
 
@@ -107,3 +108,21 @@ def search_condition(q: str, *, country: str | None, dialect: str) -> ColumnElem
     if phone:
         conditions.append(Transaction.customer_phone == phone)
     return or_(*conditions)
+
+
+def category_condition(name: str) -> ColumnElement[bool]:
+    """Rows whose failure code falls in the decline category `name` (one of declines.CATEGORIES).
+
+    A plain IN over the known codes, so the (organization_id, ...) indexes still
+    lead; `unknown` is the rest: no code, or one no known list holds (Stripe adds
+    codes before we do).
+    """
+    if name != declines.UNKNOWN:
+        return Transaction.failure_code.in_(declines.codes_in(name))
+    known = [
+        code
+        for other in declines.CATEGORIES
+        if other != declines.UNKNOWN
+        for code in declines.codes_in(other)
+    ]
+    return or_(Transaction.failure_code.is_(None), Transaction.failure_code.not_in(known))

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import ColumnElement, Select, func, select, tuple_
 from sqlalchemy.exc import IntegrityError
 
-from recovery import audit, money
+from recovery import audit, declines, money
 from recovery.audit import Actor
 from recovery.models import (
     Organization,
@@ -40,7 +40,7 @@ PAGE_SIZE = 50
 COUNT_CAP = 1000
 SORTS = {"date": Transaction.failed_at, "amount": Transaction.amount}
 # The query-string arguments that make up the list's filter and order; the page cursor is not one.
-FILTER_ARGS = ("status", "q", "currency", "date_from", "date_to", "sort", "order")
+FILTER_ARGS = ("status", "q", "currency", "category", "date_from", "date_to", "sort", "order")
 
 
 class InvalidTransaction(Refused):
@@ -206,6 +206,7 @@ class ListQuery:
     status: str | None = None
     q: str | None = None
     currency: str | None = None
+    category: str | None = None  # a decline category ("Why it failed")
     date_from: date | None = None
     date_to: date | None = None
     sort: str = "date"
@@ -248,6 +249,7 @@ class ListQuery:
                 )
             else:
                 query.currency = currency
+        query.category = _category_arg(args, query.errors)
         for name in ("date_from", "date_to"):
             raw = (args.get(name) or "").strip()
             if raw:
@@ -289,7 +291,7 @@ class ListQuery:
         return query
 
     def is_filtered(self) -> bool:
-        return any((self.status, self.q, self.currency, self.date_from, self.date_to))
+        return any((self.status, self.q, self.currency, self.category, self.date_from, self.date_to))
 
     def filter_args(self) -> dict[str, str]:
         """The query-string arguments that give this filter and order again (no cursor), as parsed."""
@@ -297,12 +299,24 @@ class ListQuery:
             "status": self.status,
             "q": self.q,
             "currency": self.currency,
+            "category": self.category,
             "date_from": self.date_from.isoformat() if self.date_from else None,
             "date_to": self.date_to.isoformat() if self.date_to else None,
             "sort": self.sort,
             "order": self.order,
         }
         return {name: value for name, value in values.items() if value}
+
+
+def _category_arg(args: Any, errors: dict[str, str]) -> str | None:
+    """The decline category asked for ("Why it failed"), or None; an unknown one is explained."""
+    category = (args.get("category") or "").strip()
+    if not category:
+        return None
+    if category not in declines.CATEGORIES:
+        errors["category"] = f"Unknown reason {category!r}: choose one from the list."
+        return None
+    return category
 
 
 def _day(day: date) -> str:
@@ -392,6 +406,8 @@ def list_filters(session: DbSession, organization_id: int, query: ListQuery) -> 
         )
     if query.currency:
         filters.append(Transaction.currency == query.currency)
+    if query.category:
+        filters.append(search.category_condition(query.category))
     if query.date_from:
         filters.append(Transaction.failed_at >= datetime.combine(query.date_from, time(), UTC))
     if query.date_to:
