@@ -29,6 +29,7 @@ from recovery.models import (
 from recovery.models.base import DbSession, insert_ignoring_duplicates
 from recovery.payments.gateway import StripeFailure, StripeGateway
 from recovery.payments.pages import PaymentPages
+from recovery.payments.retry_guard import refuse_while_retrying
 from recovery.payments.rules import (
     PaymentRefused,
     check_amount,
@@ -294,6 +295,9 @@ def create_checkout_session(
     """
     check_collectable(transaction)
     check_amount(transaction, request.amount, request.currency)
+    # Takes the transaction's lock until the reservation commits: a card retry and this
+    # way to pay never both charge (retry_guard.py).
+    refuse_while_retrying(session, transaction)
     pages = pages or PaymentPages(gateway.settings.base_url)
     expires_in = expires_in or gateway.settings.checkout_expires
     metadata = {**(request.metadata or {}), **our_metadata(transaction, request.attempt_id)}

@@ -21,6 +21,7 @@ import stripe
 from flask import Flask, current_app
 from stripe.params import (
     CustomerCreateParams,
+    PaymentIntentConfirmParams,
     PaymentIntentRetrieveParams,
     PaymentLinkCreateParams,
     PaymentLinkUpdateParams,
@@ -432,6 +433,19 @@ class StripeGateway:
             decline_code=error.decline_code if error else None,
             failure_message=error.message if error else None,
             latest_charge=charge_info(charge) if isinstance(charge, stripe.Charge) else None,
+        )
+
+    def confirm_off_session(
+        self, *, payment_intent_id: str, payment_method_id: str, key: str
+    ) -> stripe.PaymentIntent:
+        """Confirm a PaymentIntent again with a saved card, the customer absent (off_session.py reads it)."""
+        params: PaymentIntentConfirmParams = {"payment_method": payment_method_id, "off_session": True}
+        return self._call(
+            "confirm_off_session",
+            lambda: self._stripe.v1.payment_intents.confirm(
+                payment_intent_id, params, {"idempotency_key": key}
+            ),
+            payment_intent_id=payment_intent_id,
         )
 
 

@@ -1,19 +1,27 @@
-"""RQ jobs of payments: close a transaction's other ways to pay, after the commit that closed it."""
+"""RQ jobs of payments: close the other ways to pay once a transaction is closed; retry a card."""
 
 from __future__ import annotations
+
+from datetime import datetime
 
 from rq import Retry
 
 from recovery import queue as jobs_queue
 from recovery.extensions import db
 from recovery.jobs import app_job
-from recovery.payments import closing
+from recovery.models import utcnow
+from recovery.payments import closing, retries
 from recovery.payments.gateway import stripe_gateway_or_none, stripe_settings
 
 # Stripe calls a close_payment_options job makes at most before it gives up and retries.
 CLOSE_CALLS = 5
 # After a payment: soon, then backing off over a couple of hours (Stripe may be down).
 PAID_CLOSE_RETRY = (5, [10, 60, 300, 1800, 3600])
+# A card retry Stripe did not answer (network, rate limit, 5xx) is tried again with its
+# key; inside retry_guard.RETRY_IN_FLIGHT (30 min), while the pay page waits for it.
+CARD_RETRY_RETRY = (3, [30, 120, 600])
+# Closing the customer's open sessions (a few) and the confirmation.
+CARD_RETRY_CALLS = 6
 
 
 def stripe_job_timeout(calls: int) -> int:
@@ -53,3 +61,30 @@ def close_payment_options(transaction_id: int, paid_session_id: str | None) -> l
     if gateway is None:
         return []
     return closing.close_payment_options(db.session, gateway, transaction_id, paid_session_id)
+
+
+def queue_retry_card(attempt_id: int, step: int, *, at: datetime | None = None) -> bool:
+    """Queue the attempt's card-retry step once (job id card-retry-<attempt>-<step>), retried if transient."""
+    tries, intervals = CARD_RETRY_RETRY
+    return jobs_queue.enqueue_once(
+        "recovery.payments.jobs.retry_card",
+        attempt_id,
+        step,
+        job_id=jobs_queue.job_id("card-retry", attempt_id, step),
+        at=at,
+        retry=Retry(max=tries, interval=intervals),
+        job_timeout=stripe_job_timeout(CARD_RETRY_CALLS),
+    )
+
+
+@app_job
+def retry_card(attempt_id: int, step: int) -> str:
+    """Run the attempt's card-retry step (`payments.retries.retry_card`); the CardRetry's status.
+
+    A transient Stripe failure raises, so RQ's Retry runs it again with the same
+    idempotency key; every other outcome is recorded and committed here.
+    """
+    gateway = stripe_gateway_or_none()
+    if gateway is None:
+        return "no stripe gateway"
+    return retries.retry_card(db.session, attempt_id, step, now=utcnow(), gateway=gateway).status

@@ -18,6 +18,7 @@ from recovery.models.base import DbSession
 from recovery.payments import checkout
 from recovery.payments.gateway import StripeGateway
 from recovery.payments.pages import PaymentPages
+from recovery.payments.retry_guard import refuse_while_retrying
 from recovery.payments.rules import PaymentRefused
 
 # A session about to lapse is no use to a customer who is about to pay.
@@ -83,6 +84,8 @@ def checkout_for_attempt(
     """
     if paid_session(session, attempt.transaction_id) is not None:
         raise PaymentRefused("This payment has been received; it is being confirmed.", status=409)
+    # Not even an open session while the saved card is being charged: the retry is expiring it.
+    refuse_while_retrying(session, attempt.transaction, now)
     sessions = list(
         session.scalars(
             select(CheckoutSession)

@@ -20,6 +20,7 @@ from recovery.models import (
 from recovery.payments.fulfilment import (
     EventContradicts,
 )
+from recovery.payments.rules import CLOSED_STATUSES
 from recovery.unit_of_work import on_commit
 from recovery.webhooks.context import Context
 from recovery.webhooks.matching import account_organization, as_dict, claims_of, stripe_id
@@ -97,7 +98,7 @@ def import_failure(
         log.warning("stripe_failure_import_invalid", payment_intent_id=intent_id, errors=invalid.errors)
         return None
     txn.stripe_payment_intent_id = intent_id
-    txn.stripe_customer_id = stripe_id(obj.get("customer"))
+    note_saved_card(txn, obj)
     # A job of its own after the commit, so that a refusal to start never fails the event.
     on_commit(ctx.session, queue_auto_start, txn.id)
     log.info(
@@ -122,7 +123,9 @@ def _transaction_fields(
         "transaction_ref": intent_id,
         "amount": obj.get("amount"),
         "currency": obj.get("currency"),
-        "failure_code": code,
+        # The most specific reason: the issuer's decline_code (insufficient_funds) before the
+        # error's code (card_declined), as Stripe's decline-code table and declines.py read it.
+        "failure_code": decline_code or code,
         "failure_message": message,
         "customer_email": obj.get("receipt_email") or billing.get("email"),
         "customer_name": billing.get("name") or shipping.get("name"),
@@ -131,6 +134,35 @@ def _transaction_fields(
     if isinstance(created, int):
         raw["failed_at"] = datetime.fromtimestamp(created, UTC).isoformat()
     return raw
+
+
+def saved_card(obj: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The failed PaymentIntent's Customer and the PaymentMethod it failed with (id or object)."""
+    error = as_dict(obj.get("last_payment_error"))
+    payment_method = stripe_id(obj.get("payment_method")) or stripe_id(error.get("payment_method"))
+    return stripe_id(obj.get("customer")), payment_method
+
+
+def note_saved_card(txn: Transaction, obj: dict[str, Any]) -> None:
+    """Keep what a card retry needs from a failure of the transaction's own PaymentIntent.
+
+    Only its own: a customer's declined Checkout payment is another PaymentIntent,
+    whose card was typed once and never saved, so it is nothing to retry, and a
+    transaction already paid or closed keeps its failure as it was. The decline
+    code follows the latest failure (a declined card retry says why it failed now).
+    """
+    intent_id = stripe_id(obj.get("id"))
+    if not intent_id or txn.stripe_payment_intent_id != intent_id or txn.status in CLOSED_STATUSES:
+        return
+    customer_id, payment_method_id = saved_card(obj)
+    txn.stripe_customer_id = customer_id or txn.stripe_customer_id
+    txn.stripe_payment_method_id = payment_method_id or txn.stripe_payment_method_id
+    error = as_dict(obj.get("last_payment_error"))
+    reason = error.get("decline_code") or error.get("code")
+    if isinstance(reason, str) and reason:
+        txn.failure_code = reason[:64]
+        if isinstance(error.get("message"), str):
+            txn.failure_message = error["message"][:500]
 
 
 def queue_auto_start(transaction_id: int) -> None:

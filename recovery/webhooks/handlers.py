@@ -38,7 +38,7 @@ from recovery.payments.fulfilment import (
 from recovery.payments.gateway import StripeFailure
 from recovery.payments.stripe_objects import CheckoutSessionInfo
 from recovery.webhooks.context import Context
-from recovery.webhooks.failed_payments import import_failure
+from recovery.webhooks.failed_payments import import_failure, note_saved_card
 from recovery.webhooks.matching import Match, as_dict, claims_of, match, stripe_id
 
 log = get_logger("recovery.webhooks")
@@ -271,6 +271,7 @@ def intent_failed(ctx: Context, obj: dict[str, Any]) -> str:
         if txn is None:
             return WebhookState.UNMATCHED
         found = Match(txn, None, "import")
+    note_saved_card(found.transaction, obj)  # the card a retry may charge, and why it failed
     reason = " / ".join(filter(None, [code, decline_code]))
     # Forward only: a failure reported after the payment succeeded changes no status.
     ctx.note(

@@ -74,7 +74,7 @@ def test_an_unknown_failed_payment_becomes_a_transaction_when_import_is_on(clien
         "stripe",
     )
     assert (txn.failure_code, txn.customer_email, txn.status) == (
-        "card_declined",
+        "expired_card",  # the decline_code, more specific than card_declined
         "buyer@example.com",
         "failed",
     )
