@@ -77,6 +77,7 @@ def register_blueprints(app: Flask) -> None:
     from recovery.api.transactions import bp as api_bp
     from recovery.audit_log.views import bp as audit_log_bp
     from recovery.auth.views import bp as auth_bp
+    from recovery.campaigns.api import bp as campaigns_api_bp
     from recovery.customer.views import bp as customer_bp
     from recovery.exports.views import bp as exports_bp
     from recovery.health.views import bp as health_bp
@@ -89,6 +90,7 @@ def register_blueprints(app: Flask) -> None:
     from recovery.recoveries.resend_views import bp as messages_bp
     from recovery.recoveries.twilio_hooks import bp as twilio_bp
     from recovery.recoveries.views import bp as recoveries_bp
+    from recovery.rules.views import bp as rules_bp
     from recovery.staffmail.views import bp as staffmail_bp
     from recovery.tokens.views import bp as tokens_bp
     from recovery.transactions.views import bp as transactions_bp
