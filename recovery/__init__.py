@@ -90,6 +90,7 @@ def register_blueprints(app: Flask) -> None:
     from recovery.recoveries.resend_views import bp as messages_bp
     from recovery.recoveries.twilio_hooks import bp as twilio_bp
     from recovery.recoveries.views import bp as recoveries_bp
+    from recovery.review.views import bp as review_bp
     from recovery.rules.views import bp as rules_bp
     from recovery.staffmail.views import bp as staffmail_bp
     from recovery.tokens.views import bp as tokens_bp
@@ -122,6 +123,9 @@ def register_blueprints(app: Flask) -> None:
         account_bp,
         audit_log_bp,
         staffmail_bp,
+        rules_bp,
+        review_bp,
+        campaigns_api_bp,
     ):
         app.register_blueprint(bp)
 

@@ -110,3 +110,14 @@ document.addEventListener("htmx:afterSettle", (event) => {
 
 // Checkboxes the browser restored (back button) count too.
 window.addEventListener("pageshow", () => document.querySelectorAll("form[data-bulk]").forEach(bulkUpdate));
+
+// The rule form: a condition row shows the inputs of its type only (all of them without script).
+function conditionRow(row) {
+  const kind = row.querySelector("[data-cond-type]").value;
+  for (const part of row.querySelectorAll("[data-for]")) part.hidden = !part.dataset.for.split(" ").includes(kind);
+}
+document.addEventListener("change", (event) => {
+  const row = event.target.matches("[data-cond-type]") && event.target.closest("[data-cond-row]");
+  if (row) conditionRow(row);
+});
+document.addEventListener("DOMContentLoaded", () => document.querySelectorAll("[data-cond-row]").forEach(conditionRow));
