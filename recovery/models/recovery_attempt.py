@@ -9,6 +9,7 @@ from sqlalchemy import JSON, ForeignKey, Index, String, text, true
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from recovery.models.base import Base, BigId, HasStatus, UTCDateTime, utcnow
+from recovery.models.campaign import StepAction
 
 if TYPE_CHECKING:
     from recovery.models.transaction import Transaction
@@ -57,6 +58,14 @@ class Channel:
     BOTH = "both"
 
     ALL = (EMAIL, SMS, BOTH)
+
+
+# The channels of each message step of a campaign, in sending order.
+STEP_CHANNELS = {
+    StepAction.EMAIL: (Channel.EMAIL,),
+    StepAction.SMS: (Channel.SMS,),
+    StepAction.EMAIL_AND_SMS: (Channel.EMAIL, Channel.SMS),
+}
 
 
 class RecoveryAttempt(HasStatus, Base):
@@ -142,7 +151,45 @@ class RecoveryAttempt(HasStatus, Base):
     def schedule_days(self) -> list[int]:
         return [int(day) for day in self.schedule.split(",") if day.strip()]
 
+    # --- the steps, one way for both kinds: a campaign's plan, or the days of `schedule` ---
+
+    @property
+    def step_count(self) -> int:
+        """How many steps the attempt has; `step` equals it once they are all done."""
+        return len(self.plan) if self.plan is not None else len(self.schedule_days)
+
+    def action_at(self, step: int) -> str | None:
+        """What step `step` does (a StepAction); None past the last step. A schedule's steps are messages."""
+        if not 0 <= step < self.step_count:
+            return None
+        return str(self.plan[step]["action"]) if self.plan is not None else StepAction.EMAIL_AND_SMS
+
+    @property
+    def step_action(self) -> str | None:
+        """What the current step does; None once every step is done."""
+        return self.action_at(self.step)
+
+    @property
+    def is_message_step(self) -> bool:
+        return self.step_action in StepAction.MESSAGES
+
+    @property
+    def base_channels(self) -> tuple[str, ...]:
+        """The channels the attempt was started on, in sending order."""
+        return (Channel.EMAIL, Channel.SMS) if self.channel == Channel.BOTH else (self.channel,)
+
     @property
     def channels(self) -> tuple[str, ...]:
-        """The channels asked for, in sending order."""
-        return (Channel.EMAIL, Channel.SMS) if self.channel == Channel.BOTH else (self.channel,)
+        """The channels the current step sends on, in sending order.
+
+        A schedule's step: the attempt's channels. A campaign's message step:
+        its own channels among the attempt's; a step on a channel the attempt
+        lacks (an SMS step, no phone number) falls back to the attempt's
+        channels if fallback is allowed, else it sends nothing and is passed.
+        """
+        base = self.base_channels
+        action = self.step_action
+        if self.plan is None or action not in STEP_CHANNELS:
+            return base
+        wanted = tuple(c for c in STEP_CHANNELS[action] if c in base)
+        return wanted or (base if self.allow_fallback else ())

@@ -16,6 +16,7 @@ from recovery.logs import get_logger
 from recovery.messaging.contacts import (
     BatchContacts,
     address_for,
+    available_channels,
     effective_channels,
     suppress,
     suppressed_channels,
@@ -198,7 +199,7 @@ def finish_step(
     sent = sum(1 for m in messages if m.status in (M.SENT, M.DELIVERED))
     if sent and attempt.status == A.SCHEDULED:
         attempt.transition(A.NOTIFIED)
-    if not effective_channels(session, attempt, attempt.transaction, suppressed):
+    if not _reachable(session, attempt, suppressed):
         if not attempt.messages_sent:
             # No message ever reached the customer: nobody holds the link, so the
             # attempt has failed, and staff may fix the contact details and start again.
@@ -209,9 +210,15 @@ def finish_step(
         _send_no_more(attempt)
         _record_sending_stopped(session, attempt, suppressed)
         return SendResult("no_channel", attempt.id, attempt.step, attempt.next_send_at, sent)
-    days = attempt.schedule_days
+    return advance(session, attempt, step, now, sent)
+
+
+def advance(
+    session: DbSession, attempt: RecoveryAttempt, step: int, now: datetime, sent: int = 0
+) -> SendResult:
+    """Move the attempt from step `step`, done at `now`, to its next step (or to waiting for the expiry)."""
     attempt.step = step + 1
-    if attempt.step < len(days):
+    if attempt.step < attempt.step_count:
         organization = session.get(Organization, attempt.organization_id)
         assert organization is not None
         due = next_send_time(organization, attempt, sent_at=now)
@@ -228,8 +235,21 @@ def _send_no_more(attempt: RecoveryAttempt) -> None:
 
     `claims.stop_reason` does the closing, at the send due at the expiry.
     """
-    attempt.step = len(attempt.schedule_days)
+    attempt.step = attempt.step_count
     attempt.next_send_at = attempt.expires_at
+
+
+def _reachable(session: DbSession, attempt: RecoveryAttempt, suppressed: dict[str, str]) -> bool:
+    """Whether any message can still reach the customer.
+
+    A schedule: the step's channels, a dead one replaced if allowed. A
+    campaign: the attempt's channels, not only this step's (an SMS step
+    passed for want of a phone number leaves its email steps).
+    """
+    if attempt.plan is None:
+        return bool(effective_channels(session, attempt, attempt.transaction, suppressed))
+    usable = available_channels(session, attempt.transaction, suppressed)
+    return any(c in usable for c in attempt.base_channels) or (attempt.allow_fallback and bool(usable))
 
 
 def _record_sending_stopped(session: DbSession, attempt: RecoveryAttempt, suppressed: dict[str, str]) -> None:

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, text, tuple_
 from sqlalchemy.orm import object_session, selectinload
 
+from recovery.campaigns import ending
 from recovery.messaging.contacts import effective_channels
 from recovery.models import (
     AttemptStatus,
@@ -170,7 +171,11 @@ def stop_reason(attempt: RecoveryAttempt, step: int, now: datetime, *, is_paid_a
         close_attempt(attempt, A.CANCELLED, now)
         return "cancelled"
     if now >= attempt.expires_at:
-        close_attempt(attempt, A.EXHAUSTED if attempt.step >= len(attempt.schedule_days) else A.EXPIRED, now)
+        if attempt.step >= attempt.step_count:
+            close_attempt(attempt, A.EXHAUSTED, now)
+            ending.after_exhausted(object_session(attempt), attempt, now=now)  # type: ignore[arg-type]
+        else:
+            close_attempt(attempt, A.EXPIRED, now)
         return "ended"
     if is_paid_at_stripe:
         # The pay page already tells this customer "paid, confirming": a reminder that the
@@ -178,6 +183,8 @@ def stop_reason(attempt: RecoveryAttempt, step: int, now: datetime, *, is_paid_a
         # fail, and then the reminders resume at a later check.
         attempt.next_send_at = min(now + PAYMENT_PENDING_RECHECK, attempt.expires_at)
         return "payment_pending"
+    if not attempt.is_message_step:
+        return None  # a card retry or a staff alert: the customer's quiet hours do not apply
     # The due time may have been set days ago, before a change of settings or of the
     # customer's country: the hour is checked again now. Deferred, not skipped.
     organization = object_session(attempt).get(Organization, attempt.organization_id)  # type: ignore[union-attr]

@@ -12,21 +12,26 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from recovery import audit
 from recovery.audit import Actor
+from recovery.campaigns import plan
 from recovery.logs import get_logger
 from recovery.messaging.contacts import address_for, available_channels, suppress, suppressed_channels
 from recovery.models import (
     AttemptStatus,
+    Campaign,
+    CampaignVersion,
     Channel,
     Message,
     MessageStatus,
     Organization,
     RecoveryAttempt,
+    StepAction,
     SuppressionReason,
     Transaction,
     TransactionStatus,
@@ -36,6 +41,7 @@ from recovery.money import card_charge_problem
 from recovery.recoveries import scheduling
 from recovery.recoveries.refusals import AlreadyActive, RecoveryRefused
 from recovery.recoveries.schedule import format_schedule, parse_schedule, send_time
+from recovery.rules.decision import Decision
 from recovery.unit_of_work import on_commit
 
 log = get_logger("recovery.recoveries")
@@ -97,12 +103,17 @@ def start_recovery(
     channels: Sequence[str] | None = None,
     schedule: str | Sequence[object] | None = None,
     allow_fallback: bool | None = None,
+    campaign_version: CampaignVersion | None = None,
+    decision: Decision | None = None,
 ) -> RecoveryStarted:
     """Create the transaction's recovery attempt and move it to recovering; its first send follows the commit.
 
     `channels` None means every channel the customer can be reached on;
     `schedule` None means the organization's; `allow_fallback` None means
-    yes if the organization lets any channel fall back. Raises RecoveryRefused
+    yes if the organization lets any channel fall back. With
+    `campaign_version`, the attempt follows that version's steps instead
+    (its plan, fixed now) and its link lives as long as the campaign says;
+    `decision` is the rule that chose it. Raises RecoveryRefused
     (AlreadyActive if an attempt is running).
     """
     organization = session.get(Organization, transaction.organization_id)
@@ -111,6 +122,20 @@ def start_recovery(
     running = active_attempt(session, transaction.id)
     if running is not None:
         raise AlreadyActive(running.id)
+    if campaign_version is not None:
+        if schedule is not None:
+            raise RecoveryRefused("Give a campaign or a schedule, not both.", field="schedule")
+        return _start_campaign(
+            session,
+            organization,
+            transaction,
+            actor,
+            campaign_version,
+            decision,
+            now=now,
+            channels=channels,
+            allow_fallback=allow_fallback,
+        )
     chosen = _clean_channels(session, transaction, channels)
     days = parse_schedule(schedule if schedule is not None else organization.recovery_schedule)
     lifetime = timedelta(days=organization.attempt_lifetime_days)
@@ -136,13 +161,74 @@ def start_recovery(
         expires_at=now + lifetime,
         next_send_at=send_time(organization, transaction, now + timedelta(days=days[0])),
     )
+    return _begin(session, actor, attempt, transaction, chosen, now)
+
+
+def _begin(
+    session: DbSession,
+    actor: Actor,
+    attempt: RecoveryAttempt,
+    transaction: Transaction,
+    chosen: list[str],
+    now: datetime,
+    decision: Decision | None = None,
+) -> RecoveryStarted:
     attempt.transition(A.SCHEDULED)
     _add_attempt(session, attempt)
     transaction.transition(TransactionStatus.RECOVERING)
-    _record_start(session, actor, attempt, transaction, chosen, now)
+    _record_start(session, actor, attempt, transaction, chosen, now, decision)
     assert attempt.next_send_at is not None
     scheduling.schedule_after_commit(session, attempt.id, attempt.step, attempt.next_send_at)
     return RecoveryStarted(attempt)
+
+
+def _start_campaign(
+    session: DbSession,
+    organization: Organization,
+    transaction: Transaction,
+    actor: Actor,
+    version: CampaignVersion,
+    decision: Decision | None,
+    *,
+    now: datetime,
+    channels: Sequence[str] | None,
+    allow_fallback: bool | None,
+) -> RecoveryStarted:
+    """`start_recovery` with a campaign version: the attempt runs its plan, fixed now."""
+    campaign = session.get(Campaign, version.campaign_id)
+    if campaign is None or campaign.organization_id != transaction.organization_id:
+        raise RecoveryRefused("No such campaign.", field="campaign_id", status=404)
+    steps = plan.build(version, start=now, failed_at=transaction.failed_at)
+    if any(step["action"] in StepAction.MESSAGES for step in steps) or channels is not None:
+        chosen = _clean_channels(session, transaction, channels)
+    else:
+        # Nothing will be sent to the customer (staff alerts, card retries): no address is needed.
+        chosen = available_channels(session, transaction, suppressed_channels(session, transaction))
+    messages = sum(1 for step in steps if step["action"] in StepAction.MESSAGES)
+    attempt = RecoveryAttempt(
+        organization_id=transaction.organization_id,
+        transaction_id=transaction.id,
+        channel=Channel.BOTH if len(chosen) == 2 else (chosen or [Channel.EMAIL])[0],
+        token=secrets.token_urlsafe(32),  # as in `start_recovery`: the customer's secret link
+        status=A.CREATED,
+        # Each step's day, for the readers of `schedule_days` (the API's "schedule").
+        schedule=format_schedule([int(step["offset_minutes"]) // 1440 for step in steps]),
+        step=0,
+        allow_fallback=bool(organization.fallback_set) if allow_fallback is None else allow_fallback,
+        max_retries=max(messages - 1, 0),
+        messages_sent=0,
+        created_at=now,
+        expires_at=now + timedelta(days=version.link_lifetime_days),
+        campaign_version_id=version.id,
+        plan=steps,
+        rule_id=decision.rule_id if decision else None,
+        rule_name=decision.rule_name if decision else None,
+        rule_version=decision.rule_version if decision else None,
+        decision=decision.sentence[:500] if decision else None,
+    )
+    first = plan.planned_at(attempt, 0)
+    attempt.next_send_at = send_time(organization, transaction, first) if attempt.is_message_step else first
+    return _begin(session, actor, attempt, transaction, chosen, now, decision)
 
 
 def _refuse_unstartable(organization: Organization, transaction: Transaction) -> None:
@@ -214,6 +300,7 @@ def _record_start(
     transaction: Transaction,
     channels: list[str],
     now: datetime,
+    decision: Decision | None = None,
 ) -> None:
     audit.record(
         session,
@@ -226,6 +313,7 @@ def _record_start(
         channels=channels,
         schedule=attempt.schedule,
         expires_at=attempt.expires_at.isoformat(),
+        **_campaign_details(session, attempt, decision),
     )
     log.info(
         "recovery_started",
@@ -235,6 +323,30 @@ def _record_start(
         channels=channels,
         schedule=attempt.schedule,
     )
+
+
+def _campaign_details(
+    session: DbSession, attempt: RecoveryAttempt, decision: Decision | None
+) -> dict[str, Any]:
+    """What the start's audit event adds for a campaign: which one, its version, the rule and why."""
+    if attempt.campaign_version_id is None or attempt.plan is None:
+        return {}
+    version = session.get(CampaignVersion, attempt.campaign_version_id)
+    campaign = session.get(Campaign, version.campaign_id) if version else None
+    if version is None or campaign is None:
+        return {}
+    words = f'Campaign "{campaign.name}" (version {version.version}): {plan.describe(attempt.plan)}.'
+    if decision is not None:
+        words = f"{decision.sentence} {words}"
+    return {
+        "campaign_id": campaign.id,
+        "campaign": campaign.name,
+        "campaign_version": version.version,
+        "rule_id": attempt.rule_id,
+        "rule": attempt.rule_name,
+        "rule_version": attempt.rule_version,
+        "summary": words,
+    }
 
 
 # --- end --------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from recovery.campaigns import plan
 from recovery.messaging.contacts import address_for
 from recovery.messaging.content import MessageFacts, render_email, render_sms
 from recovery.messaging.providers import OutgoingEmail, OutgoingSms
@@ -52,7 +53,8 @@ def message_facts(
         country=transaction.customer_country,
         phone=transaction.customer_phone,
         locale=transaction.customer_locale,
-        step=attempt.step,
+        # The how-manieth message: a campaign's card retries and staff alerts are not reminders.
+        step=attempt.step if attempt.plan is None else plan.messages_before(attempt, attempt.step),
         contact_email=organization.reply_to_email,
     )
 

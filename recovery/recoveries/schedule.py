@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from itertools import pairwise
 
+from recovery.campaigns import plan
 from recovery.messaging.quiet_hours import allowed_at
 from recovery.models import Organization, RecoveryAttempt, Transaction
 from recovery.recoveries.refusals import RecoveryRefused
@@ -76,6 +77,10 @@ def next_send_time(organization: Organization, attempt: RecoveryAttempt, *, sent
     schedule still fits before the link expires, at no more than one message a
     day (the densest the default schedule sends).
     """
+    if attempt.plan is not None:
+        # A campaign's step: its own timing (campaigns/plan.py); quiet hours only for a message.
+        due = plan.due_at(attempt, attempt.step, previous_at=sent_at)
+        return send_time(organization, attempt.transaction, due) if attempt.is_message_step else due
     days = attempt.schedule_days
     planned = attempt.created_at + timedelta(days=days[attempt.step])
     gap = timedelta(days=days[attempt.step] - days[attempt.step - 1])

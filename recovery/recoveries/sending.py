@@ -18,6 +18,7 @@ from datetime import datetime
 
 from sqlalchemy import select
 
+from recovery.campaigns import engine
 from recovery.messaging.contacts import BatchContacts
 from recovery.messaging.providers import Outcome, OutgoingSms, Postman
 from recovery.models import Message, Organization, RecoveryAttempt
@@ -193,6 +194,12 @@ def _first_claims(run: _Run, batch: list[tuple[RecoveryAttempt, int]]) -> Claims
         stop = stop_reason(attempt, step, run.now, is_paid_at_stripe=attempt.transaction_id in paid)
         if stop is not None:
             run.results[attempt.id] = _ended(attempt, stop)
+            continue
+        if attempt.plan is not None and not attempt.is_message_step:
+            # A campaign's card retry or staff alert: the engine does it and moves the attempt on.
+            run.results[attempt.id] = engine.run_step(
+                session, attempt, step, now=run.now, base_url=run.base_url
+            )
             continue
         suppressed = run.contacts.suppressed(attempt.transaction)
         claimed = claim(session, attempt, at_step[attempt.id], suppressed, run.base_url, run.now)
