@@ -83,6 +83,7 @@ def register_blueprints(app: Flask) -> None:
     from recovery.audit_log.views import bp as audit_log_bp
     from recovery.auth.views import bp as auth_bp
     from recovery.campaigns.api import bp as campaigns_api_bp
+    from recovery.campaigns.views import bp as campaigns_bp
     from recovery.customer.views import bp as customer_bp
     from recovery.exports.views import bp as exports_bp
     from recovery.health.views import bp as health_bp
@@ -130,6 +131,7 @@ def register_blueprints(app: Flask) -> None:
         staffmail_bp,
         rules_bp,
         review_bp,
+        campaigns_bp,
         campaigns_api_bp,
     ):
         app.register_blueprint(bp)
