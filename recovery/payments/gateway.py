@@ -200,7 +200,8 @@ def _translate(error: stripe.StripeError) -> StripeFailure:
             text,
             402,
             code=code,
-            decline_code=getattr(error, "decline_code", None),
+            # stripe-python keeps it on the error object (`error.error`), not on the exception.
+            decline_code=getattr(error.error, "decline_code", None) or getattr(error, "decline_code", None),
             param=param,
             request_id=request_id,
         )

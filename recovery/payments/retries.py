@@ -27,6 +27,7 @@ What a retry may never do, each rule with its source:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -108,7 +109,7 @@ def retry_card(
         return existing  # the step ran: it never runs twice
     txn = lock_transaction(session, attempt.transaction_id)
     assert txn is not None  # the attempt holds it by foreign key
-    skip = _why_not(session, attempt, txn, now)
+    skip = _why_not(session, attempt, txn, now, resuming=existing is not None)
     if existing is None:
         if skip is not None:
             return _skipped(session, _new_retry(session, attempt, txn, step, now), skip, now)
@@ -141,9 +142,17 @@ def _resumed_after_charge(retry: CardRetry, txn: Transaction) -> bool:
 # --- the rules ---------------------------------------------------------------------------------
 
 
-def _why_not(session: DbSession, attempt: RecoveryAttempt, txn: Transaction, now: datetime) -> Skip | None:
-    """The first rule that forbids charging the card now, or None."""
-    for rule in (_closed, _no_recovery, _never_retried, _no_saved_card, _customer_paying, _network_limits):
+def _why_not(
+    session: DbSession, attempt: RecoveryAttempt, txn: Transaction, now: datetime, *, resuming: bool
+) -> Skip | None:
+    """The first rule that forbids charging the card now, or None.
+
+    A reserved retry taken up again passed the card's rules when it was
+    reserved (and counts against its limits itself): only what may have
+    changed since is asked again, whether it is still owed and not being paid.
+    """
+    rules = RESUME_RULES if resuming else RULES
+    for rule in rules:
         skip = rule(session, attempt, txn, now)
         if skip is not None:
             return skip
@@ -225,6 +234,19 @@ def _network_limits(session: DbSession, _a: RecoveryAttempt, txn: Transaction, n
             f"the card was retried {in_window} times in 30 days, our limit ({MAX_RETRIES_PER_WINDOW})"
         )
     return None
+
+
+Rule = Callable[[DbSession, RecoveryAttempt, Transaction, datetime], "Skip | None"]
+# In the order they are asked: the cheapest and most final first, the counting last.
+RULES: tuple[Rule, ...] = (
+    _closed,
+    _no_recovery,
+    _never_retried,
+    _no_saved_card,
+    _customer_paying,
+    _network_limits,
+)
+RESUME_RULES: tuple[Rule, ...] = (_closed, _no_recovery, _customer_paying)
 
 
 # --- reserving and recording -------------------------------------------------------------------
