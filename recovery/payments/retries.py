@@ -51,7 +51,7 @@ from recovery.money import format_amount
 from recovery.payments.closing import follow_status
 from recovery.payments.gateway import StripeFailure, StripeGateway, stripe_gateway
 from recovery.payments.off_session import OffSessionOutcome, OffSessionResult, confirm_off_session
-from recovery.payments.retry_guard import customer_payment_in_flight, lock_transaction
+from recovery.payments.retry_guard import charged_by_retry, customer_payment_in_flight, lock_transaction
 from recovery.payments.rules import CLOSED_STATUSES
 from recovery.recoveries.paying import paid_session
 from recovery.refusals import Refused
@@ -159,9 +159,11 @@ def _why_not(
     return None
 
 
-def _closed(_s: DbSession, _a: RecoveryAttempt, txn: Transaction, _now: datetime) -> Skip | None:
+def _closed(session: DbSession, _a: RecoveryAttempt, txn: Transaction, _now: datetime) -> Skip | None:
     if txn.status in CLOSED_STATUSES:
         return Skip(f"the transaction is {txn.status}: nothing is owed")
+    if charged_by_retry(session, txn.id):
+        return Skip("an earlier card retry charged it; the payment is being confirmed")
     return None
 
 

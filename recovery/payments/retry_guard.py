@@ -39,6 +39,8 @@ RETRYING_MESSAGE = (
     "if it goes through, there is nothing left to pay."
 )
 
+PAID_BY_RETRY_MESSAGE = "This payment has been received from your saved card; it is being confirmed."
+
 
 def lock_transaction(session: DbSession, transaction_id: int) -> Transaction | None:
     """The transaction, read afresh under its row lock (PostgreSQL; SQLite serialises writers anyway)."""
@@ -64,13 +66,29 @@ def retry_in_flight(session: DbSession, transaction_id: int, now: datetime) -> C
     )
 
 
+def charged_by_retry(session: DbSession, transaction_id: int) -> bool:
+    """Whether a card retry charged the transaction: paid, though the webhook may not have said so yet."""
+    return (
+        session.scalar(
+            select(CardRetry.id)
+            .where(CardRetry.transaction_id == transaction_id, CardRetry.status == RetryStatus.SUCCEEDED)
+            .limit(1)
+        )
+        is not None
+    )
+
+
 def refuse_while_retrying(session: DbSession, transaction: Transaction, now: datetime | None = None) -> None:
-    """Lock the transaction and refuse (409) a new way to pay while its card is being retried.
+    """Lock the transaction; refuse (409) a new way to pay while its card is retried, or once it was charged.
 
     Called before a Checkout Session is reserved; the lock is held until that
     reservation commits, so a retry deciding at the same moment waits and sees it.
+    A retry that succeeded has been paid: Stripe's webhook recovers the
+    transaction moments later, and until then nobody may pay it again.
     """
     lock_transaction(session, transaction.id)
+    if charged_by_retry(session, transaction.id):
+        raise PaymentRefused(PAID_BY_RETRY_MESSAGE, status=409)
     if retry_in_flight(session, transaction.id, now or utcnow()) is not None:
         raise PaymentRefused(RETRYING_MESSAGE, status=409)
 
