@@ -24,6 +24,8 @@ class StartRecoveryForm(FlaskForm):
     )
     # Pre-checked from the organization's settings (any channel allowed to fall back).
     allow_fallback = BooleanField("If an address turns out dead, use the other channel")
+    # "": what the organization's rules decide; a campaign's id: that campaign instead.
+    campaign = StringField("Campaign", validators=[Optional(), Length(max=20)])
 
 
 class CancelRecoveryForm(FlaskForm):

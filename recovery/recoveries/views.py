@@ -12,15 +12,19 @@ from sqlalchemy import select
 from werkzeug.wrappers import Response
 
 from recovery.audit import Actor
+from recovery.campaigns import services as campaigns
 from recovery.extensions import db
 from recovery.messaging.contacts import available_channels
 from recovery.models import (
     AttemptStatus,
     AuditEvent,
     BulkStart,
+    Campaign,
+    CampaignVersion,
     Organization,
     RecoveryAttempt,
     Role,
+    RuleAction,
     Transaction,
     TransactionStatus,
     utcnow,
@@ -32,7 +36,12 @@ from recovery.recoveries.forms import (
     CancelRecoveryForm,
     StartRecoveryForm,
 )
+from recovery.recoveries.refusals import RecoveryRefused
 from recovery.refusals import Refused
+from recovery.rules import services as rules
+from recovery.rules import starting
+from recovery.rules.choice import usable_campaign
+from recovery.rules.decision import Decision
 from recovery.security import require_role
 from recovery.templating import format_datetime, row_id_arg
 from recovery.transactions import live
@@ -64,7 +73,31 @@ def panel_context(transaction: Transaction) -> dict[str, Any]:
         "default_schedule": organization.recovery_schedule if organization else "",
         "can_start": active is None and transaction.status in TransactionStatus.OPEN and bool(available),
         "cancelled_recovery": _cancelled_recovery(transaction) if active is None else None,
+        **_campaign_context(transaction, active),
     }
+
+
+def _campaign_context(transaction: Transaction, active: RecoveryAttempt | None) -> dict[str, Any]:
+    """What the rules would do if a recovery were started now, the campaigns to choose instead,
+    and the running attempt's campaign and version."""
+    if active is not None:
+        return {"active_campaign": _attempt_campaign(active)}
+    organization_id = transaction.organization_id
+    choices = campaigns.list_campaigns(db.session, organization_id)
+    decision = rules.decide(db.session, transaction, now=utcnow()) if choices else None
+    chosen = next((c for c in choices if decision and c.id == decision.campaign_id), None)
+    return {"rule_decision": decision, "rule_campaign": chosen, "start_campaigns": choices}
+
+
+def _attempt_campaign(attempt: RecoveryAttempt) -> dict[str, Any] | None:
+    """The campaign and version the attempt follows (None: the schedule), and the rule that chose it."""
+    if attempt.campaign_version_id is None:
+        return None
+    version = db.session.get(CampaignVersion, attempt.campaign_version_id)
+    campaign = db.session.get(Campaign, version.campaign_id) if version else None
+    if version is None or campaign is None:
+        return None
+    return {"name": campaign.name, "id": campaign.id, "version": version.version, "rule": attempt.rule_name}
 
 
 def _cancelled_recovery(transaction: Transaction) -> dict[str, Any] | None:
@@ -102,16 +135,10 @@ def start(transaction_id: int) -> Response:
     if not form.validate():
         flash("This form has expired; reload the page and try again.", "error")
         return _back(transaction.id)
-    started = lifecycle.start_recovery(
-        db.session,
-        transaction,
-        _actor(),
-        now=utcnow(),
-        channels=list(form.channels.data or []),
-        schedule=(form.schedule.data or "").strip() or None,
-        allow_fallback=bool(form.allow_fallback.data),
-    )
-    first = started.attempt.next_send_at
+    attempt = _start(transaction, form)
+    if attempt is None:
+        return _back(transaction.id)
+    first = attempt.next_send_at
     if first is not None and first > utcnow() + timedelta(minutes=1):
         # Quiet hours in the customer's time zone moved the first message.
         flash(
@@ -122,6 +149,61 @@ def start(transaction_id: int) -> Response:
     else:
         flash("Recovery started: the first message is on its way.", "success")
     return _back(transaction.id)
+
+
+def _start(transaction: Transaction, form: StartRecoveryForm) -> RecoveryAttempt | None:
+    """Start as the form asks: a campaign chosen, a schedule typed, or what the rules decide.
+
+    None when the rules hold the transaction for review or say not to recover it
+    (the flash says which rule, and why).
+    """
+    channels = list(form.channels.data or [])
+    allow_fallback = bool(form.allow_fallback.data)
+    schedule = (form.schedule.data or "").strip() or None
+    chosen = (form.campaign.data or "").strip()
+    now = utcnow()
+    if chosen:
+        if schedule is not None:
+            raise RecoveryRefused("Choose a campaign or type a schedule, not both.", field="schedule")
+        campaign_id = int(chosen) if chosen.isdigit() else -1
+        campaign = usable_campaign(db.session, transaction.organization_id, campaign_id, "campaign")
+        decision = Decision(
+            action=RuleAction.START_CAMPAIGN,
+            rule_id=None,
+            rule_name=None,
+            rule_version=None,
+            campaign_id=campaign.id,
+            reason=None,
+            sentence=f"Campaign “{campaign.name}” chosen by {current_user.email} at the start.",
+        )
+        return starting.start_campaign(
+            db.session,
+            transaction,
+            _actor(),
+            decision,
+            now=now,
+            channels=channels,
+            allow_fallback=allow_fallback,
+        )
+    if schedule is not None or not campaigns.list_campaigns(db.session, transaction.organization_id):
+        started = lifecycle.start_recovery(
+            db.session,
+            transaction,
+            _actor(),
+            now=now,
+            channels=channels,
+            schedule=schedule,
+            allow_fallback=allow_fallback,
+        )
+        return started.attempt
+    result = starting.start_by_rules(
+        db.session, transaction, _actor(), now=now, channels=channels, allow_fallback=allow_fallback
+    )
+    if result.attempt is None and result.decision is not None:
+        outcome = "held for review" if result.outcome == "held" else "not recovered"
+        decision = result.decision
+        flash(f"No recovery started: {decision.sentence} It is {outcome}: {decision.reason}", "success")
+    return result.attempt
 
 
 @bp.post("/recoveries/<int:attempt_id>/cancel")

@@ -68,6 +68,18 @@ AUDIT_TITLES = {
     "recovery.auto_start_refused": "Automatic recovery not started",
     "recovery.message_found": "Text found at Twilio after its worker stopped",
     "recovery.message_resent": "Message sent again",
+    # Issue 18: rules, campaigns, card retries, staff alerts, the review queue.
+    "recovery.not_recovered_by_rule": "Not recovered: a rule says so",
+    "transaction.held_for_review": "Held for review",
+    "transaction.review_approved": "Approved after review",
+    "transaction.review_dismissed": "Dismissed after review",
+    "recovery.staff_alerted": "Staff alerted",
+    "recovery.card_retry_queued": "Card retry queued",
+    "recovery.skipped_to_message": "Card retries passed for a message",
+    "card_retry.succeeded": "Card retried: paid",
+    "card_retry.declined": "Card retried: declined",
+    "card_retry.skipped": "Card retry skipped",
+    "card_retry.error": "Card retry failed at Stripe",
 }
 MESSAGE_TITLES = {
     "sending": "{channel} being sent",
@@ -198,6 +210,10 @@ def _describe(event: AuditEvent) -> str:
             f"{name.replace('customer_', '')}: {old or '—'} → {new or '—'}"
             for name, (old, new) in details["changes"].items()
         )
+    if event.action == "transaction.review_approved" and "campaign_name" in details:
+        return f"Campaign “{details['campaign_name']}” started."
+    if event.action == "transaction.review_dismissed" and "reason" in details:
+        return f"No recovery: {details['reason']}"
     if "source" in details:
         return f"via {details['source']}"
     if "session_id" in details:

@@ -74,6 +74,8 @@ def test_an_admin_creates_a_rule_from_the_form(client: FlaskClient, db: Any, adm
     assert listed[-2:] == ["Big USD", builtin.DEFAULT_RULE_NAME]  # just above the default
     page = client.get("/settings/rules/").get_data(as_text=True)
     assert "The amount is at least $500.00" in page
+    audit = client.get("/audit").get_data(as_text=True)
+    assert "added the recovery rule “Big USD”" in audit
 
 
 @pytest.mark.parametrize(
