@@ -97,6 +97,7 @@ def register_blueprints(app: Flask) -> None:
     from recovery.recoveries.twilio_hooks import bp as twilio_bp
     from recovery.recoveries.views import bp as recoveries_bp
     from recovery.review.views import bp as review_bp
+    from recovery.rules.api import bp as rules_api_bp
     from recovery.rules.views import bp as rules_bp
     from recovery.staffmail.views import bp as staffmail_bp
     from recovery.tokens.views import bp as tokens_bp
@@ -133,6 +134,7 @@ def register_blueprints(app: Flask) -> None:
         review_bp,
         campaigns_bp,
         campaigns_api_bp,
+        rules_api_bp,
     ):
         app.register_blueprint(bp)
 

@@ -9,6 +9,7 @@ from pydantic import Field, with_config
 from typing_extensions import TypedDict
 
 from recovery.api.openapi import CLOSED, Timestamp, enum_of
+from recovery.declines import CATEGORIES
 from recovery.models import AttemptStatus, Channel, RecoveryAttempt, Transaction, TransactionStatus
 
 # The answers' shapes: the serializers return them (mypy checks), the OpenAPI document is built from them.
@@ -44,6 +45,15 @@ class TransactionObject(TypedDict):
     status: Annotated[str, enum_of(TransactionStatus.ALL, "Where the money stands.")]
     failure_code: Annotated[str | None, Field(examples=["insufficient_funds"])]
     failure_message: Annotated[str | None, Field(examples=["Your card has insufficient funds."])]
+    decline_category: Annotated[
+        str,
+        enum_of(
+            CATEGORIES,
+            "What the decline code says about a recovery: retry_later (the card may work again), "
+            "customer_action (the customer must pay with other details), do_not_contact (lost, stolen, "
+            "fraud), unknown.",
+        ),
+    ]
     customer_name: Annotated[str | None, Field(examples=["Ada Lovelace"])]
     customer_email: Annotated[str | None, Field(examples=["ada@example.com"])]
     customer_phone: Annotated[str | None, Field(description="E.164, e.g. +442079460958.")]
@@ -68,6 +78,17 @@ class TransactionObject(TypedDict):
     ]
     closed_by: Annotated[str | None, Field(description="Who closed it: a user's email or a token's name.")]
     closed_reason: Annotated[str | None, Field(description="Why, as given when closing it.")]
+    review_status: Annotated[
+        str | None,
+        Field(
+            description="held: waiting in the review queue; approved or dismissed after; null if never held."
+        ),
+    ]
+    review_reason: Annotated[str | None, Field(description="Why it was held (or dismissed).")]
+    no_recovery_reason: Annotated[
+        str | None,
+        Field(description="A rule said not to recover it, and why; cleared when a recovery starts."),
+    ]
     recovery_attempts: NotRequired[
         Annotated[
             list[AttemptSummary],
@@ -112,6 +133,7 @@ def transaction_json(t: Transaction, *, with_attempts: bool = False) -> Transact
         "status": t.status,
         "failure_code": t.failure_code,
         "failure_message": t.failure_message,
+        "decline_category": t.decline_category,
         "customer_name": t.customer_name,
         "customer_email": t.customer_email,
         "customer_phone": t.customer_phone,
@@ -133,6 +155,9 @@ def transaction_json(t: Transaction, *, with_attempts: bool = False) -> Transact
         "closed_at": iso(t.closed_at),
         "closed_by": t.closed_by,
         "closed_reason": t.closed_reason,
+        "review_status": t.review_status,
+        "review_reason": t.review_reason,
+        "no_recovery_reason": t.no_recovery_reason,
     }
     if with_attempts:
         body["recovery_attempts"] = [attempt_json(a) for a in t.attempts]

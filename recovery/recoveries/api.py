@@ -16,9 +16,25 @@ from recovery.api.openapi import CLOSED, Timestamp, documented, enum_of
 from recovery.api.serializers import iso
 from recovery.extensions import db
 from recovery.logs import get_logger
-from recovery.models import AttemptStatus, Channel, Message, MessageStatus, RecoveryAttempt, Role, utcnow
+from recovery.models import (
+    AttemptStatus,
+    CampaignVersion,
+    Channel,
+    Message,
+    MessageStatus,
+    RecoveryAttempt,
+    Role,
+    RuleAction,
+    Transaction,
+    utcnow,
+)
 from recovery.recoveries import lifecycle
+from recovery.recoveries.refusals import RecoveryRefused
+from recovery.rules.choice import usable_campaign
+from recovery.rules.decision import Decision
+from recovery.rules.starting import start_by_rules, start_campaign
 from recovery.transactions.services import get_by_ref
+from recovery.unit_of_work import commit_now
 
 bp = Blueprint("recoveries_api", __name__, url_prefix="/v1/recoveries")
 install_token_auth(bp)
@@ -50,6 +66,15 @@ class RecoveryStart(TypedDict, total=False):
     ]
     allow_fallback: Annotated[
         bool, Field(description="Whether a dead address may be replaced by the customer's other channel.")
+    ]
+    campaign_id: Annotated[
+        int,
+        Field(
+            description=(
+                "Start this campaign (its current version) instead of what the rules choose; not with "
+                "`schedule`. Without either, the organization's rules decide."
+            )
+        ),
     ]
 
 
@@ -92,6 +117,31 @@ class Recovery(TypedDict):
     created_at: Timestamp
     completed_at: Timestamp | None
     messages: list[RecoveryMessage]
+    rule: Annotated[
+        RuleUsed | None,
+        Field(description="The rule that chose it; null if none did (a choice or a schedule)."),
+    ]
+    campaign: Annotated[
+        CampaignUsed | None, Field(description="Null for a recovery that follows a schedule of messages.")
+    ]
+
+
+@with_config(CLOSED)
+class RuleUsed(TypedDict):
+    """The rule that chose the campaign, as it was then."""
+
+    id: Annotated[int | None, Field(description="Null once the rule is deleted.")]
+    name: str
+    version: int
+
+
+@with_config(CLOSED)
+class CampaignUsed(TypedDict):
+    """The campaign the recovery follows, at the version it started with."""
+
+    id: int
+    name: str
+    version: int
 
 
 RECOVERY_PATH = {"attempt_id": "The recovery's id."}
@@ -128,7 +178,23 @@ def recovery_json(attempt: RecoveryAttempt) -> Recovery:
             }
             for m in messages
         ],
+        "rule": _rule_used(attempt),
+        "campaign": _campaign_used(attempt),
     }
+
+
+def _rule_used(attempt: RecoveryAttempt) -> RuleUsed | None:
+    if attempt.rule_name is None or attempt.rule_version is None:
+        return None
+    return {"id": attempt.rule_id, "name": attempt.rule_name, "version": attempt.rule_version}
+
+
+def _campaign_used(attempt: RecoveryAttempt) -> CampaignUsed | None:
+    if attempt.campaign_version_id is None:
+        return None
+    version = db.session.get(CampaignVersion, attempt.campaign_version_id)
+    assert version is not None
+    return {"id": version.campaign_id, "name": version.campaign.name, "version": version.version}
 
 
 def attempt_messages(attempt: RecoveryAttempt) -> list[Message]:
@@ -150,17 +216,26 @@ def _attempt(attempt_id: int) -> RecoveryAttempt:
     response=Recovery,
     status=201,
     headers={"Location": "The recovery's URL, /v1/recoveries/{id}."},
-    request_example={"transaction_ref": "TXN-001", "channels": ["email"], "schedule": [0, 2, 5]},
+    request_example={"transaction_ref": "TXN-001", "channels": ["email"]},
     errors={
         404: "No such transaction in the token's organization.",
-        409: "A recovery is already running for the transaction, or it is already paid.",
+        409: (
+            "A recovery is already running for the transaction, or it is already paid or closed; or the "
+            "organization's rules hold it for review or say not to recover it (what the rule did stands, "
+            "and the message names the rule)."
+        ),
         422: (
             "A field is unknown or not valid (`channels`: unknown channel, no address, opted out; "
-            "`schedule`), the failure code is excluded from recovery in the organization's settings, or "
-            "the amount is one Stripe cannot charge (below its minimum for the currency)."
+            "`schedule`; `campaign_id`: not the organization's, archived, or given with a schedule), the "
+            "failure code is excluded from recovery in the organization's settings, or the amount is one "
+            "Stripe cannot charge (below its minimum for the currency)."
         ),
     },
-    description="The first message goes out at once when the schedule starts at 0 (outside quiet hours).",
+    description=(
+        "Without `campaign_id` or `schedule`, the organization's rules choose: the first enabled rule whose "
+        "conditions all hold starts its campaign; the answer's `rule` and `campaign` name what was used. "
+        "The first message goes out at once when the campaign or schedule starts at 0 (outside quiet hours)."
+    ),
 )
 @require_token_role(Role.OPERATOR)
 def start() -> Any:
@@ -204,22 +279,69 @@ def start() -> Any:
             "allow_fallback must be true or false.",
             {"allow_fallback": "Must be a boolean."},
         )
+    campaign_id = body.get("campaign_id")
+    if campaign_id is not None and schedule is not None:
+        raise ApiError(
+            422,
+            "validation_error",
+            "Give a campaign_id or a schedule, not both.",
+            {"campaign_id": "Not with schedule."},
+        )
     transaction = get_by_ref(db.session, current_token().organization_id, ref.strip())
     if transaction is None:
         raise ApiError(404, "not_found", "Transaction not found")
-    started = lifecycle.start_recovery(
-        db.session,
-        transaction,
-        token_actor(),
-        now=utcnow(),
-        channels=channels,
-        schedule=schedule,
-        allow_fallback=allow_fallback,
-    )
-    response = jsonify(recovery_json(started.attempt))
+    attempt = _start(transaction, channels, schedule, allow_fallback, campaign_id)
+    response = jsonify(recovery_json(attempt))
     response.status_code = 201
-    response.headers["Location"] = url_for("recoveries_api.get", attempt_id=started.attempt.id)
+    response.headers["Location"] = url_for("recoveries_api.get", attempt_id=attempt.id)
     return response
+
+
+def _start(
+    transaction: Transaction,
+    channels: list[str] | None,
+    schedule: Any,
+    allow_fallback: bool | None,
+    campaign_id: Any,
+) -> RecoveryAttempt:
+    """Start as asked: the campaign given, the schedule given, or what the rules say."""
+    actor, now = token_actor(), utcnow()
+    if schedule is not None:
+        return lifecycle.start_recovery(
+            db.session,
+            transaction,
+            actor,
+            now=now,
+            channels=channels,
+            schedule=schedule,
+            allow_fallback=allow_fallback,
+        ).attempt
+    if campaign_id is not None:
+        campaign = usable_campaign(db.session, transaction.organization_id, campaign_id, "campaign_id")
+        chosen = Decision(
+            action=RuleAction.START_CAMPAIGN,
+            rule_id=None,
+            rule_name=None,
+            rule_version=None,
+            campaign_id=campaign.id,
+            reason=None,
+            sentence=f"Campaign “{campaign.name}” chosen by {actor.label}.",
+        )
+        return start_campaign(
+            db.session, transaction, actor, chosen, now=now, channels=channels, allow_fallback=allow_fallback
+        )
+    started = start_by_rules(
+        db.session, transaction, actor, now=now, channels=channels, allow_fallback=allow_fallback
+    )
+    if started.attempt is not None:
+        return started.attempt
+    assert started.decision is not None
+    commit_now(db.session, "what the rule did (held, or marked not to recover) stands though nothing started")
+    done = "held it for review" if started.outcome == "held" else "says not to recover it"
+    raise RecoveryRefused(
+        f"No recovery started: {started.decision.sentence} The rule {done}: {started.decision.reason}",
+        status=409,
+    )
 
 
 @bp.get("/<int:attempt_id>")

@@ -12,8 +12,8 @@ from recovery.audit import Actor
 from recovery.logs import get_logger
 from recovery.models import Organization, RecoveryAttempt, Transaction, TransactionSource, TransactionStatus
 from recovery.models.base import DbSession
-from recovery.recoveries import lifecycle
 from recovery.recoveries.refusals import RecoveryRefused
+from recovery.rules.starting import start_by_rules
 
 log = get_logger("recovery.recoveries")
 
@@ -22,7 +22,11 @@ ACTOR_LABEL = "Automatic recovery"
 
 @dataclass(frozen=True)
 class AutoStart:
-    """What happened: `outcome` is started, off, not_failed, already_started, refused or missing."""
+    """What happened: `outcome` is started, off, not_failed, already_started, refused or missing.
+
+    Or held / not_recovered: the organization's rules held the failure for
+    review or said not to recover it (`reason` says why).
+    """
 
     outcome: str
     attempt: RecoveryAttempt | None = None
@@ -30,7 +34,7 @@ class AutoStart:
 
 
 def auto_start(session: DbSession, transaction_id: int, *, now: datetime) -> AutoStart:
-    """Start the transaction's recovery with the organization's settings, if it has auto-start on.
+    """Start the transaction's recovery as the organization's rules say, if it has auto-start on.
 
     Safe to run twice: a transaction that has had any recovery, or is no longer
     failed, is left alone. A refusal (no usable contact, excluded failure code)
@@ -54,7 +58,7 @@ def auto_start(session: DbSession, transaction_id: int, *, now: datetime) -> Aut
     actor = Actor.system(organization.id, ACTOR_LABEL)
     try:
         with session.begin_nested():
-            started = lifecycle.start_recovery(session, transaction, actor, now=now)
+            started = start_by_rules(session, transaction, actor, now=now)
     except RecoveryRefused as refused:
         audit.record(
             session,
@@ -67,5 +71,9 @@ def auto_start(session: DbSession, transaction_id: int, *, now: datetime) -> Aut
         )
         log.info("recovery_auto_start_refused", transaction_id=transaction.id, reason=refused.message)
         return AutoStart("refused", reason=refused.message)
+    if started.attempt is None:
+        assert started.decision is not None
+        log.info("recovery_auto_start_ruled", transaction_id=transaction.id, outcome=started.outcome)
+        return AutoStart(started.outcome, reason=started.decision.reason)
     log.info("recovery_auto_started", transaction_id=transaction.id, attempt_id=started.attempt.id)
     return AutoStart("started", started.attempt)

@@ -1,9 +1,11 @@
 """Start recoveries for many transactions at once: a BulkStart row, worked through by an RQ job.
 
-Each transaction goes through `lifecycle.start_recovery`, so every rule (one
-active attempt, reachable channels, excluded failure codes, paid already)
-holds exactly as for one. A refusal is counted and listed, never stops the
-batch.
+Each transaction goes through `rules.starting.start_by_rules` (the
+organization's rules, loaded once per chunk, then `lifecycle.start_recovery`),
+so every rule (one active attempt, reachable channels, excluded failure codes,
+paid already) holds exactly as for one. A refusal, or a rule that holds a
+failure for review or says not to recover it, is counted and listed with its
+reason, never stops the batch.
 
 The batch is either the rows checked on one page of the list (`parse_ids`) or,
 like Gmail's "select all conversations that match this search", every row the
@@ -41,10 +43,11 @@ from recovery.logs import get_logger
 from recovery.models import BulkStart, BulkStatus, Organization, RecoveryAttempt, Transaction, utcnow
 from recovery.models.base import DbSession
 from recovery.queue import get_queue, job_statuses
-from recovery.recoveries import lifecycle
 from recovery.recoveries.refusals import RecoveryRefused
 from recovery.recoveries.schedule import send_time
 from recovery.refusals import Refused
+from recovery.rules.services import load_rules
+from recovery.rules.starting import RuleStart, start_by_rules
 from recovery.transactions import services as transactions
 from recovery.unit_of_work import commit_now, on_commit
 
@@ -303,13 +306,18 @@ def step(session: DbSession, bulk_id: int) -> bool:
     }
     # Plain JSON columns: changes are seen by assigning new values, not by mutating.
     reasons, refusals = dict(bulk.reasons or {}), list(bulk.refusals or [])
+    rules = load_rules(session, bulk.organization_id)  # once for the chunk
     for transaction_id in chunk:
         transaction = found.get(transaction_id)
         try:
             if transaction is None:
                 raise RecoveryRefused("Transaction not found.")
             with session.begin_nested():
-                lifecycle.start_recovery(session, transaction, actor, now=utcnow(), channels=channels)
+                started = start_by_rules(
+                    session, transaction, actor, now=utcnow(), channels=channels, rules=rules
+                )
+            if started.attempt is None:
+                raise RecoveryRefused(_ruled_out(started))
         except RecoveryRefused as error:
             bulk.refused += 1
             reasons[error.message] = reasons.get(error.message, 0) + 1
@@ -325,6 +333,13 @@ def step(session: DbSession, bulk_id: int) -> bool:
         _finish(session, bulk, actor)
     commit_now(session, "each chunk holds on its own: a run that dies resumes after it")
     return more
+
+
+def _ruled_out(started: RuleStart) -> str:
+    """The reason listed for a failure a rule held or marked (counted with the refusals; nothing started)."""
+    assert started.decision is not None
+    done = "Held for review" if started.outcome == "held" else "Not recovered"
+    return f"{done} by rule “{started.decision.rule_name}”"
 
 
 def _finish(session: DbSession, bulk: BulkStart, actor: Actor) -> None:

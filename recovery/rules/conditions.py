@@ -45,6 +45,7 @@ from recovery.rules.condition_base import (
     read_values,
     refuse,
 )
+from recovery.transactions.validation import has_control_characters
 
 # The names other modules take from here (the shared ones live in condition_base).
 __all__ = [
@@ -317,9 +318,9 @@ class MetadataEquals(Condition):
     def read(cls, raw: dict[str, Any], field: str) -> MetadataEquals:
         only_keys(raw, ("key", "value"), field)
         key, value = raw["key"], raw["value"]
-        if not isinstance(key, str) or not _METADATA_KEY.fullmatch(key):
+        if not isinstance(key, str) or not _METADATA_KEY.fullmatch(key) or has_control_characters(key):
             raise refuse(f"{field}.key", "key must be 1 to 100 characters, without quotes or backslashes.")
-        if not isinstance(value, str) or len(value) > 500:
+        if not isinstance(value, str) or len(value) > 500 or has_control_characters(value):
             raise refuse(f"{field}.value", "value must be text of at most 500 characters.")
         return cls(key, value)
 

@@ -26,6 +26,7 @@ from recovery.rules.choice import usable_campaign
 from recovery.rules.conditions import RuleRefused, all_clause, read_conditions
 from recovery.rules.decision import Decision
 from recovery.rules.services import MAX_RULES, LoadedRule, get_rule, load_rules
+from recovery.transactions.validation import has_control_characters
 
 WINDOW = timedelta(days=90)
 # The CASE's answer for a failure no rule but the default (or none at all) catches.
@@ -113,7 +114,7 @@ def _read_rule(session: DbSession, organization_id: int, raw: Any, at: str) -> L
     ):
         raise RuleRefused(f"There is no rule {rule_id!r}.", field=f"{at}.id")
     name = raw.get("name")
-    if not isinstance(name, str) or not name.strip() or len(name) > 200:
+    if not isinstance(name, str) or not name.strip() or len(name) > 200 or has_control_characters(name):
         raise RuleRefused("name is required (at most 200 characters).", field=f"{at}.name")
     enabled, is_default = raw.get("enabled", True), raw.get("is_default", False)
     if not isinstance(enabled, bool) or not isinstance(is_default, bool):

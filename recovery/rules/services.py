@@ -29,6 +29,7 @@ from recovery.models.base import DbSession
 from recovery.rules.choice import usable_campaign
 from recovery.rules.conditions import Condition, RuleRefused, read_conditions
 from recovery.rules.decision import Decision
+from recovery.transactions.validation import has_control_characters
 
 FIELDS = ("name", "enabled", "conditions", "action", "campaign_id", "reason")
 MAX_RULES = 100
@@ -181,6 +182,8 @@ def _text(raw: Any, field: str, *, limit: int, required: bool) -> str | None:
     if not isinstance(raw, str):
         raise RuleRefused(f"{field} must be text.", field=field)
     text = raw.strip()
+    if has_control_characters(text):
+        raise RuleRefused(f"{field} must not contain control characters.", field=field)
     if len(text) > limit:
         raise RuleRefused(f"{field} is longer than {limit} characters.", field=field)
     return text

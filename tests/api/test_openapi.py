@@ -672,3 +672,131 @@ def test_import_answers_match_the_document(
     check(get, client.get(f"/v1/imports/{result['id']}", headers=other), 404)  # another organization's
     check(get, client.get(f"/v1/imports/{result['id']}"), 401)
     check.assert_covered(get)
+
+
+# --- real answers: rules --------------------------------------------------------------------
+
+
+def test_rule_answers_match_the_document(
+    client: FlaskClient,
+    check: Checker,
+    tokens: dict[str, dict[str, str]],
+    org: Organization,
+    make_transaction: Any,
+    make_token: Any,
+) -> None:
+    from recovery.campaigns import builtin
+    from recovery.extensions import db
+
+    builtin.install(db.session, org)
+    db.session.commit()
+    admin, viewer = bearer(make_token(org=org, role=Role.ADMIN)[1]), tokens["viewer"]
+    body = {
+        "name": "Big orders: review",
+        "conditions": [{"type": "amount", "currency": "usd", "min": 100000, "max": None}],
+        "action": "hold_for_review",
+        "reason": "Staff call first.",
+    }
+    create = "rules_api_create"
+    made = check(create, client.post("/v1/rules", json=body, headers=admin), 201)
+    check.valid_request(create, made, body)
+    url = f"/v1/rules/{made.json['id']}"
+    check(create, client.post("/v1/rules", json={**body, "conditions": [{"type": "x"}]}, headers=admin), 422)
+    check(create, client.post("/v1/rules", json={**body, "version": 1}, headers=admin), 409)
+    check(create, client.post("/v1/rules", json=body), 401)
+    check(create, client.post("/v1/rules", json=body, headers=tokens["operator"]), 403)
+    for status, response in bad_requests(client, "/v1/rules", admin):
+        check(create, response, status)
+    check.assert_covered(create)
+
+    index = "rules_api_index"
+    listed = check(index, client.get("/v1/rules", headers=viewer), 200).json
+    check(index, client.get("/v1/rules"), 401)
+    check.assert_covered(index)
+
+    get = "rules_api_get"
+    check(get, client.get(url, headers=viewer), 200)
+    check(get, client.get(f"{url}0", headers=viewer), 404)
+    check(get, client.get(url), 401)
+    check.assert_covered(get)
+
+    update = "rules_api_update"
+    edit = {"name": "Big orders: call first"}
+    edited = check(update, client.patch(url, json=edit, headers={**admin, "If-Match": '"1"'}), 200)
+    check.valid_request(update, edited, edit)
+    check(update, client.patch(url, json={"version": 1, "name": "B"}, headers=admin), 409)
+    check(update, client.patch(url, json={"name": "B"}, headers=admin), 428)
+    check(update, client.patch(url, json={"version": 2, "action": "never"}, headers=admin), 422)
+    check(update, client.patch(f"{url}0", json={"version": 1}, headers=admin), 404)
+    check(update, client.patch(url, json=edit), 401)
+    check(update, client.patch(url, json=edit, headers=viewer), 403)
+    check(update, client.patch(url, data="{not json", headers=admin, content_type="application/json"), 400)
+    check(update, client.patch(url, data="x", headers=admin, content_type="text/plain"), 415)
+    big = "[" + " " * 70_000 + "]"
+    check(update, client.patch(url, data=big, headers=admin, content_type="application/json"), 413)
+    check.assert_covered(update)
+
+    reorder = "rules_api_reorder"
+    ids = [rule["id"] for rule in listed["data"] if not rule["is_default"]]
+    order = {"ids": list(reversed(ids)), "version": listed["version"] + 1}
+    moved = check(reorder, client.post("/v1/rules/reorder", json=order, headers=admin), 200)
+    check.valid_request(reorder, moved, order)
+    check(reorder, client.post("/v1/rules/reorder", json=order, headers=admin), 409)
+    check(reorder, client.post("/v1/rules/reorder", json={"ids": ids}, headers=admin), 428)
+    check(reorder, client.post("/v1/rules/reorder", json={"ids": ids[:1], "version": 99}, headers=admin), 409)
+    version = moved.json["version"]
+    check(
+        reorder,
+        client.post("/v1/rules/reorder", json={"ids": ids[:1], "version": version}, headers=admin),
+        422,
+    )
+    check(reorder, client.post("/v1/rules/reorder", json=order), 401)
+    check(reorder, client.post("/v1/rules/reorder", json=order, headers=tokens["operator"]), 403)
+    for status, response in bad_requests(client, "/v1/rules/reorder", admin):
+        check(reorder, response, status)
+    check.assert_covered(reorder)
+
+    preview = "rules_api_preview_rules"
+    make_transaction(org, failure_code="insufficient_funds", amount=12345)
+    check(preview, client.post("/v1/rules/preview", headers=viewer), 200)
+    unsaved = {
+        "rules": [
+            {
+                "name": "Dollars",
+                "conditions": [{"type": "currency_in", "values": ["usd"]}],
+                "action": "hold_for_review",
+            }
+        ]
+    }
+    tried = check(preview, client.post("/v1/rules/preview", json=unsaved, headers=viewer), 200)
+    check.valid_request(preview, tried, unsaved)
+    bad = {"rules": [{"name": "x", "conditions": [{"type": "country_in", "values": ["QQ"]}]}]}
+    check(preview, client.post("/v1/rules/preview", json=bad, headers=viewer), 422)
+    check(preview, client.post("/v1/rules/preview"), 401)
+    for status, response in bad_requests(client, "/v1/rules/preview", viewer):
+        check(preview, response, status)
+    check.assert_covered(preview)
+
+    explain = "rules_api_explain_transaction"
+    ref = make_transaction(org, failure_code="expired_card").transaction_ref
+    asked = check(
+        explain, client.post("/v1/rules/explain", json={"transaction_ref": ref}, headers=viewer), 200
+    )
+    check.valid_request(explain, asked, {"transaction_ref": ref})
+    check(explain, client.post("/v1/rules/explain", json={"transaction_ref": "NOPE"}, headers=viewer), 404)
+    check(explain, client.post("/v1/rules/explain", json={}, headers=viewer), 422)
+    check(explain, client.post("/v1/rules/explain", json={"transaction_ref": ref}), 401)
+    for status, response in bad_requests(client, "/v1/rules/explain", viewer):
+        check(explain, response, status)
+    check.assert_covered(explain)
+
+    delete = "rules_api_delete"
+    default = listed["data"][-1]
+    check(delete, client.delete(url, headers=admin), 428)
+    check(delete, client.delete(url, headers={**admin, "If-Match": '"1"'}), 409)
+    check(delete, client.delete(f"/v1/rules/{default['id']}", headers={**admin, "If-Match": '"1"'}), 409)
+    check(delete, client.delete(url, headers={**admin, "If-Match": '"2"'}), 204)
+    check(delete, client.delete(url, headers={**admin, "If-Match": '"2"'}), 404)
+    check(delete, client.delete(url), 401)
+    check(delete, client.delete(url, headers=tokens["operator"]), 403)
+    check.assert_covered(delete)
