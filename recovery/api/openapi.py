@@ -36,6 +36,7 @@ REF_TEMPLATE = "#/components/schemas/{model}"
 TAGS = (
     ("Transactions", "Failed payments: record them, list them, read one with its recoveries."),
     ("Recoveries", "Campaigns that message a customer with a link to pay, until they pay or it ends."),
+    ("Campaigns", "Plans of messages, card retries and staff alerts that a recovery follows, in versions."),
     ("Rules", "Which campaign each failure gets: ordered rules, previewed before they run."),
     ("Imports", "A CSV file of failed payments (our template or a Stripe export), with its column mapping."),
     ("Payments", "Stripe Checkout Sessions and Payment Links for a transaction (fixed shapes)."),

@@ -50,7 +50,11 @@ def run_step(
     elif action == StepAction.NOTIFY_STAFF:
         outcome = _notify_staff(session, attempt, step, now=now, base_url=base_url)
     else:
-        raise ValueError(f"step {step} of attempt {attempt.id} is {action!r}, not a step for the engine")
+        # Past the last step (the send job only comes at the expiry then, which ends the
+        # attempt first): nothing to do but wait for the expiry.
+        log.warning("campaign_step_missing", attempt_id=attempt.id, step=step, action=action)
+        attempt.next_send_at = attempt.expires_at
+        return SendResult("stale", attempt.id, attempt.step, attempt.next_send_at)
     result = advance(session, attempt, step, now)
     log.info("campaign_step_done", attempt_id=attempt.id, step=step, action=action, outcome=outcome)
     return SendResult(outcome, attempt.id, result.step, result.next_send_at)

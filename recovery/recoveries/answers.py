@@ -256,7 +256,7 @@ def _record_sending_stopped(session: DbSession, attempt: RecoveryAttempt, suppre
     """Put on the transaction's timeline why no more messages go out, though the link still works."""
     transaction = attempt.transaction
     reasons = []
-    for channel in attempt.channels:
+    for channel in attempt.base_channels:
         name = "email" if channel == Channel.EMAIL else "text messages"
         if suppressed.get(channel) == SuppressionReason.OPTED_OUT:
             reasons.append(f"the customer opted out of {name}")

@@ -198,6 +198,10 @@ def _start_campaign(
     campaign = session.get(Campaign, version.campaign_id)
     if campaign is None or campaign.organization_id != transaction.organization_id:
         raise RecoveryRefused("No such campaign.", field="campaign_id", status=404)
+    if campaign.archived_at is not None:
+        raise RecoveryRefused(
+            f'The campaign "{campaign.name}" is archived; choose another.', field="campaign_id"
+        )
     steps = plan.build(version, start=now, failed_at=transaction.failed_at)
     if any(step["action"] in StepAction.MESSAGES for step in steps) or channels is not None:
         chosen = _clean_channels(session, transaction, channels)

@@ -674,6 +674,84 @@ def test_import_answers_match_the_document(
     check.assert_covered(get)
 
 
+# --- real answers: campaigns -----------------------------------------------------------------
+
+
+def test_campaign_answers_match_the_document(
+    client: FlaskClient,
+    check: Checker,
+    tokens: dict[str, dict[str, str]],
+    org: Organization,
+    make_org: Any,
+    make_token: Any,
+) -> None:
+    from recovery.campaigns import builtin
+    from recovery.extensions import db
+
+    builtin.install(db.session, org)  # the built-in campaigns, as create-org gives them
+    db.session.commit()
+    admin, viewer = bearer(make_token(org=org, role=Role.ADMIN)[1]), tokens["viewer"]
+    body = {
+        "name": "Retry, then remind",
+        "steps": [
+            {"action": "retry_card", "delay_hours": 24, "after": "failure"},
+            {"action": "email", "delay_hours": 1, "after": "previous"},
+        ],
+        "end": "hold_for_review",
+        "link_lifetime_days": 7,
+    }
+    create = "campaigns_api_create"
+    made = check(create, client.post("/v1/campaigns", json=body, headers=admin), 201)
+    check.valid_request(create, made, body)
+    url = f"/v1/campaigns/{made.json['id']}"
+    check(create, client.post("/v1/campaigns", json={**body, "steps": []}, headers=admin), 422)
+    check(create, client.post("/v1/campaigns", json=body), 401)
+    check(create, client.post("/v1/campaigns", json=body, headers=tokens["operator"]), 403)
+    for status, response in bad_requests(client, "/v1/campaigns", admin):
+        check(create, response, status)
+    check.assert_covered(create)
+
+    index = "campaigns_api_index"
+    check(index, client.get("/v1/campaigns?archived=true", headers=viewer), 200)
+    check(index, client.get("/v1/campaigns?archived=maybe", headers=viewer), 422)
+    check(index, client.get("/v1/campaigns"), 401)
+    check.assert_covered(index)
+
+    get = "campaigns_api_get"
+    check(get, client.get(url, headers=viewer), 200)
+    check(get, client.get(f"{url}0", headers=viewer), 404)
+    check(get, client.get(url), 401)
+    check.assert_covered(get)
+
+    update = "campaigns_api_update"
+    edit = {"link_lifetime_days": 9}
+    edited = check(update, client.patch(url, json=edit, headers={**admin, "If-Match": '"1"'}), 200)
+    check.valid_request(update, edited, edit)
+    check(update, client.patch(url, json={"version": 1, "name": "B"}, headers=admin), 409)
+    check(update, client.patch(url, json={"name": "B"}, headers=admin), 428)
+    check(update, client.patch(url, json={"version": 2, "end": "never"}, headers=admin), 422)
+    check(update, client.patch(f"{url}0", json={"version": 1}, headers=admin), 404)
+    check(update, client.patch(url, json=edit), 401)
+    check(update, client.patch(url, json=edit, headers=viewer), 403)
+    check(update, client.patch(url, data="{not json", headers=admin, content_type="application/json"), 400)
+    check(update, client.patch(url, data="x", headers=admin, content_type="text/plain"), 415)
+    big = "[" + " " * 70_000 + "]"
+    check(update, client.patch(url, data=big, headers=admin, content_type="application/json"), 413)
+    check.assert_covered(update)
+
+    archive = "campaigns_api_archive"
+    listed = client.get("/v1/campaigns", headers=viewer).json["data"]
+    default = next(c for c in listed if c["builtin"] == "default")
+    check(archive, client.post(f"/v1/campaigns/{default['id']}/archive", headers=admin), 409)
+    check(archive, client.post(f"{url}/archive", headers=admin), 200)
+    check(archive, client.post(f"{url}0/archive", headers=admin), 404)
+    check(archive, client.post(f"{url}/archive"), 401)
+    check(archive, client.post(f"{url}/archive", headers=viewer), 403)
+    check.assert_covered(archive)
+    other = bearer(make_token(org=make_org(), role=Role.ADMIN)[1])
+    assert client.get(url, headers=other).status_code == 404
+
+
 # --- real answers: rules --------------------------------------------------------------------
 
 

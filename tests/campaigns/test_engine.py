@@ -281,3 +281,16 @@ def test_skip_to_next_message_passes_the_retries_ahead(db, org, make_transaction
     assert engine.skip_to_next_message(db.session, attempt, now=utcnow()) == 3
     attempt.step = 4
     assert engine.skip_to_next_message(db.session, attempt, now=utcnow()) is None
+
+
+def test_an_archived_or_another_organizations_campaign_is_refused(db, org, make_org, make_transaction):
+    made = campaign(db, org, [step("email")])
+    theirs = campaign(db, make_org(), [step("email")])
+    with pytest.raises(lifecycle.RecoveryRefused) as refused:
+        start(db, make_transaction(org), theirs)
+    assert (refused.value.status, refused.value.field) == (404, "campaign_id")
+    services.archive(db.session, made, Actor.system(org.id), now=utcnow())
+    db.session.commit()
+    with pytest.raises(lifecycle.RecoveryRefused) as refused:
+        start(db, make_transaction(org), made)
+    assert refused.value.field == "campaign_id" and "archived" in refused.value.message
