@@ -294,3 +294,21 @@ def test_an_archived_or_another_organizations_campaign_is_refused(db, org, make_
     with pytest.raises(lifecycle.RecoveryRefused) as refused:
         start(db, make_transaction(org), made)
     assert refused.value.field == "campaign_id" and "archived" in refused.value.message
+
+
+def test_a_campaign_without_messages_needs_no_address(
+    db, org, make_user, make_transaction, smtp_server, work
+):
+    make_user(org, role=Role.OWNER, email="owner@acme.example")
+    made = campaign(db, org, [step("notify_staff")], end="hold_for_review", link_lifetime_days=1)
+    transaction = make_transaction(org, customer_email=None, customer_phone=None)
+    attempt_id = start(db, transaction, made).id
+    work()
+    assert len(smtp_server.to("owner@acme.example")) == 1
+    attempt = get(db, attempt_id)
+    assert attempt.step == 1 and attempt.messages_sent == 0 and attempt.next_send_at == attempt.expires_at
+    travel(db, attempt_id, timedelta(days=1))
+    work()
+    assert get(db, attempt_id).status == A.EXHAUSTED
+    assert db.session.get(Transaction, transaction.id).review_status == HELD
+    assert len(smtp_server.received) == 1
