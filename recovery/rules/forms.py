@@ -149,7 +149,7 @@ class RuleForm(FlaskForm):
     name = StringField("Name", render_kw={"maxlength": 200, "required": True})
     enabled = BooleanField("Enabled", default=True)
     action = SelectField(
-        "Then",
+        "Action",
         choices=[SelectChoice(k, v) for k, v in ACTION_LABELS.items()],
         default=RuleAction.START_CAMPAIGN,
     )

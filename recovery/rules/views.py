@@ -101,7 +101,15 @@ def test_transaction() -> Any:
     elif "ref" in request.args:
         error = "Enter a transaction reference."
     status = 422 if error else 200
-    return render_template("rules/test.html", ref=ref, explanation=explanation, error=error), status
+    names = {c.id: c.name for c in campaigns.list_campaigns(db.session, _org_id(), archived=True)}
+    return render_template(
+        "rules/test.html",
+        ref=ref,
+        explanation=explanation,
+        error=error,
+        campaign_names=names,
+        action_labels=forms.ACTION_LABELS,
+    ), status
 
 
 # --- the form -----------------------------------------------------------------------------

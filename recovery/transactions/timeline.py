@@ -106,11 +106,17 @@ def timeline(session: DbSession, transaction: Transaction) -> list[TimelineEntry
             .order_by(AuditEvent.created_at, AuditEvent.id)
         )
     )
+    attempts = {
+        str(attempt.id): attempt
+        for attempt in session.scalars(
+            select(RecoveryAttempt).where(RecoveryAttempt.transaction_id == transaction.id)
+        )
+    }
     entries.extend(
         TimelineEntry(
             event.created_at,
             AUDIT_TITLES.get(event.action, event.action.replace(".", " ").replace("_", " ").capitalize()),
-            _describe(event),
+            _campaign_start(event, attempts.get(event.target_id or "")) or _describe(event),
             event.actor_label,
             kind="audit",
             webhook_event_id=event.webhook_event_id,
@@ -129,7 +135,7 @@ def timeline(session: DbSession, transaction: Transaction) -> list[TimelineEntry
         )
     )
     started = {event.target_id for event in events if event.action == "recovery.started"}
-    entries.extend(_attempt_entries(session, transaction, started))
+    entries.extend(_attempt_entries(list(attempts.values()), started))
     entries.extend(_message_entries(session, transaction))
     return sorted(entries, key=lambda e: e.at)
 
@@ -152,14 +158,10 @@ def _import_entries(session: DbSession, transaction: Transaction) -> list[Timeli
     ]
 
 
-def _attempt_entries(
-    session: DbSession, transaction: Transaction, started: set[str | None]
-) -> list[TimelineEntry]:
+def _attempt_entries(attempts: list[RecoveryAttempt], started: set[str | None]) -> list[TimelineEntry]:
     """Recoveries no audit event says started (`started`: those one does), and their running out."""
     entries: list[TimelineEntry] = []
-    for attempt in session.scalars(
-        select(RecoveryAttempt).where(RecoveryAttempt.transaction_id == transaction.id)
-    ):
+    for attempt in attempts:
         if str(attempt.id) not in started:
             entries.append(
                 TimelineEntry(attempt.created_at, "Recovery started", f"by {attempt.channel}", kind="attempt")
@@ -199,6 +201,45 @@ def _message_entries(session: DbSession, transaction: Transaction) -> list[Timel
             )
         )
     return entries
+
+
+STEP_WORDS = {
+    "email": "an email",
+    "sms": "a text message",
+    "email_and_sms": "an email and a text message",
+    "retry_card": "a card retry",
+    "notify_staff": "an alert to staff",
+}
+
+
+def _after(minutes: int) -> str:
+    if minutes <= 0:
+        return "at once"
+    for size, unit in ((1440, "day"), (60, "hour"), (1, "minute")):
+        if minutes % size == 0:
+            count = minutes // size
+            return f"after {count} {unit}{'' if count == 1 else 's'}"
+    return f"after {minutes} minutes"  # pragma: no cover -- every whole number divides by 1
+
+
+def plan_in_words(plan: list[dict[str, object]]) -> str:
+    """A campaign's steps as the start fixed them: 'a card retry at once, then an email after 1 day'."""
+    parts = [
+        f"{STEP_WORDS.get(str(step.get('action')), str(step.get('action')))} "
+        f"{_after(int(str(step.get('offset_minutes', 0))))}"
+        for step in plan
+    ]
+    return ", then ".join(parts)
+
+
+def _campaign_start(event: AuditEvent, attempt: RecoveryAttempt | None) -> str | None:
+    """A campaign's start: the rule that matched and why, the campaign and its version, its steps."""
+    details = event.details or {}
+    if event.action != "recovery.started" or "campaign" not in details or attempt is None:
+        return None
+    why = f"{attempt.decision} " if attempt.decision else ""
+    steps = f": {plan_in_words(attempt.plan)}" if attempt.plan else ""
+    return f"{why}Campaign “{details['campaign']}”, version {details.get('campaign_version', '?')}{steps}."
 
 
 def _describe(event: AuditEvent) -> str:

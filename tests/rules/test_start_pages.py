@@ -49,7 +49,7 @@ def test_the_start_shows_the_rule_that_would_match_and_the_timeline_names_it(
     assert attempt is not None and attempt.rule_name == "Card may work again: retry it"
     # The timeline: which rule matched and why, and the campaign with its version.
     assert "Rule “Card may work again: retry it” matched" in page
-    assert "(version 1)" in page
+    assert "”, version 1: " in page
     assert "chosen by rule" in page
 
 
