@@ -19,8 +19,19 @@ from typing import Any
 from sqlalchemy import select
 
 from recovery.audit import Actor
+from recovery.campaigns import builtin
+from recovery.campaigns import services as campaign_services
 from recovery.messaging.providers import MessagingSettings, Postman
-from recovery.models import Organization, RecoveryAttempt, Role, Transaction, TransactionSource, User, utcnow
+from recovery.models import (
+    Campaign,
+    Organization,
+    RecoveryAttempt,
+    Role,
+    Transaction,
+    TransactionSource,
+    User,
+    utcnow,
+)
 from recovery.models.base import DbSession
 from recovery.models.transaction import TransactionStatus
 from recovery.organizations.services import create_organization, get_by_slug
@@ -59,6 +70,48 @@ FAILURES = [
 AMOUNTS = {"usd": (999, 25000), "eur": (999, 20000), "gbp": (799, 18000), "jpy": (1000, 30000)}
 
 
+@dataclass(frozen=True)
+class SavedCardFailure:
+    """A failure Stripe reported with the customer's card saved: the sandbox holds these very objects.
+
+    stripe_sandbox/demo_cards.py creates them when the sandbox starts (the two
+    share these ids, not code), so the soft-decline campaign's card retry runs
+    for real under `make run`: declined again, paid (the webhook recovers it), or
+    needing the customer (the campaign skips to its message).
+    """
+
+    payment_intent_id: str
+    customer_id: str
+    payment_method_id: str
+    failure_code: str
+    amount: int
+    currency: str
+
+
+# The last three demo numbers: failed yesterday, their first retry due when the demo starts.
+SAVED_CARD_FAILURES = {
+    198: SavedCardFailure(
+        "pi_demo_retry_short",
+        "cus_demo_retry_short",
+        "pm_demo_retry_short",
+        "insufficient_funds",
+        4200,
+        "usd",
+    ),
+    199: SavedCardFailure(
+        "pi_demo_retry_paid", "cus_demo_retry_paid", "pm_demo_retry_paid", "insufficient_funds", 2599, "eur"
+    ),
+    200: SavedCardFailure(
+        "pi_demo_retry_auth",
+        "cus_demo_retry_auth",
+        "pm_demo_retry_auth",
+        "authentication_required",
+        1850,
+        "gbp",
+    ),
+}
+
+
 @dataclass
 class SeedResult:
     organization: Organization
@@ -94,6 +147,9 @@ def seed(
         raw, outcome, payday = _draw(rng, number, story.now)  # drawn for every ref: each keeps its data
         if raw["transaction_ref"] in existing_refs:
             continue
+        saved = SAVED_CARD_FAILURES.get(number)
+        if saved is not None:
+            raw = _with_saved_card(raw, saved, story.now)
         transaction = create_transaction(
             session,
             story.actor,
@@ -101,7 +157,10 @@ def seed(
             source=TransactionSource.DEMO,
             now=raw["failed_at"] + timedelta(minutes=2),
         )
-        story.tell(transaction, number, outcome, payday)
+        if saved is not None:
+            story.retry(transaction, saved)
+        else:
+            story.tell(transaction, number, outcome, payday)
         created += 1
     session.flush()
     return SeedResult(organization, logins, DEMO_PASSWORD, created, TRANSACTIONS - created)
@@ -150,6 +209,18 @@ def _draw(rng: random.Random, number: int, now: datetime) -> tuple[dict[str, Any
         "failed_at": failed_at,
     }
     return raw, outcome, payday
+
+
+def _with_saved_card(raw: dict[str, Any], saved: SavedCardFailure, now: datetime) -> dict[str, Any]:
+    """The drawn customer, with the amount, reason and time of the sandbox's failed PaymentIntent."""
+    return {
+        **raw,
+        "amount": saved.amount,
+        "currency": saved.currency,
+        "failure_code": saved.failure_code,
+        "failure_message": "Your card was declined.",
+        "failed_at": now - timedelta(hours=25),
+    }
 
 
 class _Story:
@@ -204,6 +275,22 @@ class _Story:
                 reason="Paid by bank transfer",
             )
         self.session.flush()
+
+    def retry(self, transaction: Transaction, saved: SavedCardFailure) -> None:
+        """Keep the saved card and start the soft-decline campaign: its first step retries the card now."""
+        transaction.stripe_payment_intent_id = saved.payment_intent_id
+        transaction.stripe_customer_id = saved.customer_id
+        transaction.stripe_payment_method_id = saved.payment_method_id
+        campaign = self.session.scalar(
+            select(Campaign).where(
+                Campaign.organization_id == transaction.organization_id,
+                Campaign.builtin == builtin.SOFT_DECLINE,
+            )
+        )
+        version = campaign_services.current_version(self.session, campaign) if campaign else None
+        lifecycle.start_recovery(
+            self.session, transaction, self.actor, now=self.now, campaign_version=version
+        )
 
     def start(self, transaction: Transaction, at: datetime) -> RecoveryAttempt:
         return lifecycle.start_recovery(self.session, transaction, self.actor, now=at).attempt

@@ -10,7 +10,7 @@ import time
 from flask import Flask, Response, g, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from stripe_sandbox import api, control, off_session, pages, payments
+from stripe_sandbox import api, control, demo_cards, off_session, pages, payments
 from stripe_sandbox.config import API_VERSION, Config
 from stripe_sandbox.context import EXTENSION, Sandbox, current
 from stripe_sandbox.errors import StripeError
@@ -33,6 +33,7 @@ def create_app(config: Config | None = None) -> Flask:
     config = config or Config.from_env()
     app = Flask(__name__)
     store = Store(config.database)
+    demo_cards.install(store)  # the failed payments recovery/demo.py names
     faults = Faults()
     for spec in config.faults:
         faults.add(spec)

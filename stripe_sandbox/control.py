@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, jsonify, request
 from werkzeug.wrappers import Response
 
-from stripe_sandbox import payments
+from stripe_sandbox import demo_cards, payments
 from stripe_sandbox.context import current
 from stripe_sandbox.faults import FaultSpecError
 from stripe_sandbox.webhooks import endpoints
@@ -85,3 +85,10 @@ def clock() -> Response | tuple[Response, int]:
         sandbox.store.advance_clock(seconds)
         payments.expire_due_sessions(sandbox)
     return jsonify(now=sandbox.store.now(), offset=sandbox.store.clock_offset())
+
+
+@bp.post("/demo_cards")
+def install_demo_cards() -> Response:
+    """Create the demo's failed off-session payments again (a reset removes them; a start makes them)."""
+    demo_cards.install(current().store)
+    return jsonify(payment_intents=[failure[0] for failure in demo_cards.DEMO_FAILURES])

@@ -13,10 +13,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import requests
 from flask import Flask
 from sqlalchemy import select
 
 from recovery.audit import Actor
+from recovery.demo import seed
 from recovery.extensions import db as _db
 from recovery.models import (
     AttemptStatus,
@@ -227,3 +229,34 @@ def test_a_retry_and_the_customers_payment_never_both_charge(
         assert reload(Transaction, txn_id).status == TransactionStatus.RECOVERED
         assert [r.status for r in retries_of(txn_id)] == [retried]
     assert winners[1:3] == ["retry", "customer"], winners
+
+
+# --- the demo ------------------------------------------------------------------------------------
+
+
+def test_the_demos_saved_card_failures_retry_for_real(stripe_sandbox, db, webhooks, gateway):
+    """`make run`: the sandbox starts with the failed payments seed-demo names; each retry does its part."""
+    requests.post(f"{stripe_sandbox.base_url}/_sandbox/demo_cards", timeout=10).raise_for_status()
+    seed(db.session)
+    db.session.commit()
+    demo = {
+        t.transaction_ref: t
+        for t in db.session.scalars(
+            select(Transaction).where(Transaction.stripe_payment_method_id.like("pm_demo_retry_%"))
+        )
+    }
+    assert sorted(demo) == ["DEMO-0198", "DEMO-0199", "DEMO-0200"]
+    paid_id = demo["DEMO-0199"].id
+    outcomes = {}
+    for ref, txn in sorted(demo.items()):
+        [attempt] = txn.attempts
+        assert attempt.action_at(0) == "retry_card"
+        outcomes[ref] = retries.retry_card(db.session, attempt.id, 0, now=utcnow(), gateway=gateway).status
+        db.session.commit()
+    assert outcomes == {
+        "DEMO-0198": RetryStatus.DECLINED,
+        "DEMO-0199": RetryStatus.SUCCEEDED,
+        "DEMO-0200": RetryStatus.REQUIRES_ACTION,
+    }
+    webhooks()
+    assert reload(Transaction, paid_id).status == TransactionStatus.RECOVERED
