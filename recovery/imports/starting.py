@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import RedisError
+from sqlalchemy import exists, select
 
 from recovery import audit
 from recovery.audit import Actor
@@ -22,9 +23,17 @@ from recovery.config import settings
 from recovery.imports import running
 from recovery.imports.jobs import import_csv
 from recovery.logs import get_logger
-from recovery.models import CsvImport, ImportStatus
+from recovery.models import (
+    BulkStart,
+    CsvImport,
+    ImportStatus,
+    RecoveryAttempt,
+    Transaction,
+    TransactionStatus,
+)
 from recovery.models.base import DbSession
 from recovery.queue import enqueue
+from recovery.recoveries import bulk
 from recovery.unit_of_work import commit_now
 
 log = get_logger("recovery.imports")
@@ -92,3 +101,49 @@ def _queue(session: DbSession, import_id: int) -> Started:
         log.exception("csv_import_enqueue_failed", import_id=import_id)
         return Started.QUEUE_DOWN
     return Started.QUEUED
+
+
+def start_recoveries(
+    session: DbSession, actor: Actor, csv_import: CsvImport, channel: str = "any"
+) -> list[BulkStart]:
+    """Start recoveries for the failed transactions the import added, as the organization's rules say.
+
+    "Start recoveries" after an import: every transaction of the import still
+    failed and never recovered goes to a bulk start (one per
+    `bulk.MAX_TRANSACTIONS`), whose runs decide each by the rules, like any
+    start without a campaign. Safe to ask twice: a transaction started by the
+    first is no longer failed-and-never-started, nor one a rule marked or held. BulkRefused if the import is
+    not done or has nothing waiting.
+    """
+    if csv_import.organization_id != actor.organization_id or csv_import.status != ImportStatus.DONE:
+        raise bulk.BulkRefused("Recoveries start once the import is done.", status=409)
+    started_before = exists().where(RecoveryAttempt.transaction_id == Transaction.id)
+    ids = list(
+        session.scalars(
+            select(Transaction.id)
+            .where(
+                Transaction.organization_id == csv_import.organization_id,
+                Transaction.import_id == csv_import.id,
+                Transaction.status == TransactionStatus.FAILED,
+                # What a rule already decided (not recovered, or the review queue) stays decided.
+                Transaction.no_recovery_reason.is_(None),
+                Transaction.review_status.is_(None),
+                ~started_before,
+            )
+            .order_by(Transaction.id)
+        )
+    )
+    if not ids:
+        raise bulk.BulkRefused("No transaction of this import is waiting for a recovery.", status=409)
+    size = bulk.MAX_TRANSACTIONS
+    starts = [bulk.create(session, actor, ids[at : at + size], channel) for at in range(0, len(ids), size)]
+    audit.record(
+        session,
+        actor,
+        "import.recoveries_started",
+        target_type="csv_import",
+        target_id=csv_import.id,
+        transactions=len(ids),
+        bulk_starts=[b.id for b in starts],
+    )
+    return starts

@@ -139,3 +139,35 @@ def test_a_bulk_start_decides_each_by_the_rules(
         "New card needed: ask the customer",
         "Card may work again: retry it",
     ]
+
+
+def test_an_imports_start_recoveries_follows_the_rules(
+    db: Any, rules_org: Organization, make_transaction: Callable[..., Transaction]
+) -> None:
+    from recovery.imports.starting import start_recoveries
+    from recovery.models import CsvImport, ImportStatus
+
+    done = CsvImport(organization_id=rules_org.id, filename="july.csv", status=ImportStatus.DONE)
+    db.session.add(done)
+    db.session.commit()
+    stolen = make_transaction(rules_org, failure_code="stolen_card", source="csv", import_id=done.id)
+    funds = make_transaction(rules_org, failure_code="insufficient_funds", source="csv", import_id=done.id)
+    make_transaction(rules_org, failure_code="insufficient_funds", source="csv")  # another import's
+    make_transaction(
+        rules_org, failure_code="insufficient_funds", import_id=done.id, status=TransactionStatus.RECOVERED
+    )
+    starts = start_recoveries(db.session, actor(rules_org), done)
+    db.session.commit()
+    assert [s.transaction_ids for s in starts] == [[stolen.id, funds.id]]
+    bulk.run(db.session, starts[0].id)
+    assert db.session.get(Transaction, stolen.id).no_recovery_reason
+    attempt = db.session.scalar(select(RecoveryAttempt).where(RecoveryAttempt.transaction_id == funds.id))
+    assert attempt is not None and attempt.rule_name == "Card may work again: retry it"
+    with pytest.raises(bulk.BulkRefused) as nothing_left:
+        start_recoveries(db.session, actor(rules_org), done)
+    assert nothing_left.value.status == 409
+    running = CsvImport(organization_id=rules_org.id, filename="aug.csv", status=ImportStatus.RUNNING)
+    db.session.add(running)
+    db.session.flush()
+    with pytest.raises(bulk.BulkRefused):
+        start_recoveries(db.session, actor(rules_org), running)
