@@ -274,6 +274,9 @@ def test_recovery_journey_email_pay_and_live_status(
     if sms.count():
         sms.uncheck()
     expect(recovery.locator('input[name="channels"][value="email"]')).to_be_checked()
+    # The demo's rules would retry the card first (issue 18): the operator picks the
+    # default schedule instead, whose first message goes at once.
+    recovery.get_by_label("Campaign").select_option(label="Start “Default schedule” instead")
     recovery.get_by_role("button", name="Start recovery").click()
     expect(page.locator(".flash-success")).to_contain_text("Recovery started")
     expect(page.locator("h1 .status")).to_have_text("recovering")

@@ -39,7 +39,7 @@ def decline_category_badge(code: str | None) -> Markup:
     """
     name = declines.category(code)
     label, sentence = escape(declines.category_label(name)), escape(declines.CATEGORY_SENTENCES[name])
-    return Markup(f'<span class="status status-words decline-{name}" title="{sentence}">{label}</span>')
+    return Markup(f'<span class="decline decline-{name}" title="{sentence}">{label}</span>')
 
 
 @bp.app_template_filter("decline_category_sentence")
