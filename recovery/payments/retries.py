@@ -101,6 +101,8 @@ def retry_card(
     and raised, so RQ tries again with the same key; any other outcome is
     returned for the job's commit.
     """
+    if step < 0:
+        raise Refused(f"A card retry's step is counted from 0; got {step}.", field="step")
     attempt = session.get(RecoveryAttempt, attempt_id)
     if attempt is None:
         raise NoSuchAttempt(f"No recovery attempt {attempt_id}.")

@@ -13,7 +13,14 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, exists, select
 
 from recovery.audit import Actor
-from recovery.models import CheckoutSession, CheckoutStatus, RecoveryAttempt, WebhookEvent
+from recovery.models import (
+    CardRetry,
+    CheckoutSession,
+    CheckoutStatus,
+    RecoveryAttempt,
+    RetryStatus,
+    WebhookEvent,
+)
 from recovery.models.base import DbSession
 from recovery.payments import checkout
 from recovery.payments.gateway import StripeGateway
@@ -43,14 +50,19 @@ def paid_session(session: DbSession, transaction_id: int) -> CheckoutSession | N
 
 
 def paid_at_stripe(session: DbSession, transaction_ids: Sequence[int]) -> set[int]:
-    """Which of the transactions have a `paid_session`: one query for a whole send batch."""
+    """Which of the transactions have a `paid_session` or a card retry that charged: one query per batch."""
     if not transaction_ids:
         return set()
+    ids = set(transaction_ids)
+    # A card retry that succeeded has been paid too, its webhook on the way (payments/retries.py).
+    charged = select(CardRetry.transaction_id).where(
+        CardRetry.transaction_id.in_(ids), CardRetry.status == RetryStatus.SUCCEEDED
+    )
     return set(
         session.scalars(
             select(CheckoutSession.transaction_id)
-            .where(CheckoutSession.transaction_id.in_(set(transaction_ids)), _is_paid_session())
-            .distinct()
+            .where(CheckoutSession.transaction_id.in_(ids), _is_paid_session())
+            .union(charged)
         )
     )
 

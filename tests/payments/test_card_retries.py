@@ -29,6 +29,8 @@ from recovery.payments import checkout, jobs, retries
 from recovery.payments.gateway import StripeFailure, StripeGateway, StripeSettings
 from recovery.payments.retries import MAX_RETRIES_PER_WINDOW, NoSuchAttempt
 from recovery.payments.rules import PaymentRefused
+from recovery.recoveries import paying
+from recovery.refusals import Refused
 from tests.payments.card_retry_helpers import (
     AUTH_ALWAYS,
     AUTH_ONCE,
@@ -218,16 +220,43 @@ def test_the_job_runs_the_step(app, stripe_sandbox, make_org, make_transaction, 
     assert (retry.step, retry.status) == (3, RetryStatus.DECLINED)
 
 
-def test_an_unknown_attempt_is_refused(db, gateway):
-    with pytest.raises(NoSuchAttempt):
+def test_an_unknown_attempt_or_a_negative_step_is_refused(db, gateway):
+    with pytest.raises(NoSuchAttempt) as unknown:
         retries.retry_card(_db.session, 999_999, 0, now=utcnow(), gateway=gateway)
+    assert unknown.value.status == 404 and "999999" in unknown.value.message
+    with pytest.raises(Refused) as negative:
+        retries.retry_card(_db.session, 1, -1, now=utcnow(), gateway=gateway)
+    assert negative.value.field == "step" and negative.value.status == 422
+
+
+def test_after_a_retry_charged_the_card_nothing_else_may_charge_it(
+    stripe_sandbox, make_org, make_transaction, gateway
+):
+    """The webhook is on its way: the pay page, another retry and the reminders all hold off."""
+    card = failed_payment(stripe_sandbox, VISA)
+    txn_id, attempt_id = retry_setup(make_org, make_transaction, card)
+    assert run(attempt_id, gateway=gateway).status == RetryStatus.SUCCEEDED
+    txn = reload(Transaction, txn_id)
+    actor = Actor.system(txn.organization_id, "customer")
+
+    with pytest.raises(PaymentRefused) as refused:
+        checkout.create_checkout_session(
+            _db.session, gateway, txn, actor, checkout.CheckoutRequest(action="b")
+        )
+    assert refused.value.status == 409 and "received" in refused.value.message
+    _db.session.rollback()
+    assert "an earlier card retry charged it" in _skip_reason(
+        attempt_id, gateway, step=1, now=utcnow() + timedelta(days=2)
+    )
+    assert paying.paid_at_stripe(_db.session, [txn_id]) == {txn_id}
+    assert len(confirms(stripe_sandbox)) == 1
 
 
 # --- never: the rules, each recorded as a skip -------------------------------------------------
 
 
-def _skip_reason(attempt_id: int, gateway: StripeGateway, **kwargs: Any) -> str:
-    retry = run(attempt_id, gateway=gateway, **kwargs)
+def _skip_reason(attempt_id: int, gateway: StripeGateway, step: int = 0, **kwargs: Any) -> str:
+    retry = run(attempt_id, step, gateway=gateway, **kwargs)
     assert retry.status == RetryStatus.SKIPPED and retry.finished_at is not None, retry
     return retry.message or ""
 
@@ -332,7 +361,7 @@ def test_one_try_per_card_per_24_hours_counting_the_failure(
     assert "less than 24 hours" in _skip_reason(attempt_id, gateway, now=now)
     # A day after the failure, the next step tries; the one after, an hour later, may not.
     assert run(attempt_id, 1, now=now + timedelta(hours=1, minutes=1), gateway=gateway).status == "declined"
-    assert "less than 24 hours" in _skip_reason(attempt_id, gateway, now=now + timedelta(hours=2))
+    assert "less than 24 hours" in _skip_reason(attempt_id, gateway, step=2, now=now + timedelta(hours=2))
     assert run(attempt_id, 3, now=now + timedelta(hours=25, minutes=2), gateway=gateway).status == "declined"
 
 

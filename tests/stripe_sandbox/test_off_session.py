@@ -201,3 +201,50 @@ def test_stripes_test_payment_methods_work_by_name(stripe_client):
     pm = stripe_client.v1.payment_methods.attach("pm_card_chargeCustomerFail", {"customer": customer.id})
     assert pm.id.startswith("pm_") and pm.id != "pm_card_chargeCustomerFail" and pm.customer == customer.id
     assert pm.card is not None and pm.card.last4 == "0341"
+
+
+# --- bad input, answered as Stripe answers it ----------------------------------------------------
+
+
+def test_bad_requests_are_refused_with_stripes_codes(stripe_client):
+    customer = stripe_client.v1.customers.create({"email": "d@example.com"})
+    bare = stripe_client.v1.payment_intents.create(
+        {"amount": 900, "currency": "usd", "customer": customer.id}
+    )
+    with pytest.raises(stripe.InvalidRequestError) as no_card:
+        stripe_client.v1.payment_intents.confirm(bare.id, {"off_session": True})
+    assert no_card.value.code == "payment_intent_unexpected_state" and "missing a payment method" in str(
+        no_card.value.user_message
+    )
+    with pytest.raises(stripe.InvalidRequestError) as unknown:
+        stripe_client.v1.payment_intents.confirm(bare.id, {"payment_method": "pm_card_visa", "colour": "red"})  # type: ignore[typeddict-unknown-key]
+    assert unknown.value.code == "parameter_unknown" and unknown.value.param == "colour"
+    with pytest.raises(stripe.InvalidRequestError) as not_confirming:
+        stripe_client.v1.payment_intents.create({"amount": 900, "currency": "usd", "off_session": True})
+    assert not_confirming.value.param == "off_session"
+    with pytest.raises(stripe.InvalidRequestError) as bad_currency:
+        stripe_client.v1.payment_intents.create({"amount": 900, "currency": "xyz"})
+    assert bad_currency.value.param == "currency"
+    with pytest.raises(stripe.CardError) as bad_number:
+        stripe_client.v1.payment_methods.create(
+            {"type": "card", "card": {"number": "4111111111111112"}}  # type: ignore[typeddict-item]
+        )
+    assert bad_number.value.code == "incorrect_number"
+    with pytest.raises(stripe.InvalidRequestError) as no_customer:
+        stripe_client.v1.payment_methods.attach("pm_card_visa", {"customer": "cus_nope"})
+    assert no_customer.value.code == "resource_missing" and no_customer.value.param == "customer"
+
+
+def test_a_card_used_once_without_a_customer_cannot_be_used_again(stripe_client):
+    pm = stripe_client.v1.payment_methods.create(
+        {"type": "card", "card": {"number": CARDS["visa"]}}  # type: ignore[typeddict-item]
+    )
+    paid = stripe_client.v1.payment_intents.create(
+        {"amount": 900, "currency": "usd", "payment_method": pm.id, "confirm": True}
+    )
+    assert paid.status == "succeeded"
+    with pytest.raises(stripe.InvalidRequestError) as again:
+        stripe_client.v1.payment_intents.create(
+            {"amount": 900, "currency": "usd", "payment_method": pm.id, "confirm": True}
+        )
+    assert "may not be used again" in str(again.value.user_message)
