@@ -34,6 +34,7 @@ pytest_plugins = [
     "tests.fixtures.browser",  # Chromium, live server and tab fixtures for the browser tests
     "tests.fixtures.webhooks",  # stored events, the `recovering` transaction, reading back what a job did
     "tests.fixtures.payments",  # `token_for` an organization and role, the Stripe sandbox's view
+    "tests.fixtures.workers",  # `rq_worker`: a real RQ worker in burst mode
 ]
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -292,20 +293,6 @@ def csrf_token(html: str) -> str:
     match = CSRF_RE.search(html)
     assert match, "no CSRF token on the page"
     return match.group(1) or match.group(2)
-
-
-@pytest.fixture
-def rq_worker(app: Flask) -> Callable[[], None]:
-    """Run a real RQ worker in burst mode (it forks a work horse per job, as in production)."""
-    from rq import Worker
-
-    from recovery.queue import redis_connection
-
-    def run() -> None:
-        worker = Worker(["default"], connection=redis_connection(app))
-        worker.work(burst=True, with_scheduler=False)
-
-    return run
 
 
 # --- Stripe sandbox ---

@@ -22,14 +22,12 @@ from babel.messages.catalog import Catalog
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 from flask import Flask
-from rq import Worker
 from sqlalchemy import select
 
 from recovery.audit import Actor
 from recovery.messaging import content
 from recovery.messaging.content import writing_locale
 from recovery.models import Message, Organization, RecoveryAttempt, Transaction, utcnow
-from recovery.queue import redis_connection
 from recovery.recoveries import lifecycle
 
 # Every message of a customer whose language has no copy is written in this English.
@@ -55,14 +53,6 @@ def app_config() -> dict[str, Any]:
     return {}  # no SMTP server, no Twilio: both channels go to the outbox
 
 
-@pytest.fixture
-def worker(app: Flask) -> Callable[[], None]:
-    def run() -> None:
-        Worker(["default"], connection=redis_connection(app)).work(burst=True, with_scheduler=False)
-
-    return run
-
-
 def foreign_months(locale: str) -> set[str]:
     """The locale's month names that are not also English words (German "April" is both)."""
     names = set(get_month_names("wide", locale=locale).values()) | set(
@@ -72,14 +62,14 @@ def foreign_months(locale: str) -> set[str]:
 
 
 def send_first_messages(
-    db: Any, worker: Callable[[], None], transaction: Transaction
+    db: Any, rq_worker: Callable[[], None], transaction: Transaction
 ) -> tuple[RecoveryAttempt, Message, Message]:
     """Start a recovery as the dashboard does and let the worker send its first email and SMS."""
     started = lifecycle.start_recovery(
         db.session, transaction, Actor.system(transaction.organization_id, "test"), now=utcnow()
     )
     db.session.commit()  # which places the first send
-    worker()
+    rq_worker()
     db.session.expire_all()
     email, sms = db.session.scalars(
         select(Message).where(Message.attempt_id == started.attempt.id).order_by(Message.channel)
@@ -99,7 +89,7 @@ def test_an_english_message_has_english_numbers_and_dates(
     client: Any,
     org: Organization,
     make_transaction: Callable[..., Transaction],
-    worker: Callable[[], None],
+    rq_worker: Callable[[], None],
     locale: str,
     country: str,
     phone: str,
@@ -115,7 +105,7 @@ def test_an_english_message_has_english_numbers_and_dates(
         customer_country=country,
         customer_phone=phone,
     )
-    attempt, email, sms = send_first_messages(db, worker, transaction)
+    attempt, email, sms = send_first_messages(db, rq_worker, transaction)
     page = client.get(f"/pay/{attempt.token}")
     assert page.status_code == 200
     texts = {
@@ -176,7 +166,7 @@ def test_a_translated_language_gets_its_own_formats(
     db: Any,
     org: Organization,
     make_transaction: Callable[..., Transaction],
-    worker: Callable[[], None],
+    rq_worker: Callable[[], None],
     tmp_path: Path,
 ) -> None:
     """With a French catalogue (TRANSLATIONS_DIR), a French customer reads French copy with French formats."""
@@ -204,7 +194,7 @@ def test_a_translated_language_gets_its_own_formats(
             db.session, transaction, Actor.system(org.id, "test"), now=utcnow(), channels=["email"]
         )
         db.session.commit()  # which places the first send
-    worker()
+    rq_worker()
     db.session.expire_all()
     subjects = {m.transaction_id: (m.subject, m.body_text) for m in db.session.scalars(select(Message)).all()}
     subject, text = subjects[french.id]

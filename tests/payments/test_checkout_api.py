@@ -25,38 +25,24 @@ from tests.fixtures.payments import CHECKOUT, LINKS, creates, reconfigure, sandb
 
 
 @pytest.fixture
-def app_config(stripe_sandbox: Any) -> dict[str, Any]:
-    stripe_sandbox.reset()
-    return {
-        "STRIPE_SECRET_KEY": stripe_sandbox.api_key,
-        "STRIPE_API_BASE": stripe_sandbox.base_url,
-        "BASE_URL": "http://localhost",
-    }
+def app_config(sandbox_app_config: dict[str, Any]) -> dict[str, Any]:
+    return sandbox_app_config
 
 
 # --- POST /v1/payments/stripe/checkout-sessions ------------------------------
 
 
 def test_create_checkout_session(
-    client: FlaskClient,
-    db: Any,
-    org: Organization,
-    make_transaction: Any,
-    token_for: Any,
-    stripe_sandbox: Any,
+    db: Any, org: Organization, make_transaction: Any, create_by_api: Any, stripe_sandbox: Any
 ) -> None:
     transaction = make_transaction(org, transaction_ref="TXN-001", customer_locale="fr-CA")
     before = datetime.now(UTC)
-    response = client.post(
-        CHECKOUT,
-        json={
-            "transaction_ref": "TXN-001",
-            "amount": 5000,
-            "currency": "usd",
-            "customer_email": "Customer@Example.com",
-            "metadata": {"order_id": "ORD-123"},
-        },
-        headers=token_for(org),
+    response = create_by_api(
+        transaction,
+        amount=5000,
+        currency="usd",
+        customer_email="Customer@Example.com",
+        metadata={"order_id": "ORD-123"},
     )
     after = datetime.now(UTC)
     assert response.status_code == 201, response.json
@@ -104,12 +90,10 @@ def test_create_checkout_session(
 
 
 def test_checkout_session_payment_intent_metadata_is_ours(
-    client: FlaskClient, org: Organization, make_transaction: Any, token_for: Any, stripe_sandbox: Any
+    org: Organization, make_transaction: Any, create_by_api: Any, stripe_sandbox: Any
 ) -> None:
     transaction = make_transaction(org)
-    body = client.post(
-        CHECKOUT, json={"transaction_ref": transaction.transaction_ref}, headers=token_for(org)
-    ).json
+    body = create_by_api(transaction).json
     paid = stripe_sandbox.pay(body["session_id"], "4242424242424242")
     intent = sandbox_client(stripe_sandbox).v1.payment_intents.retrieve(paid["payment_intent"])
     assert intent.metadata is not None
@@ -156,27 +140,22 @@ def test_create_checkout_session_refuses_bad_input(
 
 
 def test_other_organizations_transaction_is_not_found(
-    client: FlaskClient, org: Organization, make_org: Any, make_transaction: Any, token_for: Any
+    org: Organization, make_org: Any, make_transaction: Any, token_for: Any, create_by_api: Any
 ) -> None:
     other = make_transaction(make_org(), transaction_ref="THEIRS-1")
-    for path, body in (
-        (CHECKOUT, {"transaction_ref": other.transaction_ref}),
-        (LINKS, {"transaction_ref": "THEIRS-1"}),
-    ):
-        response = client.post(path, json=body, headers=token_for(org))
+    for path in (CHECKOUT, LINKS):
+        response = create_by_api(other, path=path, headers=token_for(org))
         assert response.status_code == 404
         assert response.json["error"]["message"] == "Transaction not found"
 
 
 @pytest.mark.parametrize("status", [TransactionStatus.RECOVERED, TransactionStatus.CANCELLED])
 def test_closed_transaction_offers_no_payment(
-    client: FlaskClient, org: Organization, make_transaction: Any, token_for: Any, status: str
+    org: Organization, make_transaction: Any, create_by_api: Any, status: str
 ) -> None:
     transaction = make_transaction(org, status=status)
     for path in (CHECKOUT, LINKS):
-        response = client.post(
-            path, json={"transaction_ref": transaction.transaction_ref}, headers=token_for(org)
-        )
+        response = create_by_api(transaction, path=path)
         assert response.status_code == 409
         # A closed transaction is `cancelled` in the API, "closed" in words.
         assert STATUS_LABELS[status] in response.json["error"]["message"]
@@ -211,13 +190,11 @@ def test_an_amount_stripe_cannot_charge_is_refused_before_asking_stripe(
 
 
 def test_viewer_token_cannot_create(
-    client: FlaskClient, org: Organization, make_transaction: Any, token_for: Any
+    org: Organization, make_transaction: Any, token_for: Any, create_by_api: Any
 ) -> None:
     transaction = make_transaction(org)
     for path in (CHECKOUT, LINKS):
-        response = client.post(
-            path, json={"transaction_ref": transaction.transaction_ref}, headers=token_for(org, Role.VIEWER)
-        )
+        response = create_by_api(transaction, path=path, headers=token_for(org, Role.VIEWER))
         assert response.status_code == 403
 
 
@@ -230,20 +207,16 @@ def test_no_token_is_401(client: FlaskClient) -> None:
 
 
 @pytest.mark.parametrize("app_config", [{"STRIPE_SECRET_KEY": ""}])
-def test_missing_key_is_503(
-    client: FlaskClient, org: Organization, make_transaction: Any, token_for: Any
-) -> None:
+def test_missing_key_is_503(org: Organization, make_transaction: Any, create_by_api: Any) -> None:
     transaction = make_transaction(org)
     for path in (CHECKOUT, LINKS):
-        response = client.post(
-            path, json={"transaction_ref": transaction.transaction_ref}, headers=token_for(org)
-        )
+        response = create_by_api(transaction, path=path)
         assert response.status_code == 503
         assert response.json["error"]["message"] == "Stripe API key not configured"
 
 
 def test_creates_are_logged_with_their_ids(
-    client: FlaskClient, org: Organization, make_transaction: Any, token_for: Any
+    org: Organization, make_transaction: Any, token_for: Any, create_by_api: Any
 ) -> None:
     import io
     import json
@@ -257,10 +230,8 @@ def test_creates_are_logged_with_their_ids(
     old_stream, old_level = handler.setStream(buffer), root.level  # type: ignore[attr-defined]
     root.setLevel(logging.INFO)
     try:
-        session = client.post(
-            CHECKOUT, json={"transaction_ref": transaction.transaction_ref}, headers=headers
-        ).json
-        link = client.post(LINKS, json={"transaction_ref": transaction.transaction_ref}, headers=headers).json
+        session = create_by_api(transaction, headers=headers).json
+        link = create_by_api(transaction, path=LINKS, headers=headers).json
     finally:
         handler.setStream(old_stream)  # type: ignore[attr-defined]
         root.setLevel(old_level)
@@ -276,14 +247,12 @@ def test_creates_are_logged_with_their_ids(
 
 
 def test_wrong_key_is_a_clear_500(
-    app: Flask, client: FlaskClient, org: Organization, make_transaction: Any, token_for: Any
+    app: Flask, org: Organization, make_transaction: Any, create_by_api: Any
 ) -> None:
     reconfigure(app, STRIPE_SECRET_KEY="sk_test_wrong_key_123456")
     transaction = make_transaction(org)
     for path in (CHECKOUT, LINKS):
-        response = client.post(
-            path, json={"transaction_ref": transaction.transaction_ref}, headers=token_for(org)
-        )
+        response = create_by_api(transaction, path=path)
         assert response.status_code == 500
         assert response.json["error"] == {
             "type": "stripe_authentication",
@@ -292,18 +261,17 @@ def test_wrong_key_is_a_clear_500(
 
 
 def test_a_request_refused_for_our_key_goes_through_once_the_key_is_fixed(
-    app: Flask, client: FlaskClient, org: Organization, make_transaction: Any, token_for: Any
+    app: Flask, org: Organization, make_transaction: Any, token_for: Any, create_by_api: Any
 ) -> None:
     """Stripe runs nothing for a rejected key, so a repeat with the same Idempotency-Key is a new try."""
     good_key = app.config["STRIPE_SECRET_KEY"]
     reconfigure(app, STRIPE_SECRET_KEY="sk_test_wrong_key_123456")
     transaction = make_transaction(org, customer_email=None)  # the session create is the first call
     headers = token_for(org, **{"Idempotency-Key": "order-88"})
-    body = {"transaction_ref": transaction.transaction_ref}
-    assert client.post(CHECKOUT, json=body, headers=headers).status_code == 500
+    assert create_by_api(transaction, headers=headers).status_code == 500
 
     reconfigure(app, STRIPE_SECRET_KEY=good_key)
-    response = client.post(CHECKOUT, json=body, headers=headers)
+    response = create_by_api(transaction, headers=headers)
 
     assert response.status_code == 201, response.json
     assert response.json["session_id"].startswith("cs_test_")
@@ -313,10 +281,10 @@ def test_a_request_refused_for_our_key_goes_through_once_the_key_is_fixed(
     ("fault", "status", "kind"), [(400, 422, "stripe_invalid_request"), (402, 402, "stripe_card_error")]
 )
 def test_a_repeat_of_a_refused_request_gets_the_same_answer(
-    client: FlaskClient,
     org: Organization,
     make_transaction: Any,
     token_for: Any,
+    create_by_api: Any,
     stripe_sandbox: Any,
     fault: int,
     status: int,
@@ -325,13 +293,12 @@ def test_a_repeat_of_a_refused_request_gets_the_same_answer(
     # Stripe keeps a refusal under the key; so do we, with its status, as Stripe replays it.
     transaction = make_transaction(org, customer_email=None)
     headers = token_for(org, **{"Idempotency-Key": "order-77"})
-    body = {"transaction_ref": transaction.transaction_ref}
     stripe_sandbox.fault(status=fault)
-    first = client.post(CHECKOUT, json=body, headers=headers)
+    first = create_by_api(transaction, headers=headers)
     assert first.status_code == status, first.json
     sent = len(stripe_sandbox.requests())
 
-    again = client.post(CHECKOUT, json=body, headers=headers)
+    again = create_by_api(transaction, headers=headers)
 
     assert (again.status_code, again.json) == (first.status_code, first.json)
     assert again.json["error"]["type"] == kind
@@ -340,11 +307,11 @@ def test_a_repeat_of_a_refused_request_gets_the_same_answer(
 
 def test_a_request_sent_again_long_after_it_was_reserved_asks_for_a_fresh_expiry(
     app: Flask,
-    client: FlaskClient,
     db: Any,
     org: Organization,
     make_transaction: Any,
     token_for: Any,
+    create_by_api: Any,
     stripe_sandbox: Any,
 ) -> None:
     # Refused for our key, then sent again once the key is fixed, 28 minutes on:
@@ -354,30 +321,27 @@ def test_a_request_sent_again_long_after_it_was_reserved_asks_for_a_fresh_expiry
     reconfigure(app, STRIPE_SECRET_KEY="sk_test_wrong_key_123456")
     transaction = make_transaction(org, customer_email=None)
     headers = token_for(org, **{"Idempotency-Key": "order-99"})
-    body = {"transaction_ref": transaction.transaction_ref}
-    assert client.post(CHECKOUT, json=body, headers=headers).status_code == 500
+    assert create_by_api(transaction, headers=headers).status_code == 500
     reservation = db.session.scalar(select(CheckoutSession))
     reservation.expires_at = utcnow() + timedelta(minutes=4)
     db.session.commit()
     reconfigure(app, STRIPE_SECRET_KEY=good_key)
 
-    response = client.post(CHECKOUT, json=body, headers=headers)
+    response = create_by_api(transaction, headers=headers)
 
     assert response.status_code == 201, response.json
     stripe_session = sandbox_client(stripe_sandbox).v1.checkout.sessions.retrieve(response.json["session_id"])
     assert stripe_session.expires_at - stripe_session.created >= 30 * 60
-    assert client.post(CHECKOUT, json=body, headers=headers).json == response.json  # and it stays
+    assert create_by_api(transaction, headers=headers).json == response.json  # and it stays
     assert db.session.scalar(select(func.count()).select_from(CheckoutSession)) == 1
 
 
 def test_retries_on_500_then_succeeds_with_one_key(
-    client: FlaskClient, org: Organization, make_transaction: Any, token_for: Any, stripe_sandbox: Any
+    org: Organization, make_transaction: Any, create_by_api: Any, stripe_sandbox: Any
 ) -> None:
     transaction = make_transaction(org, customer_email=None)
     stripe_sandbox.fault(status=500, count=2)
-    response = client.post(
-        CHECKOUT, json={"transaction_ref": transaction.transaction_ref}, headers=token_for(org)
-    )
+    response = create_by_api(transaction)
     assert response.status_code == 201, response.json
     tries = creates(stripe_sandbox)
     assert [t["status"] for t in tries] == [500, 500, 200]
@@ -386,48 +350,36 @@ def test_retries_on_500_then_succeeds_with_one_key(
 
 
 def test_stripe_down_is_502_and_the_retry_gets_one_session(
-    client: FlaskClient,
     db: Any,
     org: Organization,
     make_transaction: Any,
     token_for: Any,
+    create_by_api: Any,
     stripe_sandbox: Any,
 ) -> None:
     transaction = make_transaction(org, customer_email=None)
     headers = token_for(org, **{"Idempotency-Key": "order-77-try"})
     stripe_sandbox.fault(status=500, count=3)  # the first try and both retries
-    response = client.post(CHECKOUT, json={"transaction_ref": transaction.transaction_ref}, headers=headers)
+    response = create_by_api(transaction, headers=headers)
     assert response.status_code == 502
     assert response.json["error"]["type"] == "stripe_api_error"
     pending = db.session.scalar(select(CheckoutSession))
     assert pending.status == CheckoutStatus.PENDING  # retryable: the reservation stays open
 
-    again = client.post(CHECKOUT, json={"transaction_ref": transaction.transaction_ref}, headers=headers)
+    again = create_by_api(transaction, headers=headers)
     assert again.status_code == 201
     assert len({t["idempotency_key"] for t in creates(stripe_sandbox)}) == 1
     assert db.session.scalar(select(CheckoutSession.stripe_session_id)) == again.json["session_id"]
 
 
 def test_rate_limit_is_503_and_retryable(
-    client: FlaskClient,
-    db: Any,
-    org: Organization,
-    make_transaction: Any,
-    token_for: Any,
-    stripe_sandbox: Any,
+    db: Any, org: Organization, make_transaction: Any, create_by_api: Any, stripe_sandbox: Any
 ) -> None:
     transaction = make_transaction(org, customer_email=None)
     stripe_sandbox.fault(status=429, count=3)
-    response = client.post(
-        CHECKOUT, json={"transaction_ref": transaction.transaction_ref}, headers=token_for(org)
-    )
+    response = create_by_api(transaction)
     assert response.status_code == 503
     assert response.json["error"]["type"] == "stripe_rate_limited"
     assert "try again" in response.json["error"]["message"]
     assert db.session.scalar(select(CheckoutSession.status)) == CheckoutStatus.PENDING
-    assert (
-        client.post(
-            CHECKOUT, json={"transaction_ref": transaction.transaction_ref}, headers=token_for(org)
-        ).status_code
-        == 201
-    )
+    assert create_by_api(transaction).status_code == 201

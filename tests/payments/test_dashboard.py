@@ -14,17 +14,12 @@ from recovery.models import (
     Role,
     TransactionStatus,
 )
-from tests.fixtures.payments import CHECKOUT, creates
+from tests.fixtures.payments import creates
 
 
 @pytest.fixture
-def app_config(stripe_sandbox: Any) -> dict[str, Any]:
-    stripe_sandbox.reset()
-    return {
-        "STRIPE_SECRET_KEY": stripe_sandbox.api_key,
-        "STRIPE_API_BASE": stripe_sandbox.base_url,
-        "BASE_URL": "http://localhost",
-    }
+def app_config(sandbox_app_config: dict[str, Any]) -> dict[str, Any]:
+    return sandbox_app_config
 
 
 # --- the dashboard ----------------------------------------------------------------
@@ -141,13 +136,10 @@ def test_success_page_thanks_without_fulfilling(
     db: Any,
     org: Organization,
     make_transaction: Any,
-    token_for: Any,
-    stripe_sandbox: Any,
+    create_by_api: Any,
 ) -> None:
     transaction = make_transaction(org, amount=5000, currency="usd")
-    session_id = client.post(
-        CHECKOUT, json={"transaction_ref": transaction.transaction_ref}, headers=token_for(org)
-    ).json["session_id"]
+    session_id = create_by_api(transaction).json["session_id"]
     page = client.get(f"/pay/success?session_id={session_id}")
     assert page.status_code == 200
     html = page.get_data(as_text=True)

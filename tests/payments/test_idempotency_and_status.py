@@ -27,46 +27,37 @@ from tests.fixtures.payments import CHECKOUT, LINKS, creates, reconfigure, sandb
 
 
 @pytest.fixture
-def app_config(stripe_sandbox: Any) -> dict[str, Any]:
-    stripe_sandbox.reset()
-    return {
-        "STRIPE_SECRET_KEY": stripe_sandbox.api_key,
-        "STRIPE_API_BASE": stripe_sandbox.base_url,
-        "BASE_URL": "http://localhost",
-    }
+def app_config(sandbox_app_config: dict[str, Any]) -> dict[str, Any]:
+    return sandbox_app_config
 
 
 # --- idempotency -----------------------------------------------------------------
 
 
 def test_same_request_twice_returns_the_same_session(
-    client: FlaskClient, org: Organization, make_transaction: Any, token_for: Any, stripe_sandbox: Any
+    org: Organization, make_transaction: Any, token_for: Any, create_by_api: Any, stripe_sandbox: Any
 ) -> None:
     transaction = make_transaction(org)
     headers = token_for(org)
-    first = client.post(CHECKOUT, json={"transaction_ref": transaction.transaction_ref}, headers=headers)
-    second = client.post(CHECKOUT, json={"transaction_ref": transaction.transaction_ref}, headers=headers)
+    first = create_by_api(transaction, headers=headers)
+    second = create_by_api(transaction, headers=headers)
     assert first.status_code == second.status_code == 201
     assert first.json == second.json
     assert len(creates(stripe_sandbox)) == 1
-    other = client.post(
-        CHECKOUT,
-        json={"transaction_ref": transaction.transaction_ref, "customer_email": "someone.else@example.com"},
-        headers=headers,
-    )
+    other = create_by_api(transaction, headers=headers, customer_email="someone.else@example.com")
     assert other.json["session_id"] != first.json["session_id"]
 
 
 def test_idempotency_key_header_replays(
-    client: FlaskClient, org: Organization, make_transaction: Any, token_for: Any, stripe_sandbox: Any
+    org: Organization, make_transaction: Any, token_for: Any, create_by_api: Any, stripe_sandbox: Any
 ) -> None:
     transaction = make_transaction(org)
     headers = token_for(org, **{"Idempotency-Key": "client-key-1"})
-    first = client.post(CHECKOUT, json={"transaction_ref": transaction.transaction_ref}, headers=headers)
-    second = client.post(CHECKOUT, json={"transaction_ref": transaction.transaction_ref}, headers=headers)
+    first = create_by_api(transaction, headers=headers)
+    second = create_by_api(transaction, headers=headers)
     assert first.json == second.json
     headers["Idempotency-Key"] = "client-key-2"
-    third = client.post(CHECKOUT, json={"transaction_ref": transaction.transaction_ref}, headers=headers)
+    third = create_by_api(transaction, headers=headers)
     assert third.json["session_id"] != first.json["session_id"]
 
 
@@ -96,6 +87,7 @@ def test_a_client_key_cannot_take_over_a_customers_session(
     org: Organization,
     make_transaction: Any,
     token_for: Any,
+    create_by_api: Any,
     stripe_sandbox: Any,
 ) -> None:
     """Pay now keys its sessions attempt:<id>:checkout:<n>; an API key of that text is another key."""
@@ -105,11 +97,7 @@ def test_a_client_key_cannot_take_over_a_customers_session(
     attempt = lifecycle.start_recovery(db.session, transaction, Actor.system(org.id), now=utcnow()).attempt
     db.session.commit()
     headers = token_for(org, **{"Idempotency-Key": f"attempt:{attempt.id}:checkout:0"})
-    taken = client.post(
-        CHECKOUT,
-        json={"transaction_ref": transaction.transaction_ref, "customer_email": "evil@example.com"},
-        headers=headers,
-    )
+    taken = create_by_api(transaction, headers=headers, customer_email="evil@example.com")
     assert taken.status_code == 201
 
     pay_now = client.post(f"/pay/{attempt.token}")
@@ -149,30 +137,22 @@ def test_rerun_after_a_lost_commit_gets_the_same_stripe_session(
 
 
 def test_checkout_expiry_is_configurable(
-    app: Flask,
-    client: FlaskClient,
-    org: Organization,
-    make_transaction: Any,
-    token_for: Any,
-    stripe_sandbox: Any,
+    app: Flask, org: Organization, make_transaction: Any, create_by_api: Any, stripe_sandbox: Any
 ) -> None:
     reconfigure(app, STRIPE_CHECKOUT_EXPIRES_MINUTES=120)
     transaction = make_transaction(org)
     before = datetime.now(UTC)
-    body = client.post(
-        CHECKOUT, json={"transaction_ref": transaction.transaction_ref}, headers=token_for(org)
-    ).json
+    body = create_by_api(transaction).json
     expires = datetime.strptime(body["expires_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     assert timedelta(minutes=119) <= expires - before <= timedelta(minutes=121)
 
 
 def test_the_shortest_expiry_leaves_stripe_its_30_minutes(
     app: Flask,
-    client: FlaskClient,
     db: Any,
     org: Organization,
     make_transaction: Any,
-    token_for: Any,
+    create_by_api: Any,
     stripe_sandbox: Any,
 ) -> None:
     # Stripe counts its 30 minutes from its own creation of the session, after our
@@ -181,9 +161,7 @@ def test_the_shortest_expiry_leaves_stripe_its_30_minutes(
     reconfigure(app, STRIPE_CHECKOUT_EXPIRES_MINUTES=30)
     transaction = make_transaction(org)
     stripe_sandbox.fault(status=500, count=2)
-    response = client.post(
-        CHECKOUT, json={"transaction_ref": transaction.transaction_ref}, headers=token_for(org)
-    )
+    response = create_by_api(transaction)
     assert response.status_code == 201, response.json
     stripe_session = sandbox_client(stripe_sandbox).v1.checkout.sessions.retrieve(response.json["session_id"])
     assert stripe_session.expires_at - stripe_session.created >= 30 * 60
@@ -209,13 +187,15 @@ def test_checkout_locale(locale: str | None, expected: str) -> None:
 
 
 def test_session_status(
-    client: FlaskClient, org: Organization, make_transaction: Any, token_for: Any, stripe_sandbox: Any
+    client: FlaskClient,
+    org: Organization,
+    make_transaction: Any,
+    token_for: Any,
+    create_by_api: Any,
+    stripe_sandbox: Any,
 ) -> None:
     transaction = make_transaction(org, customer_email="payer@example.com")
-    headers = token_for(org)
-    session_id = client.post(
-        CHECKOUT, json={"transaction_ref": transaction.transaction_ref}, headers=headers
-    ).json["session_id"]
+    session_id = create_by_api(transaction).json["session_id"]
     url = f"/v1/payments/stripe/sessions/{session_id}/status"
     viewer = token_for(org, Role.VIEWER)
     response = client.get(url, headers=viewer)
@@ -236,13 +216,15 @@ def test_session_status(
 
 
 def test_session_status_not_found_and_other_org(
-    client: FlaskClient, org: Organization, make_org: Any, make_transaction: Any, token_for: Any
+    client: FlaskClient,
+    org: Organization,
+    make_org: Any,
+    make_transaction: Any,
+    token_for: Any,
+    create_by_api: Any,
 ) -> None:
-    other_org = make_org()
-    theirs = make_transaction(other_org)
-    their_session = client.post(
-        CHECKOUT, json={"transaction_ref": theirs.transaction_ref}, headers=token_for(other_org)
-    ).json["session_id"]
+    theirs = make_transaction(make_org())
+    their_session = create_by_api(theirs).json["session_id"]
     for session_id in ("cs_test_doesnotexist", their_session):
         response = client.get(f"/v1/payments/stripe/sessions/{session_id}/status", headers=token_for(org))
         assert response.status_code == 404
@@ -255,13 +237,12 @@ def test_status_of_a_session_opened_from_our_payment_link(
     make_org: Any,
     make_transaction: Any,
     token_for: Any,
+    create_by_api: Any,
     stripe_sandbox: Any,
 ) -> None:
     # Stripe makes these sessions when the customer opens the link: we hold no record of them.
     transaction = make_transaction(org, customer_email="payer@example.com", amount=1250, currency="eur")
-    link = client.post(
-        LINKS, json={"transaction_ref": transaction.transaction_ref}, headers=token_for(org)
-    ).json
+    link = create_by_api(transaction, path=LINKS).json
     opened = requests.get(link["url"], allow_redirects=False, timeout=5)
     session_id = opened.headers["Location"].rsplit("/", 1)[1]
     stripe_sandbox.pay(session_id, "4242424242424242", email="payer@example.com")

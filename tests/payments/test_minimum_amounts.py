@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 import stripe
 from flask.testing import FlaskClient
-from rq import Worker
 from sqlalchemy import select
 
 from recovery.audit import Actor
@@ -23,7 +22,6 @@ from recovery.money import card_charge_problem, exponent, minimum_charge
 from recovery.payments import links
 from recovery.payments.gateway import StripeFailure, StripeGateway, StripeSettings
 from recovery.payments.rules import PaymentRefused
-from recovery.queue import redis_connection
 from recovery.recoveries import bulk, lifecycle, refusals
 from recovery.tokens.services import create_token
 from tests.fixtures import stripe_events as se
@@ -331,7 +329,7 @@ def test_a_bulk_start_lists_the_small_ones_as_refused(
 
 
 def test_an_auto_start_of_a_small_failure_is_refused_and_noted(
-    app: Any, client: FlaskClient, db: Any, make_org: Any
+    client: FlaskClient, db: Any, make_org: Any, rq_worker: Any
 ) -> None:
     org = make_org(import_stripe_failures=True, auto_start_recoveries=True, quiet_hours="")
     intent = se.payment_intent(
@@ -345,8 +343,7 @@ def test_an_auto_start_of_a_small_failure_is_refused_and_noted(
     )
     response = se.post(client, se.event("payment_intent.payment_failed", intent))
     assert response.status_code == 200, response.data
-    db.session.commit()
-    Worker(["default"], connection=redis_connection(app)).work(burst=True)
+    rq_worker()
 
     db.session.expire_all()
     transaction = db.session.scalars(select(Transaction).where(Transaction.organization_id == org.id)).one()

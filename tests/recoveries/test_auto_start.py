@@ -11,8 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from flask import Flask
-from rq import Worker
 from sqlalchemy import select
 
 from recovery.models import (
@@ -24,22 +22,12 @@ from recovery.models import (
     Transaction,
     TransactionStatus,
 )
-from recovery.queue import redis_connection
 from tests.fixtures import stripe_events as se
 
 
 @pytest.fixture
 def app_config() -> dict[str, Any]:
     return {"STRIPE_WEBHOOK_SECRET": se.SECRET, "STRIPE_WEBHOOK_RETRY_SECONDS": "0,0"}
-
-
-@pytest.fixture
-def run_worker(app: Flask, db: Any) -> Callable[[], None]:
-    def run() -> None:
-        db.session.commit()  # the forked work horse must not share this process's connection
-        Worker(["default"], connection=redis_connection(app)).work(burst=True)
-
-    return run
 
 
 def failed_payment(org: Organization, **fields: Any) -> dict[str, Any]:
@@ -55,10 +43,10 @@ def failed_payment(org: Organization, **fields: Any) -> dict[str, Any]:
     return se.event("payment_intent.payment_failed", intent)
 
 
-def deliver(client: Any, run_worker: Callable[[], None], evt: dict[str, Any]) -> None:
+def deliver(client: Any, rq_worker: Callable[[], None], evt: dict[str, Any]) -> None:
     response = se.post(client, evt)
     assert response.status_code == 200, response.data
-    run_worker()
+    rq_worker()
 
 
 def imported(db: Any, org: Organization) -> Transaction:
@@ -73,12 +61,10 @@ def attempts(db: Any, transaction: Transaction) -> list[RecoveryAttempt]:
     )
 
 
-def test_an_imported_failure_starts_its_recovery_and_sends_the_first_message(
-    client, db, make_org, run_worker
-):
+def test_an_imported_failure_starts_its_recovery_and_sends_the_first_message(client, db, make_org, rq_worker):
     org = make_org(import_stripe_failures=True, auto_start_recoveries=True, recovery_schedule="0,2")
 
-    deliver(client, run_worker, failed_payment(org))
+    deliver(client, rq_worker, failed_payment(org))
 
     transaction = imported(db, org)
     [attempt] = attempts(db, transaction)
@@ -90,38 +76,36 @@ def test_an_imported_failure_starts_its_recovery_and_sends_the_first_message(
     assert event.transaction_id == transaction.id and event.actor_label == "Automatic recovery"
 
 
-def test_auto_start_off_imports_without_starting(client, db, make_org, run_worker):
+def test_auto_start_off_imports_without_starting(client, db, make_org, rq_worker):
     org = make_org(import_stripe_failures=True, auto_start_recoveries=False)
 
-    deliver(client, run_worker, failed_payment(org))
+    deliver(client, rq_worker, failed_payment(org))
 
     transaction = imported(db, org)
     assert transaction.status == TransactionStatus.FAILED
     assert attempts(db, transaction) == []
 
 
-def test_the_same_failure_delivered_again_starts_nothing_more(client, db, make_org, run_worker):
+def test_the_same_failure_delivered_again_starts_nothing_more(client, db, make_org, rq_worker):
     org = make_org(import_stripe_failures=True, auto_start_recoveries=True)
     evt = failed_payment(org)
-    deliver(client, run_worker, evt)
+    deliver(client, rq_worker, evt)
     transaction = imported(db, org)
     [attempt] = attempts(db, transaction)
     db.session.get(RecoveryAttempt, attempt.id).transition(AttemptStatus.CANCELLED)
     db.session.commit()
 
     # The same event again, and a new failure of the same PaymentIntent.
-    deliver(client, run_worker, evt)
-    deliver(client, run_worker, se.event("payment_intent.payment_failed", evt["data"]["object"]))
+    deliver(client, rq_worker, evt)
+    deliver(client, rq_worker, se.event("payment_intent.payment_failed", evt["data"]["object"]))
 
     assert [a.id for a in attempts(db, transaction)] == [attempt.id]
 
 
-def test_a_failure_without_contact_details_is_imported_and_the_refusal_noted(
-    client, db, make_org, run_worker
-):
+def test_a_failure_without_contact_details_is_imported_and_the_refusal_noted(client, db, make_org, rq_worker):
     org = make_org(import_stripe_failures=True, auto_start_recoveries=True)
 
-    deliver(client, run_worker, failed_payment(org, receipt_email=None))
+    deliver(client, rq_worker, failed_payment(org, receipt_email=None))
 
     transaction = imported(db, org)
     assert transaction.status == TransactionStatus.FAILED and attempts(db, transaction) == []
@@ -130,12 +114,12 @@ def test_a_failure_without_contact_details_is_imported_and_the_refusal_noted(
     assert "no email address or phone number" in event.details["reason"]
 
 
-def test_an_excluded_failure_code_is_not_started(client, db, make_org, run_worker):
+def test_an_excluded_failure_code_is_not_started(client, db, make_org, rq_worker):
     org = make_org(
         import_stripe_failures=True, auto_start_recoveries=True, excluded_failure_codes="card_declined"
     )
 
-    deliver(client, run_worker, failed_payment(org))
+    deliver(client, rq_worker, failed_payment(org))
 
     transaction = imported(db, org)
     assert attempts(db, transaction) == []
@@ -143,13 +127,13 @@ def test_an_excluded_failure_code_is_not_started(client, db, make_org, run_worke
     assert "excluded" in event.details["reason"]
 
 
-def test_a_failure_of_a_known_transaction_starts_nothing(client, db, make_org, make_transaction, run_worker):
+def test_a_failure_of_a_known_transaction_starts_nothing(client, db, make_org, make_transaction, rq_worker):
     org = make_org(import_stripe_failures=True, auto_start_recoveries=True)
     transaction = make_transaction(org)
     intent = se.payment_intent(
         transaction, status="requires_payment_method", failure=("card_declined", "", "no")
     )
 
-    deliver(client, run_worker, se.event("payment_intent.payment_failed", intent))
+    deliver(client, rq_worker, se.event("payment_intent.payment_failed", intent))
 
     assert attempts(db, transaction) == []

@@ -11,8 +11,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from flask import Flask
-from rq import Worker
 from rq.job import Job
 from rq.registry import ScheduledJobRegistry
 from sqlalchemy import select
@@ -50,16 +48,6 @@ def app_config(smtp_server: Any, fake_twilio: Any) -> dict[str, Any]:
 @pytest.fixture
 def org(make_org: Callable[..., Organization]) -> Organization:
     return make_org(name="Acme Shop", reply_to_email="billing@acme.example")
-
-
-@pytest.fixture
-def worker(app: Flask) -> Callable[..., None]:
-    """A real RQ worker in burst mode; with_scheduler also moves due scheduled jobs to the queue first."""
-
-    def run(with_scheduler: bool = False) -> None:
-        Worker(["default"], connection=redis_connection(app)).work(burst=True, with_scheduler=with_scheduler)
-
-    return run
 
 
 def start(db: Any, transaction: Transaction, **options: Any) -> RecoveryAttempt:
@@ -203,11 +191,11 @@ def test_opted_out_number_is_not_a_channel(db, org, make_transaction):
 # --- the schedule, end to end -----------------------------------------------------------------
 
 
-def test_default_schedule_end_to_end(db, org, make_transaction, smtp_server, worker):
+def test_default_schedule_end_to_end(db, org, make_transaction, smtp_server, rq_worker):
     transaction = make_transaction(org, customer_email="ann@example.com", customer_phone=None)
     attempt = start(db, transaction)
 
-    worker()
+    rq_worker()
 
     [first] = smtp_server.to("ann@example.com")
     assert first["Subject"] == "Acme Shop: your payment of $50.00 did not go through"
@@ -221,13 +209,13 @@ def test_default_schedule_end_to_end(db, org, make_transaction, smtp_server, wor
 
     # Nothing else is due yet, however often the sweeper and worker run.
     jobs.sweep_once(utcnow())
-    worker()
+    rq_worker()
     assert len(smtp_server.to("ann@example.com")) == 1
 
     for gap, step in ((1, 1), (2, 2), (3, 3)):  # days 1, 3 and 6
         travel(db, attempt, timedelta(days=gap))
         assert jobs.sweep_once(utcnow()) == 1
-        worker()
+        rq_worker()
         emails = smtp_server.to("ann@example.com")
         assert len(emails) == step + 1
         assert emails[-1]["Subject"] == "Reminder: your $50.00 payment to Acme Shop is still open"
@@ -239,7 +227,7 @@ def test_default_schedule_end_to_end(db, org, make_transaction, smtp_server, wor
 
     travel(db, attempt, timedelta(days=1, minutes=1))  # day 7: the link expires
     jobs.sweep_once(utcnow())
-    worker()
+    rq_worker()
 
     attempt = reload(db, attempt)
     assert attempt.status == A.EXHAUSTED and attempt.next_send_at is None
@@ -248,29 +236,29 @@ def test_default_schedule_end_to_end(db, org, make_transaction, smtp_server, wor
 
 
 def test_a_send_scheduled_for_later_waits_for_the_scheduler(
-    db, org, make_transaction, smtp_server, worker, app
+    db, org, make_transaction, smtp_server, rq_worker, app
 ):
     transaction = make_transaction(org, customer_phone=None)
     attempt = start(db, transaction, schedule="1,3")  # first message after a day
 
     registry = ScheduledJobRegistry("default", connection=redis_connection(app))
     assert registry.get_job_ids() == [scheduling.send_job_id(attempt.id, 0, attempt.next_send_at)]
-    worker(with_scheduler=True)
+    rq_worker(with_scheduler=True)
     assert smtp_server.received == []
 
     travel(db, attempt, timedelta(days=1))
     jobs.sweep_once(utcnow())
-    worker(with_scheduler=True)
+    rq_worker(with_scheduler=True)
     assert len(smtp_server.received) == 1
 
 
-def test_sweeper_reenqueues_sends_lost_with_redis(db, org, make_transaction, smtp_server, worker, app):
+def test_sweeper_reenqueues_sends_lost_with_redis(db, org, make_transaction, smtp_server, rq_worker, app):
     attempt = start(db, make_transaction(org, customer_phone=None))
     redis_connection(app).flushdb()  # the job is gone; the database still says it is due
 
     assert start_periodic(RECOVERY_SWEEP, utcnow()) is True
     assert start_periodic(RECOVERY_SWEEP, utcnow()) is False  # one sweep a minute, however many workers start
-    worker(with_scheduler=True)
+    rq_worker(with_scheduler=True)
 
     assert len(smtp_server.received) == 1
     assert reload(db, attempt).step == 1
@@ -324,7 +312,7 @@ def test_due_scan_uses_only_active_attempts(db, org, make_transaction):
 # --- stopping --------------------------------------------------------------------------------
 
 
-def test_cancel_stops_a_send_already_in_the_queue(db, org, make_transaction, smtp_server, worker, app):
+def test_cancel_stops_a_send_already_in_the_queue(db, org, make_transaction, smtp_server, rq_worker, app):
     transaction = make_transaction(org, customer_phone=None)
     attempt = start(db, transaction)
     assert get_queue().count == 1  # the first send is waiting
@@ -335,7 +323,7 @@ def test_cancel_stops_a_send_already_in_the_queue(db, org, make_transaction, smt
     assert scheduling.send_job_id(attempt.id, 0, due) not in get_queue().job_ids
     # One that got past that (a worker had fetched it, a sweep placed it again) must refuse on its own.
     scheduling.schedule_send(attempt.id, 0, due)
-    worker()
+    rq_worker()
 
     assert smtp_server.received == []
     assert messages(db, attempt) == []
@@ -359,10 +347,10 @@ def test_cancel_removes_the_waiting_job(db, org, make_transaction, app):
         lifecycle.cancel_recovery(db.session, attempt, Actor.system(org.id), now=utcnow())
 
 
-def test_a_paid_transaction_gets_no_more_messages(db, org, make_transaction, smtp_server, worker):
+def test_a_paid_transaction_gets_no_more_messages(db, org, make_transaction, smtp_server, rq_worker):
     transaction = make_transaction(org, customer_phone=None)
     attempt = start(db, transaction)
-    worker()
+    rq_worker()
     assert len(smtp_server.received) == 1
 
     transaction = reload(db, transaction)
@@ -370,21 +358,21 @@ def test_a_paid_transaction_gets_no_more_messages(db, org, make_transaction, smt
     db.session.commit()
     travel(db, attempt, timedelta(days=1))
     jobs.sweep_once(utcnow())
-    worker()
+    rq_worker()
 
     assert len(smtp_server.received) == 1
     attempt = reload(db, attempt)
     assert attempt.status == A.COMPLETED and attempt.next_send_at is None
 
 
-def test_a_job_that_runs_twice_sends_once(db, org, make_transaction, smtp_server, fake_twilio, worker):
+def test_a_job_that_runs_twice_sends_once(db, org, make_transaction, smtp_server, fake_twilio, rq_worker):
     transaction = make_transaction(org, customer_phone="+14155550123")
     attempt = start(db, transaction)
     # The same send, enqueued again under other ids (a retry, a duplicate delivery).
     get_queue().enqueue(jobs.send_step, attempt.id, 0)
     get_queue().enqueue(jobs.send_step, attempt.id, 0)
 
-    worker()
+    rq_worker()
 
     assert len(smtp_server.received) == 1
     assert len(fake_twilio.messages()) == 1
@@ -420,12 +408,14 @@ def _age_messages(db, by: timedelta) -> None:
     db.session.commit()
 
 
-def test_a_claim_a_dead_worker_never_handed_off_is_sent_again(db, org, make_transaction, smtp_server, worker):
+def test_a_claim_a_dead_worker_never_handed_off_is_sent_again(
+    db, org, make_transaction, smtp_server, rq_worker
+):
     transaction = make_transaction(org, customer_phone=None)
     attempt = start(db, transaction)
     _dead_claim(db, org, transaction, attempt, handed_off=False)
 
-    worker()
+    rq_worker()
     assert smtp_server.received == []
     assert reload(db, attempt).step == 0  # a live worker may still hold it
 
@@ -433,7 +423,7 @@ def test_a_claim_a_dead_worker_never_handed_off_is_sent_again(db, org, make_tran
     # saw it, so the sweeper fails the claim and makes the step due again; the email goes out once.
     _age_messages(db, handoff.CLAIM_ABANDONED + timedelta(seconds=5))
     assert jobs.sweep_once(utcnow()) == 1
-    worker()
+    rq_worker()
 
     assert [m["To"] for m in smtp_server.received] == [transaction.customer_email]
     [message] = messages(db, attempt)
@@ -441,12 +431,12 @@ def test_a_claim_a_dead_worker_never_handed_off_is_sent_again(db, org, make_tran
     assert message.provider_id and message.handed_off_at is not None
     assert reload(db, attempt).step == 1
     jobs.sweep_once(utcnow())
-    worker()
+    rq_worker()
     assert len(smtp_server.received) == 1
 
 
 def test_a_hand_off_a_dead_worker_never_answered_is_unknown_not_sent(
-    db, org, make_transaction, smtp_server, worker
+    db, org, make_transaction, smtp_server, rq_worker
 ):
     transaction = make_transaction(org, customer_phone=None)
     attempt = start(db, transaction)
@@ -454,13 +444,13 @@ def test_a_hand_off_a_dead_worker_never_answered_is_unknown_not_sent(
 
     _age_messages(db, handoff.CLAIM_ABANDONED + timedelta(seconds=5))
     jobs.sweep_once(utcnow())
-    worker()
+    rq_worker()
     assert smtp_server.received == []
     assert [m.status for m in messages(db, attempt)] == [M.SENDING]  # the provider call may still be running
 
     _age_messages(db, handoff.HANDOFF_ABANDONED)
     assert jobs.sweep_once(utcnow()) == 1  # the step is due again, to move on
-    worker()
+    rq_worker()
 
     assert smtp_server.received == []  # never sent twice on a guess
     [message] = messages(db, attempt)
@@ -475,12 +465,12 @@ def test_a_hand_off_a_dead_worker_never_answered_is_unknown_not_sent(
 # --- provider failures --------------------------------------------------------------------------
 
 
-def test_bounced_email_falls_back_to_sms(db, org, make_transaction, smtp_server, fake_twilio, worker):
+def test_bounced_email_falls_back_to_sms(db, org, make_transaction, smtp_server, fake_twilio, rq_worker):
     transaction = make_transaction(org, customer_email="gone@example.com", customer_phone="+14155550123")
     smtp_server.refuse("gone@example.com", "550 5.1.1 No such user")
     attempt = start(db, transaction, channels=["email"])
 
-    worker()
+    rq_worker()
 
     email, sms = messages(db, attempt)
     assert (email.channel, email.status) == ("email", M.UNDELIVERABLE)
@@ -499,17 +489,17 @@ def test_bounced_email_falls_back_to_sms(db, org, make_transaction, smtp_server,
     # Later steps go by SMS only.
     travel(db, attempt, timedelta(days=1))
     jobs.sweep_once(utcnow())
-    worker()
+    rq_worker()
     assert [(m.step, m.channel) for m in messages(db, attempt)][2:] == [(1, "sms")]
     assert smtp_server.received == []
 
 
-def test_invalid_number_falls_back_to_email(db, org, make_transaction, smtp_server, fake_twilio, worker):
+def test_invalid_number_falls_back_to_email(db, org, make_transaction, smtp_server, fake_twilio, rq_worker):
     transaction = make_transaction(org, customer_email="ann@example.com", customer_phone="+14155550000")
     fake_twilio.fail_next(400, 21211, "The 'To' number is not a valid phone number.")
     attempt = start(db, transaction, channels=["sms"])
 
-    worker()
+    rq_worker()
 
     sms, email = messages(db, attempt)
     assert (sms.channel, sms.status) == ("sms", M.UNDELIVERABLE)
@@ -517,23 +507,23 @@ def test_invalid_number_falls_back_to_email(db, org, make_transaction, smtp_serv
     assert len(smtp_server.to("ann@example.com")) == 1
 
 
-def test_no_channel_left_fails_the_attempt(db, org, make_transaction, smtp_server, worker):
+def test_no_channel_left_fails_the_attempt(db, org, make_transaction, smtp_server, rq_worker):
     transaction = make_transaction(org, customer_email="gone@example.com", customer_phone=None)
     smtp_server.refuse("gone@example.com", "550 5.1.1 No such user")
     attempt = start(db, transaction)
 
-    worker()
+    rq_worker()
 
     assert reload(db, attempt).status == A.FAILED
     assert reload(db, transaction).status == TransactionStatus.UNRECOVERED
 
 
-def test_transient_smtp_failure_is_retried_with_backoff(db, org, make_transaction, smtp_server, worker):
+def test_transient_smtp_failure_is_retried_with_backoff(db, org, make_transaction, smtp_server, rq_worker):
     transaction = make_transaction(org, customer_email="busy@example.com", customer_phone=None)
     smtp_server.refuse("busy@example.com", "451 4.3.0 Try again later", times=1)
     attempt = start(db, transaction)
 
-    worker()
+    rq_worker()
 
     [message] = messages(db, attempt)
     assert (message.status, message.tries) == (M.FAILED, 1)
@@ -545,7 +535,7 @@ def test_transient_smtp_failure_is_retried_with_backoff(db, org, make_transactio
 
     travel(db, attempt, timedelta(minutes=2))
     jobs.sweep_once(utcnow())
-    worker()
+    rq_worker()
 
     [message] = messages(db, attempt)
     assert (message.status, message.tries, message.error) == (M.SENT, 2, None)
@@ -554,18 +544,18 @@ def test_transient_smtp_failure_is_retried_with_backoff(db, org, make_transactio
 
 
 @pytest.mark.parametrize(("status", "code"), [(500, 20500), (429, 20429)])
-def test_transient_twilio_failure_is_retried(db, org, make_transaction, fake_twilio, worker, status, code):
+def test_transient_twilio_failure_is_retried(db, org, make_transaction, fake_twilio, rq_worker, status, code):
     transaction = make_transaction(org, customer_email=None, customer_phone="+14155550123")
     fake_twilio.fail_next(status, code, "busy")
     attempt = start(db, transaction)
 
-    worker()
+    rq_worker()
     [message] = messages(db, attempt)
     assert message.status == M.FAILED and reload(db, attempt).step == 0
 
     travel(db, attempt, timedelta(minutes=2))
     jobs.sweep_once(utcnow())
-    worker()
+    rq_worker()
 
     [message] = messages(db, attempt)
     assert message.status == M.SENT and message.tries == 2
@@ -576,11 +566,11 @@ def test_transient_twilio_failure_is_retried(db, org, make_transaction, fake_twi
 
 
 @pytest.mark.parametrize("app_config", [{}])
-def test_without_providers_messages_go_to_the_outbox(db, org, make_transaction, worker):
+def test_without_providers_messages_go_to_the_outbox(db, org, make_transaction, rq_worker):
     transaction = make_transaction(org, customer_phone="+14155550123")
     attempt = start(db, transaction)
 
-    worker()
+    rq_worker()
 
     email, sms = messages(db, attempt)
     assert (email.provider, email.status, sms.provider, sms.status) == ("outbox", M.SENT, "outbox", M.SENT)

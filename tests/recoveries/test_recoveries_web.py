@@ -7,9 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
-from rq import Worker
 from sqlalchemy import select
 
 from recovery.audit import Actor
@@ -23,7 +21,7 @@ from recovery.models import (
     TransactionStatus,
     utcnow,
 )
-from recovery.queue import get_queue, redis_connection
+from recovery.queue import get_queue
 from recovery.recoveries import lifecycle
 from tests.conftest import bearer
 
@@ -31,14 +29,6 @@ from tests.conftest import bearer
 @pytest.fixture
 def org(make_org: Callable[..., Organization]) -> Organization:
     return make_org(name="Acme Shop", reply_to_email="billing@acme.example")
-
-
-@pytest.fixture
-def run_worker(app: Flask) -> Callable[[], None]:
-    def run() -> None:
-        Worker(["default"], connection=redis_connection(app)).work(burst=True, with_scheduler=False)
-
-    return run
 
 
 def attempt_of(db: Any, transaction: Transaction) -> RecoveryAttempt | None:
@@ -169,13 +159,11 @@ def test_recoveries_page_shows_the_first_page_for_a_made_up_position(
     assert "RUN-1" in response.get_data(as_text=True)
 
 
-def test_outbox_shows_messages_as_they_would_be_sent(
-    client, db, signed_in, org, make_transaction, run_worker
-):
+def test_outbox_shows_messages_as_they_would_be_sent(client, db, signed_in, org, make_transaction, rq_worker):
     signed_in("viewer", org=org)
     transaction = make_transaction(org, transaction_ref="OUT-1", customer_phone="+14155550123")
     attempt = start_directly(db, transaction)  # its commit places the first send
-    run_worker()
+    rq_worker()
 
     listing = client.get("/outbox").get_data(as_text=True)
     assert "Acme Shop: your payment of $50.00 did not go through" in listing
@@ -198,14 +186,14 @@ def test_outbox_shows_messages_as_they_would_be_sent(
     assert "Recovery started" in timeline
 
 
-def test_outbox_of_another_organization_is_404(client, db, signed_in, make_org, make_transaction, run_worker):
+def test_outbox_of_another_organization_is_404(client, db, signed_in, make_org, make_transaction, rq_worker):
     signed_in("owner")
     theirs = make_transaction(make_org(name="Their Merchant"))
     start_directly(db, theirs)
     from recovery.recoveries import jobs
 
     jobs.sweep_once(utcnow())
-    run_worker()
+    rq_worker()
     message = db.session.scalar(select(Message))
 
     assert client.get(f"/outbox/{message.id}").status_code == 404

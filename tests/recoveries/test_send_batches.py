@@ -11,7 +11,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from flask import Flask
 from rq import SimpleWorker
 from rq.registry import FinishedJobRegistry
 
@@ -82,14 +81,6 @@ def app_config(smtp: SmtpServer, per_connection: int) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-def worker(app: Flask) -> Callable[[], None]:
-    def run() -> None:
-        SimpleWorker(["default"], connection=redis_connection(app)).work(burst=True, with_scheduler=False)
-
-    return run
-
-
 def start_many(db: Any, org: Organization, make_transaction: Callable[..., Any], count: int) -> list[int]:
     """Start `count` email recoveries; their attempt ids (the in-process worker ends the test's session)."""
     return [start(db, make_transaction(org, customer_phone=None)).id for _ in range(count)]
@@ -108,12 +99,12 @@ def email_of(db: Any, attempt_id: int) -> str:
 
 @pytest.mark.parametrize(("per_connection", "connections"), [(100, 1), (2, 3), (1, 5)])
 def test_a_batch_of_emails_shares_one_smtp_connection(
-    db, org, make_transaction, smtp, worker, app, per_connection, connections
+    db, org, make_transaction, smtp, rq_worker, app, per_connection, connections
 ):
     attempts = start_many(db, org, make_transaction, 5)
     assert get_queue().count == 5  # a job per send, as scheduled
 
-    worker()
+    rq_worker(worker_class=SimpleWorker)
 
     assert len(smtp.received) == 5
     assert smtp.connections == connections  # type: ignore[attr-defined]
@@ -129,14 +120,16 @@ def test_a_batch_of_emails_shares_one_smtp_connection(
     assert len(claims.due_attempts(db.session, utcnow() + timedelta(days=1, minutes=1))) == 5
 
 
-def test_an_attempt_stopped_after_scheduling_is_skipped_by_the_batch(db, org, make_transaction, smtp, worker):
+def test_an_attempt_stopped_after_scheduling_is_skipped_by_the_batch(
+    db, org, make_transaction, smtp, rq_worker
+):
     cancelled, paid, due = start_many(db, org, make_transaction, 3)
     lifecycle.cancel_recovery(db.session, get(db, cancelled), Actor.system(org.id), now=utcnow())
     db.session.commit()
     get(db, paid).transaction.transition(TransactionStatus.RECOVERED)  # as the payment webhook does
     db.session.commit()
 
-    worker()
+    rq_worker(worker_class=SimpleWorker)
 
     assert [m["To"] for m in smtp.received] == [email_of(db, due)]
     assert messages(db, get(db, cancelled)) == [] and messages(db, get(db, paid)) == []
@@ -145,15 +138,15 @@ def test_an_attempt_stopped_after_scheduling_is_skipped_by_the_batch(db, org, ma
     assert get(db, due).step == 1
 
 
-def test_a_batch_run_twice_sends_each_message_once(db, org, make_transaction, smtp, worker, app):
+def test_a_batch_run_twice_sends_each_message_once(db, org, make_transaction, smtp, rq_worker, app):
     attempts = start_many(db, org, make_transaction, 4)
     for attempt_id in attempts:  # the same sends again under other job ids: retries, duplicates
         get_queue().enqueue(jobs.send_step, attempt_id, 0)
 
-    worker()
+    rq_worker(worker_class=SimpleWorker)
     for attempt_id in attempts:
         get_queue().enqueue(jobs.send_step, attempt_id, 0)
-    worker()
+    rq_worker(worker_class=SimpleWorker)
 
     assert len(smtp.received) == 4
     assert sorted(m["To"] for m in smtp.received) == sorted(email_of(db, a) for a in attempts)
@@ -163,12 +156,12 @@ def test_a_batch_run_twice_sends_each_message_once(db, org, make_transaction, sm
         assert get(db, attempt_id).step == 1
 
 
-def test_a_transient_failure_in_a_batch_does_not_lose_the_others(db, org, make_transaction, smtp, worker):
+def test_a_transient_failure_in_a_batch_does_not_lose_the_others(db, org, make_transaction, smtp, rq_worker):
     busy = start(db, make_transaction(org, customer_email="busy@example.com", customer_phone=None)).id
     others = start_many(db, org, make_transaction, 3)
     smtp.refuse("busy@example.com", "451 4.3.0 Try again later", times=1)
 
-    worker()
+    rq_worker(worker_class=SimpleWorker)
 
     assert len(smtp.received) == 3 and smtp.to("busy@example.com") == []
     for attempt_id in others:
@@ -181,7 +174,7 @@ def test_a_transient_failure_in_a_batch_does_not_lose_the_others(db, org, make_t
 
     travel(db, attempt, timedelta(minutes=2))
     jobs.sweep_once(utcnow())
-    worker()
+    rq_worker(worker_class=SimpleWorker)
 
     [sent] = messages(db, get(db, busy))
     assert (sent.status, sent.tries) == (M.SENT, 2)
@@ -193,11 +186,11 @@ def test_a_transient_failure_in_a_batch_does_not_lose_the_others(db, org, make_t
 
 @pytest.mark.parametrize("handler_class", [_HangUpAfterData])
 def test_a_connection_lost_after_the_message_was_handed_over_is_not_retried(
-    db, org, make_transaction, smtp, worker
+    db, org, make_transaction, smtp, rq_worker
 ):
     [attempt_id] = start_many(db, org, make_transaction, 1)
 
-    worker()
+    rq_worker(worker_class=SimpleWorker)
 
     assert len(smtp.received) == 1  # the server has it
     [message] = messages(db, get(db, attempt_id))
@@ -207,12 +200,12 @@ def test_a_connection_lost_after_the_message_was_handed_over_is_not_retried(
 
 
 def test_a_batch_past_its_time_sends_nothing_more_and_retries_the_rest(
-    db, org, make_transaction, smtp, worker, monkeypatch
+    db, org, make_transaction, smtp, rq_worker, monkeypatch
 ):
     monkeypatch.setattr(sending, "BATCH_SENDING_SECONDS", -1)  # out of time from the start
     attempts = start_many(db, org, make_transaction, 3)
 
-    worker()
+    rq_worker(worker_class=SimpleWorker)
 
     assert smtp.received == []
     for attempt_id in attempts:
@@ -225,7 +218,7 @@ def test_a_batch_past_its_time_sends_nothing_more_and_retries_the_rest(
     for attempt_id in attempts:
         travel(db, get(db, attempt_id), timedelta(minutes=2))
     jobs.sweep_once(utcnow())
-    worker()
+    rq_worker(worker_class=SimpleWorker)
     assert len(smtp.received) == 3
 
 

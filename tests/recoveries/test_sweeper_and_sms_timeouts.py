@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from flask import Flask
 from redis.exceptions import RedisError
-from rq import Worker
 from rq.job import Job
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 from sqlalchemy.exc import OperationalError
@@ -39,16 +37,6 @@ __all__ = ["_twilio_server", "fake_twilio"]
 # --- the send sweeper ----------------------------------------------------------------------
 
 
-@pytest.fixture
-def worker(app: Flask) -> Callable[[], None]:
-    """A real RQ worker in burst mode that first moves due scheduled jobs to the queue."""
-
-    def run() -> None:
-        Worker(["default"], connection=redis_connection(app)).work(burst=True, with_scheduler=True)
-
-    return run
-
-
 @pytest.mark.parametrize(
     ("module", "name", "error"),
     [
@@ -56,7 +44,7 @@ def worker(app: Flask) -> Callable[[], None]:
         (jobs, "schedule_many", RedisError("Connection reset by peer")),
     ],
 )
-def test_a_failed_sweep_still_places_the_next_one(app, worker, monkeypatch, module, name, error):
+def test_a_failed_sweep_still_places_the_next_one(app, rq_worker, monkeypatch, module, name, error):
     def fail(*_args: Any) -> Any:
         raise error
 
@@ -64,7 +52,7 @@ def test_a_failed_sweep_still_places_the_next_one(app, worker, monkeypatch, modu
     sweep = periodic(RECOVERY_SWEEP)
     before = utcnow()
     assert start_periodic(RECOVERY_SWEEP, before) is True
-    worker()
+    rq_worker(with_scheduler=True)
     after = utcnow()
 
     redis = redis_connection(app)
@@ -79,7 +67,7 @@ def test_a_failed_sweep_still_places_the_next_one(app, worker, monkeypatch, modu
     assert expected & set(scheduled)
 
 
-def test_a_workers_maintenance_round_rearms_what_redis_lost(app):
+def test_a_workers_maintenance_round_rearms_what_redis_lost(app, rq_worker):
     # A flush (or a failover to an empty replica) takes every waiting job with it;
     # the chains only re-place themselves from a run, so nothing would run again.
     from recovery.queue import PERIODIC
@@ -91,7 +79,7 @@ def test_a_workers_maintenance_round_rearms_what_redis_lost(app):
     before = utcnow()
 
     # RQ runs its maintenance when a worker starts and every 10 minutes after.
-    ArmingSimpleWorker(["default"], connection=redis).work(burst=True, with_scheduler=True)
+    rq_worker(with_scheduler=True, worker_class=ArmingSimpleWorker)
 
     after = utcnow()
     scheduled = set(ScheduledJobRegistry("default", connection=redis).get_job_ids())

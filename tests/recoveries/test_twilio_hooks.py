@@ -10,8 +10,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from flask import Flask
-from rq import Worker
 from sqlalchemy import select
 from twilio.request_validator import RequestValidator
 
@@ -27,7 +25,6 @@ from recovery.models import (
     Transaction,
     utcnow,
 )
-from recovery.queue import redis_connection
 from recovery.recoveries import claims, jobs, lifecycle
 from recovery.transactions.timeline import timeline
 from tests.fixtures.fakes import TWILIO_TOKEN, _twilio_server, fake_twilio, providers_config, smtp_server
@@ -43,16 +40,6 @@ def app_config(smtp_server: Any, fake_twilio: Any) -> dict[str, Any]:
     return providers_config(smtp_server, fake_twilio)
 
 
-@pytest.fixture
-def run_worker(app: Flask, db: Any) -> Callable[[], None]:
-    def run() -> None:
-        # Hand the connection back first: the forked work horse must not share its socket.
-        db.session.commit()
-        Worker(["default"], connection=redis_connection(app)).work(burst=True)
-
-    return run
-
-
 def sign(url: str, form: dict[str, str], token: str = TWILIO_TOKEN) -> dict[str, str]:
     return {"X-Twilio-Signature": RequestValidator(token).compute_signature(url, form)}
 
@@ -61,13 +48,13 @@ def post_signed(client: Any, path: str, form: dict[str, str], base: str = "http:
     return client.post(path, data=form, headers=sign(base + path, form))
 
 
-def send_sms(db: Any, run_worker: Callable[[], None], transaction: Transaction, **options: Any) -> Message:
+def send_sms(db: Any, rq_worker: Callable[[], None], transaction: Transaction, **options: Any) -> Message:
     """Start an SMS recovery and let the worker send its first message to the fake Twilio."""
     started = lifecycle.start_recovery(
         db.session, transaction, Actor.system(transaction.organization_id, "test"), now=utcnow(), **options
     )
     db.session.commit()  # which places the first send
-    run_worker()
+    rq_worker()
     db.session.expire_all()
     return db.session.scalars(
         select(Message).where(Message.attempt_id == started.attempt.id).order_by(Message.id.desc())
@@ -75,9 +62,9 @@ def send_sms(db: Any, run_worker: Callable[[], None], transaction: Transaction, 
 
 
 @pytest.fixture
-def sent(db, org, make_transaction, run_worker) -> Message:
+def sent(db, org, make_transaction, rq_worker) -> Message:
     transaction = make_transaction(org, customer_phone=PHONE, customer_email="ann@example.com")
-    message = send_sms(db, run_worker, transaction, channels=["sms"])
+    message = send_sms(db, rq_worker, transaction, channels=["sms"])
     assert message.status == M.SENT and message.provider_id.startswith("SM")
     return message
 
@@ -123,7 +110,7 @@ def test_delivered_report_marks_the_message_delivered(client, db, sent):
     ],
 )
 def test_a_report_that_beats_our_record_of_the_send_still_settles_the_message(
-    client, db, org, make_transaction, run_worker, fake_twilio, early, code, final_status
+    client, db, org, make_transaction, rq_worker, fake_twilio, early, code, final_status
 ):
     # Twilio calls back before it answers the create: the message is still "sending" here.
     def call_back_first(sid: str, form: dict[str, str]) -> None:
@@ -137,7 +124,7 @@ def test_a_report_that_beats_our_record_of_the_send_still_settles_the_message(
     fake_twilio.before_answer = call_back_first
     transaction = make_transaction(org, customer_phone=PHONE, customer_email=None)
 
-    message = send_sms(db, run_worker, transaction, channels=["sms"])
+    message = send_sms(db, rq_worker, transaction, channels=["sms"])
 
     assert (message.status, message.delivery_status) == (final_status, early)
     assert message.provider_id.startswith("SM") and message.sent_at is not None
@@ -375,14 +362,14 @@ def test_start_does_not_revive_a_dead_number(client, db, sent):
 
 
 def test_stop_only_touches_organizations_that_texted_the_number(
-    client, db, sent, make_org, make_transaction, run_worker
+    client, db, sent, make_org, make_transaction, rq_worker
 ):
     other = make_org(name="Other Shop")
     silent = make_org(name="Silent Shop")
     make_transaction(silent, customer_phone=PHONE)  # has the number, never texted it
-    send_sms(db, run_worker, make_transaction(other, customer_phone=PHONE), channels=["sms"])
+    send_sms(db, rq_worker, make_transaction(other, customer_phone=PHONE), channels=["sms"])
     stranger = make_org(name="Stranger")
-    send_sms(db, run_worker, make_transaction(stranger, customer_phone="+14155550199"), channels=["sms"])
+    send_sms(db, rq_worker, make_transaction(stranger, customer_phone="+14155550199"), channels=["sms"])
 
     reply(client, "STOP")
 
@@ -396,10 +383,10 @@ def test_unknown_number_is_answered_and_ignored(client, db, sent):
 
 
 def test_opted_out_number_gets_no_more_sms_but_email_goes_on(
-    client, db, org, make_transaction, run_worker, fake_twilio, smtp_server
+    client, db, org, make_transaction, rq_worker, fake_twilio, smtp_server
 ):
     transaction = make_transaction(org, customer_phone=PHONE, customer_email="ann@example.com")
-    first = send_sms(db, run_worker, transaction)  # both channels
+    first = send_sms(db, rq_worker, transaction)  # both channels
     assert len(fake_twilio.messages()) == 1 and len(smtp_server.received) == 1
 
     reply(client, "STOP")
@@ -407,7 +394,7 @@ def test_opted_out_number_gets_no_more_sms_but_email_goes_on(
     attempt.next_send_at = utcnow()  # the next step is due now
     db.session.commit()
     jobs.schedule_next(attempt)
-    run_worker()
+    rq_worker()
 
     assert len(fake_twilio.messages()) == 1
     assert len(smtp_server.received) == 2

@@ -16,9 +16,9 @@ from recovery.queue import get_queue
 from recovery.recoveries import delivery_reports, handoff, jobs, repair
 from tests.conftest import csrf_token, login
 from tests.fixtures.fakes import _twilio_server, fake_twilio, providers_config, smtp_server
-from tests.recoveries.test_recoveries import messages, reload, start, worker
+from tests.recoveries.test_recoveries import messages, reload, start
 
-__all__ = ["_twilio_server", "fake_twilio", "smtp_server", "worker"]
+__all__ = ["_twilio_server", "fake_twilio", "smtp_server"]
 
 M = MessageStatus
 
@@ -29,21 +29,21 @@ def app_config(smtp_server: Any, fake_twilio: Any) -> dict[str, Any]:
     return {**providers_config(smtp_server, fake_twilio), "TWILIO_TIMEOUT_SECONDS": 1}
 
 
-def _sms_taken_but_answer_lost(db, org, make_transaction, fake_twilio, worker) -> Any:
+def _sms_taken_but_answer_lost(db, org, make_transaction, fake_twilio, rq_worker) -> Any:
     """A text Twilio took whose answer never reached us (read timeout): the message is unknown."""
     answered = threading.Event()
     fake_twilio.before_answer = lambda _sid, _form: answered.wait(5)
     transaction = make_transaction(org, customer_email=None, customer_phone="+14155550123")
     attempt = start(db, transaction)
-    worker()
+    rq_worker()
     answered.set()
     return SimpleNamespace(id=attempt.id)  # ids only: the look-up job ends the test's session
 
 
 def test_a_text_whose_answer_was_lost_is_unknown_then_found_in_twilios_list(
-    db, org, make_transaction, fake_twilio, worker
+    db, org, make_transaction, fake_twilio, rq_worker
 ):
-    attempt = _sms_taken_but_answer_lost(db, org, make_transaction, fake_twilio, worker)
+    attempt = _sms_taken_but_answer_lost(db, org, make_transaction, fake_twilio, rq_worker)
 
     [message] = messages(db, attempt)
     assert message.status == M.UNKNOWN and message.provider_id is None  # never "sent" on a guess
@@ -67,9 +67,9 @@ def test_a_text_whose_answer_was_lost_is_unknown_then_found_in_twilios_list(
 
 
 def test_an_unknown_text_twilio_does_not_list_stays_unknown_and_says_so(
-    db, org, make_transaction, fake_twilio, worker
+    db, org, make_transaction, fake_twilio, rq_worker
 ):
-    attempt = _sms_taken_but_answer_lost(db, org, make_transaction, fake_twilio, worker)
+    attempt = _sms_taken_but_answer_lost(db, org, make_transaction, fake_twilio, rq_worker)
     fake_twilio.created.clear()  # Twilio's list has no such text
 
     [message] = messages(db, attempt)
@@ -83,8 +83,8 @@ def test_an_unknown_text_twilio_does_not_list_stays_unknown_and_says_so(
     assert listed and listed[-1]["path"].endswith("/Messages.json")
 
 
-def test_a_delivery_report_for_an_unknown_text_settles_it(db, org, make_transaction, fake_twilio, worker):
-    attempt = _sms_taken_but_answer_lost(db, org, make_transaction, fake_twilio, worker)
+def test_a_delivery_report_for_an_unknown_text_settles_it(db, org, make_transaction, fake_twilio, rq_worker):
+    attempt = _sms_taken_but_answer_lost(db, org, make_transaction, fake_twilio, rq_worker)
     [message] = messages(db, attempt)
     [created] = fake_twilio.created
 
@@ -104,7 +104,7 @@ def test_a_delivery_report_for_an_unknown_text_settles_it(db, org, make_transact
     assert db.session.get(RecoveryAttempt, attempt.id).messages_sent == 1
 
 
-def _unknown_email(db, org, make_transaction, worker) -> Any:
+def _unknown_email(db, org, make_transaction, rq_worker) -> Any:
     """An email whose worker died during its hand-off, found by the sweeper; the schedule moved on."""
     transaction = make_transaction(org, customer_phone=None)
     attempt = start(db, transaction)
@@ -125,7 +125,7 @@ def _unknown_email(db, org, make_transaction, worker) -> Any:
     db.session.add(claim)
     db.session.commit()
     assert jobs.sweep_once(utcnow()) == 1  # the step, due again to move on
-    worker()
+    rq_worker()
     db.session.expire_all()
     assert db.session.get(Message, claim.id).status == M.UNKNOWN
     assert reload(db, attempt).step == 1
@@ -133,9 +133,9 @@ def _unknown_email(db, org, make_transaction, worker) -> Any:
 
 
 def test_staff_send_an_unknown_email_again_on_purpose(
-    db, client, org, make_transaction, make_user, signed_in, smtp_server, worker
+    db, client, org, make_transaction, make_user, signed_in, smtp_server, rq_worker
 ):
-    attempt, message_id = _unknown_email(db, org, make_transaction, worker)
+    attempt, message_id = _unknown_email(db, org, make_transaction, rq_worker)
     signed_in(Role.OPERATOR, org=org)
     page = client.get(f"/transactions/{attempt.transaction_id}")
     html = page.get_data(as_text=True)
@@ -145,7 +145,7 @@ def test_staff_send_an_unknown_email_again_on_purpose(
     answer = client.post(f"/messages/{message_id}/resend", data={"csrf_token": csrf_token(html)})
     assert answer.status_code == 302
     assert reload(db, attempt).messages_sent == 0
-    worker()
+    rq_worker()
 
     [email] = smtp_server.received
     assert email["To"] == attempt.transaction.customer_email
@@ -165,14 +165,14 @@ def test_staff_send_an_unknown_email_again_on_purpose(
         f"/messages/{message_id}/resend", data={"csrf_token": csrf_token(html)}, follow_redirects=True
     )
     assert "can be sent again" in refused.get_data(as_text=True)
-    worker()
+    rq_worker()
     assert len(smtp_server.received) == 1
 
 
 def test_a_resend_is_for_operators_of_the_same_organization(
-    db, app, client, org, make_org, make_user, make_transaction, signed_in, smtp_server, worker
+    db, app, client, org, make_org, make_user, make_transaction, signed_in, smtp_server, rq_worker
 ):
-    attempt, message_id = _unknown_email(db, org, make_transaction, worker)
+    attempt, message_id = _unknown_email(db, org, make_transaction, rq_worker)
     signed_in(Role.VIEWER, org=org)
     html = client.get(f"/transactions/{attempt.transaction_id}").get_data(as_text=True)
     assert f"/messages/{message_id}/resend" not in html
@@ -188,16 +188,16 @@ def test_a_resend_is_for_operators_of_the_same_organization(
         other.post(f"/messages/{message_id}/resend", data={"csrf_token": csrf_token(html)}).status_code == 404
     )
 
-    worker()
+    rq_worker()
     assert smtp_server.received == []
     db.session.expire_all()
     assert db.session.get(Message, message_id).status == M.UNKNOWN
 
 
 def test_a_resend_whose_worker_dies_before_the_hand_off_is_unknown_again(
-    db, client, org, make_transaction, signed_in, smtp_server, worker
+    db, client, org, make_transaction, signed_in, smtp_server, rq_worker
 ):
-    attempt, message_id = _unknown_email(db, org, make_transaction, worker)
+    attempt, message_id = _unknown_email(db, org, make_transaction, rq_worker)
     signed_in(Role.OPERATOR, org=org)
     html = client.get(f"/transactions/{attempt.transaction_id}").get_data(as_text=True)
     client.post(f"/messages/{message_id}/resend", data={"csrf_token": csrf_token(html)})
@@ -212,9 +212,9 @@ def test_a_resend_whose_worker_dies_before_the_hand_off_is_unknown_again(
 
 
 def test_a_resend_whose_answer_is_lost_again_is_looked_up_again(
-    db, org, make_transaction, fake_twilio, worker
+    db, org, make_transaction, fake_twilio, rq_worker
 ):
-    attempt = _sms_taken_but_answer_lost(db, org, make_transaction, fake_twilio, worker)
+    attempt = _sms_taken_but_answer_lost(db, org, make_transaction, fake_twilio, rq_worker)
     [message] = messages(db, attempt)
     message_id = message.id
     queued = repair.resend(db.session, message, Actor.system(org.id, "test"), utcnow())
