@@ -120,8 +120,8 @@ def retry_card(
             return reserved  # a concurrent run of the same step reserved it first and finished
     else:
         reserved = existing
-        if skip is not None and not _resumed_after_charge(reserved, txn):
-            return _skipped(session, reserved, skip, now)
+        if skip is not None:
+            return _settle_unanswered(session, gateway or stripe_gateway(), reserved, skip, now)
         reserved.status = RetryStatus.PENDING
         commit_now(session, "a card retry taken up again, before Stripe", keep_state=True)
     return _charge(session, gateway or stripe_gateway(), attempt, txn, reserved, now)
@@ -136,9 +136,25 @@ def _resumable(retry: CardRetry) -> bool:
     return retry.status in (RetryStatus.PENDING, RetryStatus.ERROR) and retry.finished_at is None
 
 
-def _resumed_after_charge(retry: CardRetry, txn: Transaction) -> bool:
-    """A reserved retry whose transaction was recovered since may have been paid by it: ask with its key."""
-    return retry.status == RetryStatus.PENDING and txn.status in CLOSED_STATUSES
+def _settle_unanswered(
+    session: DbSession, gateway: StripeGateway, retry: CardRetry, skip: Skip, now: datetime
+) -> CardRetry:
+    """A retry taken up again that may no longer charge (paid since, recovery ended): did its call charge?
+
+    Never sent again: had the first call not reached Stripe, the same key would
+    make a new charge of a transaction someone else paid. Stripe's PaymentIntent
+    says whether the first one did (only our retries confirm it; customers pay
+    through Checkout's own PaymentIntents).
+    """
+    try:
+        intent = gateway.retrieve_payment_intent(retry.payment_intent_id or "")
+    except StripeFailure as failure:
+        return _failed(session, retry, failure, now)
+    if intent.status != "succeeded":
+        return _skipped(session, retry, skip, now)
+    retry.status, retry.finished_at = RetryStatus.SUCCEEDED, now
+    _audit(session, retry, "card_retry.succeeded", "Card retry charged the saved card (found at Stripe)", now)
+    return retry
 
 
 # --- the rules ---------------------------------------------------------------------------------

@@ -176,6 +176,48 @@ def test_a_reservation_left_by_a_crash_is_sent_again_with_its_key(
     )  # fail + 1
 
 
+def _crashed_reservation(txn_id: int, attempt_id: int, card: tuple[str, str, str]) -> str:
+    txn = reload(Transaction, txn_id)
+    key = retries.retry_key(attempt_id, 0)
+    _db.session.add(
+        CardRetry(
+            organization_id=txn.organization_id,
+            transaction_id=txn_id,
+            attempt_id=attempt_id,
+            step=0,
+            payment_intent_id=card[0],
+            payment_method_id=card[2],
+            idempotency_key=key,
+            status=RetryStatus.PENDING,
+            created_at=utcnow() - timedelta(hours=1),
+        )
+    )
+    _db.session.commit()
+    return key
+
+
+@pytest.mark.parametrize("reached_stripe", [True, False])
+def test_a_crashed_reservation_of_a_transaction_paid_since_is_never_sent_again(
+    stripe_sandbox, make_org, make_transaction, gateway, reached_stripe
+):
+    """Recovered meanwhile (by the retry's own charge, or by the customer): ask Stripe, do not confirm."""
+    card = failed_payment(stripe_sandbox, VISA)
+    txn_id, attempt_id = retry_setup(make_org, make_transaction, card)
+    key = _crashed_reservation(txn_id, attempt_id, card)
+    if reached_stripe:
+        gateway.confirm_off_session(payment_intent_id=card[0], payment_method_id=card[2], key=key)
+    txn = reload(Transaction, txn_id)
+    txn.status = TransactionStatus.RECOVERED
+    _db.session.commit()
+
+    retry = run(attempt_id, gateway=gateway)
+
+    assert retry.status == (RetryStatus.SUCCEEDED if reached_stripe else RetryStatus.SKIPPED)
+    assert len(confirms(stripe_sandbox)) == (1 if reached_stripe else 0)
+    intent = sandbox_client(stripe_sandbox).v1.payment_intents.retrieve(card[0])
+    assert intent.status == ("succeeded" if reached_stripe else "requires_payment_method")
+
+
 def test_a_transient_stripe_failure_is_an_error_tried_again_with_the_same_key(
     stripe_sandbox, make_org, make_transaction, gateway
 ):
