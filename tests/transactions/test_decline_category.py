@@ -96,3 +96,11 @@ def test_the_detail_page_gives_the_category_and_its_sentence(
     assert "Do not contact" in page
     assert "the card is never tried again" in page
     assert "Card reported stolen" in page  # the decline's own description stays
+
+
+def test_the_export_takes_the_same_filter(client: FlaskClient, rows: Organization) -> None:
+    response = client.get("/transactions/export.csv", query_string={"category": "do_not_contact"})
+    assert response.status_code == 200
+    body = response.get_data(as_text=True)
+    assert "T-STOLEN" in body and "T-FRAUD" in body
+    assert "T-FUNDS" not in body and "T-NONE" not in body
