@@ -106,29 +106,48 @@ def retry_card(
     attempt = session.get(RecoveryAttempt, attempt_id)
     if attempt is None:
         raise NoSuchAttempt(f"No recovery attempt {attempt_id}.")
-    existing = _by_step(session, attempt_id, step)
+    # Locked first: a run charging this step holds its row until it commits, so this waits
+    # for that answer rather than resuming a retry still in flight.
+    existing = _by_step(session, attempt_id, step, lock=True)
     if existing is not None and not _resumable(existing):
         return existing  # the step ran: it never runs twice
     txn = lock_transaction(session, attempt.transaction_id)
     assert txn is not None  # the attempt holds it by foreign key
+    if existing is None:
+        reserved_meanwhile = _by_step(session, attempt_id, step)
+        if reserved_meanwhile is not None:
+            return reserved_meanwhile  # another run of the step reserved it just now: theirs to finish
     skip = _why_not(session, attempt, txn, now, resuming=existing is not None)
     if existing is None:
         if skip is not None:
             return _skipped(session, _new_retry(session, attempt, txn, step, now), skip, now)
-        reserved = _reserve(session, attempt, txn, step, now)
-        if reserved.status != RetryStatus.PENDING:
-            return reserved  # a concurrent run of the same step reserved it first and finished
+        reserved, mine = _reserve(session, attempt, txn, step, now)
+        if not mine:
+            return reserved  # a concurrent run of the same step reserved it first: it is theirs to finish
     else:
         reserved = existing
         if skip is not None:
             return _settle_unanswered(session, gateway or stripe_gateway(), reserved, skip, now)
         reserved.status = RetryStatus.PENDING
         commit_now(session, "a card retry taken up again, before Stripe", keep_state=True)
+    _hold(session, reserved)
     return _charge(session, gateway or stripe_gateway(), attempt, txn, reserved, now)
 
 
-def _by_step(session: DbSession, attempt_id: int, step: int) -> CardRetry | None:
-    return session.scalar(select(CardRetry).where(CardRetry.attempt_id == attempt_id, CardRetry.step == step))
+def _by_step(session: DbSession, attempt_id: int, step: int, *, lock: bool = False) -> CardRetry | None:
+    query = select(CardRetry).where(CardRetry.attempt_id == attempt_id, CardRetry.step == step)
+    if lock:
+        query = query.with_for_update().execution_options(populate_existing=True)
+    return session.scalar(query)
+
+
+def _hold(session: DbSession, retry: CardRetry) -> None:
+    """Lock the retry's row until the job commits: a second run of the step waits for the answer.
+
+    After each named commit, which released it; on PostgreSQL (SQLite serialises
+    writers anyway). A run that dies lets go with its connection, and the next resumes.
+    """
+    session.execute(select(CardRetry.id).where(CardRetry.id == retry.id).with_for_update())
 
 
 def _resumable(retry: CardRetry) -> bool:
@@ -292,8 +311,11 @@ def _new_retry(
 
 def _reserve(
     session: DbSession, attempt: RecoveryAttempt, txn: Transaction, step: int, now: datetime
-) -> CardRetry:
-    """Save the pending retry and commit it, before Stripe: the pay page now waits for it (retry_guard)."""
+) -> tuple[CardRetry, bool]:
+    """Save the pending retry and commit it, before Stripe: the pay page now waits for it (retry_guard).
+
+    The retry, and whether this run made it (False: another run of the step did, just before).
+    """
     attempt_id = attempt.id
     retry = _new_retry(session, attempt, txn, step, now)
     try:
@@ -304,8 +326,8 @@ def _reserve(
         found = _by_step(session, attempt_id, step)
         if found is None:
             raise
-        return found
-    return retry
+        return found, False
+    return retry, True
 
 
 def _skipped(session: DbSession, retry: CardRetry, skip: Skip, now: datetime) -> CardRetry:
@@ -346,6 +368,7 @@ def _charge(
     """Close the customer's open sessions, then confirm the PaymentIntent; record what Stripe said."""
     try:
         paid_at_checkout = _close_open_sessions(session, gateway, txn)
+        _hold(session, retry)  # again: closing the sessions committed
         if paid_at_checkout is not None:
             return _skipped(session, retry, Skip(f"the customer paid at checkout ({paid_at_checkout})"), now)
         result = confirm_off_session(

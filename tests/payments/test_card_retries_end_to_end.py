@@ -260,3 +260,21 @@ def test_the_demos_saved_card_failures_retry_for_real(stripe_sandbox, db, webhoo
     }
     webhooks()
     assert reload(Transaction, paid_id).status == TransactionStatus.RECOVERED
+
+
+@pytest.mark.usefixtures("postgres_only")
+def test_two_runs_of_one_step_at_once_charge_once(app, stripe_sandbox, make_org, make_transaction, gateway):
+    card = failed_payment(stripe_sandbox, VISA)
+    txn_id, attempt_id = retry_setup(make_org, make_transaction, card)
+
+    def run() -> Any:
+        retry = retries.retry_card(_db.session, attempt_id, 0, now=utcnow(), gateway=gateway)
+        _db.session.commit()
+        return retry.id
+
+    first, second = _together(app, run, run)
+
+    assert first == second and isinstance(first, int), (first, second)
+    assert [r.status for r in retries_of(txn_id)] == [RetryStatus.SUCCEEDED]  # the second waited for it
+    charges = sandbox_client(stripe_sandbox).v1.charges.list({"payment_intent": card[0]}).data
+    assert [c.status for c in charges].count("succeeded") == 1
