@@ -22,6 +22,10 @@ the floors and the Stripe sandbox are this checkout's. Rounds repeat
 - send: emails/s of 2 RQ workers, batches of 50; floor: the same emails, byte
   for byte, from smtplib over one connection.
 
+Not here (each seeds organizations of its own; docs/performance.md, "Rules
+(issue 18)"): bench.rules_preview, the rules preview against one GROUP BY,
+and bench.bulk_start_rules, bulk starts with rules against without.
+
 The ratio is app / floor in each round (ms: lower is better; per second:
 higher is better). It prints the raw figures as they come, then the table
 (median and range over the rounds); JSON in bench/out/all-*.json.

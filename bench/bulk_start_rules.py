@@ -26,7 +26,9 @@ database emptied. Rounds alternate which side goes first.
 With `--together` the two sides run at the same time, each in its own
 process (started together once both are ready): on a shared machine whose load
 comes and goes, both then see the same minutes, at the price of competing with
-each other for the two cores and the database.
+each other for the two cores and the database. The side that finishes first
+leaves the machine to the other, so the run also prints the ratio of the two
+sides' starts per second while both ran (from the attempts' own times).
 
 After the rules side it checks that the rules decided: every attempt names
 its rule. Prints each round's seconds, starts/s and the ratio (with / without),
@@ -127,7 +129,7 @@ def bulk_start(app: Any, organization_id: int, user_id: int, ids: list[int]) -> 
 
     actor = Actor(organization_id, "Bench bulk start", user_id)
     with app.app_context():
-        began = time.perf_counter()
+        began_at, began = datetime.now(UTC), time.perf_counter()
         bulk_ids = []
         for first in range(0, len(ids), bulk.MAX_TRANSACTIONS):
             row = bulk.create(db.session, actor, ids[first : first + bulk.MAX_TRANSACTIONS], "any")
@@ -135,7 +137,7 @@ def bulk_start(app: Any, organization_id: int, user_id: int, ids: list[int]) -> 
             bulk_ids.append(row.id)
         for bulk_id in bulk_ids:
             bulk.run(db.session, bulk_id)
-        seconds = time.perf_counter() - began
+        seconds, ended_at = time.perf_counter() - began, datetime.now(UTC)
         db.session.remove()
     with common.raw_connection() as conn:
         started, refused = conn.execute(
@@ -150,6 +152,8 @@ def bulk_start(app: Any, organization_id: int, user_id: int, ids: list[int]) -> 
             (organization_id,),
         ).fetchall()
     return {
+        "began_at": began_at,
+        "ended_at": ended_at,
         "seconds": seconds,
         "per_s": len(ids) / seconds,
         "started": int(started or 0),
@@ -195,6 +199,24 @@ def together(orgs: dict[str, int], count: int) -> dict[str, Any]:
     for process in processes:
         process.join()
     return found
+
+
+def overlap_ratio(orgs: dict[str, int], sides: dict[str, Any]) -> tuple[float, float]:
+    """(rules / plain time per start, seconds) while both sides ran: the faster's finish frees the machine.
+
+    Counted from the attempts' own start times between the later start and the earlier end.
+    """
+    began = max(figures["began_at"] for figures in sides.values())
+    ended = min(figures["ended_at"] for figures in sides.values())
+    counts = {}
+    with common.raw_connection() as conn:
+        for side, organization_id in orgs.items():
+            counts[side] = conn.execute(
+                "SELECT count(*) FROM recovery_attempt WHERE organization_id = %s"
+                " AND created_at BETWEEN %s AND %s",
+                (organization_id, began, ended),
+            ).fetchone()[0]  # type: ignore[index]
+    return counts["plain"] / max(1, counts["rules"]), (ended - began).total_seconds()
 
 
 def user_of(organization_id: int) -> int:
@@ -262,6 +284,9 @@ def main() -> None:
         if "rules" in one and "plain" in one:
             one["ratio"] = one["rules"]["seconds"] / one["plain"]["seconds"]
             print(f"round {number} with rules / without: {one['ratio']:.3f} (target <= {TARGET})", flush=True)
+            if args.together:
+                one["overlap_ratio"], overlap = overlap_ratio(orgs, {s: one[s] for s in SIDES})
+                print(f"  while both ran ({overlap:.0f} s): {one['overlap_ratio']:.3f}", flush=True)
         results.append(one)
     print(f"{'':<6} {'seconds min / median / max':>30} {'starts/s median':>16}")
     for side in sides:
