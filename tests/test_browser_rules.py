@@ -115,6 +115,12 @@ def test_create_reorder_preview_start_and_read_the_rule_on_the_timeline(
     row.get_by_label("Condition").select_option("amount")
     row.get_by_label("Currency").fill(currency.upper())
     row.get_by_label("At least").fill("abc")
+    # The campaign is asked for when the rule starts one, the reason when it does not.
+    page.get_by_label("Action", exact=True).select_option("hold_for_review")
+    expect(page.get_by_label("Campaign")).to_be_hidden()
+    expect(page.get_by_label("Reason shown on the transaction")).to_be_visible()
+    page.get_by_label("Action", exact=True).select_option("start_campaign")
+    expect(page.get_by_label("Reason shown on the transaction")).to_be_hidden()
     page.get_by_label("Campaign").select_option(label="New card needed: messages only")
     page.get_by_role("button", name="Save rule").click()
     # Bad input is answered next to its field; what was typed stays.

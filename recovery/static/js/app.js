@@ -121,3 +121,15 @@ document.addEventListener("change", (event) => {
   if (row) conditionRow(row);
 });
 document.addEventListener("DOMContentLoaded", () => document.querySelectorAll("[data-cond-row]").forEach(conditionRow));
+
+// The rule form: the campaign is asked for when the rule starts one, the reason when it does not.
+function ruleAction(select) {
+  const form = select.form;
+  const starts = select.value === "start_campaign";
+  form.querySelector("#campaign_id")?.closest(".field")?.toggleAttribute("hidden", !starts);
+  form.querySelector("#reason")?.closest(".field")?.toggleAttribute("hidden", starts);
+}
+document.addEventListener("change", (event) => {
+  if (event.target.matches("[data-rule-action]")) ruleAction(event.target);
+});
+document.addEventListener("DOMContentLoaded", () => document.querySelectorAll("[data-rule-action]").forEach(ruleAction));
