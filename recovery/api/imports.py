@@ -23,7 +23,7 @@ from recovery.api.serializers import iso
 from recovery.extensions import db
 from recovery.imports import services
 from recovery.imports.mapping import TARGET_NAMES
-from recovery.imports.starting import import_settings, start_import
+from recovery.imports.starting import import_settings, start_import, start_recoveries
 from recovery.models import CsvImport, ImportStatus, Role
 
 bp = Blueprint("imports_api", __name__, url_prefix="/v1/imports")
@@ -98,6 +98,16 @@ class CsvImportJson(TypedDict):
 
 
 IMPORT_PATH = {"import_id": "The import's id."}
+
+
+@with_config(CLOSED)
+class ImportRecoveriesJson(TypedDict):
+    """The bulk starts that start recoveries for an import's failures, as the rules decide."""
+
+    object: Annotated[str, Field(json_schema_extra={"const": "import_recoveries"})]
+    import_id: int
+    transactions: Annotated[int, Field(description="Transactions sent to the bulk starts.")]
+    bulk_starts: Annotated[list[int], Field(description="The bulk starts, up to 10,000 transactions each.")]
 
 
 def import_json(csv_import: CsvImport) -> CsvImportJson:
@@ -197,6 +207,10 @@ def create() -> Any:
 )
 @require_token_role(Role.VIEWER)
 def get(import_id: int) -> Any:
+    return jsonify(import_json(_org_import(import_id)))
+
+
+def _org_import(import_id: int) -> CsvImport:
     csv_import = db.session.scalar(
         select(CsvImport).where(
             CsvImport.id == import_id, CsvImport.organization_id == current_token().organization_id
@@ -204,4 +218,38 @@ def get(import_id: int) -> Any:
     )
     if csv_import is None:
         raise ApiError(404, "not_found", "Import not found")
-    return jsonify(import_json(csv_import))
+    return csv_import
+
+
+@bp.post("/<int:import_id>/start-recoveries")
+@documented(
+    summary="Start recoveries for an import's failed transactions",
+    tag="Imports",
+    description=(
+        "Every transaction the import added that is still failed, never started, and not held or "
+        "marked by a rule goes to a bulk start; the organization's recovery rules choose each one's "
+        "campaign (or hold it, or say not to recover it), as for any start without a campaign. "
+        "Asking again starts only what is still waiting."
+    ),
+    response=ImportRecoveriesJson,
+    status=202,
+    path_params=IMPORT_PATH,
+    errors={
+        404: "No such import in the token's organization.",
+        409: "The import is not done, or none of its transactions is waiting for a recovery.",
+    },
+)
+@require_token_role(Role.OPERATOR)
+def start_import_recoveries(import_id: int) -> Any:
+    csv_import = _org_import(import_id)
+    starts = start_recoveries(db.session, token_actor(), csv_import)
+    response = jsonify(
+        ImportRecoveriesJson(
+            object="import_recoveries",
+            import_id=csv_import.id,
+            transactions=sum(start.total for start in starts),
+            bulk_starts=[start.id for start in starts],
+        )
+    )
+    response.status_code = 202
+    return response

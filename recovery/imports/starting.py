@@ -25,6 +25,7 @@ from recovery.imports.jobs import import_csv
 from recovery.logs import get_logger
 from recovery.models import (
     BulkStart,
+    BulkStatus,
     CsvImport,
     ImportStatus,
     RecoveryAttempt,
@@ -133,6 +134,18 @@ def start_recoveries(
             .order_by(Transaction.id)
         )
     )
+    # A bulk start still on its way will start (or decide) these: asking twice starts nothing twice.
+    in_flight = {
+        transaction_id
+        for listed in session.scalars(
+            select(BulkStart.transaction_ids).where(
+                BulkStart.organization_id == csv_import.organization_id,
+                BulkStart.status.in_((BulkStatus.QUEUED, BulkStatus.RUNNING)),
+            )
+        )
+        for transaction_id in listed
+    }
+    ids = [transaction_id for transaction_id in ids if transaction_id not in in_flight]
     if not ids:
         raise bulk.BulkRefused("No transaction of this import is waiting for a recovery.", status=409)
     size = bulk.MAX_TRANSACTIONS

@@ -15,7 +15,13 @@ from recovery.extensions import db
 from recovery.imports import mapping as mappings
 from recovery.imports import services, template
 from recovery.imports.forms import UploadForm, mapping_form
-from recovery.imports.starting import Started, import_settings, restart_import, start_import
+from recovery.imports.starting import (
+    Started,
+    import_settings,
+    restart_import,
+    start_import,
+    start_recoveries,
+)
 from recovery.models import CsvImport, ImportStatus, Role
 from recovery.security import require_role
 
@@ -176,3 +182,18 @@ def retry(import_id: int) -> Any:
     elif started == Started.QUEUE_DOWN:
         flash("The job queue is unreachable; try again in a moment.", "error")
     return redirect(url_for("imports.detail", import_id=import_id))
+
+
+@bp.post("/imports/<int:import_id>/start-recoveries")
+@require_role(Role.OPERATOR)
+def recover(import_id: int) -> Response:
+    """Start recoveries for the import's failures; the organization's rules choose each one's campaign."""
+    csv_import = org_import(import_id)
+    starts = start_recoveries(db.session, Actor.for_user(current_user, request.remote_addr), csv_import)
+    count = sum(start.total for start in starts)
+    flash(
+        f"Starting recoveries for {count:,} imported transaction{'s' if count != 1 else ''}: "
+        "the recovery rules choose each one's campaign.",
+        "info",
+    )
+    return redirect(url_for("recoveries.bulk_progress", bulk_id=starts[0].id))

@@ -673,6 +673,19 @@ def test_import_answers_match_the_document(
     check(get, client.get(f"/v1/imports/{result['id']}"), 401)
     check.assert_covered(get)
 
+    recover = "imports_api_start_import_recoveries"
+    url = f"/v1/imports/{result['id']}/start-recoveries"
+    started = check(recover, client.post(url, headers=operator), 202).json
+    assert (started["import_id"], started["transactions"]) == (result["id"], 1)
+    assert len(started["bulk_starts"]) == 1
+    check(recover, client.post(url, headers=operator), 409)  # nothing waits any more
+    check(recover, client.post(f"/v1/imports/{result['id']}0/start-recoveries", headers=operator), 404)
+    stranger = bearer(make_token(org=make_org(), role=Role.OPERATOR)[1])
+    check(recover, client.post(url, headers=stranger), 404)  # another organization's
+    check(recover, client.post(url, headers=viewer), 403)
+    check(recover, client.post(url), 401)
+    check.assert_covered(recover)
+
 
 # --- real answers: campaigns -----------------------------------------------------------------
 
