@@ -10,12 +10,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from markupsafe import Markup, escape
+from sqlalchemy import select
 
 from recovery import declines, money
 from recovery.audit import Actor
 from recovery.boundary import read_only
 from recovery.extensions import db
-from recovery.models import Role, Transaction, utcnow
+from recovery.models import Campaign, CampaignVersion, Role, Transaction, utcnow
 from recovery.models.transaction import TransactionStatus
 from recovery.payments.views import panel_context
 from recovery.queue import redis_connection
@@ -106,6 +107,23 @@ def _detail_context(transaction: Transaction, version: str) -> dict[str, Any]:
         **recovery_panel_context(transaction),
         "close_form": CloseForm(),
         "reopen_form": ReopenForm(),
+        "attempt_campaigns": _attempt_campaigns(transaction),
+    }
+
+
+def _attempt_campaigns(transaction: Transaction) -> dict[int, tuple[str, int]]:
+    """Each attempt's campaign name and version (attempts that follow a schedule have none)."""
+    version_ids = {a.campaign_version_id for a in transaction.attempts if a.campaign_version_id}
+    if not version_ids:
+        return {}
+    rows = db.session.execute(
+        select(CampaignVersion.id, Campaign.name, CampaignVersion.version)
+        .join(Campaign, Campaign.id == CampaignVersion.campaign_id)
+        .where(CampaignVersion.id.in_(version_ids))
+    ).all()
+    named = {row[0]: (row[1], row[2]) for row in rows}
+    return {
+        a.id: named[a.campaign_version_id] for a in transaction.attempts if a.campaign_version_id in named
     }
 
 

@@ -51,6 +51,9 @@ def test_the_start_shows_the_rule_that_would_match_and_the_timeline_names_it(
     assert "Rule “Card may work again: retry it” matched" in page
     assert "”, version 1: " in page
     assert "chosen by rule" in page
+    # The attempts table names the campaign, its version and the rule.
+    attempts = page.split("Recovery attempts")[1].split("Timeline")[0]
+    assert ", version 1" in attempts and "rule “<bdi>Card may work again: retry it</bdi>”" in attempts
 
 
 def test_an_operator_chooses_another_campaign(
