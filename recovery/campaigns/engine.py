@@ -18,6 +18,7 @@ from recovery.campaigns.ending import campaign_of
 from recovery.logs import get_logger
 from recovery.models import Organization, RecoveryAttempt, StepAction
 from recovery.models.base import DbSession
+from recovery.payments.jobs import queue_retry_card
 from recovery.recoveries import scheduling
 from recovery.recoveries.answers import SendResult, advance
 from recovery.staffmail import alerts
@@ -34,8 +35,11 @@ def retry_job_id(attempt_id: int, step: int) -> str:
 
 
 def queue_card_retry(attempt_id: int, step: int) -> bool:
-    """Enqueue the retry of the attempt's step once: a kept run of the same id counts (`enqueue_once`)."""
-    return queue.enqueue_once(RETRY_CARD_JOB, attempt_id, step, job_id=retry_job_id(attempt_id, step))
+    """Enqueue the retry of the attempt's step once, tried again on a transient Stripe error.
+
+    The payments package owns the job and its retry policy (`payments.jobs.queue_retry_card`).
+    """
+    return queue_retry_card(attempt_id, step)
 
 
 def run_step(

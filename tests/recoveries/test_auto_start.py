@@ -116,7 +116,7 @@ def test_a_failure_without_contact_details_is_imported_and_the_refusal_noted(cli
 
 def test_an_excluded_failure_code_is_not_started(client, db, make_org, rq_worker):
     org = make_org(
-        import_stripe_failures=True, auto_start_recoveries=True, excluded_failure_codes="card_declined"
+        import_stripe_failures=True, auto_start_recoveries=True, excluded_failure_codes="insufficient_funds"
     )
 
     deliver(client, rq_worker, failed_payment(org))
