@@ -186,7 +186,7 @@ def retry(import_id: int) -> Any:
 
 @bp.post("/imports/<int:import_id>/start-recoveries")
 @require_role(Role.OPERATOR)
-def recover(import_id: int) -> Response:
+def recover(import_id: int) -> Any:
     """Start recoveries for the import's failures; the organization's rules choose each one's campaign."""
     csv_import = org_import(import_id)
     starts = start_recoveries(db.session, Actor.for_user(current_user, request.remote_addr), csv_import)

@@ -24,15 +24,12 @@ from recovery.models import (
     MessageStatus,
     RecoveryAttempt,
     Role,
-    RuleAction,
     Transaction,
     utcnow,
 )
 from recovery.recoveries import lifecycle
 from recovery.recoveries.refusals import RecoveryRefused
-from recovery.rules.choice import usable_campaign
-from recovery.rules.decision import Decision
-from recovery.rules.starting import start_by_rules, start_campaign
+from recovery.rules.starting import start_by_rules, start_chosen
 from recovery.transactions.services import get_by_ref
 from recovery.unit_of_work import commit_now
 
@@ -317,18 +314,16 @@ def _start(
             allow_fallback=allow_fallback,
         ).attempt
     if campaign_id is not None:
-        campaign = usable_campaign(db.session, transaction.organization_id, campaign_id, "campaign_id")
-        chosen = Decision(
-            action=RuleAction.START_CAMPAIGN,
-            rule_id=None,
-            rule_name=None,
-            rule_version=None,
-            campaign_id=campaign.id,
-            reason=None,
-            sentence=f"Campaign “{campaign.name}” chosen by {actor.label}.",
-        )
-        return start_campaign(
-            db.session, transaction, actor, chosen, now=now, channels=channels, allow_fallback=allow_fallback
+        return start_chosen(
+            db.session,
+            transaction,
+            actor,
+            campaign_id,
+            field="campaign_id",
+            sentence=lambda campaign: f"Campaign “{campaign.name}” chosen by {actor.label}.",
+            now=now,
+            channels=channels,
+            allow_fallback=allow_fallback,
         )
     started = start_by_rules(
         db.session, transaction, actor, now=now, channels=channels, allow_fallback=allow_fallback

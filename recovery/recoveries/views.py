@@ -24,7 +24,6 @@ from recovery.models import (
     Organization,
     RecoveryAttempt,
     Role,
-    RuleAction,
     Transaction,
     TransactionStatus,
     utcnow,
@@ -40,8 +39,6 @@ from recovery.recoveries.refusals import RecoveryRefused
 from recovery.refusals import Refused
 from recovery.rules import services as rules
 from recovery.rules import starting
-from recovery.rules.choice import usable_campaign
-from recovery.rules.decision import Decision
 from recovery.security import require_role
 from recovery.templating import format_datetime, row_id_arg
 from recovery.transactions import live
@@ -165,22 +162,14 @@ def _start(transaction: Transaction, form: StartRecoveryForm) -> RecoveryAttempt
     if chosen:
         if schedule is not None:
             raise RecoveryRefused("Choose a campaign or type a schedule, not both.", field="schedule")
-        campaign_id = int(chosen) if chosen.isdigit() else -1
-        campaign = usable_campaign(db.session, transaction.organization_id, campaign_id, "campaign")
-        decision = Decision(
-            action=RuleAction.START_CAMPAIGN,
-            rule_id=None,
-            rule_name=None,
-            rule_version=None,
-            campaign_id=campaign.id,
-            reason=None,
-            sentence=f"Campaign “{campaign.name}” chosen by {current_user.email} at the start.",
-        )
-        return starting.start_campaign(
+        email = current_user.email
+        return starting.start_chosen(
             db.session,
             transaction,
             _actor(),
-            decision,
+            int(chosen) if chosen.isdigit() else -1,
+            field="campaign",
+            sentence=lambda campaign: f"Campaign “{campaign.name}” chosen by {email} at the start.",
             now=now,
             channels=channels,
             allow_fallback=allow_fallback,

@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from recovery import audit
 from recovery.audit import Actor
-from recovery.models import RecoveryAttempt, RuleAction, Transaction
+from recovery.models import RecoveryAttempt, Transaction
 from recovery.models.base import DbSession
 from recovery.recoveries import lifecycle
 from recovery.refusals import Refused
@@ -96,14 +96,8 @@ def approve(
     """
     _held_or_refuse(transaction)
     campaign = usable_campaign(session, transaction.organization_id, campaign_id, "campaign_id")
-    decision = Decision(
-        action=RuleAction.START_CAMPAIGN,
-        rule_id=None,
-        rule_name=None,
-        rule_version=None,
-        campaign_id=campaign.id,
-        reason=None,
-        sentence=f"Approved after review by {actor.label}: campaign “{campaign.name}”.",
+    decision = Decision.chosen(
+        campaign.id, f"Approved after review by {actor.label}: campaign “{campaign.name}”."
     )
     started = lifecycle.start_recovery(
         session,

@@ -22,3 +22,16 @@ class Decision:
     # do_not_recover / hold_for_review: the reason shown on the transaction.
     reason: str | None
     sentence: str
+
+    @classmethod
+    def chosen(cls, campaign_id: int, sentence: str) -> Decision:
+        """A person's choice of campaign instead of the rules' (no rule matched anything)."""
+        return cls(
+            action="start_campaign",
+            rule_id=None,
+            rule_name=None,
+            rule_version=None,
+            campaign_id=campaign_id,
+            reason=None,
+            sentence=sentence,
+        )

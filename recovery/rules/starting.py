@@ -8,18 +8,18 @@ rules gets today's start (its own schedule), unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from recovery import audit
 from recovery.audit import Actor
-from recovery.models import RecoveryAttempt, RuleAction, Transaction, TransactionStatus
+from recovery.models import Campaign, RecoveryAttempt, RuleAction, Transaction, TransactionStatus
 from recovery.models.base import DbSession
 from recovery.recoveries import lifecycle
 from recovery.recoveries.refusals import AlreadyActive, RecoveryRefused
 from recovery.review import services as review
-from recovery.rules.choice import current_version
+from recovery.rules.choice import current_version, usable_campaign
 from recovery.rules.decision import Decision
 from recovery.rules.services import LoadedRule, decide_with, load_rules
 
@@ -114,6 +114,31 @@ def start_campaign(
     if transaction.no_recovery_reason:
         transaction.no_recovery_reason = None
     return started.attempt
+
+
+def start_chosen(
+    session: DbSession,
+    transaction: Transaction,
+    actor: Actor,
+    campaign_id: object,
+    *,
+    field: str,
+    sentence: Callable[[Campaign], str],
+    now: datetime,
+    channels: Sequence[str] | None = None,
+    allow_fallback: bool | None = None,
+) -> RecoveryAttempt:
+    """Start the campaign a person chose instead of the rules (the dashboard, the API, the review queue).
+
+    `campaign_id` must name one of the organization's campaigns that is not
+    archived (RuleRefused on `field` otherwise); `sentence(campaign)` is what
+    the timeline says of the choice.
+    """
+    campaign = usable_campaign(session, transaction.organization_id, campaign_id, field)
+    decision = Decision.chosen(campaign.id, sentence(campaign))
+    return start_campaign(
+        session, transaction, actor, decision, now=now, channels=channels, allow_fallback=allow_fallback
+    )
 
 
 def not_recovered(
