@@ -74,7 +74,7 @@ def _switch_off_link(session: DbSession, gateway: StripeGateway, txn: Transactio
         if gateway.retrieve_payment_link(txn.stripe_payment_link_id).active:
             links.deactivate_payment_link(session, gateway, txn, actor)
             done.append(txn.stripe_payment_link_id)
-        elif not _link_switched_off_recorded(session, txn):
+        elif not link_switched_off_recorded(session, txn):
             # Off already (a one-payment link Stripe closed): said once, so that
             # `still_payable_after_closing` does not ask again.
             audit.record(
@@ -141,7 +141,8 @@ def follow_status(record: CheckoutSession, info: CheckoutSessionInfo) -> None:
         record.stripe_payment_intent_id = info.payment_intent_id
 
 
-def _link_switched_off_recorded(session: DbSession, txn: Transaction) -> bool:
+def link_switched_off_recorded(session: DbSession, txn: Transaction) -> bool:
+    """Whether the transaction's current Payment Link was recorded as switched off."""
     return (
         session.scalar(
             select(AuditEvent.id)

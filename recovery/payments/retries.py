@@ -38,7 +38,6 @@ from recovery import audit, declines
 from recovery.audit import Actor
 from recovery.logs import get_logger
 from recovery.models import (
-    AuditEvent,
     CardRetry,
     CheckoutSession,
     CheckoutStatus,
@@ -48,7 +47,7 @@ from recovery.models import (
 from recovery.models.base import DbSession
 from recovery.models.card_retry import RetryStatus
 from recovery.money import format_amount
-from recovery.payments.closing import follow_status
+from recovery.payments.closing import follow_status, link_switched_off_recorded
 from recovery.payments.gateway import StripeFailure, StripeGateway, stripe_gateway
 from recovery.payments.off_session import OffSessionOutcome, OffSessionResult, confirm_off_session
 from recovery.payments.retry_guard import charged_by_retry, customer_payment_in_flight, lock_transaction
@@ -227,25 +226,9 @@ def _never_retried(_s: DbSession, _a: RecoveryAttempt, txn: Transaction, _now: d
 def _no_saved_card(session: DbSession, _a: RecoveryAttempt, txn: Transaction, _now: datetime) -> Skip | None:
     if not (txn.stripe_payment_intent_id and txn.stripe_customer_id and txn.stripe_payment_method_id):
         return Skip("no saved card to charge (a Stripe payment with its customer and payment method)")
-    if txn.stripe_payment_link_id and not _link_switched_off(session, txn):
+    if txn.stripe_payment_link_id and not link_switched_off_recorded(session, txn):
         return Skip("a Payment Link is open for this transaction: the customer may be paying it")
     return None
-
-
-def _link_switched_off(session: DbSession, txn: Transaction) -> bool:
-    """Whether the transaction's Payment Link was recorded as switched off (closing.py records it)."""
-    return (
-        session.scalar(
-            select(AuditEvent.id)
-            .where(
-                AuditEvent.transaction_id == txn.id,
-                AuditEvent.action == "stripe.payment_link_deactivated",
-                AuditEvent.target_id == txn.stripe_payment_link_id,
-            )
-            .limit(1)
-        )
-        is not None
-    )
 
 
 def _customer_paying(session: DbSession, _a: RecoveryAttempt, txn: Transaction, now: datetime) -> Skip | None:
