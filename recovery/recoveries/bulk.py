@@ -46,6 +46,7 @@ from recovery.queue import get_queue, job_statuses
 from recovery.recoveries.refusals import RecoveryRefused
 from recovery.recoveries.schedule import send_time
 from recovery.refusals import Refused
+from recovery.rules.choice import CurrentVersions
 from recovery.rules.services import load_rules
 from recovery.rules.starting import RuleStart, start_by_rules
 from recovery.transactions import services as transactions
@@ -307,6 +308,9 @@ def step(session: DbSession, bulk_id: int) -> bool:
     # Plain JSON columns: changes are seen by assigning new values, not by mutating.
     reasons, refusals = dict(bulk.reasons or {}), list(bulk.refusals or [])
     rules = load_rules(session, bulk.organization_id)  # once for the chunk
+    versions = CurrentVersions(session)
+    # Held for the chunk: each start reads its organization, and the identity map keeps it weakly.
+    _organization = session.get(Organization, bulk.organization_id)
     for transaction_id in chunk:
         transaction = found.get(transaction_id)
         try:
@@ -314,7 +318,13 @@ def step(session: DbSession, bulk_id: int) -> bool:
                 raise RecoveryRefused("Transaction not found.")
             with session.begin_nested():
                 started = start_by_rules(
-                    session, transaction, actor, now=utcnow(), channels=channels, rules=rules
+                    session,
+                    transaction,
+                    actor,
+                    now=utcnow(),
+                    channels=channels,
+                    rules=rules,
+                    versions=versions,
                 )
             if started.attempt is None:
                 raise RecoveryRefused(_ruled_out(started))

@@ -35,3 +35,26 @@ def current_version(session: DbSession, campaign_id: int) -> CampaignVersion:
     )
     assert found is not None, "every campaign has its current version"
     return found
+
+
+class CurrentVersions:
+    """Each campaign's current version for one batch of starts, read once per campaign.
+
+    A bulk start's chunk would otherwise read the version, and then its
+    campaign, for every transaction: holding both here keeps the campaign in
+    the session's (weak) identity map too. A campaign edited mid-chunk starts
+    the rest of the chunk on the version read first, as the rules are read
+    once per chunk.
+    """
+
+    def __init__(self, session: DbSession) -> None:
+        self._session = session
+        self._found: dict[int, tuple[CampaignVersion, Campaign]] = {}
+
+    def get(self, campaign_id: int) -> CampaignVersion:
+        if campaign_id not in self._found:
+            version = current_version(self._session, campaign_id)
+            campaign = self._session.get(Campaign, campaign_id)
+            assert campaign is not None
+            self._found[campaign_id] = (version, campaign)
+        return self._found[campaign_id][0]

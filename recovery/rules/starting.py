@@ -19,7 +19,7 @@ from recovery.models.base import DbSession
 from recovery.recoveries import lifecycle
 from recovery.recoveries.refusals import AlreadyActive, RecoveryRefused
 from recovery.review import services as review
-from recovery.rules.choice import current_version, usable_campaign
+from recovery.rules.choice import CurrentVersions, current_version, usable_campaign
 from recovery.rules.decision import Decision
 from recovery.rules.services import LoadedRule, decide_with, load_rules
 
@@ -52,8 +52,11 @@ def start_by_rules(
     channels: Sequence[str] | None = None,
     allow_fallback: bool | None = None,
     rules: Sequence[LoadedRule] | None = None,
+    versions: CurrentVersions | None = None,
 ) -> RuleStart:
     """Decide by the rules (`rules`: loaded already, for a batch) and do what the matching rule says.
+
+    `versions`: the campaigns' current versions, kept for a batch.
 
     Raises RecoveryRefused as `lifecycle.start_recovery` does (paid, closed,
     running already, no channel...), for every action alike: a rule never
@@ -77,6 +80,7 @@ def start_by_rules(
                 now=now,
                 channels=channels,
                 allow_fallback=allow_fallback,
+                versions=versions,
             ),
             decision,
         )
@@ -97,10 +101,14 @@ def start_campaign(
     now: datetime,
     channels: Sequence[str] | None = None,
     allow_fallback: bool | None = None,
+    versions: CurrentVersions | None = None,
 ) -> RecoveryAttempt:
     """Start the decision's campaign at its current version; the attempt records the rule."""
     assert decision.campaign_id is not None
-    version = current_version(session, decision.campaign_id)
+    if versions is None:
+        version = current_version(session, decision.campaign_id)
+    else:
+        version = versions.get(decision.campaign_id)
     started = lifecycle.start_recovery(
         session,
         transaction,
