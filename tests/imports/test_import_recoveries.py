@@ -33,7 +33,7 @@ def test_start_recoveries_lets_the_rules_decide_each_imported_failure(
     db.session.commit()
     csv_import = _imported(client, db)
     page = client.get(f"/imports/{csv_import.id}").get_data(as_text=True)
-    assert "Start recoveries for the imported failures" in page
+    assert "choose each imported failure's campaign" in page and ">Start recoveries</button>" in page
 
     response = client.post(f"/imports/{csv_import.id}/start-recoveries")
     assert response.status_code == 302 and "/recoveries/bulk/" in response.headers["Location"]
@@ -62,7 +62,7 @@ def test_a_viewer_cannot_start_recoveries_and_does_not_see_the_button(
     csv_import = _imported(client, db)
     client.post("/logout")
     signed_in("viewer", org=db.session.get(Organization, operator.organization_id))
-    assert "Start recoveries for" not in client.get(f"/imports/{csv_import.id}").get_data(as_text=True)
+    assert ">Start recoveries</button>" not in client.get(f"/imports/{csv_import.id}").get_data(as_text=True)
     assert client.post(f"/imports/{csv_import.id}/start-recoveries").status_code == 403
     assert db.session.scalars(select(RecoveryAttempt)).all() == []
 
