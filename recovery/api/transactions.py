@@ -13,6 +13,7 @@ from pydantic import Field, with_config
 from sqlalchemy import select
 from typing_extensions import TypedDict
 
+from recovery import declines
 from recovery.api.auth import current_token, install_token_auth, require_token_role, token_actor
 from recovery.api.bodies import json_object
 from recovery.api.errors import ApiError, install_error_handlers
@@ -107,6 +108,13 @@ class TransactionListQuery(TypedDict, total=False):
         ),
     ]
     currency: Annotated[str, Field(description="An ISO 4217 code, e.g. usd.")]
+    category: Annotated[
+        str,
+        enum_of(
+            declines.CATEGORIES,
+            "Why it failed, from failure_code; unknown: no code, or one Stripe does not list.",
+        ),
+    ]
     date_from: Annotated[str, Field(description="Failed on or after this day (UTC), e.g. 2025-01-31.")]
     date_to: Annotated[str, Field(description="Failed on or before this day (UTC).")]
     sort: Annotated[

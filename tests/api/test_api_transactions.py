@@ -282,6 +282,19 @@ def test_list_filters(api, db, make_transaction, org):
     assert refs(api("GET", "/v1/transactions?date_to=2025-03-09")) == ["USD-OLD"]
 
 
+def test_list_filters_by_why_it_failed(api, db, make_transaction, org):
+    codes = {"SOFT": "insufficient_funds", "STOLEN": "stolen_card", "NONE": None, "ODD": "x_y"}
+    for ref, code in codes.items():
+        make_transaction(org=org, transaction_ref=ref, failure_code=code)
+
+    assert refs(api("GET", "/v1/transactions?category=retry_later")) == ["SOFT"]
+    assert refs(api("GET", "/v1/transactions?category=do_not_contact")) == ["STOLEN"]
+    assert sorted(refs(api("GET", "/v1/transactions?category=unknown"))) == ["NONE", "ODD"]
+    assert api("GET", "/v1/transactions?category=customer_action").json["data"] == []
+    refused = api("GET", "/v1/transactions?category=stolen")
+    assert refused.status_code == 422 and "category" in refused.json["error"]["fields"]
+
+
 @pytest.mark.parametrize(
     ("query", "field"),
     [
