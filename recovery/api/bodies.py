@@ -84,3 +84,29 @@ def _json_kind(value: Any) -> str:
     if value is None:
         return "null"
     return "a number"
+
+
+def expected_version(body: dict[str, Any], *, required: bool = True) -> int | None:
+    """The version a write was made from: If-Match ("3", W/"3" or 3), else the body's `version` (removed).
+
+    Missing: None, or 428 when `required`; not a whole number: 422. The
+    campaigns and rules APIs answer 409 when it is not the current one.
+    """
+    header = request.headers.get("If-Match")
+    raw: object = body.pop("version", None)
+    if header is not None:
+        raw = header.strip().removeprefix("W/").strip('"')
+    if raw is None:
+        if not required:
+            return None
+        raise ApiError(
+            428,
+            "precondition_required",
+            'Say which version you change: the header If-Match: "<version>" or a version field.',
+            {"version": "Required."},
+        )
+    if isinstance(raw, bool) or not (isinstance(raw, int) or (isinstance(raw, str) and raw.isdigit())):
+        raise ApiError(
+            422, "validation_error", "The version is a whole number.", {"version": "Not a version."}
+        )
+    return int(raw)

@@ -14,7 +14,7 @@ from pydantic import Field, with_config
 from typing_extensions import TypedDict
 
 from recovery.api.auth import current_token, install_token_auth, require_token_role, token_actor
-from recovery.api.bodies import json_object
+from recovery.api.bodies import expected_version, json_object
 from recovery.api.errors import ApiError
 from recovery.api.openapi import CLOSED, Timestamp, documented, enum_of
 from recovery.api.serializers import iso
@@ -166,26 +166,6 @@ def _campaign(campaign_id: int) -> Campaign:
     return campaign
 
 
-def _expected_version(body: dict[str, Any]) -> int:
-    """The version the edit was made from: If-Match ("3", W/"3" or 3) or the body's `version`."""
-    header = request.headers.get("If-Match")
-    raw: object = body.pop("version", None)
-    if header is not None:
-        raw = header.strip().removeprefix("W/").strip('"')
-    if raw is None:
-        raise ApiError(
-            428,
-            "precondition_required",
-            'Say which version you edit: the header If-Match: "<version>" or a version field.',
-            {"version": "Required."},
-        )
-    if isinstance(raw, bool) or not (isinstance(raw, int) or (isinstance(raw, str) and raw.isdigit())):
-        raise ApiError(
-            422, "validation_error", "The version is a whole number.", {"version": "Not a version."}
-        )
-    return int(raw)
-
-
 @bp.get("")
 @documented(
     summary="List the campaigns",
@@ -275,7 +255,7 @@ def get(campaign_id: int) -> Any:
 def update(campaign_id: int) -> Any:
     campaign = _campaign(campaign_id)
     body = json_object()
-    expected = _expected_version(body)
+    expected = expected_version(body)
     services.update(db.session, campaign, token_actor(), body, expected_version=expected)
     return _respond(campaign)
 

@@ -15,7 +15,7 @@ from pydantic import Field, with_config
 from typing_extensions import TypedDict
 
 from recovery.api.auth import current_token, install_token_auth, require_token_role, token_actor
-from recovery.api.bodies import json_object
+from recovery.api.bodies import expected_version, json_object
 from recovery.api.errors import ApiError
 from recovery.api.openapi import CLOSED, Timestamp, documented, enum_of
 from recovery.api.serializers import iso
@@ -218,28 +218,6 @@ def _organization_id() -> int:
     return current_token().organization_id
 
 
-def _version(body: dict[str, Any], *, required: bool) -> int | None:
-    """The version the write was made from: If-Match ("3", W/"3" or 3) or the body's `version`."""
-    header = request.headers.get("If-Match")
-    raw: object = body.pop("version", None)
-    if header is not None:
-        raw = header.strip().removeprefix("W/").strip('"')
-    if raw is None:
-        if not required:
-            return None
-        raise ApiError(
-            428,
-            "precondition_required",
-            'Say which version you change: the header If-Match: "<version>" or a version field.',
-            {"version": "Required."},
-        )
-    if isinstance(raw, bool) or not (isinstance(raw, int) or (isinstance(raw, str) and raw.isdigit())):
-        raise ApiError(
-            422, "validation_error", "The version is a whole number.", {"version": "Not a version."}
-        )
-    return int(raw)
-
-
 def _optional_body() -> dict[str, Any]:
     """The JSON body, or {} when none is sent (told by the headers: reading it would skip the size limit)."""
     if not request.content_length and not request.headers.get("Transfer-Encoding"):
@@ -286,7 +264,7 @@ def _rule_list(organization_id: int) -> Any:
 @require_token_role(Role.ADMIN)
 def create() -> Any:
     body = json_object()
-    expected = _version(body, required=False)
+    expected = expected_version(body, required=False)
     rule = services.create_rule(
         db.session, _organization_id(), token_actor(), body, now=utcnow(), expected_rules_version=expected
     )
@@ -330,7 +308,7 @@ def get(rule_id: int) -> Any:
 def update(rule_id: int) -> Any:
     rule = services.get_rule(db.session, _organization_id(), rule_id)
     body = json_object()
-    expected = _version(body, required=True)
+    expected = expected_version(body, required=True)
     services.update_rule(db.session, rule, token_actor(), body, now=utcnow(), expected_version=expected)
     return _respond(rule)
 
@@ -350,7 +328,7 @@ def update(rule_id: int) -> Any:
 @require_token_role(Role.ADMIN)
 def delete(rule_id: int) -> Any:
     rule = services.get_rule(db.session, _organization_id(), rule_id)
-    expected = _version({}, required=True)
+    expected = expected_version({}, required=True)
     services.delete_rule(db.session, rule, token_actor(), now=utcnow(), expected_version=expected)
     return "", 204
 
@@ -372,7 +350,7 @@ def delete(rule_id: int) -> Any:
 @require_token_role(Role.ADMIN)
 def reorder() -> Any:
     body = json_object()
-    expected = _version(body, required=True)
+    expected = expected_version(body, required=True)
     unknown = sorted(set(body) - {"ids"})
     if unknown:
         raise ApiError(
